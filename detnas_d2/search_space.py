@@ -1,0 +1,111 @@
+"""The DetNAS search spaces: ShuffleNetV2 backbones where every layer picks one of four blocks.
+
+An arch is a tuple of block ids, one per layer, in network order (stage by stage).
+"""
+import random
+from dataclasses import dataclass
+from typing import List, NamedTuple, Sequence, Tuple
+
+BLOCKS = ("shuffle_3x3", "shuffle_5x5", "shuffle_7x7", "shuffle_xception")
+BLOCK_IDS = {name: i for i, name in enumerate(BLOCKS)}
+NUM_CHOICES = len(BLOCKS)
+
+
+class LayerSpec(NamedTuple):
+    index: int  # layer index in the arch
+    stage: int  # 0..3
+    block: int  # index within its stage
+    in_channels: int
+    out_channels: int
+    stride: int
+
+
+def _round_channels(c: float, divisor: int = 4) -> int:
+    return max(divisor, int(round(c / divisor)) * divisor)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    name: str
+    stem_channels: int
+    stage_channels: Tuple[int, ...]
+    stage_depths: Tuple[int, ...]
+    width_mult: float = 1.0
+
+    @property
+    def num_layers(self) -> int:
+        return sum(self.stage_depths)
+
+    @property
+    def size(self) -> int:
+        return NUM_CHOICES**self.num_layers
+
+    @property
+    def stem_out(self) -> int:
+        return _round_channels(self.stem_channels * self.width_mult)
+
+    @property
+    def stage_out(self) -> Tuple[int, ...]:
+        return tuple(_round_channels(c * self.width_mult) for c in self.stage_channels)
+
+    def layers(self) -> List[LayerSpec]:
+        specs, in_ch = [], self.stem_out
+        for s, (out_ch, depth) in enumerate(zip(self.stage_out, self.stage_depths)):
+            for b in range(depth):
+                stride = 2 if b == 0 else 1
+                specs.append(LayerSpec(len(specs), s, b, in_ch, out_ch, stride))
+                in_ch = out_ch
+        return specs
+
+    def stage_of_layer(self) -> List[int]:
+        return [spec.stage for spec in self.layers()]
+
+    def validate(self, arch: Sequence[int]) -> Tuple[int, ...]:
+        """Return `arch` as a tuple of ints, or raise ValueError saying what is wrong."""
+        try:
+            arch = tuple(int(a) for a in arch)
+        except (TypeError, ValueError):
+            raise ValueError(f"an arch is a sequence of block ids, got {arch!r}") from None
+        if len(arch) != self.num_layers:
+            raise ValueError(
+                f"arch has {len(arch)} layers, but space '{self.name}' has {self.num_layers} "
+                f"(blocks per stage {list(self.stage_depths)})"
+            )
+        bad = [(i, a) for i, a in enumerate(arch) if not 0 <= a < NUM_CHOICES]
+        if bad:
+            i, a = bad[0]
+            raise ValueError(
+                f"layer {i}: unknown block id {a}; ids are 0..{NUM_CHOICES - 1} = {list(BLOCKS)}"
+            )
+        return arch
+
+    def random_arch(self, rng: random.Random) -> Tuple[int, ...]:
+        return tuple(rng.randrange(NUM_CHOICES) for _ in range(self.num_layers))
+
+    def default_arch(self) -> Tuple[int, ...]:
+        """All `shuffle_3x3`: the reference arch of supernet evaluation unless one is configured."""
+        return (0,) * self.num_layers
+
+
+SPACES = {
+    "small": SearchSpace("small", 16, (64, 160, 320, 640), (4, 4, 8, 4)),
+    "large": SearchSpace("large", 48, (96, 240, 480, 960), (8, 8, 16, 8)),
+    "large-wide": SearchSpace("large-wide", 72, (172, 432, 864, 1728), (8, 8, 16, 8)),
+}
+
+
+def get_space(name: str, width_mult: float = 1.0) -> SearchSpace:
+    if name not in SPACES:
+        raise ValueError(f"unknown search space '{name}'; choose one of {sorted(SPACES)}")
+    if width_mult <= 0:
+        raise ValueError(f"width multiplier must be positive, got {width_mult}")
+    base = SPACES[name]
+    return SearchSpace(base.name, base.stem_channels, base.stage_channels, base.stage_depths, width_mult)
+
+
+def space_from_cfg(cfg) -> SearchSpace:
+    return get_space(cfg.MODEL.DETNAS.SPACE, cfg.MODEL.DETNAS.WIDTH_MULT)
+
+
+def arch_to_str(arch: Sequence[int]) -> str:
+    return ",".join(str(a) for a in arch)

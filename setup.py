@@ -1,0 +1,37 @@
+"""detnas-d2: DetNAS backbone search as a Detectron2 project.
+
+torch, torchvision and Detectron2 are not listed: like Detectron2 itself, we leave them to the
+environment. `bash tools/install.sh` installs a working set (and keeps one that already works).
+"""
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "fvcore>=0.1.5,<0.1.6",
+    "iopath>=0.1.7,<0.1.10",
+    "pycocotools>=2.0.2",
+    "pyyaml>=5.1",
+    "numpy",
+    "Pillow>=7.1",
+    "matplotlib",
+    "tensorboard",
+    "tqdm>4.29.0",
+    "tabulate",
+    "termcolor>=1.1",
+    "yacs>=0.1.8",
+    "cloudpickle",
+    "omegaconf>=2.1",
+    "hydra-core>=1.1",
+    "packaging",
+]
+TEST_REQUIRES = ["pytest>=7", "pytest-timeout"]
+
+setup(
+    name="detnas-d2",
+    version="0.1.0",
+    description="DetNAS (backbone search for object detection) for Detectron2",
+    packages=find_packages(include=("detnas_d2", "detnas_d2.*")),
+    python_requires=">=3.8",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": TEST_REQUIRES},
+    entry_points={"console_scripts": ["detnas-arch-info=detnas_d2.arch_info:main"]},
+)
