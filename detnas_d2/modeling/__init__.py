@@ -1,0 +1,19 @@
+"""DetNAS backbones (supernet, subnet, FPN forms registered in BACKBONE_REGISTRY) and heads."""
+from .backbone import (
+    ShuffleNetV2Subnet,
+    ShuffleNetV2Supernet,
+    find_supernet,
+    inherit_weights,
+    set_model_arch,
+    subnet_state_dict_from_supernet,
+)
+from .blocks import Stem, build_block
+from .fpn import (
+    build_detnas_subnet_backbone,
+    build_detnas_subnet_fpn_backbone,
+    build_detnas_subnet_retinanet_fpn_backbone,
+    build_detnas_supernet_backbone,
+    build_detnas_supernet_fpn_backbone,
+    build_detnas_supernet_retinanet_fpn_backbone,
+)
+from .heads import ClassifierHead

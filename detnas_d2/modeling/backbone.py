@@ -1,0 +1,266 @@
+"""ShuffleNetV2 supernet (every layer holds the four candidate blocks) and the plain subnet.
+
+Parameter names make weight inheritance a key mapping:
+supernet `layers.{i}.choices.{c}.<rest>` -> subnet `layers.{i}.<rest>` for the chosen block `c`;
+`stem.<rest>` is shared by both.
+"""
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
+from detectron2.modeling import Backbone
+
+from ..search_space import NUM_CHOICES, SearchSpace
+from .blocks import Stem, build_block
+
+__all__ = [
+    "ShuffleNetV2Supernet",
+    "ShuffleNetV2Subnet",
+    "inherit_weights",
+    "subnet_state_dict_from_supernet",
+    "find_supernet",
+    "set_model_arch",
+]
+
+STAGE_NAMES = ("res2", "res3", "res4", "res5")  # stage outputs at strides 4, 8, 16, 32
+FEATURE_NAMES = ("stem",) + STAGE_NAMES
+
+
+class _ShuffleNetV2Base(Backbone):
+    """Stem, feature bookkeeping, freezing and the stage-by-stage forward shared by both networks."""
+
+    def __init__(self, space: SearchSpace, norm, out_features, in_channels):
+        super().__init__()
+        out_features = list(out_features)
+        unknown = [f for f in out_features if f not in FEATURE_NAMES]
+        if not out_features or unknown:
+            raise ValueError(
+                f"out_features {out_features}: each must be one of {list(FEATURE_NAMES)}, at least one"
+            )
+        self.space = space
+        self._out_features = [f for f in FEATURE_NAMES if f in out_features]  # network order
+        self._out_feature_channels = {"stem": space.stem_out}
+        self._out_feature_strides = {"stem": 2}
+        for s, name in enumerate(STAGE_NAMES):
+            self._out_feature_channels[name] = space.stage_out[s]
+            self._out_feature_strides[name] = 2 ** (s + 2)
+        self.stem = Stem(in_channels, space.stem_out, norm)
+        # Stages beyond the deepest requested feature are built (an arch covers all layers) but not run.
+        self._num_run_stages = max(FEATURE_NAMES.index(f) for f in self._out_features)
+        self._stage_is_output = tuple(name in self._out_features for name in STAGE_NAMES)
+        self._stage_layers = [[] for _ in STAGE_NAMES]  # layer indices per stage
+        for spec in space.layers():
+            self._stage_layers[spec.stage].append(spec.index)
+
+    def _forward_stages(self, x, stages: Sequence[Sequence[nn.Module]]) -> Dict[str, torch.Tensor]:
+        if x.dim() != 4:
+            raise ValueError(f"{type(self).__name__} takes (N, C, H, W) input, got shape {tuple(x.shape)}")
+        outputs = {}
+        x = self.stem(x)
+        if "stem" in self._out_features:
+            outputs["stem"] = x
+        for name, is_output, blocks in zip(STAGE_NAMES, self._stage_is_output, stages):
+            for block in blocks:
+                x = block(x)
+            if is_output:
+                outputs[name] = x
+        return outputs
+
+    def _stage_modules(self, stage: int) -> List[nn.Module]:
+        """All modules of `stage` (0..3), whatever the arch."""
+        return [self.layers[i] for i in self._stage_layers[stage]]
+
+    def freeze(self, freeze_at: int = 0):
+        """Like Detectron2's `ResNet.freeze`: 1 freezes the stem, k the stem and stages res2..res{k}.
+
+        Frozen modules get `requires_grad=False` and their BatchNorms become FrozenBatchNorm2d.
+        """
+        if freeze_at >= 1:
+            self.stem.freeze()
+        for stage in range(len(STAGE_NAMES)):
+            if freeze_at >= stage + 2:
+                for module in self._stage_modules(stage):
+                    for p in module.parameters():
+                        p.requires_grad = False
+                    FrozenBatchNorm2d.convert_frozen_batchnorm(module)
+        return self
+
+
+class ChoiceLayer(nn.Module):
+    """One searchable layer of the supernet: its four candidate blocks, in `choices[block_id]`.
+
+    It has no forward: the supernet runs the chosen block directly.
+    """
+
+    def __init__(self, in_channels, out_channels, stride, norm):
+        super().__init__()
+        self.choices = nn.ModuleList(
+            build_block(c, in_channels, out_channels, stride, norm) for c in range(NUM_CHOICES)
+        )
+
+
+class ShuffleNetV2Supernet(_ShuffleNetV2Base):
+    """The one-shot supernet. Call `set_arch(arch)` before forward; only the chosen blocks run."""
+
+    def __init__(self, space: SearchSpace, norm="BN", out_features=STAGE_NAMES, in_channels=3):
+        super().__init__(space, norm, out_features, in_channels)
+        self.layers = nn.ModuleList(
+            ChoiceLayer(spec.in_channels, spec.out_channels, spec.stride, norm) for spec in space.layers()
+        )
+        self.arch: Optional[Tuple[int, ...]] = None
+        self._active_stages: Optional[Tuple[Tuple[nn.Module, ...], ...]] = None
+
+    def set_arch(self, arch: Sequence[int]) -> Tuple[int, ...]:
+        """Select the block of every layer (validated against the space); returns the arch tuple."""
+        arch = self.space.validate(arch)
+        # Plain tuples: the blocks stay registered only under `layers`, forward just iterates.
+        self._active_stages = tuple(
+            tuple(self.layers[i].choices[arch[i]] for i in layer_ids)
+            for layer_ids in self._stage_layers[: self._num_run_stages]
+        )
+        self.arch = arch
+        return arch
+
+    def _require_arch(self):
+        if self.arch is None:
+            raise RuntimeError(
+                "ShuffleNetV2Supernet has no arch selected: call set_arch(arch) (or set_model_arch(model, "
+                "arch)) first, or train with detnas_d2.engine.hooks.RandomPathHook, which sets a random "
+                "path every iteration"
+            )
+
+    def active_modules(self) -> List[nn.Module]:
+        """The modules that run for the current arch: the stem, then the chosen block of every layer."""
+        self._require_arch()
+        return [self.stem] + [layer.choices[c] for layer, c in zip(self.layers, self.arch)]
+
+    def choice_blocks(self, layer: int) -> nn.ModuleList:
+        """The four candidate blocks of `layer`, indexed by block id."""
+        return self.layers[layer].choices
+
+    def forward(self, x):
+        self._require_arch()
+        return self._forward_stages(x, self._active_stages)
+
+    def _stage_modules(self, stage):
+        return [layer.choices for layer in super()._stage_modules(stage)]
+
+
+class ShuffleNetV2Subnet(_ShuffleNetV2Base):
+    """A plain ShuffleNetV2 made of the blocks of one arch: `layers[i]` is the chosen block of layer i."""
+
+    def __init__(self, space: SearchSpace, arch: Sequence[int], norm="BN", out_features=STAGE_NAMES, in_channels=3):
+        super().__init__(space, norm, out_features, in_channels)
+        self.arch = space.validate(arch)
+        self.layers = nn.ModuleList(
+            build_block(c, spec.in_channels, spec.out_channels, spec.stride, norm)
+            for c, spec in zip(self.arch, space.layers())
+        )
+        self._stages = tuple(
+            tuple(self.layers[i] for i in layer_ids) for layer_ids in self._stage_layers[: self._num_run_stages]
+        )
+
+    def forward(self, x):
+        return self._forward_stages(x, self._stages)
+
+
+def _layer_count(state_dict, prefix: str) -> int:
+    """1 + the largest layer index among keys `<prefix>layers.<i>.`, 0 if there is none."""
+    indices = [
+        int(key[len(prefix) + len("layers."):].split(".", 1)[0])
+        for key in state_dict
+        if key.startswith(prefix + "layers.")
+    ]
+    return max(indices) + 1 if indices else 0
+
+
+def _supernet_key(subnet_key: str, arch: Sequence[int]) -> str:
+    """Subnet key `layers.{i}.<rest>` -> supernet key `layers.{i}.choices.{arch[i]}.<rest>`; others unchanged."""
+    if not subnet_key.startswith("layers."):
+        return subnet_key
+    _, layer, rest = subnet_key.split(".", 2)
+    return f"layers.{layer}.choices.{arch[int(layer)]}.{rest}"
+
+
+def subnet_state_dict_from_supernet(
+    state_dict: Dict[str, torch.Tensor], space: SearchSpace, arch: Sequence[int], prefix: str = ""
+) -> Dict[str, torch.Tensor]:
+    """The state dict of `ShuffleNetV2Subnet(space, arch)` taken from a supernet state dict.
+
+    `prefix` is where the supernet sits in `state_dict` (e.g. "backbone.bottom_up." for a detector
+    checkpoint); keys outside `<prefix>layers.` (stem, FPN, heads) are kept unchanged, so a supernet
+    detector checkpoint becomes a subnet detector checkpoint. Raises ValueError if the checkpoint was
+    made for another space or width, or lacks conv weights of a chosen block.
+    """
+    arch = space.validate(arch)
+    num_layers = _layer_count(state_dict, prefix)
+    if num_layers != space.num_layers:
+        raise ValueError(
+            f"supernet state dict has {num_layers} layers under '{prefix}layers.', but space "
+            f"'{space.name}' has {space.num_layers}: wrong space or prefix"
+        )
+    layers_prefix = prefix + "layers."
+    subnet_sd = {}
+    for key, value in state_dict.items():
+        if not key.startswith(layers_prefix):
+            subnet_sd[key] = value
+            continue
+        layer, kind, choice, rest = key[len(layers_prefix):].split(".", 3)
+        if kind != "choices":
+            raise ValueError(f"'{key}' is not a supernet key (expected '{layers_prefix}<i>.choices.<c>.*')")
+        if int(choice) == arch[int(layer)]:
+            subnet_sd[f"{layers_prefix}{layer}.{rest}"] = value
+
+    # Keys and shapes of a BN subnet of this space, built without allocating memory. Norm keys depend
+    # on the norm type, so only conv weights must be present; every present key must have the right shape.
+    with torch.device("meta"):
+        expected = ShuffleNetV2Subnet(space, arch).state_dict()
+    missing = [
+        prefix + _supernet_key(k, arch) for k in expected if ".norm." not in k and prefix + k not in subnet_sd
+    ]
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise ValueError(f"supernet state dict lacks {missing[:5]}{more}")
+    for key, value in expected.items():
+        got = subnet_sd.get(prefix + key)
+        if got is not None and got.shape != value.shape:
+            raise ValueError(
+                f"'{prefix}{_supernet_key(key, arch)}' has shape {tuple(got.shape)} in the supernet state "
+                f"dict, but space '{space.name}' at width {space.width_mult} needs {tuple(value.shape)}: "
+                "wrong space or width"
+            )
+    return subnet_sd
+
+
+def inherit_weights(subnet: ShuffleNetV2Subnet, supernet_state_dict: Dict[str, torch.Tensor]) -> Dict[str, str]:
+    """Load the stem's and the chosen blocks' weights of a supernet state dict into `subnet`.
+
+    Returns the key mapping {subnet key: supernet key}.
+    """
+    own = {k: v for k, v in supernet_state_dict.items() if k.startswith(("stem.", "layers."))}
+    subnet_sd = subnet_state_dict_from_supernet(own, subnet.space, subnet.arch)
+    mapping = {key: _supernet_key(key, subnet.arch) for key in subnet.state_dict()}
+    # num_batches_tracked exists only for BN; a FrozenBN/GN supernet does not have it.
+    missing = [v for k, v in mapping.items() if k not in subnet_sd and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise ValueError(f"supernet state dict lacks {missing} (built with another norm?)")
+    subnet.load_state_dict({k: subnet_sd[k] for k in mapping if k in subnet_sd}, strict=False)
+    return mapping
+
+
+def find_supernet(model: nn.Module) -> Optional[ShuffleNetV2Supernet]:
+    """The ShuffleNetV2Supernet inside `model` (itself, DDP-wrapped, in an FPN, in a meta-arch), or None."""
+    found = [m for m in model.modules() if isinstance(m, ShuffleNetV2Supernet)]
+    if len(found) > 1:
+        raise ValueError(f"model holds {len(found)} ShuffleNetV2Supernets; expected at most one")
+    return found[0] if found else None
+
+
+def set_model_arch(model: nn.Module, arch: Sequence[int]) -> Tuple[int, ...]:
+    """Select `arch` in the supernet inside `model`; returns the validated arch tuple."""
+    supernet = find_supernet(model)
+    if supernet is None:
+        raise ValueError(f"{type(model).__name__} contains no ShuffleNetV2Supernet to set an arch on")
+    return supernet.set_arch(arch)
