@@ -30,6 +30,7 @@ def add_detnas_config(cfg):
     _C.INPUT.CLS.COLOR_JITTER = 0.4  # brightness/contrast/saturation strength; 0 disables
     _C.INPUT.CLS.TEST_RESIZE = 256  # shorter side before the centre crop
     _C.INPUT.CLS.TEST_CROP = 224
+    _C.TEST.CLS_IMS_PER_BATCH = 64  # images per process per batch in classification evaluation
 
     # ---- solver additions -------------------------------------------------------------------------
     # LR_SCHEDULER_NAME also accepts "WarmupLinearDecay" (linear to 0 at MAX_ITER, after warm-up).

@@ -1,0 +1,3 @@
+from .classification import ClassificationEvaluator
+
+__all__ = ["ClassificationEvaluator"]
