@@ -17,3 +17,4 @@ from .fpn import (
     build_detnas_supernet_retinanet_fpn_backbone,
 )
 from .heads import ClassifierHead
+from .classifier import DetNASClassifier
