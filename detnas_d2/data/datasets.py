@@ -1,0 +1,190 @@
+"""Dataset registration: toy shapes (generated on first use) and ImageNet-layout folders.
+
+Registered at `import detnas_d2` (nothing is read or generated until a dataset is loaded):
+- toy_det_train, toy_det_val, toy_det_search: COCO-format detection (see detnas_d2/data/toy.py);
+  metadata thing_classes, thing_dataset_id_to_contiguous_id, evaluator_type "coco", json_file, image_root.
+  Reading json_file or image_root generates the data if needed, so a COCOEvaluator can be built before
+  any data loader.
+- toy_cls_train, toy_cls_val, toy_cls_search: classification dicts
+  {"file_name", "label", "height", "width"}; metadata classes (= thing_classes), image_root,
+  evaluator_type "classification".
+- imagenet_train, imagenet_val: `train/` and `val/` class folders under $DETNAS_IMAGENET
+  (default $DETECTRON2_DATASETS/imagenet, else ./datasets/imagenet); labels follow the sorted class
+  folders of train/. Dicts {"file_name", "label"} (sizes unknown without decoding 1.3M images).
+  Metadata classes is set when the dataset is loaded.
+COCO itself needs nothing here: use Detectron2's builtin names (coco_2017_train, coco_2017_val, ...)
+with $DETECTRON2_DATASETS pointing at the folder that holds coco/.
+
+Own folders: `register_imagenet_layout("mydata_train", "/path/train")`; more toy seeds:
+`register_toy_datasets(seed=1, prefix="toy1")` (toy1_det_train, ...).
+"""
+import os
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.catalog import Metadata
+from detectron2.data.datasets import load_coco_json
+
+from . import toy
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "imagenet_root",
+    "load_imagenet_layout",
+    "register_imagenet_layout",
+    "register_toy_datasets",
+]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+# ---- toy --------------------------------------------------------------------------------------------
+
+
+class _ToyMetadata(Metadata):
+    """Metadata of a toy split whose `json_file` / `image_root` generate the data on first access."""
+
+    @property
+    def _folder(self):
+        return toy.ensure_toy_data(self.toy_kind, self.toy_seed)
+
+    @property
+    def json_file(self):
+        if self.toy_kind != "det":
+            raise AttributeError(f"Classification dataset '{self.name}' has no json_file")
+        return os.path.join(self._folder, "annotations", f"{self.toy_split}.json")
+
+    @property
+    def image_root(self):
+        if self.toy_kind == "det":
+            return os.path.join(self._folder, "images", self.toy_split)
+        return os.path.join(self._folder, self.toy_split)
+
+
+def _load_toy_detection(name):
+    meta = MetadataCatalog.get(name)
+    json_file = meta.json_file
+    try:
+        return load_coco_json(json_file, meta.image_root, name)
+    except (ValueError, KeyError) as e:  # json.JSONDecodeError is a ValueError
+        raise ValueError(
+            f"Toy annotation file {json_file} is unreadable ({e!r}). "
+            f"Delete {os.path.dirname(os.path.dirname(json_file))} and it is generated again."
+        ) from e
+
+
+def _load_toy_classification(name):
+    meta = MetadataCatalog.get(name)
+    size = toy.CLS_IMAGE_SIZE
+    return [
+        {**record, "height": size, "width": size}
+        for record in load_imagenet_layout(meta.image_root, classes=toy.CATEGORIES)
+    ]
+
+
+def register_toy_datasets(seed=0, prefix="toy"):
+    """Register <prefix>_det_{train,val,search} and <prefix>_cls_{train,val,search} for a seed."""
+    for kind, loader in (("det", _load_toy_detection), ("cls", _load_toy_classification)):
+        for split in toy.DET_SPLIT_SIZES if kind == "det" else toy.CLS_SPLIT_SIZES:
+            name = f"{prefix}_{kind}_{split}"
+            DatasetCatalog.register(name, lambda name=name, loader=loader: loader(name))
+            meta = _ToyMetadata(name=name, toy_kind=kind, toy_split=split, toy_seed=int(seed))
+            meta.thing_classes = list(toy.CATEGORIES)
+            if kind == "det":
+                meta.thing_dataset_id_to_contiguous_id = {i + 1: i for i in range(len(toy.CATEGORIES))}
+                meta.evaluator_type = "coco"
+            else:
+                meta.classes = list(toy.CATEGORIES)
+                meta.evaluator_type = "classification"
+            MetadataCatalog[name] = meta
+
+
+# ---- ImageNet layout --------------------------------------------------------------------------------
+
+
+def imagenet_root():
+    """$DETNAS_IMAGENET, else $DETECTRON2_DATASETS/imagenet, else ./datasets/imagenet."""
+    return os.environ.get("DETNAS_IMAGENET") or os.path.join(
+        os.environ.get("DETECTRON2_DATASETS", "datasets"), "imagenet"
+    )
+
+
+def _class_folders(root, hint):
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"Image folder {root} does not exist. {hint}")
+    classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+    if not classes:
+        raise ValueError(
+            f"Image folder {root} has no class folders: expected {root}/<class>/<image>. {hint}"
+        )
+    return classes
+
+
+def load_imagenet_layout(root, classes=None, hint=""):
+    """Dicts {"file_name", "label"} of the images in `root`/<class>/, sorted by class then file name.
+
+    Args:
+        classes: the class list defining the labels (default: the sorted class folders of `root`);
+            every class folder of `root` must be in it, a class may have no folder.
+        hint: appended to error messages (how to point at the right folder).
+    """
+    folders = _class_folders(root, hint)
+    classes = list(classes) if classes is not None else folders
+    unknown = sorted(set(folders) - set(classes))
+    if unknown:
+        raise ValueError(
+            f"Class folders {unknown[:5]} of {root} are not among the {len(classes)} classes. {hint}"
+        )
+    records, empty = [], []
+    for folder in folders:
+        label = classes.index(folder)
+        files = sorted(
+            entry.name
+            for entry in os.scandir(os.path.join(root, folder))
+            if entry.is_file() and entry.name.lower().endswith(IMAGE_EXTENSIONS)
+        )
+        if not files:
+            empty.append(os.path.join(root, folder))
+        records.extend({"file_name": os.path.join(root, folder, f), "label": label} for f in files)
+    if empty:
+        raise ValueError(
+            f"{len(empty)} class folder(s) hold no images ({', '.join(IMAGE_EXTENSIONS)}), "
+            f"e.g. {empty[0]}. {hint}"
+        )
+    return records
+
+
+def register_imagenet_layout(name, root, class_root=None, hint=""):
+    """Register an ImageNet-layout folder (`root`/<class>/<image>) as classification dataset `name`.
+
+    `root` and `class_root` may be callables returning the path, resolved at load time.
+    Labels follow the sorted class folders of `class_root` (default `root`): give a val split the
+    train folder there, so that its labels match even if a class folder is missing.
+    The metadata `classes` / `thing_classes` are set when the dataset is loaded.
+    """
+
+    def load():
+        folder = root() if callable(root) else root
+        label_root = (class_root() if callable(class_root) else class_root) or folder
+        classes = _class_folders(label_root, hint)
+        records = load_imagenet_layout(folder, classes, hint)
+        MetadataCatalog.get(name).set(classes=classes, thing_classes=classes)
+        return records
+
+    DatasetCatalog.register(name, load)
+    MetadataCatalog.get(name).set(evaluator_type="classification")
+
+
+def _register_imagenet():
+    hint = (
+        "Set $DETNAS_IMAGENET to the ImageNet folder holding train/ and val/, each with one folder per "
+        "class (default $DETECTRON2_DATASETS/imagenet or ./datasets/imagenet)."
+    )
+    train = lambda: os.path.join(imagenet_root(), "train")  # noqa: E731
+    register_imagenet_layout("imagenet_train", train, hint=hint)
+    register_imagenet_layout(
+        "imagenet_val", lambda: os.path.join(imagenet_root(), "val"), class_root=train, hint=hint
+    )
+
+
+register_toy_datasets()
+_register_imagenet()
