@@ -1,13 +1,15 @@
 """Optimizer and LR schedule for every detnas-d2 model (classification and detection).
 
-`build_optimizer` is Detectron2's SGD with its parameter groups (SOLVER.WEIGHT_DECAY_NORM for all norm
-layers, SOLVER.WEIGHT_DECAY_BIAS / BIAS_LR_FACTOR for biases) plus one more group: depthwise conv
-weights get SOLVER.WEIGHT_DECAY_DEPTHWISE (None: SOLVER.WEIGHT_DECAY), as in the anchors' recipe.
+`build_optimizer` is Detectron2's SGD with its parameter groups (SOLVER.WEIGHT_DECAY_NORM for the
+parameters of all norm layers, then SOLVER.WEIGHT_DECAY_BIAS / BIAS_LR_FACTOR, when set, for every bias,
+norm biases included) plus one more group: depthwise conv weights get SOLVER.WEIGHT_DECAY_DEPTHWISE
+(None: SOLVER.WEIGHT_DECAY), as in the anchors' recipe.
 
 Supernets: the blocks that a path leaves out get no gradient (`p.grad is None`; the optimizer's
 `zero_grad()` sets grads to None). `torch.optim.SGD` skips such parameters entirely, weight decay and
-momentum included, in both its for-loop and foreach paths, and Detectron2's gradient clippers skip
-them too. Nothing here adds decay or momentum outside the optimizer's step.
+momentum included, in both its for-loop and foreach paths. Gradient clipping (SOLVER.CLIP_GRADIENTS,
+Detectron2's per-parameter clippers) is applied to the parameters that have a gradient only: torch's
+clip_grad_value_ fails on a grad-less one. Nothing here adds decay or momentum outside the step.
 
 `build_lr_scheduler` adds SOLVER.LR_SCHEDULER_NAME "WarmupLinearDecay" (after the warm-up, linear to 0
 at SOLVER.MAX_ITER) next to Detectron2's "WarmupMultiStepLR" and "WarmupCosineLR". All are
@@ -20,8 +22,8 @@ from typing import Any, Dict, List
 import torch
 from detectron2.solver import build_lr_scheduler as build_d2_lr_scheduler
 from detectron2.solver.build import (
+    _create_gradient_clipper,
     get_default_optimizer_params,
-    maybe_add_gradient_clipping,
     reduce_param_groups,
 )
 from detectron2.solver.lr_scheduler import LRMultiplier, WarmupParamScheduler
@@ -73,8 +75,25 @@ def get_optimizer_params(
     )
 
 
+def _sgd_class(cfg):
+    """torch SGD, or with SOLVER.CLIP_GRADIENTS a subclass clipping each parameter's gradient first."""
+    if not cfg.SOLVER.CLIP_GRADIENTS.ENABLED:
+        return torch.optim.SGD
+    clip = _create_gradient_clipper(cfg.SOLVER.CLIP_GRADIENTS)
+
+    class SGDWithGradientClip(torch.optim.SGD):
+        def step(self, closure=None):
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        clip(p)
+            return super().step(closure)
+
+    return SGDWithGradientClip
+
+
 def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """SGD with momentum over `get_optimizer_params`, with Detectron2's optional gradient clipping."""
+    """SGD with momentum over `get_optimizer_params`, with optional gradient clipping."""
     solver = cfg.SOLVER
     wd_depthwise = solver.WEIGHT_DECAY_DEPTHWISE
     if wd_depthwise is None:
@@ -95,7 +114,7 @@ def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
             for g in params
         )
     )
-    return maybe_add_gradient_clipping(cfg, torch.optim.SGD)(
+    return _sgd_class(cfg)(
         params,
         lr=solver.BASE_LR,
         momentum=solver.MOMENTUM,
