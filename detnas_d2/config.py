@@ -69,3 +69,7 @@ def add_detnas_config(cfg):
     _C.SEARCH.EVAL_DATASET = ""  # held-out split; empty: DATASETS.TEST[0]
     _C.SEARCH.EVAL_IMAGES = 0  # score on the first N images; 0: all
     _C.SEARCH.DIST_MODE = "split_images"  # split_images | split_candidates
+    # Added by search: fixed global batches (scores do not depend on the number of processes).
+    _C.SEARCH.BN_RECALIB_BATCH_SIZE = 16  # images per recalibration forward
+    _C.SEARCH.EVAL_BATCH_SIZE = 4  # images per inference forward while scoring
+    _C.SEARCH.CACHE_MB = 4096  # per process: keep the mapped recalibration/eval inputs in memory up to this

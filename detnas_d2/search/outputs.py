@@ -1,0 +1,172 @@
+"""What a search writes to OUTPUT_DIR (rank 0), as callbacks of `EvolutionSearch.run`.
+
+- candidates.jsonl: one JSON line per scored candidate (rewritten from the state on resume, so it
+  always matches search_state.json);
+- progress with an ETA per candidate and the top-k table per generation, through the logger;
+- TensorBoard scalars through Detectron2's EventStorage and TensorboardXWriter: search/score,
+  search/flops per candidate (step: its index); search/best_score, search/generation_mean,
+  search/generation_max, search/topk_mean, search/generation per generation (step: the number of
+  candidates scored when it ended);
+- search_scores.png: score against FLOPs coloured by generation, with the Pareto front;
+- best_arch.yaml: the best arch in our arch file format, with its score, FLOPs and params.
+"""
+import datetime
+import json
+import logging
+import os
+import time
+from typing import Dict, List
+
+from detectron2.utils.events import TensorboardXWriter, get_event_storage
+from detectron2.utils.file_io import PathManager
+from tabulate import tabulate
+
+from detnas_d2.arch_io import save_arch
+from detnas_d2.search_space import BLOCKS, arch_to_str
+
+__all__ = ["SearchOutputs", "pareto_front", "topk_table", "plot_search"]
+
+logger = logging.getLogger(__name__)
+
+CANDIDATES_FILE = "candidates.jsonl"
+PLOT_FILE = "search_scores.png"
+BEST_ARCH_FILE = "best_arch.yaml"
+
+
+def candidate_line(record: Dict) -> str:
+    line = dict(record)
+    line["arch_str"] = arch_to_str(record["arch"])
+    line["arch_names"] = [BLOCKS[a] for a in record["arch"]]
+    return json.dumps(line)
+
+
+def pareto_front(records: List[Dict]) -> List[Dict]:
+    """Records not beaten by another of no more FLOPs and a higher score, by increasing FLOPs."""
+    front, best = [], float("-inf")
+    for r in sorted(records, key=lambda r: (r["flops"], -r["score"])):
+        if r["score"] > best:
+            front.append(r)
+            best = r["score"]
+    return front
+
+
+def topk_table(records: List[Dict], indices: List[int]) -> str:
+    rows = [
+        (rank + 1, r["index"], r["generation"], f"{r['score']:.3f}", f"{r['flops'] / 1e6:.2f}",
+         f"{r['params'] / 1e6:.3f}", arch_to_str(r["arch"]))
+        for rank, r in enumerate(records[i] for i in indices)
+    ]
+    headers = ["rank", "candidate", "generation", "score", "MFLOPs", "Mparams", "arch"]
+    return tabulate(rows, headers=headers, tablefmt="pipe")
+
+
+def plot_search(records: List[Dict], path: str, title: str = ""):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=100)
+    flops = [r["flops"] / 1e6 for r in records]
+    scores = [r["score"] for r in records]
+    gens = [r["generation"] for r in records]
+    points = ax.scatter(flops, scores, c=gens, cmap="viridis", s=14, alpha=0.8)
+    fig.colorbar(points, ax=ax, label="generation")
+    front = pareto_front(records)
+    ax.step([r["flops"] / 1e6 for r in front], [r["score"] for r in front], where="post",
+            color="tab:red", linewidth=1.2, label="Pareto front")
+    best = max(records, key=lambda r: r["score"])
+    ax.scatter([best["flops"] / 1e6], [best["score"]], marker="*", s=160, color="tab:red", label="best")
+    ax.set_xlabel("backbone MFLOPs")
+    ax.set_ylabel("score")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    with PathManager.open(path, "wb") as f:
+        fig.savefig(f, format="png")
+    plt.close(fig)
+
+
+class SearchOutputs:
+    """Callbacks writing the outputs above. Use inside an EventStorage."""
+
+    def __init__(self, output_dir: str, space, fitness: str, budget: int, history: List[Dict]):
+        self.output_dir = output_dir
+        self.space = space
+        self.fitness = fitness
+        self.budget = budget
+        PathManager.mkdirs(output_dir)
+        self._candidates_path = os.path.join(output_dir, CANDIDATES_FILE)
+        text = "".join(candidate_line(r) + "\n" for r in history)
+        tmp = self._candidates_path + ".tmp"
+        with PathManager.open(tmp, "w") as f:
+            f.write(text)
+        os.replace(PathManager.get_local_path(tmp), PathManager.get_local_path(self._candidates_path))
+        self._writer = TensorboardXWriter(output_dir)
+        self._start = time.perf_counter()
+        self._scored_here = 0
+
+    def after_candidate(self, search, record):
+        with PathManager.open(self._candidates_path, "a") as f:
+            f.write(candidate_line(record) + "\n")
+        storage = get_event_storage()
+        storage.iter = record["index"]
+        storage.put_scalar("search/score", record["score"], smoothing_hint=False)
+        storage.put_scalar("search/flops", record["flops"], smoothing_hint=False)
+        self._writer.write()
+        self._scored_here += 1
+        done = len(search.history)
+        per_candidate = (time.perf_counter() - self._start) / self._scored_here
+        eta = datetime.timedelta(seconds=int(per_candidate * max(self.budget - done, 0)))
+        timings = ", ".join(f"{k[len('seconds_'):]} {v:.2f}s" for k, v in record.items() if k.startswith("seconds_"))
+        logger.info(
+            f"[generation {record['generation']}] candidate {done}/{self.budget} "
+            f"({record['origin']}, {record['flops'] / 1e6:.1f} MFLOPs): {self.fitness} {record['score']:.3f} "
+            f"({timings}); best {search.best()['score']:.3f}; eta {eta}"
+        )
+
+    def after_generation(self, search, generation):
+        history = search.history
+        scores = [r["score"] for r in history if r["generation"] == generation]
+        topk = search.state.topk
+        storage = get_event_storage()
+        # Step = candidates scored so far; written with the next candidate's scalars (or at the end),
+        # since the writer only writes steps after the last one written.
+        storage.iter = len(history)
+        storage.put_scalar("search/best_score", history[topk[0]]["score"], smoothing_hint=False)
+        storage.put_scalar("search/generation_mean", sum(scores) / len(scores), smoothing_hint=False)
+        storage.put_scalar("search/generation_max", max(scores), smoothing_hint=False)
+        storage.put_scalar(
+            "search/topk_mean", sum(history[i]["score"] for i in topk) / len(topk), smoothing_hint=False
+        )
+        storage.put_scalar("search/generation", generation, smoothing_hint=False)
+        logger.info(
+            f"Generation {generation} done ({len(scores)} candidates, {len(history)} in all); top {len(topk)}:\n"
+            + topk_table(history, topk)
+        )
+        self.plot(search)
+
+    def plot(self, search):
+        plot_search(
+            search.history, os.path.join(self.output_dir, PLOT_FILE),
+            title=f"{self.fitness} of {len(search.history)} candidates ({self.space.name} space)",
+        )
+
+    def finish(self, search, **metadata) -> Dict:
+        """Write best_arch.yaml and the final plot; returns the best record."""
+        best = search.best()
+        path = os.path.join(self.output_dir, BEST_ARCH_FILE)
+        save_arch(
+            path, best["arch"], self.space, score=best["score"], fitness=self.fitness, flops=best["flops"],
+            params=best["params"], generation=best["generation"], candidate=best["index"],
+            candidates_scored=len(search.history), **metadata,
+        )
+        self.plot(search)
+        self._writer.write()
+        self._writer.close()
+        logger.info(
+            f"Search done: {len(search.history)} candidates. Best {self.fitness} {best['score']:.3f} "
+            f"({best['flops'] / 1e6:.2f} MFLOPs, {best['params'] / 1e6:.3f} M params): "
+            f"{arch_to_str(best['arch'])} -> {path}"
+        )
+        return best

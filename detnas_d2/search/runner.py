@@ -1,0 +1,132 @@
+"""`run_search(cfg, resume)`: step 3 of the pipeline, in every process of a (possibly distributed) run.
+
+Rank 0 owns the search (candidate generation, selection, state and outputs) and hands the candidates
+to score to the other processes; SEARCH.DIST_MODE says how they share the work:
+- split_images: all processes score each candidate together, each on its share of the images
+  (BN statistics all-reduced, COCO results gathered by COCOEvaluator);
+- split_candidates: each process scores its own candidate on all images; the results are gathered.
+Both give the same scores as one process (see scoring.py), so a search may be resumed with another
+number of processes or mode.
+"""
+import logging
+import os
+from typing import Dict, List, Optional, Sequence
+
+from detectron2.modeling import build_model
+from detectron2.utils import comm
+from detectron2.utils.events import EventStorage
+from detectron2.utils.file_io import PathManager
+
+from detnas_d2.engine.checkpoint import DetNASCheckpointer
+from detnas_d2.search_space import space_from_cfg
+
+from .evolution import ArchConstraints, EvolutionSearch, SearchSettings
+from .outputs import SearchOutputs
+from .scoring import CandidateScorer, eval_dataset, recalib_dataset
+
+__all__ = ["run_search", "DistributedScoring", "DIST_MODES", "STATE_FILE", "build_scorer"]
+
+logger = logging.getLogger(__name__)
+
+DIST_MODES = ("split_images", "split_candidates")
+STATE_FILE = "search_state.json"
+
+
+class DistributedScoring:
+    """Spreads scoring over the processes. Rank 0 calls `score(archs)` (it returns the results);
+    the other processes call `serve()`, which returns once rank 0 calls `stop()`."""
+
+    def __init__(self, scorer: CandidateScorer, mode: str):
+        self.scorer = scorer
+        self.split_candidates = mode == "split_candidates" and comm.get_world_size() > 1
+        # Candidates scored between two state saves.
+        self.chunk_size = comm.get_world_size() if self.split_candidates else 1
+
+    def _score_share(self, archs: Sequence) -> Optional[List[Dict]]:
+        if not self.split_candidates:
+            return [self.scorer.score(a) for a in archs]
+        rank = comm.get_rank()
+        mine = self.scorer.score(archs[rank]) if rank < len(archs) else None
+        gathered = comm.gather(mine, dst=0)
+        return gathered[: len(archs)] if comm.is_main_process() else None
+
+    def score(self, archs: Sequence) -> List[Dict]:
+        comm.all_gather(list(archs))  # hand the candidates to the other processes
+        return self._score_share(archs)
+
+    def serve(self):
+        while True:
+            archs = comm.all_gather(None)[0]
+            if archs is None:
+                return
+            self._score_share(archs)
+
+    def stop(self):
+        if comm.get_world_size() > 1:
+            comm.all_gather(None)
+
+
+def search_fingerprint(cfg) -> Dict:
+    """Settings that change scores: a state file is only resumed with the same ones."""
+    s = cfg.SEARCH
+    return {
+        "weights": cfg.MODEL.WEIGHTS,
+        "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
+        "fitness": s.FITNESS,
+        "input_size": s.INPUT_SIZE,
+        "recalib_dataset": recalib_dataset(cfg),
+        "recalib_images": s.BN_RECALIB_IMAGES,
+        "recalib_batch_size": s.BN_RECALIB_BATCH_SIZE,
+        "eval_dataset": eval_dataset(cfg),
+        "eval_images": s.EVAL_IMAGES,
+        "eval_batch_size": s.EVAL_BATCH_SIZE,
+    }
+
+
+def build_scorer(cfg) -> CandidateScorer:
+    """The supernet model of `cfg` loaded from MODEL.WEIGHTS, and its CandidateScorer."""
+    model = build_model(cfg)
+    DetNASCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    return CandidateScorer(cfg, model, distributed=cfg.SEARCH.DIST_MODE == "split_images")
+
+
+def _check_cfg(cfg):
+    if cfg.SEARCH.DIST_MODE not in DIST_MODES:
+        raise ValueError(f"SEARCH.DIST_MODE must be one of {DIST_MODES}, got '{cfg.SEARCH.DIST_MODE}'")
+    weights = cfg.MODEL.WEIGHTS
+    if not weights:
+        raise ValueError("MODEL.WEIGHTS is empty: give the supernet checkpoint to search (pipeline step 2)")
+    if not PathManager.exists(weights):
+        raise FileNotFoundError(f"MODEL.WEIGHTS={weights}: no such supernet checkpoint")
+
+
+def run_search(cfg, resume: bool = False) -> Optional[Dict]:
+    """Run (or with `resume`, continue) the search of `cfg` in OUTPUT_DIR. Returns the best candidate's
+    record on rank 0, None elsewhere. Settings and constraints are checked before anything is loaded."""
+    space = space_from_cfg(cfg)
+    settings = SearchSettings.from_cfg(cfg)
+    constraints = ArchConstraints.from_cfg(cfg, space)
+    constraints.check_feasible(settings.seed)
+    _check_cfg(cfg)
+    search = None
+    if comm.is_main_process():
+        search = EvolutionSearch(
+            settings, space, constraints, os.path.join(cfg.OUTPUT_DIR, STATE_FILE),
+            fingerprint=search_fingerprint(cfg), resume=resume,
+        )
+        logger.info(
+            f"{settings.mode} search in space '{space.name}' (width {space.width_mult}, {space.num_layers} layers), "
+            f"{constraints.describe()} at input {constraints.input_size}; budget {settings.budget} candidates; "
+            f"fitness {cfg.SEARCH.FITNESS}; {comm.get_world_size()} process(es), {cfg.SEARCH.DIST_MODE}."
+        )
+    pool = DistributedScoring(build_scorer(cfg), cfg.SEARCH.DIST_MODE)
+    if not comm.is_main_process():
+        pool.serve()
+        return None
+    outputs = SearchOutputs(cfg.OUTPUT_DIR, space, cfg.SEARCH.FITNESS, settings.budget, search.history)
+    with EventStorage(len(search.history)):
+        search.run(pool.score, pool.chunk_size, callbacks=[outputs])
+        pool.stop()
+        if not search.history:
+            raise RuntimeError(f"No arch meets {constraints.describe()}: nothing was scored")
+        return outputs.finish(search, supernet=cfg.MODEL.WEIGHTS)

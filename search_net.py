@@ -1,0 +1,59 @@
+#!/usr/bin/env python
+"""DetNAS step 3: evolutionary search on a fine-tuned supernet (fitness: bbox AP on a held-out split).
+
+    python search_net.py --num-gpus 8 --config-file configs/COCO-Detection/search_small.yaml \
+        MODEL.WEIGHTS output/coco/supernet_small_FPN_1x/model_final.pth
+    # continue a search that stopped (same OUTPUT_DIR; any number of processes or SEARCH.DIST_MODE)
+    python search_net.py --num-gpus 8 --config-file configs/COCO-Detection/search_small.yaml --resume \
+        MODEL.WEIGHTS output/coco/supernet_small_FPN_1x/model_final.pth
+    # baseline: random search with the same budget
+    python search_net.py ... SEARCH.MODE random OUTPUT_DIR output/search/random_small
+
+Writes to OUTPUT_DIR: best_arch.yaml (for MODEL.DETNAS.ARCH of the retraining steps), candidates.jsonl,
+search_state.json (+ .bak), search_scores.png, TensorBoard events, log.txt. Without CUDA, --num-gpus N
+starts N CPU processes (gloo).
+"""
+import logging
+
+import torch
+
+import detnas_d2  # noqa: I001  (first: applies the compat shims, registers backbones and datasets)
+from detectron2.config import get_cfg
+from detectron2.engine import default_argument_parser, default_setup
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from detnas_d2 import add_detnas_config
+from detnas_d2.engine.launch import launch
+from detnas_d2.search import run_search
+
+
+def setup(args):
+    cfg = get_cfg()
+    add_detnas_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if not torch.cuda.is_available() and cfg.MODEL.DEVICE != "cpu":
+        logging.getLogger("detnas_d2").warning(f"No CUDA: MODEL.DEVICE {cfg.MODEL.DEVICE} -> cpu")
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="detnas_d2")
+    return cfg
+
+
+def main(args):
+    return run_search(setup(args), resume=args.resume)
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
