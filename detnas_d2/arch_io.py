@@ -57,7 +57,7 @@ SpaceArg = Union[SearchSpace, str, None]
 @dataclass(frozen=True)
 class ArchRecord:
     arch: Tuple[int, ...]
-    space: Optional[str]  # the space named by the file (ours only); None if it names none
+    space: str  # the space of the arch: the one requested, else named in the file, else implied by its length
     metadata: Dict[str, Any] = field(default_factory=dict)  # ours: every key besides space and arch
     format: str = "detnas-d2"  # one of FORMATS, or "random"
 
@@ -90,7 +90,7 @@ def load_arch_record(spec, space: SpaceArg = None) -> ArchRecord:
     """
     if not isinstance(spec, str):
         target = _require_space(space, "an arch given as a sequence")
-        return ArchRecord(target.validate(spec), None, {}, "official")
+        return ArchRecord(target.validate(spec), target.name, {}, "official")
     spec = spec.strip()
     if not spec:
         raise ValueError("empty arch spec: give a file, a comma-separated list of block ids, or random:SEED")
@@ -99,7 +99,7 @@ def load_arch_record(spec, space: SpaceArg = None) -> ArchRecord:
         if not re.fullmatch(r"-?\d+", seed):
             raise ValueError(f"arch spec '{spec}': random:SEED needs an integer seed, got '{seed}'")
         target = _require_space(space, f"arch spec '{spec}'")
-        return ArchRecord(target.random_arch(random.Random(int(seed))), None, {}, "random")
+        return ArchRecord(target.random_arch(random.Random(int(seed))), target.name, {}, "random")
     if "://" in spec or PathManager.isfile(spec):
         return parse_arch_record(_read_text(spec), space, source=spec)
     if "," in spec:
@@ -135,7 +135,7 @@ def _parse_inline_list(spec: str, space: SpaceArg) -> ArchRecord:
     try:
         ids = [_block_id(tok, where=f"item {i}") for i, tok in enumerate(items)]
         target = _resolve_space(space, None, len(ids))
-        return ArchRecord(_check_length(ids, target), None, {}, "official")
+        return ArchRecord(_check_length(ids, target), target.name, {}, "official")
     except _Problem as e:
         raise ValueError(f"arch '{spec}': {e}") from None
 
@@ -158,7 +158,7 @@ def _parse(text: str, space: SpaceArg) -> ArchRecord:
     if isinstance(root, yaml.SequenceNode):
         ids = [_block_id_node(item) for item in root.value]
         target = _resolve_space(space, None, len(ids))
-        return ArchRecord(_check_length(ids, target), None, {}, "official")
+        return ArchRecord(_check_length(ids, target), target.name, {}, "official")
     entries = _mapping_entries(root)
     keys = [key for key, _, _ in entries]
     if "arch" in keys:
@@ -189,7 +189,7 @@ def _parse_tokens(numbered_lines, space: SpaceArg) -> ArchRecord:
     if not ids:
         raise _Problem("empty arch file")
     target = _resolve_space(space, None, len(ids))
-    return ArchRecord(_check_length(ids, target), None, {}, "official")
+    return ArchRecord(_check_length(ids, target), target.name, {}, "official")
 
 
 def _parse_ours(entries, space: SpaceArg) -> ArchRecord:
@@ -211,7 +211,7 @@ def _parse_ours(entries, space: SpaceArg) -> ArchRecord:
         raise _Problem("'arch' must be a list of block names, one per layer", _line(arch_node))
     ids = [_block_id_node(item) for item in arch_node.value]
     target = _resolve_space(space, file_space, len(ids))
-    return ArchRecord(_check_length(ids, target, arch_key_node), file_space, metadata, "detnas-d2")
+    return ArchRecord(_check_length(ids, target, arch_key_node), target.name, metadata, "detnas-d2")
 
 
 def _parse_mmrazor(entries, space: SpaceArg, key_pattern, fmt: str) -> ArchRecord:
@@ -238,7 +238,7 @@ def _parse_mmrazor(entries, space: SpaceArg, key_pattern, fmt: str) -> ArchRecor
         if (spec.stage, spec.block) not in chosen:
             raise _Problem(f"missing key {layer_key(spec.stage, spec.block)} (space {target.name})")
         ids.append(chosen[spec.stage, spec.block][0])
-    return ArchRecord(tuple(ids), None, {}, fmt)
+    return ArchRecord(tuple(ids), target.name, {}, fmt)
 
 
 def _mmrazor_choice(key: str, node, fmt: str) -> int:
