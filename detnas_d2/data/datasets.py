@@ -159,7 +159,8 @@ def register_imagenet_layout(name, root, class_root=None, hint=""):
     `root` and `class_root` may be callables returning the path, resolved at load time.
     Labels follow the sorted class folders of `class_root` (default `root`): give a val split the
     train folder there, so that its labels match even if a class folder is missing.
-    The metadata `classes` / `thing_classes` are set when the dataset is loaded.
+    The metadata `classes` / `thing_classes` are set when the dataset is loaded (replaced if a later
+    load finds other classes, e.g. after $DETNAS_IMAGENET changed).
     """
 
     def load():
@@ -167,7 +168,11 @@ def register_imagenet_layout(name, root, class_root=None, hint=""):
         label_root = (class_root() if callable(class_root) else class_root) or folder
         classes = _class_folders(label_root, hint)
         records = load_imagenet_layout(folder, classes, hint)
-        MetadataCatalog.get(name).set(classes=classes, thing_classes=classes)
+        meta = MetadataCatalog.get(name)
+        if meta.get("classes") not in (None, classes):  # the folder changed since the last load
+            MetadataCatalog.remove(name)
+            meta = MetadataCatalog.get(name).set(evaluator_type="classification")
+        meta.set(classes=classes, thing_classes=classes)
         return records
 
     DatasetCatalog.register(name, load)

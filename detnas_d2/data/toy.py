@@ -28,7 +28,6 @@ import os
 import shutil
 import tempfile
 import time
-from functools import lru_cache
 
 import numpy as np
 from iopath.common.file_io import file_lock
@@ -63,6 +62,7 @@ JPEG_QUALITY = 90
 _SPLIT_IDS = {"train": 0, "val": 1, "search": 2}
 _KIND_IDS = {"det": 0, "cls": 1}
 _MANIFEST = "manifest.json"
+_VERIFIED = set()  # folders of this process's ensure_toy_data calls that passed verify_toy_dir
 
 
 def toy_root():
@@ -103,13 +103,17 @@ def ensure_toy_data(kind, seed=0, split_sizes=None, root=None):
     """Return the folder of a toy dataset, generating it first if it does not exist yet.
 
     Safe to call from several processes at once: one generates, the others wait on the lock.
+    The folder is checked against its manifest once per process.
     """
     path = toy_dir(kind, seed, split_sizes, root)
+    if path in _VERIFIED and os.path.isdir(path):
+        return path
     if not os.path.isdir(path):
         with file_lock(path):
             if not os.path.isdir(path):
                 _generate_atomically(kind, path, seed, _check_sizes(kind, split_sizes))
     verify_toy_dir(path, kind, seed, split_sizes)
+    _VERIFIED.add(path)
     return path
 
 
@@ -245,18 +249,25 @@ _MIN_PIXELS = 30  # smallest visible area of a detection object
 _MIN_SIDE = 4  # smallest box side
 
 
-@lru_cache(maxsize=4)
-def _pixel_centres(size):
-    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
-    return ys, xs
+def _plane_wave(size, freq, theta, phase):
+    """sin(2 pi freq (x cos theta + y sin theta) + phase) at the pixel centres, for a batch of waves.
+
+    Separable (sin(a + b) = sin a cos b + cos a sin b): O(size) trigonometry per wave.
+    """
+    centres = np.arange(size, dtype=np.float64) + 0.5
+    along_x = 2 * np.pi * (freq * np.cos(theta))[:, None] * centres
+    along_y = 2 * np.pi * (freq * np.sin(theta))[:, None] * centres + np.asarray(phase)[:, None]
+    waves = np.sin(along_y)[:, :, None] * np.cos(along_x)[:, None, :]
+    waves += np.cos(along_y)[:, :, None] * np.sin(along_x)[:, None, :]
+    return waves.astype(np.float32)
 
 
 def _background(rng, size):
     """Linear gradient between two colours + smooth colour blotches + (half the time) hard stripes."""
-    ys, xs = _pixel_centres(size)
     colours = rng.uniform(0, 255, (2, 3)).astype(np.float32)
     angle = rng.uniform(0, 2 * np.pi)
-    ramp = (xs * np.cos(angle) + ys * np.sin(angle)) / size
+    centres = np.arange(size, dtype=np.float32)
+    ramp = np.sin(angle) * centres[:, None] + np.cos(angle) * centres[None, :]
     ramp = (ramp - ramp.min()) / (ramp.max() - ramp.min())
     image = colours[0] + ramp[..., None] * (colours[1] - colours[0])
 
@@ -265,14 +276,12 @@ def _background(rng, size):
     theta = rng.uniform(0, 2 * np.pi, waves)
     phase = rng.uniform(0, 2 * np.pi, waves)
     amplitude = rng.uniform(-25, 25, (waves, 3)).astype(np.float32)
-    proj = np.cos(theta)[:, None, None] * xs + np.sin(theta)[:, None, None] * ys
-    sines = np.sin(2 * np.pi * freq[:, None, None] * proj + phase[:, None, None]).astype(np.float32)
-    image += np.einsum("khw,kc->hwc", sines, amplitude)
+    image += np.tensordot(_plane_wave(size, freq, theta, phase), amplitude, axes=(0, 0))
 
     if rng.random() < 0.5:
         period = rng.uniform(4, 16)
         theta = rng.uniform(0, np.pi)
-        stripes = np.sin(2 * np.pi * (xs * np.cos(theta) + ys * np.sin(theta)) / period) > 0
+        stripes = _plane_wave(size, np.array([1 / period]), np.array([theta]), [0.0])[0] > 0
         image += stripes[..., None] * rng.uniform(-45, 45, 3).astype(np.float32)
     return image
 

@@ -1,0 +1,33 @@
+#!/usr/bin/env python
+"""Generate the toy datasets ahead of time (they are otherwise generated on first use).
+
+    python tools/make_toy_data.py [--root DIR] [--seed 0] [--kind det cls]
+
+--root defaults to $DETNAS_TOY_ROOT or ~/.cache/detnas-d2/toy. Prints the folder of each dataset.
+An existing complete folder is checked against its manifest and left as it is.
+"""
+import argparse
+import time
+
+from detectron2.utils.logger import setup_logger
+
+from detnas_d2.data import toy
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--root", help="cache folder (default: $DETNAS_TOY_ROOT or ~/.cache/detnas-d2/toy)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--kind", nargs="+", choices=("det", "cls"), default=["det", "cls"])
+    args = parser.parse_args()
+    setup_logger(name="detnas_d2")
+    for kind in args.kind:
+        start = time.perf_counter()
+        path = toy.ensure_toy_data(kind, args.seed, root=args.root)
+        print(f"{kind}: {path} ({time.perf_counter() - start:.2f}s)")
+
+
+if __name__ == "__main__":
+    main()
