@@ -125,10 +125,14 @@ def _generate_atomically(kind, path, seed, split_sizes):
     try:
         generate_toy_data(kind, tmp, seed, split_sizes)
         os.chmod(tmp, 0o755)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if not os.path.isdir(path):
+                raise
+            # another process (where file locks do not work, e.g. some NFS) finished first: use its folder
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful rename
     logger.info(f"Generated toy {kind} dataset in {time.perf_counter() - start:.1f}s: {path}")
 
 
@@ -138,9 +142,9 @@ def generate_toy_data(kind, out_dir, seed=0, split_sizes=None):
     files = {}
     for split, count in split_sizes.items():
         if kind == "det":
-            files.update(_write_detection_split(out_dir, seed, split, count))
+            files.update(_detection_split_files(seed, split, count))
         else:
-            files.update(_write_classification_split(out_dir, seed, split, count))
+            files.update(_classification_split_files(seed, split, count))
     manifest = {
         "generator": __name__,
         "version": GENERATOR_VERSION,
@@ -167,7 +171,7 @@ def verify_toy_dir(path, kind=None, seed=None, split_sizes=None):
     try:
         with open(manifest_file) as f:
             manifest = json.load(f)
-        listed = manifest["files"]
+        listed = dict(manifest["files"])
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"Toy dataset manifest {manifest_file} is unreadable ({e}). {fix}") from e
     expected = {"version": GENERATOR_VERSION}
@@ -191,7 +195,7 @@ def verify_toy_dir(path, kind=None, seed=None, split_sizes=None):
             raise ValueError(f"Toy dataset file {file} has {actual} bytes, expected {size}. {fix}")
 
 
-# ---- writing --------------------------------------------------------------------------------------
+# ---- file contents ------------------------------------------------------------------------------
 
 
 def _rng(seed, kind, split, *index):
@@ -204,7 +208,8 @@ def _jpeg_bytes(image):
     return buffer.getvalue()
 
 
-def _write_detection_split(out_dir, seed, split, count):
+def _detection_split_files(seed, split, count):
+    """{relative path: bytes} of a detection split: its JPEGs and its COCO json."""
     files = {}
     images, annotations = [], []
     for image_id in range(1, count + 1):
@@ -233,7 +238,7 @@ def _write_detection_split(out_dir, seed, split, count):
     return files
 
 
-def _write_classification_split(out_dir, seed, split, per_class):
+def _classification_split_files(seed, split, per_class):
     files = {}
     for label, name in enumerate(CATEGORIES):
         for index in range(per_class):
