@@ -184,12 +184,17 @@ def _build_table(space, size, head, num_classes, head_channels) -> FlopsTable:
     )
     stem_flops, stem_params, shape = _measure(blocks_module.Stem(3, space.stem_out, "BN"), (1, 3) + size)
     layer_flops, layer_params, layer_sizes = [], [], []
+    # The layers after the first of a stage are alike (same block, channels, input shape): measure once.
+    measured_blocks = {}
     for spec in space.layers():
         layer_sizes.append(shape[2:])
-        measured = [
-            _measure(blocks_module.build_block(c, spec.in_channels, spec.out_channels, spec.stride, "BN"), shape)
-            for c in range(NUM_CHOICES)
-        ]
+        key = (spec.in_channels, spec.out_channels, spec.stride, shape)
+        if key not in measured_blocks:
+            measured_blocks[key] = [
+                _measure(blocks_module.build_block(c, spec.in_channels, spec.out_channels, spec.stride, "BN"), shape)
+                for c in range(NUM_CHOICES)
+            ]
+        measured = measured_blocks[key]
         layer_flops.append(tuple(m[0] for m in measured))
         layer_params.append(tuple(m[1] for m in measured))
         shape = measured[0][2]
