@@ -103,7 +103,8 @@ def format_table(info: dict) -> str:
     for s in info["stages"]:
         first, last = s["layers"]
         blocks = " ".join(SHORT_NAMES[c] for c in s["choices"])
-        rows.append([s["stage"], f"{first}-{last}", s["channels"], s["stride"], blocks, human(s["flops"]), human(s["params"])])
+        flops, params = human(s["flops"]), human(s["params"])
+        rows.append([s["stage"], f"{first}-{last}", s["channels"], s["stride"], blocks, flops, params])
     if info["head"] == "classifier":
         rows.append(["head", "-", "-", "-", "conv1x1+fc", human(info["head_flops"]), human(info["head_params"])])
     rows.append(["total", "", "", "", "", human(info["flops"]), human(info["params"])])
@@ -128,7 +129,9 @@ def get_parser():
         description="Chosen blocks, FLOPs (multiply-accumulates, fvcore) and params of a DetNAS arch.",
     )
     parser.add_argument("arch", help="arch file (any format), comma-separated block ids, or random:SEED")
-    parser.add_argument("--space", choices=sorted(SPACES), help="default: the file's, else implied by the length (random: small)")
+    parser.add_argument(
+        "--space", choices=sorted(SPACES), help="default: the file's, else implied by the length (random: small)"
+    )
     parser.add_argument("--width-mult", type=_positive_float, help="default: the file's, else 1.0")
     parser.add_argument("--head", choices=HEADS, default="none", help="classifier: count the ImageNet form")
     parser.add_argument("--num-classes", type=int, default=1000, help="of the classifier head")

@@ -308,7 +308,9 @@ def _check_length(ids: List[int], space: SearchSpace, node=None) -> Tuple[int, .
     if len(ids) != space.num_layers:
         fits = [name for name, s in SPACES.items() if s.num_layers == len(ids)]
         hint = f" (an arch of space {' or '.join(fits)}?)" if fits else ""
-        raise _Problem(f"{space.num_layers} layers expected for space {space.name}, found {len(ids)}{hint}", _line(node))
+        raise _Problem(
+            f"{space.num_layers} layers expected for space {space.name}, found {len(ids)}{hint}", _line(node)
+        )
     return tuple(ids)
 
 

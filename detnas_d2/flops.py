@@ -113,7 +113,9 @@ def get_flops_table(
     if head not in HEADS:
         raise ValueError(f"unknown head '{head}'; heads: {', '.join(HEADS)}")
     if head == "classifier" and not (num_classes >= 1 and head_channels >= 1):
-        raise ValueError(f"the classifier head needs num_classes, head_channels >= 1, got {num_classes}, {head_channels}")
+        raise ValueError(
+            f"the classifier head needs num_classes, head_channels >= 1, got {num_classes}, {head_channels}"
+        )
     if head == "none":  # the head's options do not matter: one table for all of them
         num_classes, head_channels = 1000, 1024
     return _cached_table(space, size, head, num_classes, head_channels, cache_dir or os.environ.get(CACHE_ENV) or "")

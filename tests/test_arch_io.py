@@ -89,7 +89,8 @@ def test_inline_specs():
     assert load_arch("random:7", "small") == load_arch("random:7", "small") != load_arch("random:8", "small")
     assert len(load_arch("random:7", "large")) == 40
     # no space given: 20 layers mean the small space
-    assert load_arch_record(",".join(map(str, arch))).arch == arch
+    record = load_arch_record(",".join(map(str, arch)))
+    assert (record.arch, record.space) == (arch, "small")
 
 
 def test_space_from_file_metadata(tmp_path):
@@ -184,13 +185,15 @@ def _ours_text(arch, space="small"):
          r"line 41: duplicate key backbone\.layers\.0\.0"),
         (_mmrazor1_text((0,) * 20, SMALL).replace("chosen: shuffle_3x3", "chosen: conv_1x1", 1), "small",
          r"line 2: unknown block 'conv_1x1'"),
-        (_mmrazor1_text((0,) * 20, SMALL) + "neck.conv:\n  chosen: x\n", "small", r"line 41: unexpected key 'neck\.conv'"),
+        (_mmrazor1_text((0,) * 20, SMALL) + "neck.conv:\n  chosen: x\n", "small",
+         r"line 41: unexpected key 'neck\.conv'"),
         ("backbone.layers.0.0: shuffle_3x3\n", "small", r"line 1: backbone\.layers\.0\.0: expected \{chosen"),
         (_mmrazor0_text((0,) * 20, SMALL).replace("  - shuffle_3x3\n", "  - shuffle_3x3\n  - shuffle_5x5\n", 1),
          "small", r"line 3: stage_0_block_0: 'chosen' must list exactly one block, found 2"),
         ("0\n1\n2\n" * 6 + "0\n", "small", r"^arch\.yaml: 20 layers expected for space small, found 19$"),
         ("0\n1\n2\n4\n" + "0\n" * 16, "small", r"^arch\.yaml: line 4: unknown block id 4"),
-        ("[" + "0, " * 40 + "]", "small", r"20 layers expected for space small, found 40 \(an arch of space large or large-wide\?\)"),
+        ("[" + "0, " * 40 + "]", "small",
+         r"20 layers expected for space small, found 40 \(an arch of space large or large-wide\?\)"),
         ("[" + "0, " * 40 + "]", None, r"40 layers fit spaces large and large-wide: name the space"),
         ("flops: 3\nlayers: [0, 1]\n", "small", r"line 1: unrecognised arch file.*found keys: flops, layers"),
         ("arch: [0, 1\n", "small", r"^arch\.yaml: line 2: not valid YAML"),
