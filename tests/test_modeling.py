@@ -7,7 +7,7 @@ from torch import nn
 
 import detnas_d2  # noqa: F401  (compat shims and registrations before detectron2.modeling)
 from detectron2.config import get_cfg
-from detectron2.layers import FrozenBatchNorm2d, NaiveSyncBatchNorm, ShapeSpec
+from detectron2.layers import FrozenBatchNorm2d, NaiveSyncBatchNorm
 from detectron2.modeling import build_backbone
 
 from detnas_d2 import add_detnas_config

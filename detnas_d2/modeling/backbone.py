@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
+from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import Backbone
 
 from ..search_space import NUM_CHOICES, SearchSpace
@@ -68,20 +68,17 @@ class _ShuffleNetV2Base(Backbone):
                 outputs[name] = x
         return outputs
 
-    def _stage_modules(self, stage: int) -> List[nn.Module]:
-        """All modules of `stage` (0..3), whatever the arch."""
-        return [self.layers[i] for i in self._stage_layers[stage]]
-
     def freeze(self, freeze_at: int = 0):
         """Like Detectron2's `ResNet.freeze`: 1 freezes the stem, k the stem and stages res2..res{k}.
 
-        Frozen modules get `requires_grad=False` and their BatchNorms become FrozenBatchNorm2d.
+        Frozen modules (in a supernet: all four choices of a layer) get `requires_grad=False` and their
+        BatchNorms become FrozenBatchNorm2d.
         """
         if freeze_at >= 1:
             self.stem.freeze()
         for stage in range(len(STAGE_NAMES)):
             if freeze_at >= stage + 2:
-                for module in self._stage_modules(stage):
+                for module in (self.layers[i] for i in self._stage_layers[stage]):
                     for p in module.parameters():
                         p.requires_grad = False
                     FrozenBatchNorm2d.convert_frozen_batchnorm(module)
@@ -143,9 +140,6 @@ class ShuffleNetV2Supernet(_ShuffleNetV2Base):
     def forward(self, x):
         self._require_arch()
         return self._forward_stages(x, self._active_stages)
-
-    def _stage_modules(self, stage):
-        return [layer.choices for layer in super()._stage_modules(stage)]
 
 
 class ShuffleNetV2Subnet(_ShuffleNetV2Base):
