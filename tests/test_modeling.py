@@ -24,7 +24,15 @@ from detnas_d2.modeling import (
 from detnas_d2.modeling.blocks import ShuffleBlock, ShuffleXceptionBlock, get_block_norm
 from detnas_d2.search_space import arch_to_str, get_space
 
-torch.set_num_threads(2)
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small convs run fastest single-threaded, and far steadier when other processes share the cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
 
 STAGES = ("res2", "res3", "res4", "res5")
 STRIDES = (4, 8, 16, 32)
