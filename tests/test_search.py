@@ -1,0 +1,358 @@
+"""Step 3, the search: algorithm and state (fake fitness), BN recalibration, scoring with one and two
+processes, end to end runs on the toy supernet detector, and the errors a user can run into."""
+import json
+import os
+import random
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import detnas_d2  # noqa: F401  (compat shims, registrations)
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode, get_cfg
+from detectron2.modeling import build_model
+from detectron2.utils import comm
+
+from detnas_d2 import add_detnas_config
+from detnas_d2.arch_io import load_arch
+from detnas_d2.engine.launch import launch
+from detnas_d2.flops import get_flops_table
+from detnas_d2.search import (
+    DIST_MODES,
+    ArchConstraints,
+    DistributedScoring,
+    EvolutionSearch,
+    SearchSettings,
+    SearchStateError,
+    build_scorer,
+    run_search,
+)
+from detnas_d2.search.scoring import bn_layers
+from detnas_d2.search_space import get_space
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DET_CONFIG = os.path.join(ROOT, "configs", "Toy", "search_det.yaml")
+CLS_CONFIG = os.path.join(ROOT, "configs", "Toy", "search_cls.yaml")
+SPACE = get_space("small", 0.25)
+INPUT_SIZE = 128
+FLOPS_MAX = 9.0e6
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny convolutions: threads only add overhead (and contention when tests run side by side)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def table():
+    return get_flops_table(SPACE, INPUT_SIZE)
+
+
+def make_cfg(config, out_dir, weights, **search):
+    cfg = get_cfg()
+    add_detnas_config(cfg)
+    cfg.merge_from_file(config)
+    cfg.OUTPUT_DIR = str(out_dir)
+    cfg.MODEL.WEIGHTS = str(weights)
+    small = dict(
+        POPULATION=4, GENERATIONS=2, TOPK=2, NUM_MUTATION=1, NUM_CROSSOVER=1, MAX_CANDIDATES=100,
+        BN_RECALIB_IMAGES=18, BN_RECALIB_BATCH_SIZE=4, EVAL_IMAGES=18, EVAL_BATCH_SIZE=4,
+    )
+    small.update(search)
+    for key, value in small.items():
+        setattr(cfg.SEARCH, key, value)
+    return cfg
+
+
+def save_random_supernet(config, path, **model):
+    """A randomly initialised supernet checkpoint: low but deterministic scores."""
+    cfg = make_cfg(config, os.path.dirname(path), "")
+    for key, value in model.items():
+        setattr(cfg.MODEL.DETNAS, key, value)
+    torch.manual_seed(0)
+    checkpointer = DetectionCheckpointer(build_model(cfg), save_dir=os.path.dirname(path))
+    checkpointer.save(os.path.splitext(os.path.basename(path))[0])
+    return path
+
+
+@pytest.fixture(scope="module")
+def det_weights(tmp_path_factory):
+    return save_random_supernet(DET_CONFIG, str(tmp_path_factory.mktemp("ckpt") / "supernet.pth"))
+
+
+# ---- the algorithm and its state, with a fake fitness ---------------------------------------------
+
+
+def fake_fitness(arch):
+    """Deterministic, prefers xception blocks late in the net."""
+    return sum((i + 1) * (a == 3) for i, a in enumerate(arch)) + 0.01 * sum(arch)
+
+
+def fake_score(archs):
+    return [{"score": fake_fitness(a)} for a in archs]
+
+
+def settings(**kw):
+    base = dict(population=8, generations=4, topk=3, num_mutation=3, mutation_prob=0.2, num_crossover=3,
+                max_candidates=1000, seed=3)
+    base.update(kw)
+    return SearchSettings(**base)
+
+
+def test_evolution_rules(table, tmp_path):
+    constraints = ArchConstraints(table, SPACE, INPUT_SIZE, flops_max=FLOPS_MAX)
+    search = EvolutionSearch(settings(), SPACE, constraints, str(tmp_path / "state.json"))
+    state = search.run(fake_score)
+    history = state.history
+    assert len(history) == 32 and state.finished and state.generation == 4
+    archs = [tuple(r["arch"]) for r in history]
+    assert len(set(archs)) == len(archs), "an arch was scored twice"
+    assert all(table.flops(a) <= FLOPS_MAX and r["flops"] == table.flops(a) for a, r in zip(archs, history))
+    assert {r["origin"] for r in history if r["generation"] == 0} == {"random"}
+    for g in range(1, 4):
+        origins = [r["origin"] for r in history if r["generation"] == g]
+        assert origins.count("mutation") == 3 and origins.count("crossover") == 3 and len(origins) == 8
+        # parents: the top-3 of all earlier generations; every child comes from them
+        earlier = sorted((r for r in history if r["generation"] < g), key=lambda r: (-r["score"], r["index"]))
+        parents = [r["arch"] for r in earlier[:3]]
+        for r in history:
+            if r["generation"] == g and r["origin"] == "crossover":
+                assert all(any(gene == p[i] for p in parents) for i, gene in enumerate(r["arch"]))
+    # selection works: later generations beat the random first one on average
+    mean = lambda g: sum(r["score"] for r in history if r["generation"] == g) / 8  # noqa: E731
+    assert mean(3) > mean(0)
+    assert search.best()["score"] == max(r["score"] for r in history)
+
+    random_search = EvolutionSearch(settings(mode="random"), SPACE, constraints, None)
+    random_history = random_search.run(fake_score).history
+    assert len(random_history) == 32 and {r["origin"] for r in random_history} == {"random"}
+    assert len({tuple(r["arch"]) for r in random_history}) == 32
+
+    budget = EvolutionSearch(settings(max_candidates=13), SPACE, constraints, None).run(fake_score)
+    assert len(budget.history) == 13 and budget.generation == 1  # stopped inside generation 1
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3])
+def test_resume_after_crash_matches_uninterrupted(table, tmp_path, chunk_size):
+    constraints = ArchConstraints(table, SPACE, INPUT_SIZE, flops_max=FLOPS_MAX)
+    full = EvolutionSearch(settings(), SPACE, constraints, str(tmp_path / "full.json")).run(fake_score, chunk_size)
+
+    path = str(tmp_path / "crashed.json")
+    calls = []
+
+    def crash_in_generation_2(archs):  # dies on the 2nd chunk of generation 2
+        calls.append(archs)
+        if len(calls) == -(-8 // chunk_size) * 2 + 2:
+            raise Crash()
+        return fake_score(archs)
+
+    with pytest.raises(Crash):
+        EvolutionSearch(settings(), SPACE, constraints, path).run(crash_in_generation_2, chunk_size)
+    with open(path) as f:
+        saved = json.load(f)
+    assert saved["generation"] == 2 and 16 < len(saved["history"]) < 24
+    rescored = []
+    resumed = EvolutionSearch(settings(), SPACE, constraints, path, resume=True)
+    state = resumed.run(lambda archs: rescored.extend(archs) or fake_score(archs), chunk_size)
+    assert state.history == full.history
+    assert resumed.best() == full.history[full.topk[0]]
+    done = {tuple(r["arch"]) for r in saved["history"]}
+    assert len(rescored) == 32 - len(done) and not done & set(rescored), "a scored candidate was scored again"
+
+    # A larger budget continues a finished search exactly like a search run with it from the start.
+    more = EvolutionSearch(settings(generations=5), SPACE, constraints, path, resume=True).run(fake_score, chunk_size)
+    reference = EvolutionSearch(settings(generations=5), SPACE, constraints, None).run(fake_score, chunk_size)
+    assert more.history == reference.history and len(more.history) == 40
+
+
+def test_state_errors(table, tmp_path):
+    constraints = ArchConstraints(table, SPACE, INPUT_SIZE, flops_max=FLOPS_MAX)
+    path = str(tmp_path / "state.json")
+    EvolutionSearch(settings(generations=1), SPACE, constraints, path).run(fake_score)
+    assert os.path.exists(path + ".bak")
+    with pytest.raises(SearchStateError, match="--resume"):
+        EvolutionSearch(settings(), SPACE, constraints, path)
+    with pytest.raises(SearchStateError, match=r"population: 8 -> 6"):
+        EvolutionSearch(settings(population=6), SPACE, constraints, path, resume=True)
+
+    with open(path) as f:
+        text = f.read()
+    corrupt = text[: len(text) // 2]
+    with open(path, "w") as f:
+        f.write(corrupt)
+    with pytest.raises(SearchStateError, match=r"state\.json is corrupt.*state\.json\.bak"):
+        EvolutionSearch(settings(), SPACE, constraints, path, resume=True)
+    with open(path) as f:
+        assert f.read() == corrupt, "a corrupt state file must be left as it is"
+
+
+def test_impossible_constraints(table, tmp_path):
+    lo, hi = table.min_flops, table.max_flops
+    expected_range = rf"FLOPs {lo / 1e6:.2f}M\.\.{hi / 1e6:.2f}M, params {table.min_params / 1e6:.3f}M"
+    # MODEL.WEIGHTS does not exist: the constraints fail first, before anything is loaded.
+    for limits, problem in [
+        (dict(FLOPS_MAX=lo - 1), "below the smallest FLOPs"),
+        (dict(FLOPS_MIN=hi + 1, FLOPS_MAX=0.0), "above the largest FLOPs"),
+        (dict(FLOPS_MAX=0.0, PARAMS_MAX=table.min_params - 1), "below the smallest params"),
+        (dict(FLOPS_MIN=9e6, FLOPS_MAX=8e6), "FLOPS_MIN=9e\\+06 > SEARCH.FLOPS_MAX=8e\\+06"),
+    ]:
+        cfg = make_cfg(DET_CONFIG, tmp_path, tmp_path / "missing.pth", **limits)
+        with pytest.raises(ValueError, match=problem) as info:
+            run_search(cfg)
+        assert "Impossible search constraints" in str(info.value)
+        assert re.search(expected_range, str(info.value))
+    assert not os.path.exists(tmp_path / "search_state.json")
+
+
+# ---- scoring -----------------------------------------------------------------------------------
+
+
+def test_bn_recalibration_touches_only_the_active_path(det_weights, tmp_path):
+    cfg = make_cfg(DET_CONFIG, tmp_path, det_weights)
+    scorer = build_scorer(cfg)
+    supernet, model = scorer.supernet, scorer.model
+    arch = SPACE.random_arch(random.Random(1))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = scorer.score(arch)
+    assert result["score"] >= 0 and result["seconds_recalib"] > 0
+    after = model.state_dict()
+
+    active = {id(m) for block in supernet.active_modules() for m in block.modules()}
+    names = {id(m): n for n, m in model.named_modules()}
+    for layer in bn_layers(model):
+        name = names[id(layer)]
+        changed = not torch.equal(before[name + ".running_mean"], after[name + ".running_mean"])
+        assert changed == (id(layer) in active), f"{name}: changed={changed}, on the path={id(layer) in active}"
+    assert all(torch.equal(before[k], after[k]) for k in before if "running" not in k), "weights changed"
+
+    # The stem's BN sees conv(image) of every recalibration image: its statistics are exact.
+    conv = supernet.stem.conv  # detectron2 Conv2d: conv, then its norm, then ReLU
+    stem_bn = conv.norm
+    inputs = [
+        F.conv2d(model.preprocess_image(b).tensor, conv.weight, conv.bias, conv.stride, conv.padding)
+        for b in scorer.recalib_batches
+    ]
+    x = torch.cat([i.transpose(0, 1).reshape(i.shape[1], -1) for i in inputs], dim=1).double()
+    torch.testing.assert_close(stem_bn.running_mean.double(), x.mean(dim=1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(stem_bn.running_var.double(), x.var(dim=1), rtol=1e-5, atol=1e-6)
+
+    # Recalibrating the same path again gives the same statistics and score.
+    again = scorer.score(arch)
+    assert again["score"] == result["score"]
+    assert all(torch.equal(after[k], v) for k, v in model.state_dict().items())
+
+
+def _bn_state(model):
+    return {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+
+
+def _score_in_two_processes(cfg_text, archs, out_file):
+    cfg = get_cfg()
+    add_detnas_config(cfg)
+    cfg.merge_from_other_cfg(CfgNode.load_cfg(cfg_text))
+    results = {}
+    for mode in DIST_MODES:
+        cfg.SEARCH.DIST_MODE = mode
+        scorer = build_scorer(cfg)
+        pool = DistributedScoring(scorer, mode)
+        if not comm.is_main_process():
+            pool.serve()
+            continue
+        scores = []
+        for start in range(0, len(archs), pool.chunk_size):
+            scores += [r["score"] for r in pool.score(archs[start : start + pool.chunk_size])]
+        pool.stop()
+        results[mode] = scores
+        if mode == "split_images":  # every process recalibrated the last arch together
+            torch.save(_bn_state(scorer.model), out_file + ".bn")
+    if comm.is_main_process():
+        with open(out_file, "w") as f:
+            json.dump(results, f)
+
+
+def test_one_and_two_processes_give_the_same_scores(det_weights, tmp_path):
+    # All 64 images of toy_det_search (8 batches): enough for the random supernet to score above 0.
+    archs = [SPACE.random_arch(random.Random(s)) for s in (2, 3, 4)]
+    cfg = make_cfg(DET_CONFIG, tmp_path, det_weights, EVAL_IMAGES=0, EVAL_BATCH_SIZE=8)
+    scorer = build_scorer(cfg)
+    single = [scorer.score(a)["score"] for a in archs]
+    assert len(set(single)) > 1, f"the archs should score differently: {single}"
+    single_bn = _bn_state(scorer.model)
+
+    out_file = str(tmp_path / "two.json")
+    launch(_score_in_two_processes, 2, dist_url="auto", args=(cfg.dump(), archs, out_file))
+    with open(out_file) as f:
+        two = json.load(f)
+    for mode in DIST_MODES:
+        assert two[mode] == pytest.approx(single, rel=1e-4, abs=1e-9), mode
+    two_bn = torch.load(out_file + ".bn")
+    for key, value in single_bn.items():
+        torch.testing.assert_close(two_bn[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_top1_fitness_scores_a_classifier(tmp_path):
+    weights = save_random_supernet(CLS_CONFIG, str(tmp_path / "cls_supernet.pth"))
+    cfg = make_cfg(CLS_CONFIG, tmp_path, weights, BN_RECALIB_IMAGES=40, BN_RECALIB_BATCH_SIZE=20,
+                   EVAL_IMAGES=0, EVAL_BATCH_SIZE=50)
+    scorer = build_scorer(cfg)
+    head_bn = bn_layers(scorer.model.head)[0]
+    before = head_bn.running_mean.clone()
+    result = scorer.score(SPACE.default_arch())
+    assert 0.0 <= result["score"] <= 100.0
+    assert scorer.eval_batches.num_images == 100  # all of toy_cls_search
+    # the head's BN runs on every path and is recalibrated with it
+    assert not torch.equal(before, head_bn.running_mean)
+
+
+# ---- end to end --------------------------------------------------------------------------------
+
+
+def test_search_end_to_end_and_resume(det_weights, tmp_path):
+    out = tmp_path / "full"
+    best = run_search(make_cfg(DET_CONFIG, out, det_weights))
+    names = sorted(os.listdir(out))
+    for expected in ("best_arch.yaml", "candidates.jsonl", "search_scores.png", "search_state.json"):
+        assert expected in names
+    assert any(n.startswith("events.out.tfevents") for n in names)
+    with open(out / "search_scores.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    with open(out / "candidates.jsonl") as f:
+        lines = [json.loads(line) for line in f]
+    assert len(lines) == 8 and [r["generation"] for r in lines] == [0] * 4 + [1] * 4
+    assert len({tuple(r["arch"]) for r in lines}) == 8
+    assert all(r["flops"] <= FLOPS_MAX for r in lines)
+    assert all(r["arch_names"][0].startswith("shuffle") and r["seconds_inference"] > 0 for r in lines)
+    assert best["score"] == max(r["score"] for r in lines)
+    assert load_arch(str(out / "best_arch.yaml"), SPACE) == tuple(best["arch"])
+
+    # Stopped after 5 candidates (inside generation 1), then resumed with the full budget.
+    out2 = tmp_path / "resumed"
+    run_search(make_cfg(DET_CONFIG, out2, det_weights, MAX_CANDIDATES=5))
+    with open(out2 / "candidates.jsonl") as f:
+        first_part = [json.loads(line) for line in f]
+    assert len(first_part) == 5
+    resumed_best = run_search(make_cfg(DET_CONFIG, out2, det_weights, DIST_MODE="split_candidates"), resume=True)
+    with open(out2 / "candidates.jsonl") as f:
+        resumed = [json.loads(line) for line in f]
+    assert resumed[:5] == first_part, "scored candidates are kept as they were (not scored again)"
+    key = lambda r: (r["arch"], r["generation"], r["origin"], r["score"])  # noqa: E731
+    assert [key(r) for r in resumed] == [key(r) for r in lines]
+    assert resumed_best["arch"] == best["arch"]
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"MODEL.WEIGHTS=.*nothing\.pth: no such supernet checkpoint"):
+        run_search(make_cfg(DET_CONFIG, tmp_path, tmp_path / "nothing.pth"))
+    large = save_random_supernet(DET_CONFIG, str(tmp_path / "large.pth"), SPACE="large")
+    with pytest.raises(ValueError, match=r"large\.pth.*do not fit.*space 'small'.*MODEL.DETNAS.SPACE"):
+        build_scorer(make_cfg(DET_CONFIG, tmp_path, large))
