@@ -1,0 +1,24 @@
+"""Training: the trainer, random-path hook and samplers, checkpoint hand-off, launch (CPU/GPU, SLURM)."""
+from .checkpoint import DetNASCheckpointer
+from .hooks import RandomPathHook
+from .launch import create_ddp_model, launch
+from .sampling import FlopsBinSampler, UniformPathSampler, build_path_sampler, path_rng
+from .slurm import apply_slurm_env, expand_nodelist, slurm_launch_args
+from .trainer import DetNASTrainer, evaluation_arch, reference_arch
+
+__all__ = [
+    "DetNASCheckpointer",
+    "DetNASTrainer",
+    "FlopsBinSampler",
+    "RandomPathHook",
+    "UniformPathSampler",
+    "apply_slurm_env",
+    "build_path_sampler",
+    "create_ddp_model",
+    "evaluation_arch",
+    "expand_nodelist",
+    "launch",
+    "path_rng",
+    "reference_arch",
+    "slurm_launch_args",
+]

@@ -1,0 +1,77 @@
+"""Training hooks for supernets."""
+import logging
+
+from detectron2.engine import HookBase
+
+from ..search_space import arch_to_str, space_from_cfg
+from .sampling import build_path_sampler, path_rng
+
+__all__ = ["RandomPathHook"]
+
+logger = logging.getLogger(__name__)
+
+
+class RandomPathHook(HookBase):
+    """Set a new random path on the supernet of the trainer's model before every iteration.
+
+    The path of iteration `it` is `sampler(path_rng(DETNAS.SAMPLER.SEED, it))`: the same on every rank
+    without communication, and the same after a resume as in an uninterrupted run. Register it before
+    hooks that run the model in `before_step`. Writes the path's FLOPs (MACs at DETNAS.SAMPLER.INPUT_SIZE)
+    to the EventStorage as "detnas/path_flops".
+
+    Blocks outside the path do not run, so they get no gradient (`grad` stays None after the trainer's
+    `zero_grad()`) and the optimizer skips them: no momentum, no weight decay.
+    """
+
+    def __init__(self, cfg, sampler=None, flops_table=None):
+        from ..flops import get_flops_table
+
+        self.space = space_from_cfg(cfg)
+        self.seed = int(cfg.DETNAS.SAMPLER.SEED)
+        self._flops_table = flops_table or get_flops_table(self.space, cfg.DETNAS.SAMPLER.INPUT_SIZE)
+        self._sampler = sampler or build_path_sampler(cfg, self.space, self._flops_table)
+        self.num_sampled = 0  # paths drawn so far (over resumes)
+        self.arch = None  # the path of the current iteration
+        self._supernet = None
+
+    def before_train(self):
+        from ..modeling.backbone import find_supernet
+
+        self._supernet = find_supernet(self.trainer.model)
+        if self._supernet is None:
+            raise ValueError(
+                f"RandomPathHook: the model ({type(self.trainer.model).__name__}) holds no "
+                "ShuffleNetV2Supernet; use it only with supernet backbones"
+            )
+        if self._supernet.space != self.space:
+            raise ValueError(
+                f"RandomPathHook samples space {self.space} (from the config), the model's supernet "
+                f"has space {self._supernet.space}"
+            )
+
+    def sample(self, iteration: int):
+        """The path of `iteration` (without setting it)."""
+        return self._sampler(path_rng(self.seed, iteration))
+
+    def before_step(self):
+        self.arch = self._supernet.set_arch(self.sample(self.trainer.iter))
+        self.num_sampled += 1
+        self.trainer.storage.put_scalar(
+            "detnas/path_flops", float(self._flops_table.flops(self.arch)), smoothing_hint=False
+        )
+        if self.trainer.iter == self.trainer.start_iter:
+            logger.info(f"First path (iteration {self.trainer.iter}): {arch_to_str(self.arch)}")
+
+    def state_dict(self):
+        # Ints only: Detectron2 loads checkpoints with torch.load(weights_only=True).
+        return {"seed": self.seed, "num_sampled": self.num_sampled}
+
+    def load_state_dict(self, state_dict):
+        seed = int(state_dict["seed"])
+        if seed != self.seed:
+            logger.warning(
+                f"RandomPathHook: the checkpoint was trained with DETNAS.SAMPLER.SEED={seed}, the config "
+                f"says {self.seed}: from here on paths follow seed {self.seed}, so this run will not "
+                "reproduce an uninterrupted one. Set DETNAS.SAMPLER.SEED to the checkpoint's to do so."
+            )
+        self.num_sampled = int(state_dict["num_sampled"])

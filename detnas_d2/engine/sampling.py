@@ -1,0 +1,189 @@
+"""Random paths for supernet training.
+
+A path is a pure function of (DETNAS.SAMPLER.SEED, iteration) through :func:`path_rng`, so every rank
+draws the same path without communicating, and a resumed run draws exactly what an uninterrupted one
+would have.
+
+Samplers (DETNAS.SAMPLER.NAME):
+
+- ``uniform`` (SPOS): every layer picks one of the blocks uniformly. With DETNAS.SAMPLER.FLOPS_MIN/MAX
+  set, paths are uniform among those whose FLOPs lie in [FLOPS_MIN, FLOPS_MAX].
+- ``flops_uniform`` (official DetNAS): pick one of NUM_BINS equal FLOPs bins between FLOPS_MIN and
+  FLOPS_MAX uniformly, then a path uniformly among those whose FLOPs fall in that bin. FLOPS_MAX thus
+  also acts as a FLOPs limit.
+
+The official code draws the in-bin path by rejection from uniform paths, which can take millions of
+tries for the bins near the space's extremes. :class:`FlopsBinSampler` draws from the same distribution
+efficiently: backbone FLOPs are a sum of per-layer terms, so a dynamic program over quantised FLOPs counts
+the paths per quantised total; the proposal is uniform over the paths whose quantised FLOPs can lie in
+the bin (a superset of the bin), and an exact FLOPs check rejects the few outside it.
+"""
+import logging
+import math
+import random
+from typing import List, Sequence, Tuple
+
+from ..search_space import NUM_CHOICES, SearchSpace, space_from_cfg
+
+__all__ = [
+    "path_rng",
+    "UniformPathSampler",
+    "FlopsBinSampler",
+    "build_path_sampler",
+    "SAMPLER_NAMES",
+]
+
+SAMPLER_NAMES = ("uniform", "flops_uniform")
+logger = logging.getLogger(__name__)
+
+
+def path_rng(seed: int, iteration: int) -> random.Random:
+    """The RNG that draws the path of `iteration`: identical in every process (no `hash()`)."""
+    return random.Random(int(seed) * 1_000_003 + int(iteration))
+
+
+class UniformPathSampler:
+    """Every layer picks a block uniformly at random."""
+
+    def __init__(self, space: SearchSpace):
+        self.space = space
+
+    def __call__(self, rng: random.Random) -> Tuple[int, ...]:
+        return self.space.random_arch(rng)
+
+
+class FlopsBinSampler:
+    """Pick one of `num_bins` equal FLOPs bins of [flops_min, flops_max] uniformly, then a path uniformly
+    among those whose FLOPs fall in the bin (the last bin includes `flops_max`).
+
+    `flops_table` is a :func:`detnas_d2.flops.get_flops_table` result (`.flops(arch)`, `.layer_flops`).
+    Every bin is checked at construction: one without any path raises ValueError naming it.
+    """
+
+    GRID_PER_BIN = 256  # quantisation steps per bin: the proposal overshoots a bin by <= num_layers/2 steps
+    MAX_GRID = 8192  # cap on the steps over the whole FLOPs span of the space (DP cost)
+
+    def __init__(
+        self, space: SearchSpace, flops_table, flops_min: float, flops_max: float, num_bins: int = 1,
+        max_tries: int = 1000,
+    ):
+        self.space = space
+        self.table = flops_table
+        self.max_tries = max_tries
+        num_layers = space.num_layers
+        layer_flops = [[float(flops_table.layer_flops[i][c]) for c in range(NUM_CHOICES)] for i in range(num_layers)]
+        default = space.default_arch()
+        base = float(flops_table.flops(default)) - sum(layer_flops[i][c] for i, c in enumerate(default))
+        lowest = [min(row) for row in layer_flops]
+        space_min = base + sum(lowest)
+        space_max = base + sum(max(row) for row in layer_flops)
+        self.flops_min = float(flops_min) if flops_min > 0 else space_min
+        self.flops_max = float(flops_max) if flops_max > 0 else space_max
+        if num_bins < 1:
+            raise ValueError(f"DETNAS.SAMPLER.NUM_BINS must be >= 1, got {num_bins}")
+        if not self.flops_min < self.flops_max:
+            raise ValueError(
+                f"DETNAS.SAMPLER FLOPs range is empty: FLOPS_MIN {self.flops_min:.4g} >= FLOPS_MAX "
+                f"{self.flops_max:.4g} (space '{space.name}' spans {space_min:.4g}..{space_max:.4g} MACs)"
+            )
+        self.edges = [self.flops_min + (self.flops_max - self.flops_min) * b / num_bins for b in range(num_bins + 1)]
+
+        unit = max((self.flops_max - self.flops_min) / (num_bins * self.GRID_PER_BIN),
+                   (space_max - space_min) / self.MAX_GRID, 1e-12)
+        self._steps = [[round((f - low) / unit) for f in row] for row, low in zip(layer_flops, lowest)]
+        # _counts[i][s]: number of ways layers i.. add up to s quantised steps.
+        total_steps = sum(max(row) for row in self._steps)
+        counts: List[List[int]] = [[0] * (total_steps + 1) for _ in range(num_layers + 1)]
+        counts[num_layers][0] = 1
+        for i in range(num_layers - 1, -1, -1):
+            nxt, cur = counts[i + 1], counts[i]
+            for q in self._steps[i]:
+                for s in range(total_steps + 1 - q):
+                    if nxt[s]:
+                        cur[s + q] += nxt[s]
+        self._counts = counts
+        # Rounding moves a path's quantised total by at most num_layers/2 steps from its exact FLOPs.
+        slack = num_layers / 2
+        self._bin_sums = []
+        for b in range(num_bins):
+            first = max(0, math.ceil((self.edges[b] - space_min) / unit - slack))
+            last = min(total_steps, math.floor((self.edges[b + 1] - space_min) / unit + slack))
+            sums = [(s, counts[0][s]) for s in range(first, last + 1) if counts[0][s]]
+            self._bin_sums.append(sums)
+            # Bounded pre-check: an empty superset, or no exact hit within max_tries, fails here.
+            if not sums or self._sample_in_bin(b, random.Random(b)) is None:
+                raise ValueError(
+                    f"DETNAS.SAMPLER: FLOPs bin {b} [{self.edges[b]:.4g}, {self.edges[b + 1]:.4g}) of "
+                    f"[{self.flops_min:.4g}, {self.flops_max:.4g}] holds no path of space '{space.name}' "
+                    f"(width {space.width_mult}, paths span {space_min:.4g}..{space_max:.4g} MACs at the "
+                    "sampler's INPUT_SIZE): change DETNAS.SAMPLER.FLOPS_MIN/FLOPS_MAX/NUM_BINS"
+                )
+
+    @property
+    def num_bins(self) -> int:
+        return len(self._bin_sums)
+
+    def _in_bin(self, flops: float, b: int) -> bool:
+        lo, hi = self.edges[b], self.edges[b + 1]
+        return lo <= flops < hi or (b == self.num_bins - 1 and flops == hi)
+
+    def _draw_path(self, rng: random.Random, sums: Sequence[Tuple[int, int]]) -> Tuple[int, ...]:
+        """A path drawn uniformly among those whose quantised total is one of `sums`."""
+        pick = rng.randrange(sum(n for _, n in sums))
+        for remaining, n in sums:
+            if pick < n:
+                break
+            pick -= n
+        arch = []
+        for i, steps in enumerate(self._steps):
+            nxt = self._counts[i + 1]
+            weights = [nxt[remaining - q] if 0 <= remaining - q < len(nxt) else 0 for q in steps]
+            pick = rng.randrange(sum(weights))
+            for choice, w in enumerate(weights):
+                if pick < w:
+                    break
+                pick -= w
+            arch.append(choice)
+            remaining -= steps[choice]
+        return tuple(arch)
+
+    def _sample_in_bin(self, b: int, rng: random.Random):
+        for _ in range(self.max_tries):
+            arch = self._draw_path(rng, self._bin_sums[b])
+            if self._in_bin(float(self.table.flops(arch)), b):
+                return arch
+        return None
+
+    def __call__(self, rng: random.Random) -> Tuple[int, ...]:
+        b = rng.randrange(self.num_bins)
+        arch = self._sample_in_bin(b, rng)
+        if arch is None:
+            raise RuntimeError(
+                f"no path with FLOPs in bin {b} [{self.edges[b]:.4g}, {self.edges[b + 1]:.4g}) after "
+                f"{self.max_tries} tries; widen DETNAS.SAMPLER.FLOPS_MIN/FLOPS_MAX or lower NUM_BINS"
+            )
+        return arch
+
+
+def build_path_sampler(cfg, space: SearchSpace = None, flops_table=None):
+    """The sampler named by DETNAS.SAMPLER.NAME (see the module doc). `flops_table` defaults to
+    `get_flops_table(space, DETNAS.SAMPLER.INPUT_SIZE)` and is only built when the sampler needs it."""
+    sampler_cfg = cfg.DETNAS.SAMPLER
+    space = space or space_from_cfg(cfg)
+    name = sampler_cfg.NAME
+    if name not in SAMPLER_NAMES:
+        raise ValueError(f"DETNAS.SAMPLER.NAME '{name}' is unknown; choose one of {list(SAMPLER_NAMES)}")
+    limited = sampler_cfg.FLOPS_MIN > 0 or sampler_cfg.FLOPS_MAX > 0
+    if name == "uniform" and not limited:
+        return UniformPathSampler(space)
+    if flops_table is None:
+        from ..flops import get_flops_table
+
+        flops_table = get_flops_table(space, sampler_cfg.INPUT_SIZE)
+    num_bins = sampler_cfg.NUM_BINS if name == "flops_uniform" else 1
+    sampler = FlopsBinSampler(space, flops_table, sampler_cfg.FLOPS_MIN, sampler_cfg.FLOPS_MAX, num_bins)
+    logger.info(
+        f"Path sampler '{name}': FLOPs {sampler.flops_min / 1e6:.2f}M..{sampler.flops_max / 1e6:.2f}M "
+        f"(input {sampler_cfg.INPUT_SIZE}) in {sampler.num_bins} bin(s)"
+    )
+    return sampler
