@@ -238,6 +238,7 @@ def test_out_features_subset_runs_only_needed_stages():
         "stem": (1, space.stem_out, 16, 16),
         "res3": (1, space.stage_out[1], 4, 4),
     }
+    assert len(supernet.active_modules()) == 1 + 8  # stem + the res2 and res3 layers
     out["res3"].sum().backward()
     res4_first = supernet.choice_blocks(8)[arch[8]]  # layers 8..15 are res4: not run
     assert all(p.grad is None for p in res4_first.parameters())

@@ -129,9 +129,10 @@ class ShuffleNetV2Supernet(_ShuffleNetV2Base):
             )
 
     def active_modules(self) -> List[nn.Module]:
-        """The modules that run for the current arch: the stem, then the chosen block of every layer."""
+        """The modules that run for the current arch: the stem, then the chosen block of every layer
+        (up to the stage of the deepest output feature)."""
         self._require_arch()
-        return [self.stem] + [layer.choices[c] for layer, c in zip(self.layers, self.arch)]
+        return [self.stem] + [block for stage in self._active_stages for block in stage]
 
     def choice_blocks(self, layer: int) -> nn.ModuleList:
         """The four candidate blocks of `layer`, indexed by block id."""
