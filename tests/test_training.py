@@ -1,6 +1,7 @@
 """Supernet and subnet detection training on the toy data: path sampling, no update of unsampled blocks,
 resume, supernet evaluation with the reference arch, and a subnet detector that learns."""
 import collections
+import io
 import json
 import logging
 import os
@@ -198,7 +199,7 @@ def _paths_of_run(cfg, resume, fail_at=None):
     return start, record.paths, trainer._hooks[0]
 
 
-def test_resume_samples_the_paths_of_an_uninterrupted_run(tmp_path, caplog):
+def test_resume_samples_the_paths_of_an_uninterrupted_run(tmp_path):
     opts = ["SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "3", "SOLVER.IMS_PER_BATCH", "2"]
     _, uninterrupted, _ = _paths_of_run(toy_cfg("det_supernet.yaml", tmp_path / "a", *opts), resume=False)
     assert len(uninterrupted) == 6 and len(set(uninterrupted.values())) == 6
@@ -215,9 +216,14 @@ def test_resume_samples_the_paths_of_an_uninterrupted_run(tmp_path, caplog):
     os.makedirs(cfg.OUTPUT_DIR)
     shutil.copy(tmp_path / "b" / "model_0000002.pth", cfg.OUTPUT_DIR)
     (tmp_path / "c" / "last_checkpoint").write_text("model_0000002.pth")
-    with caplog.at_level(logging.WARNING, logger="detnas_d2"):
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)  # caplog misses it once setup_logger stopped propagation
+    logging.getLogger("detnas_d2").addHandler(handler)
+    try:
         start, other_seed, _ = _paths_of_run(cfg, resume=True)
-    assert "trained with DETNAS.SAMPLER.SEED=0, the config says 5" in caplog.text
+    finally:
+        logging.getLogger("detnas_d2").removeHandler(handler)
+    assert "trained with DETNAS.SAMPLER.SEED=0, the config says 5" in stream.getvalue()
     assert start == 3 and other_seed != after
 
 
@@ -254,11 +260,13 @@ def test_supernet_evaluates_reference_arch_and_restores_training_path(tmp_path):
 
 def test_toy_subnet_detector_learns(tmp_path):
     """A short schedule takes the subnet detector clearly above its untrained AP on toy_det_val."""
-    cfg = toy_cfg("det_subnet.yaml", tmp_path, "DATASETS.TEST", "('toy_det_val',)", "SOLVER.MAX_ITER", "160",
-                  "SOLVER.STEPS", "(140,)", "SOLVER.CHECKPOINT_PERIOD", "1000")
+    # From scratch the toy detector learns slowly: ~250 iterations (~40 s on one core) give AP ~0.5,
+    # AP50 ~1.7 (percent) where the untrained one has ~0.
+    cfg = toy_cfg("det_subnet.yaml", tmp_path, "DATASETS.TEST", "('toy_det_val',)", "SOLVER.MAX_ITER", "250",
+                  "SOLVER.STEPS", "(200,)", "SOLVER.CHECKPOINT_PERIOD", "1000")
     trainer = DetNASTrainer(cfg)
     untrained = DetNASTrainer.test(cfg, trainer.model)["bbox"]
     trainer.train()  # ends with an evaluation, written to eval_results.json
     trained = json.loads((tmp_path / EVAL_RESULTS_FILE).read_text())["bbox"]
     assert untrained["AP50"] < 0.1
-    assert trained["AP50"] > 0.5 and trained["AP"] > untrained["AP"] + 0.1, (untrained, trained)
+    assert trained["AP50"] > 0.8 and trained["AP"] > untrained["AP"] + 0.25, (untrained, trained)

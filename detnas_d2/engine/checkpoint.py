@@ -98,7 +98,7 @@ class DetNASCheckpointer(DetectionCheckpointer):
         rows = Counter(
             (source_prefix + _group(k, 1), target_prefix + _group(k, 1)) for k in source_backbone
         )
-        dropped = Counter()
+        dropped_keys = []
         for key, value in state.items():
             if key.startswith(source_prefix):
                 continue
@@ -106,7 +106,10 @@ class DetNASCheckpointer(DetectionCheckpointer):
                 mapped[key] = value
                 rows[(_group(key, 2), _group(key, 2))] += 1
             else:
-                dropped[_group(key, 2)] += 1
+                dropped_keys.append(key)
+        # A top-level module dropped as a whole is one row ("head.*"), others are split one level down.
+        kept_tops = {k.split(".", 1)[0] for k in state if k not in dropped_keys}
+        dropped = Counter(_group(k, 2 if k.split(".", 1)[0] in kept_tops else 1) for k in dropped_keys)
         table = [(src, dst, n) for (src, dst), n in sorted(rows.items())]
         table += [(src, "(dropped: not in the model)", n) for src, n in sorted(dropped.items())]
         path = f", path {arch_to_str(backbone.arch)}" if source_is_supernet and not target_is_supernet else ""
