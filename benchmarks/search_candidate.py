@@ -1,0 +1,118 @@
+#!/usr/bin/env python
+"""Cost of scoring one search candidate, and search throughput with one and two processes.
+
+Runs short toy searches (configs/Toy/search_det.yaml on a randomly initialised toy supernet unless
+--weights is given) and reads candidates.jsonl: seconds per candidate in BN recalibration, inference,
+COCO evaluation and everything else (state save, outputs, selection, data hand-off; goal < 10% of a
+candidate), candidates per hour for 1 process, 2 processes in each SEARCH.DIST_MODE, and 1 process
+without the in-memory input cache (SEARCH.CACHE_MB 0: every candidate maps its images again).
+
+    python benchmarks/search_candidate.py [--candidates 12] [--weights W] [KEY VALUE ...]
+
+Without CUDA the processes are CPU processes (gloo) with cores/2 threads each (what the launcher
+gives each of two processes), so "vs 1 proc" is the gain of a second process with its own cores, as a
+second GPU would be.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+import detnas_d2  # noqa: F401  (first: compat shims, registrations)
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode, get_cfg
+from detectron2.modeling import build_model
+from detectron2.utils.logger import setup_logger
+from tabulate import tabulate
+
+from detnas_d2 import add_detnas_config
+from detnas_d2.engine.launch import launch
+from detnas_d2.search import run_search
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _search(cfg_text, threads):
+    torch.set_num_threads(threads)
+    cfg = get_cfg()
+    add_detnas_config(cfg)
+    cfg.merge_from_other_cfg(CfgNode.load_cfg(cfg_text))
+    run_search(cfg)
+
+
+def _stats(out_dir, procs, split_candidates):
+    with open(os.path.join(out_dir, "candidates.jsonl")) as f:
+        records = [json.loads(line) for line in f][1:]  # the first one warms up
+    mean = lambda key: statistics.mean(r[key] for r in records)  # noqa: E731
+    recalib, inference, metric, wall = (mean(k) for k in ("seconds_recalib", "seconds_inference",
+                                                           "seconds_metric", "seconds_wall"))
+    # split_candidates: `procs` candidates are scored side by side in `procs` x wall seconds
+    busy = wall * procs if split_candidates else wall
+    rest = busy - (recalib + inference + metric)
+    return {"n": len(records) + 1, "recalib": recalib, "inference": inference, "metric": metric,
+            "rest": rest, "rest_pct": 100 * rest / busy, "wall": wall, "per_hour": 3600 / wall}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", default=os.path.join(ROOT, "configs", "Toy", "search_det.yaml"))
+    parser.add_argument("--candidates", type=int, default=12, help="candidates per run (2 generations)")
+    parser.add_argument("--weights", default="", help="supernet checkpoint (default: random init)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE pairs")
+    args = parser.parse_args()
+    setup_logger(name="detnas_d2")
+    work = tempfile.mkdtemp(prefix="search_bench_")
+
+    cfg = get_cfg()
+    add_detnas_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+    if not args.weights:
+        torch.manual_seed(0)
+        DetectionCheckpointer(build_model(cfg), save_dir=work).save("random_supernet")
+        args.weights = os.path.join(work, "random_supernet.pth")
+    cfg.MODEL.WEIGHTS = args.weights
+    cfg.SEARCH.POPULATION = (args.candidates + 1) // 2
+    cfg.SEARCH.GENERATIONS = 2
+    cfg.SEARCH.MAX_CANDIDATES = args.candidates
+    cfg.SEARCH.TOPK = min(cfg.SEARCH.TOPK, cfg.SEARCH.POPULATION)
+    cfg.SEARCH.NUM_MUTATION = cfg.SEARCH.NUM_CROSSOVER = cfg.SEARCH.POPULATION // 3
+
+    runs = [("1 process", 1, "split_images", cfg.SEARCH.CACHE_MB),
+            ("1 process, no input cache", 1, "split_images", 0),
+            ("2 processes, split_images", 2, "split_images", cfg.SEARCH.CACHE_MB),
+            ("2 processes, split_candidates", 2, "split_candidates", cfg.SEARCH.CACHE_MB)]
+    threads = max(1, (os.cpu_count() or 2) // 2)
+    rows, base = [], None
+    for label, procs, mode, cache_mb in runs:
+        run_cfg = cfg.clone()
+        run_cfg.OUTPUT_DIR = os.path.join(work, label.replace(" ", "_").replace(",", ""))
+        run_cfg.SEARCH.DIST_MODE = mode
+        run_cfg.SEARCH.CACHE_MB = cache_mb
+        start = time.perf_counter()
+        launch(_search, procs, dist_url="auto", args=(run_cfg.dump(), threads))
+        total = time.perf_counter() - start
+        s = _stats(run_cfg.OUTPUT_DIR, procs, mode == "split_candidates")
+        base = base or s["per_hour"]
+        rows.append((label, s["n"], f"{s['recalib']:.3f}", f"{s['inference']:.3f}", f"{s['metric']:.3f}",
+                     f"{s['rest']:.3f}", f"{s['rest_pct']:.1f}%", f"{s['wall']:.3f}", f"{s['per_hour']:.0f}",
+                     f"{s['per_hour'] / base:.2f}x", f"{total:.1f}"))
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores"
+    print(f"\nSearch cost per candidate ({args.config_file}, {device}; BN recalibration on "
+          f"{cfg.SEARCH.BN_RECALIB_IMAGES} images, evaluation on {cfg.SEARCH.EVAL_DATASET}; means over "
+          f"candidates after the first; {threads} thread(s) per process; split_candidates: seconds of each "
+          "candidate on its own process)")
+    print(tabulate(rows, headers=["run", "candidates", "recalib s", "inference s", "COCO eval s", "rest s",
+                                  "rest", "wall s/cand", "cand/hour", "vs 1 proc", "run s (setup incl.)"],
+                   tablefmt="pipe"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
