@@ -7,6 +7,7 @@
   unused, precise BN is off, and evaluation (periodic or --eval-only) runs MODEL.DETNAS.REFERENCE_ARCH
   (empty: the space's default arch), then restores the training path;
 - DetNASCheckpointer, so MODEL.WEIGHTS may be the checkpoint of an earlier step (classifier, supernet);
+- checkpoints include the optimizer (and AMP grad scaler) state, which v0.6's DefaultTrainer drops;
 - DDP without CUDA (gloo, no device_ids);
 - every evaluation's results also go to OUTPUT_DIR/eval_results.json.
 """
@@ -96,6 +97,21 @@ class DetNASTrainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    # Detectron2 v0.6's DefaultTrainer leaves the inner trainer's state (optimizer momentum, AMP grad
+    # scaler) out of checkpoints, so a resume restarted momentum from zero. Later versions save it so:
+    def state_dict(self):
+        ret = super().state_dict()
+        ret["_trainer"] = self._trainer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+        else:
+            logger.warning("The checkpoint holds no optimizer state (written by plain Detectron2 v0.6?): "
+                           "the optimizer starts afresh")
 
     def build_hooks(self):
         hooks = super().build_hooks()
