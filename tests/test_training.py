@@ -15,6 +15,7 @@ import detnas_d2  # noqa: F401  (first: compat shims, registrations)
 from detectron2.config import get_cfg
 from detectron2.engine import HookBase
 from detectron2.evaluation import DatasetEvaluator
+from detectron2.modeling import build_model
 from detectron2.utils.env import seed_all_rng
 from detnas_d2 import add_detnas_config
 from detnas_d2.engine import DetNASTrainer, FlopsBinSampler, RandomPathHook, build_path_sampler, path_rng
@@ -118,6 +119,30 @@ def test_build_path_sampler_from_config(tmp_path):
     cfg.DETNAS.SAMPLER.NAME = "fair"
     with pytest.raises(ValueError, match="DETNAS.SAMPLER.NAME 'fair' is unknown"):
         build_path_sampler(cfg)
+
+
+# ---- configs --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["supernet_small_FPN_1x", "supernet_large_FPN_1x", "subnet_small_FPN_1x",
+                                  "subnet_large_FPN_1x", "subnet_small_RetinaNet_1x"])
+def test_coco_configs_build_the_recipe(name):
+    cfg = get_cfg()
+    add_detnas_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO, "configs", "COCO-Detection", name + ".yaml"))
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.DETNAS.ARCH", "random:0"])
+    model = build_model(cfg)
+    supernet = name.startswith("supernet")
+    assert (find_supernet(model) is not None) == supernet
+    assert cfg.MODEL.DETNAS.SPACE == name.split("_")[1] and cfg.MODEL.DETNAS.NORM == cfg.MODEL.FPN.NORM == "SyncBN"
+    s = cfg.SOLVER
+    assert (s.MAX_ITER, s.IMS_PER_BATCH, s.STEPS, s.WARMUP_ITERS) == (90000, 16, (60000, 80000), 500)
+    if "FPN" in name:
+        assert s.BASE_LR == 0.02
+        head = cfg.MODEL.ROI_BOX_HEAD
+        assert (head.NUM_CONV, head.NUM_FC, head.NORM) == (4, 1, "SyncBN")  # 4conv1fc with SyncBN
+    if supernet:
+        assert cfg.DETNAS.SAMPLER.NAME == "flops_uniform" and not cfg.TEST.PRECISE_BN.ENABLED
 
 
 # ---- training -------------------------------------------------------------------------------------
