@@ -53,6 +53,8 @@ def _is_supernet_state(state: Dict[str, torch.Tensor]) -> bool:
 class DetNASCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer that hands a ShuffleNetV2 backbone over between model forms (module doc)."""
 
+    _filename = "checkpoint"  # the file being loaded, for messages
+
     def _load_file(self, filename):
         self._filename = filename
         return super()._load_file(filename)
@@ -66,7 +68,7 @@ class DetNASCheckpointer(DetectionCheckpointer):
         target_prefix, backbone = find_detnas_backbone(self.model)
         if backbone is None:
             return state
-        source = getattr(self, "_filename", "checkpoint")
+        source = self._filename
         state = dict(state)
         _strip_prefix_if_present(state, "module.")
         stems = [k[: -len(_STEM_KEY)] for k in state if k == _STEM_KEY or k.endswith("." + _STEM_KEY)]
@@ -108,7 +110,8 @@ class DetNASCheckpointer(DetectionCheckpointer):
             else:
                 dropped_keys.append(key)
         # A top-level module dropped as a whole is one row ("head.*"), others are split one level down.
-        kept_tops = {k.split(".", 1)[0] for k in state if k not in dropped_keys}
+        dropped_set = set(dropped_keys)
+        kept_tops = {k.split(".", 1)[0] for k in state if k not in dropped_set}
         dropped = Counter(_group(k, 2 if k.split(".", 1)[0] in kept_tops else 1) for k in dropped_keys)
         table = [(src, dst, n) for (src, dst), n in sorted(rows.items())]
         table += [(src, "(dropped: not in the model)", n) for src, n in sorted(dropped.items())]
