@@ -79,6 +79,7 @@ class InputBatches:
         self.num_images = len(local)
         self.total_images = len(dicts)
         self._cache = self._fill_cache(cache_bytes)
+        self._stream = None  # without the cache: one loader, its workers kept between passes
 
     def _loader(self):
         return torchdata.DataLoader(
@@ -86,6 +87,7 @@ class InputBatches:
             batch_sampler=self._batch_indices,
             num_workers=self._num_workers,
             collate_fn=trivial_batch_collator,
+            persistent_workers=self._num_workers > 0,
         )
 
     def _fill_cache(self, cache_bytes) -> Optional[List[List[Dict]]]:
@@ -113,7 +115,11 @@ class InputBatches:
         return len(self._batch_indices)
 
     def __iter__(self):
-        return iter(self._cache if self._cache is not None else self._loader())
+        if self._cache is not None:
+            return iter(self._cache)
+        if self._stream is None:
+            self._stream = self._loader()
+        return iter(self._stream)
 
 
 def bn_layers(model: nn.Module) -> List[_BatchNorm]:
