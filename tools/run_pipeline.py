@@ -5,24 +5,21 @@
     python tools/run_pipeline.py --quick                # a few iterations per step (CI smoke test)
     python tools/run_pipeline.py --preset coco-small --num-gpus 8 --output-dir output/detnas_small
 
-Every step is the same `train_net.py` / `search_net.py` command a user would type; the commands are
-printed and kept in <output-dir>/<step>/command.txt. A step whose folder holds a finished result is
-re-run from scratch (its folder is emptied, and the script says so) unless --reuse is given, in which
-case it is reused and the script says so. The end is one table (also in summary.json / summary.md):
-every step, its folder, its metric, and the searched arch with its FLOPs and params.
+Every step is the `train_net.py` / `search_net.py` command a user would type (printed, and kept in
+<output-dir>/<n>_<step>/command.txt). A step folder from an earlier run is emptied and the step re-run,
+unless --reuse is given: then finished steps are reused, and the log says so. The run ends with one
+table (also in summary.md and summary.json): every step, its folder, its metric, and the searched
+subnet's arch, FLOPs and params.
 """
 import argparse
 import json
-import os
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from detnas_d2.pipeline import Step, StepFailed  # noqa: E402
 
-# step -> (title, script, config, metric key in eval_results.json); per preset.
 PRESETS = {
     "toy": {
         "cls_supernet": "configs/Toy/cls_supernet.yaml",
@@ -40,128 +37,71 @@ PRESETS = {
     },
 }
 
-# --quick: a few iterations per step; enough to pass every artifact along, not to learn anything.
+# --quick: a few iterations per step, enough to pass every artifact along (not to learn anything).
+_TRAIN_QUICK = ["SOLVER.MAX_ITER", "4", "SOLVER.WARMUP_ITERS", "0", "SOLVER.STEPS", "(3,)"]
 QUICK = {
-    "cls_supernet": ["SOLVER.MAX_ITER", "4", "SOLVER.WARMUP_ITERS", "0"],
-    "det_supernet": ["SOLVER.MAX_ITER", "4", "SOLVER.WARMUP_ITERS", "0", "SOLVER.STEPS", "(3,)"],
+    "cls_supernet": _TRAIN_QUICK,
+    "det_supernet": _TRAIN_QUICK,
     "search": ["SEARCH.POPULATION", "3", "SEARCH.GENERATIONS", "2", "SEARCH.TOPK", "2",
                "SEARCH.NUM_MUTATION", "1", "SEARCH.NUM_CROSSOVER", "1", "SEARCH.MAX_CANDIDATES", "6",
                "SEARCH.BN_RECALIB_IMAGES", "16", "SEARCH.EVAL_IMAGES", "8"],
-    "cls_subnet": ["SOLVER.MAX_ITER", "4", "SOLVER.WARMUP_ITERS", "0"],
-    "det_subnet": ["SOLVER.MAX_ITER", "4", "SOLVER.WARMUP_ITERS", "0", "SOLVER.STEPS", "(3,)"],
+    "cls_subnet": _TRAIN_QUICK,
+    "det_subnet": _TRAIN_QUICK,
+    "eval": [],
 }
 
-DONE_FILE = "step_done.json"
 
-
-class Step:
-    def __init__(self, number, name, title, script, config, out_dir, opts, artifact, eval_only=False):
-        self.number, self.name, self.title = number, name, title
-        self.script, self.config, self.out_dir = script, config, out_dir
-        self.opts, self.artifact, self.eval_only = opts, artifact, eval_only
-
-    def command(self, num_gpus):
-        cmd = [sys.executable, str(ROOT / self.script), "--config-file", str(ROOT / self.config),
-               "--num-gpus", str(num_gpus)]
-        if self.eval_only:
-            cmd.append("--eval-only")
-        return cmd + self.opts + ["OUTPUT_DIR", str(self.out_dir)]
-
-
-def build_steps(args):
-    cfgs = PRESETS[args.preset]
-    out = Path(args.output_dir).resolve()
-    d = {name: out / f"{i}_{name}" for i, name in enumerate(
-        ["cls_supernet", "det_supernet", "search", "cls_subnet", "det_subnet", "eval"], start=1)}
-    best_arch = d["search"] / "best_arch.yaml"
-    q = (lambda name: QUICK[name]) if args.quick else (lambda name: [])
-    final = "model_final.pth"
+def build_steps(preset: str, output_dir: Path, quick: bool):
+    cfgs = PRESETS[preset]
+    names = ["cls_supernet", "det_supernet", "search", "cls_subnet", "det_subnet", "eval"]
+    d = {name: output_dir / f"{i}_{name}" for i, name in enumerate(names, start=1)}
+    final = {name: d[name] / "model_final.pth" for name in names}
+    arch = d["search"] / "best_arch.yaml"
+    q = {name: QUICK[name] if quick else [] for name in names}
     return [
-        Step(1, "cls_supernet", "ImageNet supernet (random path per iteration)", "train_net.py",
-             cfgs["cls_supernet"], d["cls_supernet"], q("cls_supernet"), d["cls_supernet"] / final),
-        Step(2, "det_supernet", "detection supernet fine-tuning", "train_net.py", cfgs["det_supernet"],
-             d["det_supernet"], ["MODEL.WEIGHTS", str(d["cls_supernet"] / final)] + q("det_supernet"),
-             d["det_supernet"] / final),
-        Step(3, "search", "evolutionary search (bbox AP, FLOPs limit)", "search_net.py", cfgs["search"],
-             d["search"], ["MODEL.WEIGHTS", str(d["det_supernet"] / final)] + q("search"), best_arch),
-        Step(4, "cls_subnet", "ImageNet retraining of the searched subnet", "train_net.py",
-             cfgs["cls_subnet"], d["cls_subnet"], ["MODEL.DETNAS.ARCH", str(best_arch)] + q("cls_subnet"),
-             d["cls_subnet"] / final),
-        Step(5, "det_subnet", "detection fine-tuning of the subnet", "train_net.py", cfgs["det_subnet"],
-             d["det_subnet"], ["MODEL.DETNAS.ARCH", str(best_arch), "MODEL.WEIGHTS",
-                               str(d["cls_subnet"] / final)] + q("det_subnet"), d["det_subnet"] / final),
-        Step(6, "eval", "evaluation of the subnet detector", "train_net.py", cfgs["det_subnet"], d["eval"],
-             ["MODEL.DETNAS.ARCH", str(best_arch), "MODEL.WEIGHTS", str(d["det_subnet"] / final)],
-             d["eval"] / "eval_results.json", eval_only=True),
+        Step("cls_supernet", "1. ImageNet supernet (random path per iteration)", "train_net.py",
+             cfgs["cls_supernet"], d["cls_supernet"], q["cls_supernet"], final["cls_supernet"]),
+        Step("det_supernet", "2. detection fine-tuning of the supernet", "train_net.py", cfgs["det_supernet"],
+             d["det_supernet"], ["MODEL.WEIGHTS", final["cls_supernet"]] + q["det_supernet"],
+             final["det_supernet"]),
+        Step("search", "3. evolutionary search (bbox AP under a FLOPs limit)", "search_net.py",
+             cfgs["search"], d["search"], ["MODEL.WEIGHTS", final["det_supernet"]] + q["search"], arch),
+        Step("cls_subnet", "4. ImageNet retraining of the searched subnet", "train_net.py",
+             cfgs["cls_subnet"], d["cls_subnet"], ["MODEL.DETNAS.ARCH", arch] + q["cls_subnet"],
+             final["cls_subnet"]),
+        Step("det_subnet", "5. detection fine-tuning of the subnet", "train_net.py", cfgs["det_subnet"],
+             d["det_subnet"], ["MODEL.DETNAS.ARCH", arch, "MODEL.WEIGHTS", final["cls_subnet"]]
+             + q["det_subnet"], final["det_subnet"]),
+        Step("eval", "6. evaluation of the subnet detector", "train_net.py", cfgs["det_subnet"], d["eval"],
+             ["MODEL.DETNAS.ARCH", arch, "MODEL.WEIGHTS", final["det_subnet"]], d["eval"] / "eval_results.json",
+             eval_only=True),
     ]
 
 
-def read_metric(step):
-    """(name, value) of the step's headline metric, read from what the step wrote."""
-    if step.name == "search":
-        import yaml
-
-        best = yaml.safe_load(step.artifact.read_text())
-        return "best bbox AP", best.get("score")
-    results = json.loads((step.out_dir / "eval_results.json").read_text())
-    if "classification" in results:
-        return "top-1", results["classification"]["top1"]
-    return "bbox AP", results["bbox"]["AP"]
-
-
-def run_step(step, args, log):
-    done = step.out_dir / DONE_FILE
-    if step.out_dir.exists():
-        if args.reuse and done.exists() and step.artifact.exists():
-            log(f"[step {step.number}] reusing {step.out_dir} (finished {json.loads(done.read_text())['finished']})")
-            return
-        log(f"[step {step.number}] removing the previous output in {step.out_dir}")
-        shutil.rmtree(step.out_dir)
-    step.out_dir.mkdir(parents=True)
-    cmd = step.command(args.num_gpus)
-    (step.out_dir / "command.txt").write_text(" ".join(cmd) + "\n")
-    log(f"[step {step.number}] {step.title}\n  $ {' '.join(cmd)}")
-    start = time.time()
-    with open(step.out_dir / "stdout.txt", "w") as f:
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
-    if proc.returncode != 0 or not step.artifact.exists():
-        tail = (step.out_dir / "stdout.txt").read_text().splitlines()[-25:]
-        raise SystemExit(
-            f"[step {step.number}] failed (exit {proc.returncode}); earlier steps' outputs are kept.\n"
-            f"Last lines of {step.out_dir / 'stdout.txt'}:\n" + "\n".join(tail)
-        )
-    seconds = time.time() - start
-    done.write_text(json.dumps({"finished": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": seconds}))
-    log(f"[step {step.number}] done in {seconds:.0f}s")
-
-
-def summarize(steps, out_dir):
-    import yaml
-
-    rows = []
-    for step in steps:
-        metric, value = read_metric(step)
-        seconds = json.loads((step.out_dir / DONE_FILE).read_text())["seconds"]
-        rows.append({"step": step.number, "what": step.title, "output": str(step.out_dir),
-                     "metric": metric, "value": value, "seconds": round(seconds, 1)})
-    best = yaml.safe_load(steps[2].artifact.read_text())
-    subnet = {k: best.get(k) for k in ("space", "flops", "params", "score")}
-    subnet["arch"] = best.get("arch")
-    subnet["arch_file"] = str(steps[2].artifact)
-    summary = {"steps": rows, "searched_subnet": subnet}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-
+def summarize(steps, seconds, output_dir: Path) -> str:
     from tabulate import tabulate
 
+    from detnas_d2.arch_io import load_arch_record
+    from detnas_d2.search_space import arch_to_str
+
+    rows = []
+    for step, secs in zip(steps, seconds):
+        metric, value = step.metric()
+        rows.append({"step": step.title, "output": str(step.out_dir), "metric": metric, "value": value,
+                     "seconds": round(secs, 1)})
+    best = load_arch_record(str(steps[2].artifact))
+    subnet = {"space": best.space, "arch": list(best.arch), "arch_file": str(steps[2].artifact),
+              "flops": best.metadata.get("flops"), "params": best.metadata.get("params")}
+    (output_dir / "summary.json").write_text(json.dumps({"steps": rows, "searched_subnet": subnet}, indent=2))
     table = tabulate(
-        [[r["step"], r["what"], r["output"], r["metric"],
-          "n/a" if r["value"] is None else f"{r['value']:.2f}", r["seconds"]] for r in rows],
-        headers=["step", "what", "output folder", "metric", "value", "seconds"], tablefmt="pipe",
-    )
-    arch_line = (f"searched subnet ({subnet['space']} space): FLOPs {subnet['flops'] / 1e6:.2f}M, "
-                 f"params {subnet['params'] / 1e6:.3f}M, arch {', '.join(map(str, subnet['arch']))}")
-    text = table + "\n\n" + arch_line + "\n"
-    (out_dir / "summary.md").write_text(text)
+        [[r["step"], r["output"], r["metric"], "n/a" if r["value"] is None else f"{r['value']:.2f}",
+          f"{r['seconds']:.0f}"] for r in rows],
+        headers=["step", "output folder", "metric", "value", "seconds"], tablefmt="pipe")
+    text = (f"{table}\n\nsearched subnet ({subnet['space']} space, {subnet['arch_file']}):\n"
+            f"  arch {arch_to_str(subnet['arch'])}\n"
+            f"  FLOPs {subnet['flops'] / 1e6:.2f}M (backbone, at the search's input size), "
+            f"params {subnet['params'] / 1e6:.3f}M\n")
+    (output_dir / "summary.md").write_text(text)
     return text
 
 
@@ -169,29 +109,26 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="toy")
     parser.add_argument("--output-dir", default="output/pipeline")
-    parser.add_argument("--num-gpus", type=int, default=1, help="processes per step (CPU: gloo)")
+    parser.add_argument("--num-gpus", type=int, default=1, help="processes per step (without CUDA: CPU, gloo)")
     parser.add_argument("--quick", action="store_true", help="a few iterations per step")
-    parser.add_argument("--reuse", action="store_true", help="reuse steps that finished before")
+    parser.add_argument("--reuse", action="store_true", help="reuse the steps that finished in an earlier run")
     args = parser.parse_args(argv)
 
-    out_dir = Path(args.output_dir).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    def log(msg):
-        print(msg, flush=True)
-
+    output_dir = Path(args.output_dir).resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
     if args.preset == "toy":
-        sys.path.insert(0, str(ROOT))
         from detnas_d2.data.toy import toy_root
 
-        log(f"toy datasets: cache at {toy_root()} (generated on first use, reused after)")
-    steps = build_steps(args)
+        print(f"toy datasets: cache at {toy_root()} (generated on first use, reused afterwards)", flush=True)
+    steps = build_steps(args.preset, output_dir, args.quick)
     start = time.time()
-    for step in steps:
-        run_step(step, args, log)
-    log(f"\nDetNAS pipeline ({args.preset}{', quick' if args.quick else ''}) finished in "
-        f"{time.time() - start:.0f}s\n")
-    log(summarize(steps, out_dir))
+    try:
+        seconds = [step.run(args.num_gpus, args.reuse, log=lambda m: print(m, flush=True)) for step in steps]
+    except StepFailed as e:
+        sys.exit(str(e))
+    print(f"\nDetNAS pipeline ({args.preset}{', quick' if args.quick else ''}) finished in "
+          f"{time.time() - start:.0f}s\n")
+    print(summarize(steps, seconds, output_dir))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,79 @@
+"""Running pipeline steps as the commands a user would type (tools/run_pipeline.py, tools/study.py).
+
+A step is one `train_net.py` / `search_net.py` command with its own output folder. Its command line is
+kept in <folder>/command.txt and its output in <folder>/stdout.txt; <folder>/step_done.json marks it
+finished. A folder from an earlier run is emptied before the step runs again, or reused when asked
+(and the log says which).
+"""
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, List, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+DONE_FILE = "step_done.json"
+EVAL_RESULTS_FILE = "eval_results.json"
+
+
+class StepFailed(RuntimeError):
+    pass
+
+
+class Step:
+    def __init__(self, name: str, title: str, script: str, config: str, out_dir: Path, opts: List[str],
+                 artifact: Path, eval_only: bool = False):
+        self.name, self.title, self.script, self.config = name, title, script, config
+        self.out_dir, self.opts, self.artifact, self.eval_only = Path(out_dir), opts, Path(artifact), eval_only
+
+    def command(self, num_gpus: int) -> List[str]:
+        cmd = [sys.executable, str(ROOT / self.script), "--config-file", str(ROOT / self.config),
+               "--num-gpus", str(num_gpus)]
+        if self.eval_only:
+            cmd.append("--eval-only")
+        return cmd + [str(o) for o in self.opts] + ["OUTPUT_DIR", str(self.out_dir)]
+
+    def finished(self) -> Optional[dict]:
+        done = self.out_dir / DONE_FILE
+        return json.loads(done.read_text()) if done.exists() and self.artifact.exists() else None
+
+    def run(self, num_gpus: int = 1, reuse: bool = False, log: Callable[[str], None] = print) -> float:
+        """Run the step (or reuse a finished one); returns its seconds. Raises StepFailed."""
+        previous = self.finished()
+        if reuse and previous:
+            log(f"[{self.name}] reusing {self.out_dir} (finished {previous['finished']})")
+            return previous["seconds"]
+        if self.out_dir.exists():
+            log(f"[{self.name}] removing the previous output in {self.out_dir}")
+            shutil.rmtree(self.out_dir)
+        self.out_dir.mkdir(parents=True)
+        cmd = self.command(num_gpus)
+        (self.out_dir / "command.txt").write_text(" ".join(cmd) + "\n")
+        log(f"[{self.name}] {self.title}\n  $ {' '.join(cmd)}")
+        start = time.time()
+        with open(self.out_dir / "stdout.txt", "w") as f:
+            proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        if proc.returncode != 0 or not self.artifact.exists():
+            tail = (self.out_dir / "stdout.txt").read_text().splitlines()[-25:]
+            raise StepFailed(
+                f"[{self.name}] failed (exit {proc.returncode}, expected {self.artifact}); the outputs "
+                f"of earlier steps are kept.\nLast lines of {self.out_dir / 'stdout.txt'}:\n" + "\n".join(tail)
+            )
+        seconds = time.time() - start
+        (self.out_dir / DONE_FILE).write_text(
+            json.dumps({"finished": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": round(seconds, 1)}))
+        log(f"[{self.name}] done in {seconds:.0f}s")
+        return seconds
+
+    def metric(self):
+        """(name, value) of the step's headline metric: best search score, top-1 or bbox AP."""
+        if self.script == "search_net.py":
+            from .arch_io import load_arch_record
+
+            return "best score", load_arch_record(str(self.artifact)).metadata.get("score")
+        results = json.loads((self.out_dir / EVAL_RESULTS_FILE).read_text())
+        if "classification" in results:
+            return "top-1", results["classification"]["top1"]
+        return "bbox AP", results["bbox"]["AP"]

@@ -1,0 +1,64 @@
+"""The six-step pipeline, shortened to a few iterations per step: every artifact passes from step to
+step, and each step's output exists and loads (tools/run_pipeline.py --quick)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from detnas_d2.arch_io import load_arch_record
+from detnas_d2.search_space import get_space
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipeline")
+    cmd = [sys.executable, str(ROOT / "tools/run_pipeline.py"), "--quick", "--output-dir", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc.stdout
+
+
+def test_every_step_writes_what_the_next_one_reads(pipeline):
+    out, _ = pipeline
+    for step in ("1_cls_supernet", "2_det_supernet", "4_cls_subnet", "5_det_subnet"):
+        ckpt = torch.load(out / step / "model_final.pth", map_location="cpu", weights_only=False)
+        assert any(k.startswith("backbone.") for k in ckpt["model"]), step
+        assert json.loads((out / step / "eval_results.json").read_text()), step
+    # supernet checkpoints hold every choice of a layer, subnet checkpoints one
+    det_supernet = torch.load(out / "2_det_supernet/model_final.pth", map_location="cpu", weights_only=False)
+    assert any(".choices.3." in k for k in det_supernet["model"])
+    det_subnet = torch.load(out / "5_det_subnet/model_final.pth", map_location="cpu", weights_only=False)
+    assert not any(".choices." in k for k in det_subnet["model"])
+
+    best = load_arch_record(str(out / "3_search/best_arch.yaml"))
+    space = get_space(best.space)
+    assert len(best.arch) == space.num_layers and best.metadata["flops"] > 0
+    candidates = [json.loads(line) for line in (out / "3_search/candidates.jsonl").read_text().splitlines()]
+    assert tuple(max(candidates, key=lambda c: c["score"])["arch"]) == best.arch
+    assert len({tuple(c["arch"]) for c in candidates}) == len(candidates)
+    # steps 4 to 6 ran the searched arch
+    for step in ("4_cls_subnet", "5_det_subnet", "6_eval"):
+        assert str(out / "3_search/best_arch.yaml") in (out / step / "command.txt").read_text()
+    assert "bbox" in json.loads((out / "6_eval/eval_results.json").read_text())
+
+
+def test_summary_names_every_step_and_the_subnet(pipeline):
+    out, stdout = pipeline
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["metric"] for r in summary["steps"]] == ["top-1", "bbox AP", "best score", "top-1", "bbox AP", "bbox AP"]
+    assert summary["searched_subnet"]["arch"] == list(load_arch_record(str(out / "3_search/best_arch.yaml")).arch)
+    assert "searched subnet" in stdout and "6. evaluation of the subnet detector" in stdout
+
+
+def test_second_run_says_what_it_reuses(pipeline):
+    out, _ = pipeline
+    cmd = [sys.executable, str(ROOT / "tools/run_pipeline.py"), "--quick", "--reuse", "--output-dir", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("reusing") == 6
+    assert "$ " not in proc.stdout  # no step ran again
