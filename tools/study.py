@@ -1,0 +1,129 @@
+#!/usr/bin/env python
+"""Small-scale check of DetNAS's claim: searching the backbone on detection beats searching it on
+classification. On the toy data, four archs are retrained the same way (step 4: classification from
+scratch, step 5: detection from that, as in the pipeline) and compared by bbox AP:
+
+- det-search: the arch searched on detection AP (step 3 of a pipeline run);
+- cls-search: the arch searched on classification top-1 of the step-1 supernet, same FLOPs limit;
+- all-3x3: every layer shuffle_3x3;
+- random: a random arch with FLOPs within 2% of det-search's.
+
+    python tools/run_pipeline.py --output-dir output/pipeline      # if not done yet
+    python tools/study.py --pipeline-dir output/pipeline --output-dir output/study [--seeds 0 1 2]
+
+Writes <output-dir>/study.md (a table) and study.json. Each training step is the user's command
+(see <output-dir>/<arch>/seed<k>/<step>/command.txt); --reuse keeps the steps that finished before.
+"""
+import argparse
+import json
+import random
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from detnas_d2.pipeline import Step, StepFailed  # noqa: E402
+
+CLS_SUBNET = "configs/Toy/cls_subnet.yaml"
+DET_SUBNET = "configs/Toy/det_subnet.yaml"
+CLS_SEARCH = "configs/Toy/search_cls.yaml"
+DET_SEARCH = "configs/Toy/search_det.yaml"
+
+
+def similar_flops_arch(space, table, flops, seed, tolerance=0.02):
+    rng = random.Random(seed)
+    for _ in range(100000):
+        arch = space.random_arch(rng)
+        if abs(table.flops(arch) - flops) <= tolerance * flops:
+            return arch
+    raise RuntimeError(f"no random arch within {tolerance:.0%} of {flops / 1e6:.2f}M FLOPs")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pipeline-dir", required=True, help="output of tools/run_pipeline.py (steps 1-3)")
+    parser.add_argument("--output-dir", default="output/study")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds per arch")
+    parser.add_argument("--reuse", action="store_true")
+    args = parser.parse_args(argv)
+
+    from detectron2.config import get_cfg
+    from tabulate import tabulate
+
+    from detnas_d2 import add_detnas_config
+    from detnas_d2.arch_io import load_arch_record, save_arch
+    from detnas_d2.flops import get_flops_table
+    from detnas_d2.search_space import arch_to_str, get_space
+
+    pipeline, out = Path(args.pipeline_dir).resolve(), Path(args.output_dir).resolve()
+    det_best = pipeline / "3_search/best_arch.yaml"
+    for needed in (pipeline / "1_cls_supernet/model_final.pth", det_best):
+        if not needed.exists():
+            sys.exit(f"{needed} is missing: run tools/run_pipeline.py --output-dir {pipeline} first")
+    out.mkdir(parents=True, exist_ok=True)
+    log = lambda m: print(m, flush=True)  # noqa: E731
+
+    # The classification search uses the detection search's FLOPs limit, measured the same way.
+    cfg = get_cfg()
+    add_detnas_config(cfg)
+    cfg.merge_from_file(str(Path(__file__).resolve().parents[1] / DET_SEARCH))
+    det_record = load_arch_record(str(det_best))
+    space = get_space(det_record.space, cfg.MODEL.DETNAS.WIDTH_MULT)
+    table = get_flops_table(space, cfg.SEARCH.INPUT_SIZE)
+    cls_search = Step(
+        "cls_search", "search on classification top-1 (step-1 supernet)", "search_net.py", CLS_SEARCH,
+        out / "cls_search",
+        ["MODEL.WEIGHTS", pipeline / "1_cls_supernet/model_final.pth", "SEARCH.INPUT_SIZE", cfg.SEARCH.INPUT_SIZE,
+         "SEARCH.FLOPS_MIN", cfg.SEARCH.FLOPS_MIN, "SEARCH.FLOPS_MAX", cfg.SEARCH.FLOPS_MAX],
+        out / "cls_search/best_arch.yaml")
+    try:
+        cls_search.run(reuse=args.reuse, log=log)
+    except StepFailed as e:
+        sys.exit(str(e))
+
+    archs = {
+        "det-search": det_record.arch,
+        "cls-search": load_arch_record(str(cls_search.artifact)).arch,
+        "all-3x3": space.default_arch(),
+        "random": similar_flops_arch(space, table, table.flops(det_record.arch), seed=0),
+    }
+    rows = []
+    for name, arch in archs.items():
+        arch_file = out / name / "arch.yaml"
+        arch_file.parent.mkdir(parents=True, exist_ok=True)
+        save_arch(str(arch_file), arch, space, flops=table.flops(arch), params=table.params(arch))
+        results = []
+        for seed in args.seeds:
+            d = out / name / f"seed{seed}"
+            cls = Step("cls_subnet", f"{name} seed {seed}: classification", "train_net.py", CLS_SUBNET,
+                       d / "cls_subnet", ["MODEL.DETNAS.ARCH", arch_file, "SEED", seed],
+                       d / "cls_subnet/model_final.pth")
+            det = Step("det_subnet", f"{name} seed {seed}: detection", "train_net.py", DET_SUBNET,
+                       d / "det_subnet", ["MODEL.DETNAS.ARCH", arch_file, "MODEL.WEIGHTS", cls.artifact,
+                                          "SEED", seed], d / "det_subnet/model_final.pth")
+            try:
+                cls.run(reuse=args.reuse, log=log)
+                det.run(reuse=args.reuse, log=log)
+            except StepFailed as e:
+                sys.exit(str(e))
+            results.append({"seed": seed, "top1": cls.metric()[1], "AP": det.metric()[1]})
+        aps = [r["AP"] for r in results]
+        rows.append({
+            "arch": name, "ids": arch_to_str(arch), "flops": table.flops(arch), "params": table.params(arch),
+            "top1": statistics.mean(r["top1"] for r in results), "AP": statistics.mean(aps),
+            "AP_std": statistics.stdev(aps) if len(aps) > 1 else 0.0, "runs": results,
+        })
+
+    (out / "study.json").write_text(json.dumps(rows, indent=2))
+    text = tabulate(
+        [[r["arch"], f"{r['flops'] / 1e6:.2f}", f"{r['params'] / 1e6:.3f}", f"{r['top1']:.1f}",
+          f"{r['AP']:.2f}" + (f" ± {r['AP_std']:.2f}" if len(args.seeds) > 1 else ""), r["ids"]] for r in rows],
+        headers=["arch", "MFLOPs", "Mparams", "cls top-1", "bbox AP", "block ids"], tablefmt="pipe")
+    text += (f"\n\n{len(args.seeds)} training seed(s) per arch; FLOPs of the backbone at "
+             f"{cfg.SEARCH.INPUT_SIZE}x{cfg.SEARCH.INPUT_SIZE}.\n")
+    (out / "study.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
