@@ -76,8 +76,9 @@ class _Problem(ValueError):
 def load_arch(spec, space: SpaceArg) -> Tuple[int, ...]:
     """The arch (tuple of block ids) given by `spec`, validated against `space` (SearchSpace or name).
 
-    `spec`: a file path in any supported format (local or any PathManager URI), a comma-separated list of
-    block ids or names ("0,1,3,..."), ``random:SEED``, or a sequence of ids.
+    `spec`: a file path in any supported format (local or any PathManager URI), a comma- or
+    space-separated list of block ids or names ("0,1,3,...", "0 1 3 ..."), ``random:SEED``, or a
+    sequence of ids.
     """
     return load_arch_record(spec, space).arch
 
@@ -102,10 +103,11 @@ def load_arch_record(spec, space: SpaceArg = None) -> ArchRecord:
         return ArchRecord(target.random_arch(random.Random(int(seed))), target.name, {}, "random")
     if "://" in spec or PathManager.isfile(spec):
         return parse_arch_record(_read_text(spec), space, source=spec)
-    if "," in spec:
+    if "," in spec or len(spec.split()) > 1:
         return _parse_inline_list(spec, space)
     raise ValueError(
-        f"arch file not found: {spec} (an arch is a file, a comma-separated list of block ids, or random:SEED)"
+        f"arch file not found: {spec} (an arch is a file, a comma- or space-separated list of block ids "
+        "or names, or random:SEED)"
     )
 
 
@@ -131,7 +133,7 @@ def _read_text(path: str) -> str:
 
 
 def _parse_inline_list(spec: str, space: SpaceArg) -> ArchRecord:
-    items = [t.strip() for t in spec.split(",")]
+    items = [t for t in re.split(r"[\s,]+", spec) if t]
     try:
         ids = [_block_id(tok, where=f"item {i}") for i, tok in enumerate(items)]
         target = _resolve_space(space, None, len(ids))

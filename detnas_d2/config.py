@@ -1,5 +1,13 @@
 """All detnas-d2 options. Call `add_detnas_config(cfg)` on a Detectron2 config before merging files."""
+import logging
+
+import torch
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+
+# String options that hold an arch: on the command line "0,1,2,..." must stay a string (yacs would
+# otherwise read it as a tuple and reject it).
+_ARCH_KEYS = ("MODEL.DETNAS.ARCH", "MODEL.DETNAS.REFERENCE_ARCH")
 
 
 def add_detnas_config(cfg):
@@ -73,3 +81,23 @@ def add_detnas_config(cfg):
     _C.SEARCH.BN_RECALIB_BATCH_SIZE = 16  # images per recalibration forward
     _C.SEARCH.EVAL_BATCH_SIZE = 4  # images per inference forward while scoring
     _C.SEARCH.CACHE_MB = 4096  # per process: keep the mapped recalibration/eval inputs in memory up to this
+
+
+def get_detnas_cfg(config_file: str = "", opts=()):
+    """A Detectron2 config with the DetNAS options, merged from `config_file` and command-line `opts`.
+
+    Arch options take comma-separated ids on the command line. Without CUDA, MODEL.DEVICE becomes cpu.
+    """
+    cfg = get_cfg()
+    add_detnas_config(cfg)
+    if config_file:
+        cfg.merge_from_file(config_file)
+    opts = list(opts)
+    for i in range(0, len(opts) - 1, 2):
+        if opts[i] in _ARCH_KEYS:
+            opts[i + 1] = repr(str(opts[i + 1]))
+    cfg.merge_from_list(opts)
+    if cfg.MODEL.DEVICE != "cpu" and not torch.cuda.is_available():
+        logging.getLogger(__name__).warning(f"No CUDA: MODEL.DEVICE {cfg.MODEL.DEVICE} -> cpu")
+        cfg.MODEL.DEVICE = "cpu"
+    return cfg
