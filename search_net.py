@@ -13,29 +13,18 @@ Writes to OUTPUT_DIR: best_arch.yaml (for MODEL.DETNAS.ARCH of the retraining st
 search_state.json (+ .bak), search_scores.png, TensorBoard events, log.txt. Without CUDA, --num-gpus N
 starts N CPU processes (gloo).
 """
-import logging
-
-import torch
-
 import detnas_d2  # noqa: I001  (first: applies the compat shims, registers backbones and datasets)
-from detectron2.config import get_cfg
-from detectron2.engine import default_argument_parser, default_setup
+from detectron2.engine import default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from detnas_d2 import add_detnas_config
-from detnas_d2.engine.launch import launch
+from detnas_d2.config import get_detnas_cfg
+from detnas_d2.engine import launch, parse_args
 from detnas_d2.search import run_search
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_detnas_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if not torch.cuda.is_available() and cfg.MODEL.DEVICE != "cpu":
-        logging.getLogger("detnas_d2").warning(f"No CUDA: MODEL.DEVICE {cfg.MODEL.DEVICE} -> cpu")
-        cfg.MODEL.DEVICE = "cpu"
+    cfg = get_detnas_cfg(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="detnas_d2")
@@ -47,7 +36,7 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    args = parse_args()
     print("Command Line Args:", args)
     launch(
         main,

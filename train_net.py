@@ -15,35 +15,23 @@ Without CUDA, `--num-gpus N` starts N CPU processes (gloo) and MODEL.DEVICE beco
 `srun` (tools/slurm_train.sbatch), --num-machines, --machine-rank and --dist-url default to the job's
 nodes; values given on the command line win.
 """
-import logging
-import os
-
-import torch
-
 import detnas_d2  # noqa: I001  (first: applies the compat shims, registers backbones and datasets)
-from detectron2.config import get_cfg
-from detectron2.engine import default_argument_parser, default_setup
+from detectron2.engine import default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from detnas_d2 import add_detnas_config
-from detnas_d2.engine import DetNASCheckpointer, DetNASTrainer, apply_slurm_env, launch
+from detnas_d2.config import get_detnas_cfg
+from detnas_d2.engine import DetNASCheckpointer, DetNASTrainer, launch, parse_args
 
 Trainer = DetNASTrainer
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_detnas_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if not torch.cuda.is_available() and cfg.MODEL.DEVICE != "cpu":
-        logging.getLogger(__name__).warning(f"No CUDA: MODEL.DEVICE {cfg.MODEL.DEVICE} -> cpu")
-        cfg.MODEL.DEVICE = "cpu"
+    cfg = get_detnas_cfg(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
-    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="detnas_d2")
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="detnas_d2")
     return cfg
 
 
@@ -60,21 +48,6 @@ def main(args):
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
-
-
-def argument_parser():
-    parser = default_argument_parser()
-    # None: filled from SLURM under srun, else Detectron2's defaults (see apply_slurm_env).
-    parser.set_defaults(num_machines=None, machine_rank=None, dist_url=None)
-    return parser
-
-
-def parse_args(argv=None, env=None):
-    parser = argument_parser()
-    args = parser.parse_args(argv)
-    d2_defaults = default_argument_parser()
-    defaults = {k: d2_defaults.get_default(k) for k in ("num_machines", "machine_rank", "dist_url")}
-    return apply_slurm_env(args, os.environ if env is None else env, defaults)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ from .checkpoint import DetNASCheckpointer
 from .hooks import RandomPathHook
 from .launch import create_ddp_model, launch
 from .sampling import FlopsBinSampler, UniformPathSampler, build_path_sampler, path_rng
-from .slurm import apply_slurm_env, expand_nodelist, slurm_launch_args
+from .slurm import apply_slurm_env, expand_nodelist, parse_args, slurm_launch_args
 from .trainer import DetNASTrainer, evaluation_arch, reference_arch
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "evaluation_arch",
     "expand_nodelist",
     "launch",
+    "parse_args",
     "path_rng",
     "reference_arch",
     "slurm_launch_args",

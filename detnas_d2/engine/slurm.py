@@ -4,11 +4,14 @@ Under `srun` (SLURM_JOB_ID and SLURM_PROCID set): num_machines = number of nodes
 machine_rank = SLURM_NODEID, dist_url = tcp://<first host of the node list>:<port>, the port from
 MASTER_PORT or else derived from SLURM_JOB_ID (the same on every node, different for concurrent jobs).
 """
+import os
 import re
 import zlib
 from typing import Dict, List, Mapping, Optional
 
-__all__ = ["expand_nodelist", "slurm_launch_args", "apply_slurm_env"]
+from detectron2.engine import default_argument_parser
+
+__all__ = ["expand_nodelist", "slurm_launch_args", "apply_slurm_env", "parse_args"]
 
 _PORT_BASE, _PORT_SPAN = 20000, 20000
 
@@ -111,3 +114,12 @@ def apply_slurm_env(args, env: Mapping[str, str], defaults: Mapping[str, object]
         if getattr(args, key) is None:
             setattr(args, key, slurm.get(key, defaults[key]))
     return args
+
+
+def parse_args(argv=None, env: Optional[Mapping[str, str]] = None):
+    """Detectron2's command-line arguments (train_net.py, search_net.py); under `srun`, --num-machines,
+    --machine-rank and --dist-url default to SLURM's values, else to Detectron2's defaults."""
+    parser = default_argument_parser()
+    defaults = {k: parser.get_default(k) for k in ("num_machines", "machine_rank", "dist_url")}
+    parser.set_defaults(num_machines=None, machine_rank=None, dist_url=None)
+    return apply_slurm_env(parser.parse_args(argv), os.environ if env is None else env, defaults)
