@@ -33,6 +33,7 @@ class DetNASClassifier(nn.Module):
         backbone: Backbone,
         head: nn.Module,
         in_feature: str,
+        num_classes: int,
         pixel_mean: List[float],
         pixel_std: List[float],
         label_smoothing: float = 0.0,
@@ -41,6 +42,7 @@ class DetNASClassifier(nn.Module):
         self.backbone = backbone
         self.head = head
         self.in_feature = in_feature
+        self.num_classes = num_classes
         self.label_smoothing = label_smoothing
         if len(pixel_mean) != len(pixel_std):
             raise ValueError(f"PIXEL_MEAN {pixel_mean} and PIXEL_STD {pixel_std} differ in length")
@@ -63,6 +65,7 @@ class DetNASClassifier(nn.Module):
             "backbone": backbone,
             "head": head,
             "in_feature": in_feature,
+            "num_classes": cfg.MODEL.CLASSIFIER.NUM_CLASSES,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "label_smoothing": cfg.MODEL.CLASSIFIER.LABEL_SMOOTHING,
@@ -84,18 +87,18 @@ class DetNASClassifier(nn.Module):
         return (images.float() - self.pixel_mean) / self.pixel_std
 
     def forward(self, batched_inputs: List[Dict]):
+        if self.training:
+            labels = torch.as_tensor([x["label"] for x in batched_inputs], dtype=torch.long)
+            if labels.min() < 0 or labels.max() >= self.num_classes:
+                raise ValueError(
+                    f"labels must be in [0, {self.num_classes}) (MODEL.CLASSIFIER.NUM_CLASSES), "
+                    f"got {labels.tolist()}"
+                )
         images = self.preprocess_image(batched_inputs)
         logits = self.head(self.backbone(images)[self.in_feature])
         if not self.training:
             return [{"pred_logits": scores} for scores in logits]
 
-        labels = torch.as_tensor([x["label"] for x in batched_inputs], dtype=torch.long)
-        num_classes = logits.shape[1]
-        if labels.min() < 0 or labels.max() >= num_classes:
-            raise ValueError(
-                f"labels must be in [0, {num_classes}) (MODEL.CLASSIFIER.NUM_CLASSES), "
-                f"got {labels.tolist()}"
-            )
         labels = labels.to(self.device, non_blocking=True)
         loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
         get_event_storage().put_scalar(
