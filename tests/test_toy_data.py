@@ -342,3 +342,27 @@ def test_imagenet_errors_name_the_path(tmp_path, monkeypatch):
     finally:
         DatasetCatalog.remove("test_own_folder")
         MetadataCatalog.remove("test_own_folder")
+
+
+def test_held_out_split_is_a_disjoint_seeded_partition(tmp_path, monkeypatch):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.evaluation import COCOEvaluator
+    from pycocotools.coco import COCO
+
+    from detnas_d2.data.datasets import register_held_out_split
+
+    monkeypatch.setenv("DETNAS_CACHE", str(tmp_path))
+    register_held_out_split("toy_det_val", 20, "test_val_rest", "test_val_20", seed=3)
+    rest, held = DatasetCatalog.get("test_val_rest"), DatasetCatalog.get("test_val_20")
+    base_ids = {d["image_id"] for d in DatasetCatalog.get("toy_det_val")}
+    rest_ids, held_ids = {d["image_id"] for d in rest}, {d["image_id"] for d in held}
+    assert len(held_ids) == 20 and not rest_ids & held_ids and rest_ids | held_ids == base_ids
+    # the same seed gives the same split; the ground truth file holds exactly the held-out images
+    assert {d["image_id"] for d in DatasetCatalog.get("test_val_20")} == held_ids
+    assert set(COCO(MetadataCatalog.get("test_val_20").json_file).getImgIds()) == held_ids
+    assert MetadataCatalog.get("test_val_20").thing_classes == MetadataCatalog.get("toy_det_val").thing_classes
+    COCOEvaluator("test_val_20", output_dir=None, use_fast_impl=False)  # builds from the written json
+
+    register_held_out_split("toy_det_val", 200, "test_val_rest_all", "test_val_all")
+    with pytest.raises(ValueError, match="cannot hold out 200 of the 80 images of 'toy_det_val'"):
+        DatasetCatalog.get("test_val_all")

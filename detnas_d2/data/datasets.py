@@ -14,15 +14,20 @@ Registered at `import detnas_d2` (nothing is read or generated until a dataset i
   Metadata classes is set when the dataset is loaded.
 COCO itself needs nothing here: use Detectron2's builtin names (coco_2017_train, coco_2017_val, ...)
 with $DETECTRON2_DATASETS pointing at the folder that holds coco/.
+- coco_2017_train_minus5k, coco_2017_train_5k: COCO train 2017 split in two by a seeded sample of 5000
+  image ids, as the official DetNAS holds out 5k training images for the search: the supernet trains on
+  the first, the search scores on the second (`register_held_out_split` makes such splits of any dataset).
 
 Own folders: `register_imagenet_layout("mydata_train", "/path/train")`; more toy seeds:
 `register_toy_datasets(seed=1, prefix="toy1")` (toy1_det_train, ...).
 """
 import os
+import random
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.catalog import Metadata
 from detectron2.data.datasets import load_coco_json
+from detectron2.data.datasets.coco import convert_to_coco_json
 
 from . import toy
 
@@ -30,6 +35,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "imagenet_root",
     "load_imagenet_layout",
+    "register_held_out_split",
     "register_imagenet_layout",
     "register_toy_datasets",
 ]
@@ -191,5 +197,43 @@ def _register_imagenet():
     )
 
 
+# ---- held-out splits -------------------------------------------------------------------------------
+
+
+class _HeldOutMetadata(Metadata):
+    """Metadata of a held-out split whose `json_file` (COCO format, for COCOEvaluator) is written on
+    first access, into $DETNAS_CACHE (default ~/.cache/detnas-d2)/held_out_splits/."""
+
+    @property
+    def json_file(self):
+        cache = os.path.join(os.environ.get("DETNAS_CACHE", os.path.expanduser("~/.cache/detnas-d2")),
+                             "held_out_splits")
+        path = os.path.join(cache, f"{self.name}.json")
+        if not os.path.exists(path):
+            convert_to_coco_json(self.name, path)  # under a file lock; a file another process wrote is kept
+        return path
+
+
+def _held_out_split(base, num_images, seed, held_out):
+    dicts = DatasetCatalog.get(base)
+    if not 0 < num_images < len(dicts):
+        raise ValueError(f"cannot hold out {num_images} of the {len(dicts)} images of '{base}'")
+    chosen = set(random.Random(seed).sample(sorted(d["image_id"] for d in dicts), num_images))
+    return [d for d in dicts if (d["image_id"] in chosen) == held_out]
+
+
+def register_held_out_split(base, num_images, rest_name, held_out_name, seed=0):
+    """Register `held_out_name` (a seeded sample of `num_images` images of the detection dataset `base`)
+    and `rest_name` (the other images of `base`). The two are disjoint and together make `base`."""
+    for name, held_out in ((rest_name, False), (held_out_name, True)):
+        DatasetCatalog.register(name, lambda h=held_out: _held_out_split(base, num_images, seed, h))
+        meta = _HeldOutMetadata(name=name)
+        for key, value in MetadataCatalog.get(base).as_dict().items():
+            if key not in ("name", "json_file"):
+                setattr(meta, key, value)
+        MetadataCatalog[name] = meta
+
+
 register_toy_datasets()
 _register_imagenet()
+register_held_out_split("coco_2017_train", 5000, "coco_2017_train_minus5k", "coco_2017_train_5k")
