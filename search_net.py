@@ -13,7 +13,7 @@ Writes to OUTPUT_DIR: best_arch.yaml (for MODEL.DETNAS.ARCH of the retraining st
 search_state.json (+ .bak), search_scores.png, TensorBoard events, log.txt. Without CUDA, --num-gpus N
 starts N CPU processes (gloo).
 """
-import detnas_d2  # noqa: I001  (first: applies the compat shims, registers backbones and datasets)
+import detnas_d2  # noqa: F401,I001  (first: applies the compat shims, registers backbones and datasets)
 from detectron2.engine import default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger

@@ -15,7 +15,7 @@ Without CUDA, `--num-gpus N` starts N CPU processes (gloo) and MODEL.DEVICE beco
 `srun` (tools/slurm_train.sbatch), --num-machines, --machine-rank and --dist-url default to the job's
 nodes; values given on the command line win.
 """
-import detnas_d2  # noqa: I001  (first: applies the compat shims, registers backbones and datasets)
+import detnas_d2  # noqa: F401,I001  (first: applies the compat shims, registers backbones and datasets)
 from detectron2.engine import default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm

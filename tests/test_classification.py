@@ -35,14 +35,6 @@ from detnas_d2.solver import build_lr_scheduler, build_optimizer
 NUM_TOY_CLASSES = 5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Other processes share the two cores; more threads only add contention.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _toy_cfg(name="cls_subnet.yaml", **overrides):
     cfg = get_cfg()

@@ -20,13 +20,6 @@ from detnas_d2.search_space import NUM_CHOICES, get_space
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 class _Classifier(nn.Module):
     def __init__(self, space, arch, num_classes):

@@ -22,13 +22,6 @@ ARCH = "shuffle_xception,shuffle_7x7," + "shuffle_5x5," * 17 + "shuffle_3x3"
 ARCH_IDS = (3, 2) + (1,) * 17 + (0,)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @contextlib.contextmanager
 def captured_log(name):

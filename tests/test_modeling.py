@@ -25,14 +25,6 @@ from detnas_d2.modeling.blocks import ShuffleBlock, ShuffleXceptionBlock, get_bl
 from detnas_d2.search_space import arch_to_str, get_space
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small convs run fastest single-threaded, and far steadier when other processes share the cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 STAGES = ("res2", "res3", "res4", "res5")
 STRIDES = (4, 8, 16, 32)

@@ -40,15 +40,6 @@ INPUT_SIZE = 128
 FLOPS_MAX = 9.0e6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions: threads only add overhead (and contention when tests run side by side)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def table():
     return get_flops_table(SPACE, INPUT_SIZE)

@@ -18,14 +18,6 @@ from detnas_d2.modeling import find_supernet, set_model_arch
 from detnas_d2.solver import build_lr_scheduler, build_optimizer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Other processes share the two cores; more threads only add contention.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _cfg(**solver):
     cfg = get_cfg()

@@ -26,13 +26,6 @@ from detnas_d2.search_space import SearchSpace, get_space
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def toy_cfg(config, output_dir, *opts):
     cfg = get_cfg()

@@ -18,3 +18,22 @@ from .fpn import (
 )
 from .heads import ClassifierHead
 from .classifier import DetNASClassifier
+
+__all__ = [
+    "ClassifierHead",
+    "DetNASClassifier",
+    "ShuffleNetV2Subnet",
+    "ShuffleNetV2Supernet",
+    "Stem",
+    "build_block",
+    "build_detnas_subnet_backbone",
+    "build_detnas_subnet_fpn_backbone",
+    "build_detnas_subnet_retinanet_fpn_backbone",
+    "build_detnas_supernet_backbone",
+    "build_detnas_supernet_fpn_backbone",
+    "build_detnas_supernet_retinanet_fpn_backbone",
+    "find_supernet",
+    "inherit_weights",
+    "set_model_arch",
+    "subnet_state_dict_from_supernet",
+]
