@@ -14,25 +14,14 @@ search_state.json (+ .bak), search_scores.png, TensorBoard events, log.txt. With
 starts N CPU processes (gloo).
 """
 import detnas_d2  # noqa: F401,I001  (first: applies the compat shims, registers backbones and datasets)
-from detectron2.engine import default_setup
-from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
 
-from detnas_d2.config import get_detnas_cfg
+from detnas_d2.config import setup_cfg
 from detnas_d2.engine import launch, parse_args
 from detnas_d2.search import run_search
 
 
-def setup(args):
-    cfg = get_detnas_cfg(args.config_file, args.opts)
-    cfg.freeze()
-    default_setup(cfg, args)
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="detnas_d2")
-    return cfg
-
-
 def main(args):
-    return run_search(setup(args), resume=args.resume)
+    return run_search(setup_cfg(args), resume=args.resume)
 
 
 if __name__ == "__main__":

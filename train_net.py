@@ -16,27 +16,17 @@ Without CUDA, `--num-gpus N` starts N CPU processes (gloo) and MODEL.DEVICE beco
 nodes; values given on the command line win.
 """
 import detnas_d2  # noqa: F401,I001  (first: applies the compat shims, registers backbones and datasets)
-from detectron2.engine import default_setup
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
 
-from detnas_d2.config import get_detnas_cfg
+from detnas_d2.config import setup_cfg
 from detnas_d2.engine import DetNASCheckpointer, DetNASTrainer, launch, parse_args
 
 Trainer = DetNASTrainer
 
 
-def setup(args):
-    cfg = get_detnas_cfg(args.config_file, args.opts)
-    cfg.freeze()
-    default_setup(cfg, args)
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="detnas_d2")
-    return cfg
-
-
 def main(args):
-    cfg = setup(args)
+    cfg = setup_cfg(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         DetNASCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)

@@ -101,3 +101,17 @@ def get_detnas_cfg(config_file: str = "", opts=()):
         logging.getLogger(__name__).warning(f"No CUDA: MODEL.DEVICE {cfg.MODEL.DEVICE} -> cpu")
         cfg.MODEL.DEVICE = "cpu"
     return cfg
+
+
+def setup_cfg(args):
+    """The frozen config of train_net.py / search_net.py: `get_detnas_cfg` from the command line, then
+    Detectron2's default_setup (output folder, logging, seeds) and the detnas_d2 logger."""
+    from detectron2.engine import default_setup
+    from detectron2.utils import comm
+    from detectron2.utils.logger import setup_logger
+
+    cfg = get_detnas_cfg(args.config_file, args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="detnas_d2")
+    return cfg
