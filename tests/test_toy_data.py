@@ -243,6 +243,24 @@ def test_classification_folders(small_cls):
                 assert im.size == (64, 64) and im.mode == "RGB"
 
 
+def test_generator_version_is_per_kind(tmp_path, small_cls):
+    assert os.path.basename(small_cls) == f"cls-v{toy.GENERATOR_VERSIONS['cls']}-seed0-train3-val2-search2"
+    assert toy.GENERATOR_VERSIONS["det"] != toy.GENERATOR_VERSIONS["cls"]  # cls changed alone
+    stale = str(tmp_path / os.path.basename(small_cls))
+    shutil.copytree(small_cls, stale)
+    manifest_file = os.path.join(stale, "manifest.json")
+    with open(manifest_file) as f:
+        manifest = json.load(f)
+    manifest["version"] = toy.GENERATOR_VERSIONS["det"]
+    with open(manifest_file, "w") as f:
+        json.dump(manifest, f)
+    expected = f"version={toy.GENERATOR_VERSIONS['det']}, expected {toy.GENERATOR_VERSIONS['cls']}"
+    with pytest.raises(ValueError, match=expected):
+        toy.verify_toy_dir(stale)  # the kind comes from the manifest
+    with pytest.raises(ValueError, match=expected):
+        toy.ensure_toy_data("cls", 0, SMALL_CLS, root=str(tmp_path))
+
+
 # ---- registration ----------------------------------------------------------------------------------
 
 
@@ -272,7 +290,7 @@ def test_registered_toy_classification(registered_root):
         assert len(dicts) == per_class * len(toy.CATEGORIES)
         assert {d["label"] for d in dicts} == set(range(len(toy.CATEGORIES)))
         assert all(d["height"] == d["width"] == 64 for d in dicts)
-        folder = os.path.join(registered_root, "cls-v1-seed0", split)
+        folder = os.path.join(registered_root, "cls-v2-seed0", split)
         assert all(d["file_name"].startswith(folder + os.sep) for d in dicts)
         meta = MetadataCatalog.get(name)
         assert meta.classes == meta.thing_classes == list(toy.CATEGORIES)
