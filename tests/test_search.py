@@ -12,6 +12,7 @@ import torch.nn.functional as F
 import detnas_d2  # noqa: F401  (compat shims, registrations)
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
+from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 from detectron2.utils import comm
 
@@ -320,7 +321,7 @@ def test_top1_fitness_scores_a_classifier(tmp_path):
     before = head_bn.running_mean.clone()
     result = scorer.score(SPACE.default_arch())
     assert 0.0 <= result["score"] <= 100.0
-    assert scorer.eval_batches.num_images == 100  # all of toy_cls_search
+    assert scorer.eval_batches.num_images == len(DatasetCatalog.get("toy_cls_search"))  # EVAL_IMAGES 0: all
     # the head's BN runs on every path and is recalibrated with it
     assert not torch.equal(before, head_bn.running_mean)
 
