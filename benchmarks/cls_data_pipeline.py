@@ -21,12 +21,11 @@ import torch
 from PIL import Image
 
 import detnas_d2  # noqa: F401  (first: compat shims, registrations)
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 from torchvision import transforms as T
 
-from detnas_d2 import add_detnas_config
+from detnas_d2.config import get_detnas_cfg
 from detnas_d2.data.classification import ClassificationDatasetMapper, build_classification_train_loader
 from detnas_d2.solver import build_optimizer
 
@@ -40,10 +39,7 @@ def images_per_second(fn, num_images):
 
 
 def toy_pipeline_vs_step(config, iters, opts):
-    cfg = get_cfg()
-    add_detnas_config(cfg)
-    cfg.merge_from_file(config)
-    cfg.merge_from_list(opts)
+    cfg = get_detnas_cfg(config, opts)
     batch_size = cfg.SOLVER.IMS_PER_BATCH
     loader = iter(build_classification_train_loader(cfg))
     next(loader)  # start-up (workers, first decode) is not throughput

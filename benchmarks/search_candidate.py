@@ -31,6 +31,7 @@ from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
 from detnas_d2 import add_detnas_config
+from detnas_d2.config import get_detnas_cfg
 from detnas_d2.engine.launch import launch
 from detnas_d2.search import run_search
 
@@ -68,12 +69,7 @@ def main():
     setup_logger(name="detnas_d2")
     work = tempfile.mkdtemp(prefix="search_bench_")
 
-    cfg = get_cfg()
-    add_detnas_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
+    cfg = get_detnas_cfg(args.config_file, args.opts)
     if not args.weights:
         torch.manual_seed(0)
         DetectionCheckpointer(build_model(cfg), save_dir=work).save("random_supernet")

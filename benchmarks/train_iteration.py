@@ -18,10 +18,9 @@ import time
 import torch
 
 import detnas_d2  # noqa: F401  (first: compat shims, registrations)
-from detectron2.config import get_cfg
 from detectron2.utils.events import EventStorage
 
-from detnas_d2 import add_detnas_config
+from detnas_d2.config import get_detnas_cfg
 from detnas_d2.arch_io import load_arch
 from detnas_d2.engine import DetNASTrainer
 from detnas_d2.modeling import set_model_arch
@@ -31,10 +30,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def build_trainer(config, out_dir, batch):
-    cfg = get_cfg()
-    add_detnas_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, "configs", "Toy", config))
-    cfg.merge_from_list(["OUTPUT_DIR", out_dir, "DATASETS.TEST", "()", "SOLVER.IMS_PER_BATCH", str(batch)])
+    cfg = get_detnas_cfg(os.path.join(REPO, "configs", "Toy", config),
+                         ["OUTPUT_DIR", out_dir, "DATASETS.TEST", "()", "SOLVER.IMS_PER_BATCH", str(batch)])
     return DetNASTrainer(cfg)
 
 

@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 from typing import Callable, List, Optional
 
+from .engine.trainer import EVAL_RESULTS_FILE
+
 ROOT = Path(__file__).resolve().parents[1]
 DONE_FILE = "step_done.json"
-EVAL_RESULTS_FILE = "eval_results.json"
 
 
 class StepFailed(RuntimeError):

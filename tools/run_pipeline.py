@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from detnas_d2.pipeline import Step, StepFailed  # noqa: E402
+from detnas_d2.pipeline import EVAL_RESULTS_FILE, Step, StepFailed  # noqa: E402
 
 PRESETS = {
     "toy": {
@@ -73,7 +73,7 @@ def build_steps(preset: str, output_dir: Path, quick: bool):
              d["det_subnet"], ["MODEL.DETNAS.ARCH", arch, "MODEL.WEIGHTS", final["cls_subnet"]]
              + q["det_subnet"], final["det_subnet"]),
         Step("eval", "6. evaluation of the subnet detector", "train_net.py", cfgs["det_subnet"], d["eval"],
-             ["MODEL.DETNAS.ARCH", arch, "MODEL.WEIGHTS", final["det_subnet"]], d["eval"] / "eval_results.json",
+             ["MODEL.DETNAS.ARCH", arch, "MODEL.WEIGHTS", final["det_subnet"]], d["eval"] / EVAL_RESULTS_FILE,
              eval_only=True),
     ]
 

@@ -47,11 +47,10 @@ def main(argv=None):
     parser.add_argument("--reuse", action="store_true")
     args = parser.parse_args(argv)
 
-    from detectron2.config import get_cfg
     from tabulate import tabulate
 
-    from detnas_d2 import add_detnas_config
     from detnas_d2.arch_io import load_arch_record, save_arch
+    from detnas_d2.config import get_detnas_cfg
     from detnas_d2.flops import get_flops_table
     from detnas_d2.search_space import arch_to_str, get_space
 
@@ -64,9 +63,7 @@ def main(argv=None):
     log = lambda m: print(m, flush=True)  # noqa: E731
 
     # The classification search uses the detection search's FLOPs limit, measured the same way.
-    cfg = get_cfg()
-    add_detnas_config(cfg)
-    cfg.merge_from_file(str(Path(__file__).resolve().parents[1] / DET_SEARCH))
+    cfg = get_detnas_cfg(str(Path(__file__).resolve().parents[1] / DET_SEARCH))
     det_record = load_arch_record(str(det_best))
     space = get_space(det_record.space, cfg.MODEL.DETNAS.WIDTH_MULT)
     table = get_flops_table(space, cfg.SEARCH.INPUT_SIZE)
