@@ -39,6 +39,11 @@ def add_detnas_config(cfg):
     _C.INPUT.CLS.TEST_RESIZE = 256  # shorter side before the centre crop
     _C.INPUT.CLS.TEST_CROP = 224
     _C.TEST.CLS_IMS_PER_BATCH = 64  # images per process per batch in classification evaluation
+    # Supernet evaluation (periodic or --eval-only): first give the reference arch BN statistics of its
+    # own, computed on this many images of DATASETS.TRAIN[0] (test-time preprocessing), as the search
+    # does; the trained statistics, averaged over all paths, are restored afterwards. 0: off.
+    _C.TEST.BN_RECALIB_IMAGES = 512
+    _C.TEST.BN_RECALIB_BATCH_SIZE = 16
 
     # ---- solver additions -------------------------------------------------------------------------
     # LR_SCHEDULER_NAME also accepts "WarmupLinearDecay" (linear to 0 at MAX_ITER, after warm-up).

@@ -377,3 +377,45 @@ def test_supernet_learns_while_switching_paths(hue_datasets):
     assert set(paths) == set(pool)
     train_top1 = 100 * trainer.storage.history("cls_accuracy").median(20)  # last 20 iterations
     assert train_top1 > 2 * CHANCE, train_top1
+
+
+def test_supernet_evaluation_recalibrates_bn_and_restores_it(hue_datasets, tmp_path):
+    """Supernet evaluation gives the reference arch BN statistics of its own (whatever the trained ones
+    are) and puts the trained ones back afterwards."""
+    from detnas_d2.engine import DetNASTrainer, recalibrated_bn, reference_arch
+
+    cfg = _hue_cfg("cls_supernet.yaml", hue_datasets, tmp_path, **{"TEST.BN_RECALIB_IMAGES": 48})
+    model = build_model(cfg).eval()
+    find_supernet(model).set_arch(reference_arch(cfg))
+    batch = next(iter(build_classification_test_loader(cfg, hue_datasets["val"])))
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+    def logits():
+        with torch.no_grad():
+            return torch.stack([o["pred_logits"] for o in model(batch)])
+
+    def set_stats(seed):
+        g = torch.Generator().manual_seed(seed)
+        for m in bns:
+            m.running_mean.normal_(0, 3, generator=g)
+            m.running_var.uniform_(0.1, 10, generator=g)
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    recalibrated = []
+    for seed in (1, 2):
+        trained = set_stats(seed)
+        plain = logits()
+        with recalibrated_bn(cfg, model):
+            recalibrated.append(logits())
+        assert not torch.allclose(plain, recalibrated[-1], atol=1e-3)
+        restored = model.state_dict()
+        assert all(torch.equal(trained[k], restored[k]) for k in trained)
+    torch.testing.assert_close(recalibrated[0], recalibrated[1])  # the trained statistics do not matter
+
+    DetNASTrainer.test(cfg, model)
+    restored = model.state_dict()
+    assert all(torch.equal(trained[k], restored[k]) for k in trained)
+    off = cfg.clone()
+    off.TEST.BN_RECALIB_IMAGES = 0
+    with recalibrated_bn(off, model):
+        torch.testing.assert_close(logits(), plain)

@@ -4,7 +4,7 @@ from .hooks import RandomPathHook
 from .launch import create_ddp_model, launch
 from .sampling import FlopsBinSampler, UniformPathSampler, build_path_sampler, path_rng
 from .slurm import apply_slurm_env, expand_nodelist, parse_args, slurm_launch_args
-from .trainer import DetNASTrainer, evaluation_arch, reference_arch
+from .trainer import DetNASTrainer, evaluation_arch, recalibrated_bn, reference_arch
 
 __all__ = [
     "DetNASCheckpointer",
@@ -20,6 +20,7 @@ __all__ = [
     "launch",
     "parse_args",
     "path_rng",
+    "recalibrated_bn",
     "reference_arch",
     "slurm_launch_args",
 ]

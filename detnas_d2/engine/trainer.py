@@ -5,7 +5,8 @@
 - detnas_d2.solver's optimizer and LR schedules;
 - supernets: a RandomPathHook runs first in every iteration, DDP finds the parameters the path leaves
   unused, precise BN is off, and evaluation (periodic or --eval-only) runs MODEL.DETNAS.REFERENCE_ARCH
-  (empty: the space's default arch), then restores the training path;
+  (empty: the space's default arch) with BN statistics recalibrated for it on TEST.BN_RECALIB_IMAGES
+  training images, then restores the training path and the trained statistics;
 - DetNASCheckpointer, so MODEL.WEIGHTS may be the checkpoint of an earlier step (classifier, supernet);
 - checkpoints include the optimizer (and AMP grad scaler) state, which v0.6's DefaultTrainer drops;
 - DDP without CUDA (gloo, no device_ids);
@@ -17,6 +18,8 @@ import os
 import weakref
 from contextlib import contextmanager
 
+import torch
+from detectron2.data import DatasetMapper
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
@@ -26,7 +29,11 @@ from detectron2.utils.logger import setup_logger
 from .. import solver
 from ..arch_io import load_arch
 from ..compat import has_compiled_ops
-from ..data.classification import build_classification_test_loader, build_classification_train_loader
+from ..data.classification import (
+    ClassificationDatasetMapper,
+    build_classification_test_loader,
+    build_classification_train_loader,
+)
 from ..evaluation import ClassificationEvaluator
 from ..modeling.backbone import find_supernet
 from ..search_space import arch_to_str, space_from_cfg
@@ -34,7 +41,9 @@ from .checkpoint import DetNASCheckpointer
 from .hooks import RandomPathHook
 from .launch import create_ddp_model
 
-__all__ = ["DetNASTrainer", "EVAL_RESULTS_FILE", "is_classification", "reference_arch", "evaluation_arch"]
+__all__ = [
+    "DetNASTrainer", "EVAL_RESULTS_FILE", "is_classification", "reference_arch", "evaluation_arch", "recalibrated_bn",
+]
 
 CLASSIFIER_META_ARCH = "DetNASClassifier"
 EVAL_RESULTS_FILE = "eval_results.json"
@@ -68,6 +77,40 @@ def evaluation_arch(cfg, model):
     finally:
         if previous is not None:
             supernet.set_arch(previous)
+
+
+@contextmanager
+def recalibrated_bn(cfg, model):
+    """Inside: the BN layers of `model` (its supernet on the path it runs now) hold the exact statistics
+    of that path on TEST.BN_RECALIB_IMAGES images of DATASETS.TRAIN[0], computed by all processes
+    together; the previous statistics are restored on exit. Does nothing for models without a supernet
+    or with TEST.BN_RECALIB_IMAGES = 0."""
+    # Imported here: detnas_d2.search imports the engine.
+    from ..search.scoring import bn_layers, recalibrate_bn, recalibration_batches, recalibration_forward
+
+    model = getattr(model, "module", model)  # DDP
+    if find_supernet(model) is None or cfg.TEST.BN_RECALIB_IMAGES <= 0:
+        yield
+        return
+    if not cfg.DATASETS.TRAIN:
+        raise ValueError("TEST.BN_RECALIB_IMAGES > 0 needs DATASETS.TRAIN (or set it to 0)")
+    mapper = ClassificationDatasetMapper(cfg, False) if is_classification(cfg) else DatasetMapper(cfg, False)
+    batches = recalibration_batches(
+        cfg.DATASETS.TRAIN[0], cfg.TEST.BN_RECALIB_IMAGES, cfg.TEST.BN_RECALIB_BATCH_SIZE, 0,
+        mapper, shard=True, num_workers=cfg.DATALOADER.NUM_WORKERS,
+    )
+    saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in bn_layers(model)]
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            n = recalibrate_bn(model, batches, recalibration_forward(model), all_reduce=True)
+        logger.info(f"BN statistics of {n} layers recalibrated on {batches.total_images} training images")
+        yield
+    finally:
+        for m, state in zip(bn_layers(model), saved):
+            m.load_state_dict(state)
+        model.train(training)
 
 
 class DetNASTrainer(DefaultTrainer):
@@ -149,9 +192,9 @@ class DetNASTrainer(DefaultTrainer):
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
-        """DefaultTrainer.test (supernets: with the reference arch); the main process also writes the
+        """DefaultTrainer.test (supernets: with the reference arch and its own BN statistics); the main process also writes the
         results to OUTPUT_DIR/eval_results.json (the latest evaluation)."""
-        with evaluation_arch(cfg, model):
+        with evaluation_arch(cfg, model), recalibrated_bn(cfg, model):
             results = super().test(cfg, model, evaluators)
         if comm.is_main_process() and cfg.OUTPUT_DIR:
             PathManager.mkdirs(cfg.OUTPUT_DIR)

@@ -49,7 +49,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from detnas_d2.compat import has_compiled_ops
 from detnas_d2.modeling import find_supernet
 
-__all__ = ["InputBatches", "recalibrate_bn", "CandidateScorer", "FITNESSES"]
+__all__ = ["InputBatches", "recalibrate_bn", "recalibration_batches", "recalibration_forward", "CandidateScorer", "FITNESSES"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +91,8 @@ class InputBatches:
         )
 
     def _fill_cache(self, cache_bytes) -> Optional[List[List[Dict]]]:
+        if cache_bytes <= 0:
+            return None
         start, cache, size = time.perf_counter(), [], 0
         for batch in self._loader():
             size += sum(x["image"].numel() * x["image"].element_size() for x in batch)
@@ -233,6 +235,37 @@ def _dataset_dicts(name: str):
     return dicts
 
 
+def recalibration_batches(name: str, num_images: int, batch_size: int, seed: int, mapper, shard: bool,
+                          num_workers: int = 0, cache_bytes: int = 0) -> InputBatches:
+    """The first `num_images` of a `seed`-ed shuffle of dataset `name` (in index order), mapped by
+    `mapper` and cut into global batches of `batch_size` (module doc)."""
+    dicts = _dataset_dicts(name)
+    if num_images <= 0:
+        raise ValueError(f"the number of BN recalibration images must be positive, got {num_images}")
+    if num_images > len(dicts):
+        logger.warning(f"{num_images} BN recalibration images asked for but '{name}' has {len(dicts)}: using all")
+    picked = sorted(random.Random(seed).sample(range(len(dicts)), min(num_images, len(dicts))))
+    return InputBatches(
+        [dicts[i] for i in picked], mapper, batch_size, shard, num_workers, cache_bytes,
+        name=f"BN recalibration ({name})",
+    )
+
+
+def recalibration_forward(model: nn.Module):
+    """What to run on a batch to recalibrate `model`: its backbone alone when every BN layer is in
+    `model.backbone` (detectors with a plain-BN backbone, classifiers are not), else the whole model."""
+    backbone = getattr(model, "backbone", None)
+    in_backbone = set(backbone.modules()) if backbone is not None else set()
+    if hasattr(model, "preprocess_image") and all(m in in_backbone for m in bn_layers(model)):
+
+        def forward(batch):
+            images = model.preprocess_image(batch)
+            backbone(images.tensor if isinstance(images, ImageList) else images)
+
+        return forward
+    return model
+
+
 class CandidateScorer:
     """Scores archs of the supernet inside `model` (built and loaded by the caller).
 
@@ -259,17 +292,11 @@ class CandidateScorer:
         cache_bytes = int(cfg.SEARCH.CACHE_MB * 2**20)
         workers = cfg.DATALOADER.NUM_WORKERS
 
-        name = recalib_dataset(cfg)
-        dicts = _dataset_dicts(name)
-        n = cfg.SEARCH.BN_RECALIB_IMAGES
-        if n <= 0:
-            raise ValueError(f"SEARCH.BN_RECALIB_IMAGES must be positive, got {n}")
-        if n > len(dicts):
-            logger.warning(f"SEARCH.BN_RECALIB_IMAGES={n} but '{name}' has {len(dicts)} images: using all")
-        picked = sorted(random.Random(cfg.SEARCH.SEED).sample(range(len(dicts)), min(n, len(dicts))))
-        self.recalib_batches = InputBatches(
-            [dicts[i] for i in picked], mapper, cfg.SEARCH.BN_RECALIB_BATCH_SIZE, self.distributed,
-            workers, cache_bytes, name=f"BN recalibration ({name})",
+        if cfg.SEARCH.BN_RECALIB_IMAGES <= 0:
+            raise ValueError(f"SEARCH.BN_RECALIB_IMAGES must be positive, got {cfg.SEARCH.BN_RECALIB_IMAGES}")
+        self.recalib_batches = recalibration_batches(
+            recalib_dataset(cfg), cfg.SEARCH.BN_RECALIB_IMAGES, cfg.SEARCH.BN_RECALIB_BATCH_SIZE,
+            cfg.SEARCH.SEED, mapper, self.distributed, workers, cache_bytes,
         )
 
         self.eval_name = eval_dataset(cfg)
@@ -281,7 +308,7 @@ class CandidateScorer:
             name=f"evaluation ({self.eval_name})",
         )
         self.evaluator = self._build_evaluator(cfg, dicts)
-        self._recalib_forward = self._build_recalib_forward()
+        self._recalib_forward = recalibration_forward(self.model)
 
     def _build_mapper(self, cfg):
         if self.fitness == "top1":
@@ -307,19 +334,6 @@ class CandidateScorer:
                 self.eval_name, tasks=("bbox",), distributed=self.distributed, output_dir=None,
                 use_fast_impl=has_compiled_ops(),
             )
-
-    def _build_recalib_forward(self):
-        model = self.model
-        backbone = getattr(model, "backbone", None)
-        in_backbone = set(backbone.modules()) if backbone is not None else set()
-        if hasattr(model, "preprocess_image") and all(m in in_backbone for m in bn_layers(model)):
-
-            def forward(batch):
-                images = model.preprocess_image(batch)
-                backbone(images.tensor if isinstance(images, ImageList) else images)
-
-            return forward
-        return model
 
     def _metric(self, results) -> float:
         if self.fitness == "top1":
