@@ -18,6 +18,20 @@ from .engine.trainer import EVAL_RESULTS_FILE
 ROOT = Path(__file__).resolve().parents[1]
 DONE_FILE = "step_done.json"
 
+# --quick (tools/run_pipeline.py, tools/study.py): a few iterations per step, enough to pass every
+# artifact along (not to learn anything). Keys: the step kinds.
+_TRAIN_QUICK = ["SOLVER.MAX_ITER", "4", "SOLVER.WARMUP_ITERS", "0", "SOLVER.STEPS", "(3,)"]
+QUICK_OVERRIDES = {
+    "cls_supernet": _TRAIN_QUICK,
+    "det_supernet": _TRAIN_QUICK,
+    "search": ["SEARCH.POPULATION", "3", "SEARCH.GENERATIONS", "2", "SEARCH.TOPK", "2",
+               "SEARCH.NUM_MUTATION", "1", "SEARCH.NUM_CROSSOVER", "1", "SEARCH.MAX_CANDIDATES", "6",
+               "SEARCH.BN_RECALIB_IMAGES", "16", "SEARCH.EVAL_IMAGES", "8"],
+    "cls_subnet": _TRAIN_QUICK,
+    "det_subnet": _TRAIN_QUICK,
+    "eval": [],
+}
+
 
 class StepFailed(RuntimeError):
     pass

@@ -62,3 +62,35 @@ def test_second_run_says_what_it_reuses(pipeline):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("reusing") == 6
     assert "$ " not in proc.stdout  # no step ran again
+
+
+def test_study_retrains_four_archs_and_tabulates_them(pipeline, tmp_path):
+    """tools/study.py --quick on the pipeline's output: the classification search, then the four archs
+    retrained (classification, then detection from it) and one table."""
+    from detnas_d2.config import get_detnas_cfg
+    from detnas_d2.flops import get_flops_table
+
+    out, _ = pipeline
+    cmd = [sys.executable, str(ROOT / "tools/study.py"), "--quick", "--pipeline-dir", str(out),
+           "--output-dir", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    rows = {r["arch"]: r for r in json.loads((tmp_path / "study.json").read_text())}
+    assert list(rows) == ["det-search", "cls-search", "all-3x3", "random"]
+    best = load_arch_record(str(out / "3_search/best_arch.yaml"))
+    cls_best = load_arch_record(str(tmp_path / "cls_search/best_arch.yaml"))
+    assert rows["det-search"]["ids"] == ",".join(map(str, best.arch))
+    assert rows["cls-search"]["ids"] == ",".join(map(str, cls_best.arch))
+    assert set(rows["all-3x3"]["ids"].split(",")) == {"0"}
+    # the classification search kept the detection search's FLOPs limit; the random arch matches its FLOPs
+    cfg = get_detnas_cfg(str(ROOT / "configs/Toy/search_det.yaml"))
+    table = get_flops_table(get_space(best.space, cfg.MODEL.DETNAS.WIDTH_MULT), cfg.SEARCH.INPUT_SIZE)
+    assert rows["cls-search"]["flops"] == table.flops(cls_best.arch) <= cfg.SEARCH.FLOPS_MAX
+    assert abs(rows["random"]["flops"] - rows["det-search"]["flops"]) <= 0.02 * rows["det-search"]["flops"]
+    for name, row in rows.items():
+        assert 0.0 <= row["top1"] <= 100.0 and row["AP"] == row["AP"], name  # AP not NaN
+        det_cmd = (tmp_path / name / "seed0/det_subnet/command.txt").read_text()
+        assert str(tmp_path / name / "arch.yaml") in det_cmd and "cls_subnet/model_final.pth" in det_cmd
+    table_text = (tmp_path / "study.md").read_text()
+    assert "bbox AP" in table_text and all(f"| {name}" in table_text for name in rows)

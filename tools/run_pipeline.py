@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from detnas_d2.pipeline import EVAL_RESULTS_FILE, Step, StepFailed  # noqa: E402
+from detnas_d2.pipeline import EVAL_RESULTS_FILE, QUICK_OVERRIDES, Step, StepFailed  # noqa: E402
 
 PRESETS = {
     "toy": {
@@ -37,27 +37,13 @@ PRESETS = {
     },
 }
 
-# --quick: a few iterations per step, enough to pass every artifact along (not to learn anything).
-_TRAIN_QUICK = ["SOLVER.MAX_ITER", "4", "SOLVER.WARMUP_ITERS", "0", "SOLVER.STEPS", "(3,)"]
-QUICK = {
-    "cls_supernet": _TRAIN_QUICK,
-    "det_supernet": _TRAIN_QUICK,
-    "search": ["SEARCH.POPULATION", "3", "SEARCH.GENERATIONS", "2", "SEARCH.TOPK", "2",
-               "SEARCH.NUM_MUTATION", "1", "SEARCH.NUM_CROSSOVER", "1", "SEARCH.MAX_CANDIDATES", "6",
-               "SEARCH.BN_RECALIB_IMAGES", "16", "SEARCH.EVAL_IMAGES", "8"],
-    "cls_subnet": _TRAIN_QUICK,
-    "det_subnet": _TRAIN_QUICK,
-    "eval": [],
-}
-
-
 def build_steps(preset: str, output_dir: Path, quick: bool):
     cfgs = PRESETS[preset]
     names = ["cls_supernet", "det_supernet", "search", "cls_subnet", "det_subnet", "eval"]
     d = {name: output_dir / f"{i}_{name}" for i, name in enumerate(names, start=1)}
     final = {name: d[name] / "model_final.pth" for name in names}
     arch = d["search"] / "best_arch.yaml"
-    q = {name: QUICK[name] if quick else [] for name in names}
+    q = {name: QUICK_OVERRIDES[name] if quick else [] for name in names}
     return [
         Step("cls_supernet", "1. ImageNet supernet (random path per iteration)", "train_net.py",
              cfgs["cls_supernet"], d["cls_supernet"], q["cls_supernet"], final["cls_supernet"]),

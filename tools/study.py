@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from detnas_d2.pipeline import Step, StepFailed  # noqa: E402
+from detnas_d2.pipeline import QUICK_OVERRIDES, Step, StepFailed  # noqa: E402
 
 CLS_SUBNET = "configs/Toy/cls_subnet.yaml"
 DET_SUBNET = "configs/Toy/det_subnet.yaml"
@@ -44,7 +44,8 @@ def main(argv=None):
     parser.add_argument("--pipeline-dir", required=True, help="output of tools/run_pipeline.py (steps 1-3)")
     parser.add_argument("--output-dir", default="output/study")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds per arch")
-    parser.add_argument("--reuse", action="store_true")
+    parser.add_argument("--reuse", action="store_true", help="keep the steps that finished before")
+    parser.add_argument("--quick", action="store_true", help="a few iterations per step (a smoke test)")
     args = parser.parse_args(argv)
 
     from tabulate import tabulate
@@ -60,6 +61,7 @@ def main(argv=None):
         if not needed.exists():
             sys.exit(f"{needed} is missing: run tools/run_pipeline.py --output-dir {pipeline} first")
     out.mkdir(parents=True, exist_ok=True)
+    quick = {k: v if args.quick else [] for k, v in QUICK_OVERRIDES.items()}
     log = lambda m: print(m, flush=True)  # noqa: E731
 
     # The classification search uses the detection search's FLOPs limit, measured the same way.
@@ -71,7 +73,7 @@ def main(argv=None):
         "cls_search", "search on classification top-1 (step-1 supernet)", "search_net.py", CLS_SEARCH,
         out / "cls_search",
         ["MODEL.WEIGHTS", pipeline / "1_cls_supernet/model_final.pth", "SEARCH.INPUT_SIZE", cfg.SEARCH.INPUT_SIZE,
-         "SEARCH.FLOPS_MIN", cfg.SEARCH.FLOPS_MIN, "SEARCH.FLOPS_MAX", cfg.SEARCH.FLOPS_MAX],
+         "SEARCH.FLOPS_MIN", cfg.SEARCH.FLOPS_MIN, "SEARCH.FLOPS_MAX", cfg.SEARCH.FLOPS_MAX] + quick["search"],
         out / "cls_search/best_arch.yaml")
     try:
         cls_search.run(reuse=args.reuse, log=log)
@@ -93,11 +95,11 @@ def main(argv=None):
         for seed in args.seeds:
             d = out / name / f"seed{seed}"
             cls = Step("cls_subnet", f"{name} seed {seed}: classification", "train_net.py", CLS_SUBNET,
-                       d / "cls_subnet", ["MODEL.DETNAS.ARCH", arch_file, "SEED", seed],
+                       d / "cls_subnet", ["MODEL.DETNAS.ARCH", arch_file, "SEED", seed] + quick["cls_subnet"],
                        d / "cls_subnet/model_final.pth")
             det = Step("det_subnet", f"{name} seed {seed}: detection", "train_net.py", DET_SUBNET,
                        d / "det_subnet", ["MODEL.DETNAS.ARCH", arch_file, "MODEL.WEIGHTS", cls.artifact,
-                                          "SEED", seed], d / "det_subnet/model_final.pth")
+                                          "SEED", seed] + quick["det_subnet"], d / "det_subnet/model_final.pth")
             try:
                 cls.run(reuse=args.reuse, log=log)
                 det.run(reuse=args.reuse, log=log)
