@@ -281,9 +281,10 @@ def test_supernet_evaluates_reference_arch_and_restores_training_path(tmp_path):
 
 def test_toy_subnet_detector_learns(tmp_path):
     """A short schedule takes the subnet detector clearly above its untrained AP on toy_det_val."""
-    # From scratch the toy detector learns slowly (for ~150 iterations its box classifier calls every
-    # proposal background): 250 iterations (~40 s on one core) give AP 0.14-0.44, AP50 0.8-1.4 (percent)
-    # over seeds, where the untrained detector has AP50 < 0.01.
+    # From scratch the toy detector learns slowly (for ~100 iterations its box classifier calls every
+    # proposal background): 250 iterations of det_subnet.yaml's recipe (batch 8, ~40 s on one core) gave
+    # AP 0.62, AP50 2.35 (percent), where the untrained detector has AP50 < 0.01. (From a trained step-4
+    # classifier, 1,500 iterations reach 16-20 AP: the demo.)
     cfg = toy_cfg("det_subnet.yaml", tmp_path, "DATASETS.TEST", "('toy_det_val',)", "SOLVER.MAX_ITER", "250",
                   "SOLVER.STEPS", "(200,)", "SOLVER.CHECKPOINT_PERIOD", "1000")
     seed_all_rng(cfg.SEED)  # initialisation and data order, as train_net.py's default_setup does
@@ -292,4 +293,4 @@ def test_toy_subnet_detector_learns(tmp_path):
     trainer.train()  # ends with an evaluation, written to eval_results.json
     trained = json.loads((tmp_path / EVAL_RESULTS_FILE).read_text())["bbox"]
     assert untrained["AP50"] < 0.05
-    assert trained["AP50"] > 0.4 and trained["AP"] > untrained["AP"] + 0.07, (untrained, trained)
+    assert trained["AP50"] > 1.0 and trained["AP"] > untrained["AP"] + 0.2, (untrained, trained)
