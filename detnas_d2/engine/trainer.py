@@ -42,7 +42,12 @@ from .hooks import RandomPathHook
 from .launch import create_ddp_model
 
 __all__ = [
-    "DetNASTrainer", "EVAL_RESULTS_FILE", "is_classification", "reference_arch", "evaluation_arch", "recalibrated_bn",
+    "DetNASTrainer",
+    "EVAL_RESULTS_FILE",
+    "is_classification",
+    "reference_arch",
+    "evaluation_arch",
+    "recalibrated_bn",
 ]
 
 CLASSIFIER_META_ARCH = "DetNASClassifier"
@@ -192,8 +197,8 @@ class DetNASTrainer(DefaultTrainer):
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
-        """DefaultTrainer.test (supernets: with the reference arch and its own BN statistics); the main process also writes the
-        results to OUTPUT_DIR/eval_results.json (the latest evaluation)."""
+        """DefaultTrainer.test (supernets: with the reference arch and its own BN statistics); the main
+        process also writes the results to OUTPUT_DIR/eval_results.json (the latest evaluation)."""
         with evaluation_arch(cfg, model), recalibrated_bn(cfg, model):
             results = super().test(cfg, model, evaluators)
         if comm.is_main_process() and cfg.OUTPUT_DIR:

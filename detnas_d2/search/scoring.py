@@ -49,7 +49,14 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from detnas_d2.compat import has_compiled_ops
 from detnas_d2.modeling import find_supernet
 
-__all__ = ["InputBatches", "recalibrate_bn", "recalibration_batches", "recalibration_forward", "CandidateScorer", "FITNESSES"]
+__all__ = [
+    "InputBatches",
+    "recalibrate_bn",
+    "recalibration_batches",
+    "recalibration_forward",
+    "CandidateScorer",
+    "FITNESSES",
+]
 
 logger = logging.getLogger(__name__)
 
