@@ -30,7 +30,7 @@ from detnas_d2.search import (
     build_scorer,
     run_search,
 )
-from detnas_d2.search.scoring import bn_layers
+from detnas_d2.search.scoring import bn_layers, recalibration_batches
 from detnas_d2.search_space import get_space
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -368,3 +368,8 @@ def test_checkpoint_errors(tmp_path):
     large = save_random_supernet(DET_CONFIG, str(tmp_path / "large.pth"), ["MODEL.DETNAS.SPACE", "large"])
     with pytest.raises(ValueError, match=r"large\.pth.*do not fit.*space 'small'.*MODEL.DETNAS.SPACE"):
         build_scorer(make_cfg(DET_CONFIG, tmp_path, large))
+
+
+def test_recalibration_image_count_must_be_positive():
+    with pytest.raises(ValueError, match="SEARCH.BN_RECALIB_IMAGES must be positive, got 0"):
+        recalibration_batches("toy_det_train", 0, 4, 0, None, False, key="SEARCH.BN_RECALIB_IMAGES")

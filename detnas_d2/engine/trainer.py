@@ -102,7 +102,7 @@ def recalibrated_bn(cfg, model):
     mapper = ClassificationDatasetMapper(cfg, False) if is_classification(cfg) else DatasetMapper(cfg, False)
     batches = recalibration_batches(
         cfg.DATASETS.TRAIN[0], cfg.TEST.BN_RECALIB_IMAGES, cfg.TEST.BN_RECALIB_BATCH_SIZE, 0,
-        mapper, shard=True, num_workers=cfg.DATALOADER.NUM_WORKERS,
+        mapper, shard=True, num_workers=cfg.DATALOADER.NUM_WORKERS, key="TEST.BN_RECALIB_IMAGES",
     )
     saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in bn_layers(model)]
     training = model.training

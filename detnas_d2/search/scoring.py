@@ -243,14 +243,15 @@ def _dataset_dicts(name: str):
 
 
 def recalibration_batches(name: str, num_images: int, batch_size: int, seed: int, mapper, shard: bool,
-                          num_workers: int = 0, cache_bytes: int = 0) -> InputBatches:
+                          num_workers: int = 0, cache_bytes: int = 0, key: str = "num_images") -> InputBatches:
     """The first `num_images` of a `seed`-ed shuffle of dataset `name` (in index order), mapped by
-    `mapper` and cut into global batches of `batch_size` (module doc)."""
-    dicts = _dataset_dicts(name)
+    `mapper` and cut into global batches of `batch_size` (module doc). `key`: the config key that set
+    `num_images`, for messages."""
     if num_images <= 0:
-        raise ValueError(f"the number of BN recalibration images must be positive, got {num_images}")
+        raise ValueError(f"{key} must be positive, got {num_images}")
+    dicts = _dataset_dicts(name)
     if num_images > len(dicts):
-        logger.warning(f"{num_images} BN recalibration images asked for but '{name}' has {len(dicts)}: using all")
+        logger.warning(f"{key}={num_images} but '{name}' has {len(dicts)} images: using all")
     picked = sorted(random.Random(seed).sample(range(len(dicts)), min(num_images, len(dicts))))
     return InputBatches(
         [dicts[i] for i in picked], mapper, batch_size, shard, num_workers, cache_bytes,
@@ -299,11 +300,9 @@ class CandidateScorer:
         cache_bytes = int(cfg.SEARCH.CACHE_MB * 2**20)
         workers = cfg.DATALOADER.NUM_WORKERS
 
-        if cfg.SEARCH.BN_RECALIB_IMAGES <= 0:
-            raise ValueError(f"SEARCH.BN_RECALIB_IMAGES must be positive, got {cfg.SEARCH.BN_RECALIB_IMAGES}")
         self.recalib_batches = recalibration_batches(
             recalib_dataset(cfg), cfg.SEARCH.BN_RECALIB_IMAGES, cfg.SEARCH.BN_RECALIB_BATCH_SIZE,
-            cfg.SEARCH.SEED, mapper, self.distributed, workers, cache_bytes,
+            cfg.SEARCH.SEED, mapper, self.distributed, workers, cache_bytes, key="SEARCH.BN_RECALIB_IMAGES",
         )
 
         self.eval_name = eval_dataset(cfg)
