@@ -58,6 +58,9 @@ def add_detnas_config(cfg):
     _C.DETNAS.SAMPLER.FLOPS_MAX = 0.0  # 0: the space's max (also acts as a FLOPs limit)
     _C.DETNAS.SAMPLER.NUM_BINS = 10  # flops_uniform: FLOPs bins between min and max
     _C.DETNAS.SAMPLER.INPUT_SIZE = 224
+    # Progressive path warm-up (engine/sampling.py): for this many iterations only the last layers are
+    # random, from 1 to all of them; the others keep MODEL.DETNAS.REFERENCE_ARCH. 0: off (SPOS, DetNAS).
+    _C.DETNAS.SAMPLER.PROGRESSIVE_ITERS = 0
 
     # ---- evolutionary search (search_net.py) ------------------------------------------------------
     _C.SEARCH = CN()

@@ -22,7 +22,7 @@ DONE_FILE = "step_done.json"
 # artifact along (not to learn anything). Keys: the step kinds.
 _TRAIN_QUICK = ["SOLVER.MAX_ITER", "4", "SOLVER.WARMUP_ITERS", "0", "SOLVER.STEPS", "(3,)"]
 QUICK_OVERRIDES = {
-    "cls_supernet": _TRAIN_QUICK,
+    "cls_supernet": _TRAIN_QUICK + ["DETNAS.SAMPLER.PROGRESSIVE_ITERS", "2"],
     "det_supernet": _TRAIN_QUICK,
     "search": ["SEARCH.POPULATION", "3", "SEARCH.GENERATIONS", "2", "SEARCH.TOPK", "2",
                "SEARCH.NUM_MUTATION", "1", "SEARCH.NUM_CROSSOVER", "1", "SEARCH.MAX_CANDIDATES", "6",

@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from detectron2.config import get_cfg
 from detectron2.data.samplers import InferenceSampler
-from detectron2.engine import HookBase, SimpleTrainer, hooks
+from detectron2.engine import HookBase
 from detectron2.modeling import build_model
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
@@ -30,7 +30,7 @@ from detnas_d2.data.classification import (
 )
 from detnas_d2.evaluation import ClassificationEvaluator
 from detnas_d2.modeling import find_supernet
-from detnas_d2.solver import build_lr_scheduler, build_optimizer
+from detnas_d2.search_space import arch_to_str
 
 NUM_TOY_CLASSES = 5
 
@@ -352,32 +352,22 @@ class _RecordPath(HookBase):
         self.paths.append(find_supernet(self.trainer.model).arch)
 
 
-def test_supernet_learns_while_switching_paths(hue_datasets):
-    """One path per iteration through RandomPathHook, Detectron2's trainer and our solver, drawn from
-    a pool of 2 paths: a quick check of the mechanics. Over all 4^20 paths a toy supernet needs
-    thousands of iterations, and when its loss starts to fall varies from run to run
-    (configs/Toy/cls_supernet.yaml)."""
-    from detnas_d2.engine import RandomPathHook
+def test_toy_supernet_learns_over_random_paths(tmp_path):
+    """The shipped toy supernet recipe (configs/Toy/cls_supernet.yaml: a progressive path warm-up, then
+    every layer random) on the toy shapes: the reference arch and random paths, each evaluated with BN
+    statistics of its own, classify far above chance (20%). About 5 minutes on 2 CPU cores."""
+    from detnas_d2.engine import DetNASTrainer
 
     seed_all_rng(0)
-    cfg = _hue_cfg("cls_supernet.yaml", hue_datasets, "", **{"SOLVER.MAX_ITER": 120})
-    model = build_model(cfg)
-    space = find_supernet(model).space
-    pool = [space.random_arch(random.Random(seed)) for seed in range(2)]
-    optimizer = build_optimizer(cfg, model)
-    trainer = SimpleTrainer(model, build_classification_train_loader(cfg), optimizer)
-    paths = []
-    trainer.register_hooks(
-        [
-            RandomPathHook(cfg, sampler=lambda rng: rng.choice(pool)),
-            hooks.LRScheduler(optimizer, build_lr_scheduler(cfg, optimizer)),
-            _RecordPath(paths),
-        ]
-    )
-    trainer.train(0, cfg.SOLVER.MAX_ITER)
-    assert set(paths) == set(pool)
-    train_top1 = 100 * trainer.storage.history("cls_accuracy").median(20)  # last 20 iterations
-    assert train_top1 > 2 * CHANCE, train_top1
+    cfg = _toy_cfg("cls_supernet.yaml", OUTPUT_DIR=str(tmp_path))
+    trainer = DetNASTrainer(cfg)
+    trainer.train()
+    space = find_supernet(trainer.model).space
+    top1 = {}
+    for arch in [space.default_arch()] + [space.random_arch(random.Random(seed)) for seed in (1, 2)]:
+        cfg.MODEL.DETNAS.REFERENCE_ARCH = arch_to_str(arch)
+        top1[arch] = DetNASTrainer.test(cfg, trainer.model)["classification"]["top1"]
+    assert min(top1.values()) > 50.0, top1  # measured: 75-96% over seeds 0-2
 
 
 def test_supernet_evaluation_recalibrates_bn_and_restores_it(hue_datasets, tmp_path):

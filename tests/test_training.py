@@ -19,6 +19,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.env import seed_all_rng
 from detnas_d2 import add_detnas_config
 from detnas_d2.engine import DetNASTrainer, FlopsBinSampler, RandomPathHook, build_path_sampler, path_rng
+from detnas_d2.engine.sampling import num_random_layers, progressive_path
 from detnas_d2.engine.trainer import EVAL_RESULTS_FILE
 from detnas_d2.modeling import find_supernet
 from detnas_d2.search_space import SearchSpace, get_space
@@ -113,6 +114,27 @@ def test_build_path_sampler_from_config(tmp_path):
     with pytest.raises(ValueError, match="DETNAS.SAMPLER.NAME 'fair' is unknown"):
         build_path_sampler(cfg)
 
+
+
+def test_progressive_warmup_randomises_layers_from_the_last(tmp_path):
+    """During DETNAS.SAMPLER.PROGRESSIVE_ITERS the first layers keep the reference arch and the random
+    part grows from the last layer to all of them; afterwards the sampler's paths pass unchanged."""
+    reference = ",".join(["shuffle_xception"] * 20)  # names: yacs reads a list of ids as a tuple
+    cfg = toy_cfg("det_supernet.yaml", tmp_path, "DETNAS.SAMPLER.PROGRESSIVE_ITERS", "40",
+                  "MODEL.DETNAS.REFERENCE_ARCH", reference)
+    hook, plain = RandomPathHook(cfg), RandomPathHook(toy_cfg("det_supernet.yaml", tmp_path))
+    assert [num_random_layers(it, 40, 20) for it in (0, 1, 2, 20, 39, 40, 100)] == [1, 1, 2, 11, 20, 20, 20]
+    assert progressive_path((0, 1, 2, 0), (3, 3, 3, 3), 0, 4) == (3, 3, 3, 0)
+    assert progressive_path((0, 1, 2, 0), (3, 3, 3, 3), 2, 4) == (3, 1, 2, 0)
+    assert progressive_path((0, 1, 2, 0), (3, 3, 3, 3), 4, 4) == (0, 1, 2, 0)
+    paths, sampled = [hook.sample(it) for it in range(60)], [plain.sample(it) for it in range(60)]
+    assert paths == [progressive_path(a, (3,) * 20, it, 40) for it, a in enumerate(sampled)]
+    assert paths[0][:19] == (3,) * 19 and paths[40:] == sampled[40:]
+    assert sum(a != b for a, b in zip(paths[:40], sampled)) > 30
+
+    cfg.DETNAS.SAMPLER.PROGRESSIVE_ITERS = -1
+    with pytest.raises(ValueError, match="DETNAS.SAMPLER.PROGRESSIVE_ITERS must be >= 0"):
+        RandomPathHook(cfg)
 
 # ---- configs --------------------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ import logging
 from detectron2.engine import HookBase
 
 from ..search_space import arch_to_str, space_from_cfg
-from .sampling import build_path_sampler, path_rng
+from .sampling import build_path_sampler, num_random_layers, path_rng, progressive_path
 
 __all__ = ["RandomPathHook"]
 
@@ -15,9 +15,11 @@ class RandomPathHook(HookBase):
     """Set a new random path on the supernet of the trainer's model before every iteration.
 
     The path of iteration `it` is `sampler(path_rng(DETNAS.SAMPLER.SEED, it))`: the same on every rank
-    without communication, and the same after a resume as in an uninterrupted run. Register it before
-    hooks that run the model in `before_step`. Writes the path's FLOPs (MACs at DETNAS.SAMPLER.INPUT_SIZE)
-    to the EventStorage as "detnas/path_flops".
+    without communication, and the same after a resume as in an uninterrupted run. During a progressive
+    warm-up (DETNAS.SAMPLER.PROGRESSIVE_ITERS), its first layers are then replaced by the reference arch's
+    (`progressive_path`). Register it before hooks that run the model in `before_step`. Writes the path's
+    FLOPs (MACs at DETNAS.SAMPLER.INPUT_SIZE) to the EventStorage as "detnas/path_flops", and during a
+    warm-up the number of random layers as "detnas/random_layers".
 
     Blocks outside the path do not run, so they get no gradient (`grad` stays None after the trainer's
     `zero_grad()`) and the optimizer skips them: no momentum, no weight decay.
@@ -25,9 +27,14 @@ class RandomPathHook(HookBase):
 
     def __init__(self, cfg, sampler=None, flops_table=None):
         from ..flops import get_flops_table
+        from .trainer import reference_arch
 
         self.space = space_from_cfg(cfg)
         self.seed = int(cfg.DETNAS.SAMPLER.SEED)
+        self.progressive_iters = int(cfg.DETNAS.SAMPLER.PROGRESSIVE_ITERS)
+        if self.progressive_iters < 0:
+            raise ValueError(f"DETNAS.SAMPLER.PROGRESSIVE_ITERS must be >= 0, got {self.progressive_iters}")
+        self.reference = reference_arch(cfg) if self.progressive_iters else None
         self._flops_table = flops_table or get_flops_table(self.space, cfg.DETNAS.SAMPLER.INPUT_SIZE)
         self._sampler = sampler or build_path_sampler(cfg, self.space, self._flops_table)
         self.num_sampled = 0  # paths drawn so far (over resumes)
@@ -48,10 +55,19 @@ class RandomPathHook(HookBase):
                 f"RandomPathHook samples space {self.space} (from the config), the model's supernet "
                 f"has space {self._supernet.space}"
             )
+        if self.progressive_iters > self.trainer.start_iter:
+            logger.info(
+                f"Progressive path warm-up until iteration {self.progressive_iters}: the last 1 to "
+                f"{self.space.num_layers} layers are random, the others keep the reference arch "
+                f"{arch_to_str(self.reference)}"
+            )
 
     def sample(self, iteration: int):
         """The path of `iteration` (without setting it)."""
-        return self._sampler(path_rng(self.seed, iteration))
+        arch = self._sampler(path_rng(self.seed, iteration))
+        if iteration < self.progressive_iters:
+            arch = progressive_path(arch, self.reference, iteration, self.progressive_iters)
+        return arch
 
     def before_step(self):
         self.arch = self._supernet.set_arch(self.sample(self.trainer.iter))
@@ -59,6 +75,12 @@ class RandomPathHook(HookBase):
         self.trainer.storage.put_scalar(
             "detnas/path_flops", float(self._flops_table.flops(self.arch)), smoothing_hint=False
         )
+        if self.trainer.iter < self.progressive_iters:
+            self.trainer.storage.put_scalar(
+                "detnas/random_layers",
+                num_random_layers(self.trainer.iter, self.progressive_iters, self.space.num_layers),
+                smoothing_hint=False,
+            )
         if self.trainer.iter == self.trainer.start_iter:
             logger.info(f"First path (iteration {self.trainer.iter}): {arch_to_str(self.arch)}")
 

@@ -12,6 +12,14 @@ Samplers (DETNAS.SAMPLER.NAME):
   FLOPS_MAX uniformly, then a path uniformly among those whose FLOPs fall in that bin. FLOPS_MAX thus
   also acts as a FLOPs limit.
 
+Progressive path warm-up (DETNAS.SAMPLER.PROGRESSIVE_ITERS > 0, :func:`progressive_path`): during the
+first PROGRESSIVE_ITERS iterations only the last layers take the sampled blocks, the others keep the
+reference arch's; the random part grows linearly from the last layer to all of them. Off (0) in the
+anchors' recipes. On the toy data, a supernet with all 20 layers random from the first iteration keeps
+its loss at chance for 2,000-5,000 iterations (when it takes off varies from run to run); with the
+warm-up it learns from the start and, once every layer is random, its random paths keep learning
+(see DESIGN.md, "Toy-scale supernet training").
+
 The official code draws the in-bin path by rejection from uniform paths, which can take millions of
 tries for the bins near the space's extremes. :class:`FlopsBinSampler` draws from the same distribution
 efficiently: backbone FLOPs are a sum of per-layer terms, so a dynamic program over quantised FLOPs counts
@@ -30,6 +38,8 @@ __all__ = [
     "UniformPathSampler",
     "FlopsBinSampler",
     "build_path_sampler",
+    "num_random_layers",
+    "progressive_path",
     "SAMPLER_NAMES",
 ]
 
@@ -40,6 +50,23 @@ logger = logging.getLogger(__name__)
 def path_rng(seed: int, iteration: int) -> random.Random:
     """The RNG that draws the path of `iteration`: identical in every process (no `hash()`)."""
     return random.Random(int(seed) * 1_000_003 + int(iteration))
+
+
+def num_random_layers(iteration: int, warmup_iters: int, num_layers: int) -> int:
+    """How many of the last layers are random at `iteration` of a progressive warm-up of `warmup_iters`
+    iterations: 1 at iteration 0, growing linearly to `num_layers` (all of them, as after the warm-up)."""
+    if iteration >= warmup_iters:
+        return num_layers
+    return min(num_layers, 1 + num_layers * iteration // warmup_iters)
+
+
+def progressive_path(
+    arch: Sequence[int], reference: Sequence[int], iteration: int, warmup_iters: int
+) -> Tuple[int, ...]:
+    """`arch` with its first layers replaced by `reference`'s, leaving
+    `num_random_layers(iteration, warmup_iters, len(arch))` random ones at the end."""
+    fixed = len(arch) - num_random_layers(iteration, warmup_iters, len(arch))
+    return tuple(reference[:fixed]) + tuple(arch[fixed:])
 
 
 class UniformPathSampler:
