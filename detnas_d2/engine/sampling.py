@@ -14,11 +14,11 @@ Samplers (DETNAS.SAMPLER.NAME):
 
 Progressive path warm-up (DETNAS.SAMPLER.PROGRESSIVE_ITERS > 0, :func:`progressive_path`): during the
 first PROGRESSIVE_ITERS iterations only the last layers take the sampled blocks, the others keep the
-reference arch's; the random part grows linearly from the last layer to all of them. Off (0) in the
-anchors' recipes. On the toy data, a supernet with all 20 layers random from the first iteration keeps
-its loss at chance for 2,000-5,000 iterations (when it takes off varies from run to run); with the
-warm-up it learns from the start and, once every layer is random, its random paths keep learning
-(see DESIGN.md, "Toy-scale supernet training").
+reference arch's; the random part grows linearly from the last layer to all of them. These mixed paths
+are not held to FLOPS_MIN/MAX. Off (0) in the anchors' recipes. On the toy data, a supernet with all 20
+layers random from the first iteration keeps its loss at chance for 2,000-5,000 iterations (when it
+takes off varies from run to run); with the warm-up it learns from the start and, once every layer is
+random, its random paths keep learning (README, "Status and known limits").
 
 The official code draws the in-bin path by rejection from uniform paths, which can take millions of
 tries for the bins near the space's extremes. :class:`FlopsBinSampler` draws from the same distribution
@@ -57,7 +57,7 @@ def num_random_layers(iteration: int, warmup_iters: int, num_layers: int) -> int
     iterations: 1 at iteration 0, growing linearly to `num_layers` (all of them, as after the warm-up)."""
     if iteration >= warmup_iters:
         return num_layers
-    return min(num_layers, 1 + num_layers * iteration // warmup_iters)
+    return 1 + num_layers * iteration // warmup_iters
 
 
 def progressive_path(
