@@ -331,13 +331,18 @@ def test_toy_subnet_trains_above_chance(hue_datasets, tmp_path):
 def test_toy_supernet_trainer_runs_random_paths(hue_datasets, tmp_path):
     from detnas_d2.engine import DetNASTrainer, RandomPathHook
 
-    cfg = _hue_cfg("cls_supernet.yaml", hue_datasets, tmp_path, **{"SOLVER.MAX_ITER": 8})
+    cfg = _hue_cfg("cls_supernet.yaml", hue_datasets, tmp_path,
+                   **{"SOLVER.MAX_ITER": 8, "DETNAS.SAMPLER.PROGRESSIVE_ITERS": 4})
     trainer = DetNASTrainer(cfg)
     path_hook = next(h for h in trainer._hooks if isinstance(h, RandomPathHook))
     paths = []
     trainer.register_hooks([_RecordPath(paths)])
     trainer.train()
     assert path_hook.num_sampled == 8 and len(set(paths)) == 8
+    # The progressive warm-up: iterations 0-3 keep the reference arch (all 0) but for the last 1-16 layers.
+    random_layers = trainer.storage.history("detnas/random_layers").values()
+    assert [int(v) for v, _ in random_layers] == [1, 6, 11, 16]
+    assert paths[0][:19] == (0,) * 19 and paths[1][:14] == (0,) * 14
     supernet = find_supernet(trainer.model)
     results = DetNASTrainer.test(cfg, trainer.model)["classification"]
     assert 0 <= results["top1"] <= results["top5"] == 100.0  # 4 classes: top-5 is everything
