@@ -372,7 +372,7 @@ def test_toy_supernet_learns_over_random_paths(tmp_path):
     for arch in [space.default_arch()] + [space.random_arch(random.Random(seed)) for seed in (1, 2)]:
         cfg.MODEL.DETNAS.REFERENCE_ARCH = arch_to_str(arch)
         top1[arch] = DetNASTrainer.test(cfg, trainer.model)["classification"]["top1"]
-    assert min(top1.values()) > 50.0, top1  # measured: 75-96% over seeds 0-2
+    assert min(top1.values()) > 50.0, top1  # measured over seeds 0-2: random paths 75-92.5%, reference 92-96%
 
 
 def test_supernet_evaluation_recalibrates_bn_and_restores_it(hue_datasets, tmp_path):
