@@ -115,7 +115,6 @@ def test_build_path_sampler_from_config(tmp_path):
         build_path_sampler(cfg)
 
 
-
 def test_progressive_warmup_randomises_layers_from_the_last(tmp_path):
     """During DETNAS.SAMPLER.PROGRESSIVE_ITERS the first layers keep the reference arch and the random
     part grows from the last layer to all of them; afterwards the sampler's paths pass unchanged."""
@@ -135,6 +134,7 @@ def test_progressive_warmup_randomises_layers_from_the_last(tmp_path):
     cfg.DETNAS.SAMPLER.PROGRESSIVE_ITERS = -1
     with pytest.raises(ValueError, match="DETNAS.SAMPLER.PROGRESSIVE_ITERS must be >= 0"):
         RandomPathHook(cfg)
+
 
 # ---- configs --------------------------------------------------------------------------------------
 
@@ -306,7 +306,7 @@ def test_toy_subnet_detector_learns(tmp_path):
     # From scratch the toy detector learns slowly (for ~100 iterations its box classifier calls every
     # proposal background): 250 iterations of det_subnet.yaml's recipe (batch 8, ~40 s on one core) gave
     # AP 0.62, AP50 2.35 (percent), where the untrained detector has AP50 < 0.01. (From a trained step-4
-    # classifier, 1,500 iterations reach 16-20 AP: the demo.)
+    # classifier, 1,500 iterations reach 16-32 AP: the demo and the study.)
     cfg = toy_cfg("det_subnet.yaml", tmp_path, "DATASETS.TEST", "('toy_det_val',)", "SOLVER.MAX_ITER", "250",
                   "SOLVER.STEPS", "(200,)", "SOLVER.CHECKPOINT_PERIOD", "1000")
     seed_all_rng(cfg.SEED)  # initialisation and data order, as train_net.py's default_setup does
