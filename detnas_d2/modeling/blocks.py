@@ -17,7 +17,6 @@ narrow layers of this space (4 stem channels at width 0.25, 86 mid channels in l
 by Detectron2's fixed 32 groups, so GN here uses the largest group count <= 32 that divides the channels.
 """
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from detectron2.layers import CNNBlockBase, Conv2d, get_norm
@@ -54,7 +53,9 @@ def _conv(in_channels, out_channels, kernel_size, *, stride=1, depthwise=False, 
         groups=in_channels if depthwise else 1,
         bias=norm_layer is None,
         norm=norm_layer,
-        activation=F.relu if relu else None,
+        # A module, not F.relu: TorchScript cannot script a Python function held as an attribute.
+        # nn.ReLU has no parameters or buffers, so state-dict keys stay the same.
+        activation=nn.ReLU() if relu else None,
     )
     nn.init.normal_(conv.weight, 0.0, init_std or 1.0 / conv.weight.shape[1])
     if conv.bias is not None:
@@ -116,10 +117,12 @@ class ShuffleBlock(CNNBlockBase):
         )
 
     def forward(self, x):
-        if self.stride == 1:
-            passthrough, x = x.chunk(2, dim=1)
-        else:
+        # `hasattr`, not `self.stride == 1`: TorchScript resolves it when compiling, so a stride-1 block
+        # (which has no `branch_proj`) scripts.
+        if hasattr(self, "branch_proj"):
             passthrough = self.branch_proj(x)
+        else:
+            passthrough, x = x.chunk(2, dim=1)
         return channel_shuffle(torch.cat((passthrough, self.branch_main(x)), dim=1))
 
 
