@@ -2,15 +2,22 @@
 
 Used by tools/install.sh (a complete environment is left untouched) and handy on its own:
     python tools/check_env.py [--only torch] [--quiet]
+    python tools/check_env.py --detectron2-state   # missing | own | pb1 | pb1-unfixed (for install.sh)
 """
 import argparse
 import ast
 import importlib
 import importlib.metadata as md
+import importlib.util
+import json
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# This checkout's detnas_d2 first, not whichever checkout the environment's editable install points at.
+sys.path.insert(0, str(ROOT))
+
+D2_MODULES = ("detectron2.modeling", "detectron2.engine", "detectron2.evaluation", "detectron2.data")
 
 
 def _declared_requirements():
@@ -52,14 +59,62 @@ def check_requirements():
     return f"{len(_declared_requirements())} requirements met"
 
 
+def _compat():
+    """detnas_d2/compat.py of this checkout, loaded on its own (no detnas_d2 or Detectron2 imports)."""
+    spec = importlib.util.spec_from_file_location("_detnas_compat", ROOT / "detnas_d2" / "compat.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def detectron2_state():
+    """(state, unfixed sources): 'missing'; 'own' (any Detectron2 not installed from pb1-detectron2, kept
+    by install.sh); 'pb1' (pb1-detectron2 0.6 with install.sh's fixes); 'pb1-unfixed' (without them)."""
+    spec = importlib.util.find_spec("detectron2")
+    if spec is None or not spec.submodule_search_locations:
+        return "missing", []
+    root = Path(list(spec.submodule_search_locations)[0])
+    compat = _compat()
+    unfixed = sorted(compat.unguarded_c_imports(root)) + (["Image.LINEAR"] if compat.uses_image_linear(root) else [])
+    try:
+        files = md.distribution("pb1-detectron2").files or []
+        from_pb1 = any(f.parts[:2] == ("detectron2", "__init__.py") and Path(f.locate()).parent == root
+                       for f in files)
+    except md.PackageNotFoundError:
+        from_pb1 = False
+    if not from_pb1:
+        return "own", unfixed
+    return ("pb1-unfixed" if unfixed else "pb1"), unfixed
+
+
 def check_detectron2():
     import detectron2
 
-    import detnas_d2  # noqa: F401  (applies detnas_d2.compat)
+    where = Path(detectron2.__file__).parent
+    state, unfixed = detectron2_state()
+    if state == "pb1-unfixed":
+        raise RuntimeError(
+            f"Detectron2 at {where} is pb1-detectron2 0.6 without install.sh's fixes (still needed: "
+            f"{', '.join(unfixed)}), so it imports only after detnas_d2: rerun tools/install.sh"
+        )
+    import detnas_d2  # noqa: F401  (applies detnas_d2.compat where needed)
 
-    for mod in ("detectron2.modeling", "detectron2.engine", "detectron2.evaluation", "detectron2.data"):
+    for mod in D2_MODULES:
         importlib.import_module(mod)
-    return f"detectron2 {detectron2.__version__} at {Path(detectron2.__file__).parent}"
+    msg = f"detectron2 {detectron2.__version__} at {where}"
+    if unfixed:  # a Detectron2 of the user's own that needs the shims
+        msg += f" (needs `import detnas_d2` before Detectron2's modules: {', '.join(unfixed)})"
+    return msg
+
+
+def _installed_checkout():
+    """The checkout the environment's editable detnas-d2 install points at, or None."""
+    try:
+        direct_url = md.distribution("detnas-d2").read_text("direct_url.json")
+    except md.PackageNotFoundError:
+        return None
+    url = json.loads(direct_url or "{}").get("url", "")
+    return Path(url[len("file://"):]).resolve() if url.startswith("file://") else None
 
 
 def check_project():
@@ -68,6 +123,12 @@ def check_project():
     where = Path(detnas_d2.__file__).resolve().parents[1]
     if where != ROOT:
         raise RuntimeError(f"detnas_d2 is imported from {where}, not from this checkout {ROOT}")
+    installed = _installed_checkout()
+    if installed is None:
+        return f"detnas_d2 at {where} (not installed in this environment: run tools/install.sh)"
+    if installed != ROOT:
+        return (f"detnas_d2 at {where} (this checkout, first on sys.path; the environment's editable "
+                f"install is the checkout {installed})")
     return f"detnas_d2 (editable) at {where}"
 
 
@@ -83,7 +144,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", choices=sorted(CHECKS))
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--detectron2-state", action="store_true",
+                        help="print missing|own|pb1|pb1-unfixed (what install.sh does with Detectron2) and exit")
     args = parser.parse_args()
+    if args.detectron2_state:
+        print(detectron2_state()[0])
+        return
     ok = True
     for name, check in CHECKS.items():
         if args.only and name != args.only:
