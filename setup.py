@@ -23,7 +23,10 @@ INSTALL_REQUIRES = [
     "hydra-core>=1.1",
     "packaging",
 ]
-TEST_REQUIRES = ["pytest>=7", "pytest-timeout"]
+# ONNX export (tools/export_model.py --format onnx) and its check on onnxruntime (CPU). Literal lists:
+# tools/check_env.py reads them with ast.literal_eval.
+EXPORT_REQUIRES = ["onnx>=1.16,<2", "onnxruntime>=1.18,<2"]
+TEST_REQUIRES = ["pytest>=7", "pytest-timeout", "onnx>=1.16,<2", "onnxruntime>=1.18,<2"]
 
 setup(
     name="detnas-d2",
@@ -32,6 +35,6 @@ setup(
     packages=find_packages(include=("detnas_d2", "detnas_d2.*")),
     python_requires=">=3.8",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "export": EXPORT_REQUIRES},
     entry_points={"console_scripts": ["detnas-arch-info=detnas_d2.arch_info:main"]},
 )
