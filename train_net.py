@@ -20,7 +20,8 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 from detnas_d2.config import setup_cfg
-from detnas_d2.engine import DetNASCheckpointer, DetNASTrainer, launch, parse_args
+from detnas_d2.checkpoint import DetNASCheckpointer
+from detnas_d2.engine import DetNASTrainer, launch, parse_args
 
 Trainer = DetNASTrainer
 

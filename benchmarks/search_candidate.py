@@ -4,8 +4,8 @@
 Runs short toy searches (configs/Toy/search_det.yaml on a randomly initialised toy supernet unless
 --weights is given) and reads candidates.jsonl: seconds per candidate in BN recalibration, inference,
 COCO evaluation and everything else (state save, outputs, selection, data hand-off; goal < 10% of a
-candidate), candidates per hour for 1 process, 2 processes in each SEARCH.DIST_MODE, and 1 process
-without the in-memory input cache (SEARCH.CACHE_MB 0: every candidate maps its images again).
+candidate), candidates per hour for 1 process, 2 processes in each DETNAS.SEARCH.DIST_MODE, and 1 process
+without the in-memory input cache (DETNAS.SEARCH.CACHE_MB 0: every candidate maps its images again).
 
     python benchmarks/search_candidate.py [--candidates 12] [--weights W] [KEY VALUE ...]
 
@@ -75,23 +75,23 @@ def main():
         DetectionCheckpointer(build_model(cfg), save_dir=work).save("random_supernet")
         args.weights = os.path.join(work, "random_supernet.pth")
     cfg.MODEL.WEIGHTS = args.weights
-    cfg.SEARCH.POPULATION = (args.candidates + 1) // 2
-    cfg.SEARCH.GENERATIONS = 2
-    cfg.SEARCH.MAX_CANDIDATES = args.candidates
-    cfg.SEARCH.TOPK = min(cfg.SEARCH.TOPK, cfg.SEARCH.POPULATION)
-    cfg.SEARCH.NUM_MUTATION = cfg.SEARCH.NUM_CROSSOVER = cfg.SEARCH.POPULATION // 3
+    cfg.DETNAS.SEARCH.POPULATION = (args.candidates + 1) // 2
+    cfg.DETNAS.SEARCH.GENERATIONS = 2
+    cfg.DETNAS.SEARCH.MAX_CANDIDATES = args.candidates
+    cfg.DETNAS.SEARCH.TOPK = min(cfg.DETNAS.SEARCH.TOPK, cfg.DETNAS.SEARCH.POPULATION)
+    cfg.DETNAS.SEARCH.NUM_MUTATION = cfg.DETNAS.SEARCH.NUM_CROSSOVER = cfg.DETNAS.SEARCH.POPULATION // 3
 
-    runs = [("1 process", 1, "split_images", cfg.SEARCH.CACHE_MB),
+    runs = [("1 process", 1, "split_images", cfg.DETNAS.SEARCH.CACHE_MB),
             ("1 process, no input cache", 1, "split_images", 0),
-            ("2 processes, split_images", 2, "split_images", cfg.SEARCH.CACHE_MB),
-            ("2 processes, split_candidates", 2, "split_candidates", cfg.SEARCH.CACHE_MB)]
+            ("2 processes, split_images", 2, "split_images", cfg.DETNAS.SEARCH.CACHE_MB),
+            ("2 processes, split_candidates", 2, "split_candidates", cfg.DETNAS.SEARCH.CACHE_MB)]
     threads = max(1, (os.cpu_count() or 2) // 2)
     rows, base = [], None
     for label, procs, mode, cache_mb in runs:
         run_cfg = cfg.clone()
         run_cfg.OUTPUT_DIR = os.path.join(work, label.replace(" ", "_").replace(",", ""))
-        run_cfg.SEARCH.DIST_MODE = mode
-        run_cfg.SEARCH.CACHE_MB = cache_mb
+        run_cfg.DETNAS.SEARCH.DIST_MODE = mode
+        run_cfg.DETNAS.SEARCH.CACHE_MB = cache_mb
         start = time.perf_counter()
         launch(_search, procs, dist_url="auto", args=(run_cfg.dump(), threads))
         total = time.perf_counter() - start
@@ -102,7 +102,7 @@ def main():
                      f"{s['per_hour'] / base:.2f}x", f"{total:.1f}"))
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores"
     print(f"\nSearch cost per candidate ({args.config_file}, {device}; BN recalibration on "
-          f"{cfg.SEARCH.BN_RECALIB_IMAGES} images, evaluation on {cfg.SEARCH.EVAL_DATASET}; means over "
+          f"{cfg.DETNAS.BN_RECALIB.IMAGES} images, evaluation on {cfg.DETNAS.SEARCH.EVAL_DATASET}; means over "
           f"candidates after the first; {threads} thread(s) per process; split_candidates: seconds of each "
           "candidate on its own process)")
     print(tabulate(rows, headers=["run", "candidates", "recalib s", "inference s", "COCO eval s", "rest s",

@@ -17,7 +17,7 @@ import time
 import torch
 
 import detnas_d2  # noqa: F401  (compat shims)
-from detnas_d2.modeling import ClassifierHead, ShuffleNetV2Subnet, ShuffleNetV2Supernet, inherit_weights
+from detnas_d2.modeling import ClassifierHead, ShuffleNetV2Subnet, ShuffleNetV2Supernet, subnet_state_dict_from_supernet
 from detnas_d2.search_space import arch_to_str, get_space
 
 
@@ -67,7 +67,7 @@ def main():
     supernet = ShuffleNetV2Supernet(space).to(device).train()
     supernet.set_arch(arch)
     subnet = ShuffleNetV2Subnet(space, arch).to(device).train()
-    inherit_weights(subnet, supernet.state_dict())
+    subnet.load_state_dict(subnet_state_dict_from_supernet(supernet.state_dict(), space, arch))
     print(f"space {space.name} width {space.width_mult}, arch {arch_to_str(arch)}, device {device}, "
           f"torch threads {torch.get_num_threads()}")
 

@@ -18,7 +18,7 @@ from tabulate import tabulate
 
 from .arch_io import load_arch_record
 from .flops import HEADS, get_flops_table
-from .search_space import BLOCKS, SPACES, get_space
+from .search_space import BLOCKS, SPACES, get_space, stage_stride
 
 SHORT_NAMES = {"shuffle_3x3": "3x3", "shuffle_5x5": "5x5", "shuffle_7x7": "7x7", "shuffle_xception": "xcp"}
 
@@ -49,13 +49,18 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def describe(arch_spec, space=None, width_mult=None, head="none", num_classes=1000, input_size=(224, 224)) -> dict:
-    """Everything arch_info prints, as a JSON-ready dict. Raises ValueError on a bad arch or option."""
+def describe(arch_spec, space=None, width_mult=None, head="none", num_classes=1000, input_size=None) -> dict:
+    """Everything arch_info prints, as a JSON-ready dict. Raises ValueError on a bad arch or option.
+    `input_size` None: the one the file's FLOPs were measured at (`input_size` of a search's
+    best_arch.yaml), else 224."""
     if space is None and str(arch_spec).startswith("random:"):
         space = "small"
-    record = load_arch_record(arch_spec, space)
+    record = load_arch_record(arch_spec, get_space(space) if space else None)
     if width_mult is None:
         width_mult = record.metadata.get("width_mult", 1.0)
+    if input_size is None:
+        size = record.metadata.get("input_size", 224)
+        input_size = (size, size) if isinstance(size, int) else tuple(size)
     search_space = get_space(record.space, width_mult)
     table = get_flops_table(search_space, input_size, head=head, num_classes=num_classes)
     arch = record.arch
@@ -68,7 +73,7 @@ def describe(arch_spec, space=None, width_mult=None, head="none", num_classes=10
                 "stage": stage,
                 "layers": [layers[0], layers[-1]],
                 "channels": channels,
-                "stride": 2 ** (stage + 2),
+                "stride": stage_stride(stage),
                 "choices": [BLOCKS[arch[i]] for i in layers],
                 "flops": sum(table.layer_flops[i][arch[i]] for i in layers),
                 "params": sum(table.layer_params[i][arch[i]] for i in layers),
@@ -135,7 +140,9 @@ def get_parser():
     parser.add_argument("--width-mult", type=_positive_float, help="default: the file's, else 1.0")
     parser.add_argument("--head", choices=HEADS, default="none", help="classifier: count the ImageNet form")
     parser.add_argument("--num-classes", type=int, default=1000, help="of the classifier head")
-    parser.add_argument("--input-size", type=_input_size, default=(224, 224), help="224 or HxW (default 224)")
+    parser.add_argument(
+        "--input-size", type=_input_size, help="224 or HxW (default: the file's input_size, else 224)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 

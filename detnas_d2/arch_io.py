@@ -20,17 +20,17 @@ Formats read (detected from the content):
 Ids and names are those of :data:`detnas_d2.search_space.BLOCKS`. Every malformed input raises ValueError
 naming the source and the line (or key) at fault.
 """
-import os
 import random
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 from detectron2.utils.file_io import PathManager
 from yaml.constructor import SafeConstructor
 
-from .search_space import BLOCK_IDS, BLOCKS, NUM_CHOICES, SPACES, SearchSpace, get_space
+from .file_io import atomic_write
+from .search_space import BLOCK_IDS, BLOCKS, NUM_CHOICES, SPACES, SearchSpace, get_space, stage_stride
 
 __all__ = [
     "ArchRecord",
@@ -51,7 +51,14 @@ _METADATA_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TOKEN_TEXT = re.compile(r"^[\w\s,\[\]()]*$")
 _TOKEN_SEP = re.compile(r"[\s,\[\]()]+")
 
-SpaceArg = Union[SearchSpace, str, None]
+SpaceArg = Optional[SearchSpace]  # None: the space named in the file, else implied by its length
+
+
+def _space_arg(space: SpaceArg) -> SpaceArg:
+    """Names are resolved at the edges (config, command line, the file itself): here only a SearchSpace."""
+    if space is not None and not isinstance(space, SearchSpace):
+        raise TypeError(f"expected a SearchSpace (detnas_d2.search_space.get_space(name)), got {space!r}")
+    return space
 
 
 @dataclass(frozen=True)
@@ -317,16 +324,16 @@ def _check_length(ids: List[int], space: SearchSpace, node=None) -> Tuple[int, .
 
 
 def _require_space(space: SpaceArg, what: str) -> SearchSpace:
-    if space is None:
+    if _space_arg(space) is None:
         raise ValueError(f"{what}: no search space given")
-    return space if isinstance(space, SearchSpace) else get_space(space)
+    return space
 
 
 def _resolve_space(space: SpaceArg, file_space: Optional[str], num_layers: int) -> SearchSpace:
     """The space to validate against: the requested one (which must agree with the file's), else the
     file's, else the only one with `num_layers` layers."""
-    if space is not None:
-        target = space if isinstance(space, SearchSpace) else get_space(space)
+    if _space_arg(space) is not None:
+        target = space
         if file_space is not None and file_space != target.name:
             raise _Problem(f"the file is for space '{file_space}', but space '{target.name}' was requested")
         return target
@@ -344,10 +351,10 @@ def _resolve_space(space: SpaceArg, file_space: Optional[str], num_layers: int) 
 # ---- writing ----------------------------------------------------------------------------------------
 
 
-def format_arch(arch: Sequence[int], space: Union[SearchSpace, str], fmt: str = "detnas-d2", **metadata) -> str:
+def format_arch(arch: Sequence[int], space: SearchSpace, fmt: str = "detnas-d2", **metadata) -> str:
     """The text of an arch file in format `fmt` (one of FORMATS). Metadata is data in our format and
     comments in the others (which cannot carry it). `width_mult` is the space's unless given in metadata."""
-    space = space if isinstance(space, SearchSpace) else get_space(space)
+    _require_space(space, "format_arch")
     arch = space.validate(arch)
     width = metadata.pop("width_mult", None)
     if width is not None:
@@ -396,7 +403,7 @@ def _format_ours(arch: Tuple[int, ...], space: SearchSpace, metadata: Dict[str, 
             first = spec.index
             last = first + space.stage_depths[stage] - 1
             lines.append(
-                f"  # stage {stage}: {spec.out_channels} channels, stride {2 ** (stage + 2)}, layers {first}-{last}"
+                f"  # stage {stage}: {spec.out_channels} channels, stride {stage_stride(stage)}, layers {first}-{last}"
             )
         lines.append(f"  - {BLOCKS[choice]:<16} # layer {spec.index} (stage {spec.stage} block {spec.block})")
     return "\n".join(lines) + "\n"
@@ -421,20 +428,7 @@ def _plain(value):
     return value
 
 
-def save_arch(path: str, arch: Sequence[int], space: Union[SearchSpace, str], fmt: str = "detnas-d2", **metadata):
+def save_arch(path: str, arch: Sequence[int], space: SearchSpace, fmt: str = "detnas-d2", **metadata):
     """Write `arch` to `path` (format `fmt`, default ours) with `metadata` (YAML-safe values: numbers,
-    strings, lists, dicts). Local paths are written atomically (temp file + rename)."""
-    text = format_arch(arch, space, fmt, **metadata)
-    if "://" in path:
-        with PathManager.open(path, "w") as f:
-            f.write(text)
-        return
-    PathManager.mkdirs(os.path.dirname(os.path.abspath(path)))
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    strings, lists, dicts), atomically."""
+    atomic_write(path, format_arch(arch, space, fmt, **metadata))

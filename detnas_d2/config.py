@@ -1,9 +1,14 @@
 """All detnas-d2 options. Call `add_detnas_config(cfg)` on a Detectron2 config before merging files."""
+import io
 import logging
 
 import torch
+import yaml
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
+from detectron2.engine import default_setup
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 # String options that hold an arch: on the command line "0,1,2,..." must stay a string (yacs would
 # otherwise read it as a tuple and reject it).
@@ -39,18 +44,14 @@ def add_detnas_config(cfg):
     _C.INPUT.CLS.TEST_RESIZE = 256  # shorter side before the centre crop
     _C.INPUT.CLS.TEST_CROP = 224
     _C.TEST.CLS_IMS_PER_BATCH = 64  # images per process per batch in classification evaluation
-    # Supernet evaluation (periodic or --eval-only): first give the reference arch BN statistics of its
-    # own, computed on this many images of DATASETS.TRAIN[0] (test-time preprocessing), as the search
-    # does; the trained statistics, averaged over all paths, are restored afterwards. 0: off.
-    _C.TEST.BN_RECALIB_IMAGES = 512
-    _C.TEST.BN_RECALIB_BATCH_SIZE = 16
 
     # ---- solver additions -------------------------------------------------------------------------
     # LR_SCHEDULER_NAME also accepts "WarmupLinearDecay" (linear to 0 at MAX_ITER, after warm-up).
     _C.SOLVER.WEIGHT_DECAY_DEPTHWISE = None  # None: same as SOLVER.WEIGHT_DECAY; the anchors use 0.0
 
-    # ---- random path per iteration (supernet training) --------------------------------------------
+    # ---- the method's options: path sampler, BN recalibration, search ----------------------------
     _C.DETNAS = CN()
+    # Random path per iteration (supernet training, engine/hooks.py).
     _C.DETNAS.SAMPLER = CN()
     _C.DETNAS.SAMPLER.NAME = "uniform"  # uniform | flops_uniform
     _C.DETNAS.SAMPLER.SEED = 0  # with the iteration, fixes the path: the same on every rank and on resume
@@ -62,49 +63,139 @@ def add_detnas_config(cfg):
     # random, from 1 to all of them; the others keep MODEL.DETNAS.REFERENCE_ARCH. 0: off (SPOS, DetNAS).
     _C.DETNAS.SAMPLER.PROGRESSIVE_ITERS = 0
 
-    # ---- evolutionary search (search_net.py) ------------------------------------------------------
-    _C.SEARCH = CN()
-    _C.SEARCH.MODE = "evolution"  # evolution | random
-    _C.SEARCH.POPULATION = 50
-    _C.SEARCH.GENERATIONS = 20
-    _C.SEARCH.TOPK = 10
-    _C.SEARCH.NUM_MUTATION = 25
-    _C.SEARCH.MUTATION_PROB = 0.1
-    _C.SEARCH.NUM_CROSSOVER = 25
-    _C.SEARCH.MAX_CANDIDATES = 1000
-    _C.SEARCH.SEED = 0
+    # BN recalibration (recalibration.py): before a supernet path is evaluated (training's periodic and
+    # --eval-only evaluation of the reference arch) or scored (search), its BN layers get the exact
+    # statistics of that path on IMAGES images of DATASET (test-time preprocessing). Training restores
+    # the trained statistics afterwards. 0 images: off in training (the search needs it).
+    _C.DETNAS.BN_RECALIB = CN()
+    _C.DETNAS.BN_RECALIB.DATASET = ""  # empty: DATASETS.TRAIN[0]
+    _C.DETNAS.BN_RECALIB.IMAGES = 4000  # the official DetNAS search's count
+    _C.DETNAS.BN_RECALIB.BATCH_SIZE = 16  # global batches: scores do not depend on the number of processes
+
+    # Evolutionary search (search_net.py); the fitness is the task's headline metric (tasks.py).
+    _C.DETNAS.SEARCH = CN()
+    _C.DETNAS.SEARCH.MODE = "evolution"  # evolution | random
+    _C.DETNAS.SEARCH.POPULATION = 50
+    _C.DETNAS.SEARCH.GENERATIONS = 20
+    _C.DETNAS.SEARCH.TOPK = 10
+    _C.DETNAS.SEARCH.NUM_MUTATION = 25
+    _C.DETNAS.SEARCH.MUTATION_PROB = 0.1
+    _C.DETNAS.SEARCH.NUM_CROSSOVER = 25
+    _C.DETNAS.SEARCH.MAX_CANDIDATES = 1000
+    _C.DETNAS.SEARCH.SEED = 0
     # Constraints, checked from the FLOPs table before any evaluation (0: no bound).
-    _C.SEARCH.FLOPS_MIN = 0.0
-    _C.SEARCH.FLOPS_MAX = 330e6
-    _C.SEARCH.PARAMS_MAX = 0.0
-    _C.SEARCH.INPUT_SIZE = 224  # input size at which the FLOPs constraints are measured
+    _C.DETNAS.SEARCH.FLOPS_MIN = 0.0
+    _C.DETNAS.SEARCH.FLOPS_MAX = 330e6
+    _C.DETNAS.SEARCH.PARAMS_MAX = 0.0
+    _C.DETNAS.SEARCH.INPUT_SIZE = 224  # input size at which the FLOPs constraints are measured
     # Scoring
-    _C.SEARCH.FITNESS = "bbox_AP"  # bbox_AP (COCOEvaluator) | top1 (classification)
-    _C.SEARCH.BN_RECALIB_DATASET = ""  # empty: DATASETS.TRAIN[0]
-    _C.SEARCH.BN_RECALIB_IMAGES = 4000
-    _C.SEARCH.EVAL_DATASET = ""  # held-out split; empty: DATASETS.TEST[0]
-    _C.SEARCH.EVAL_IMAGES = 0  # score on the first N images; 0: all
-    _C.SEARCH.DIST_MODE = "split_images"  # split_images | split_candidates
-    # Added by search: fixed global batches (scores do not depend on the number of processes).
-    _C.SEARCH.BN_RECALIB_BATCH_SIZE = 16  # images per recalibration forward
-    _C.SEARCH.EVAL_BATCH_SIZE = 4  # images per inference forward while scoring
-    _C.SEARCH.CACHE_MB = 4096  # per process: keep the mapped recalibration/eval inputs in memory up to this
+    _C.DETNAS.SEARCH.EVAL_DATASET = ""  # held-out split; empty: DATASETS.TEST[0]
+    _C.DETNAS.SEARCH.EVAL_IMAGES = 0  # score on the first N images; 0: all
+    _C.DETNAS.SEARCH.EVAL_BATCH_SIZE = 4  # images per inference forward while scoring (global batches)
+    _C.DETNAS.SEARCH.DIST_MODE = "split_images"  # split_images | split_candidates
+    _C.DETNAS.SEARCH.CACHE_MB = 4096  # per process: keep the mapped recalibration/eval inputs in memory up to this
+
+
+# Keys of earlier releases, read for one release with a warning naming the new key (None: dropped).
+RENAMED_KEYS = {
+    "TEST.BN_RECALIB_IMAGES": "DETNAS.BN_RECALIB.IMAGES",
+    "TEST.BN_RECALIB_BATCH_SIZE": "DETNAS.BN_RECALIB.BATCH_SIZE",
+    "SEARCH.BN_RECALIB_DATASET": "DETNAS.BN_RECALIB.DATASET",
+    "SEARCH.BN_RECALIB_IMAGES": "DETNAS.BN_RECALIB.IMAGES",
+    "SEARCH.BN_RECALIB_BATCH_SIZE": "DETNAS.BN_RECALIB.BATCH_SIZE",
+    "SEARCH.FITNESS": None,  # the task's headline metric: bbox_AP for detectors, top1 for classifiers
+}
+for _key in ("MODE", "POPULATION", "GENERATIONS", "TOPK", "NUM_MUTATION", "MUTATION_PROB", "NUM_CROSSOVER",
+             "MAX_CANDIDATES", "SEED", "FLOPS_MIN", "FLOPS_MAX", "PARAMS_MAX", "INPUT_SIZE", "EVAL_DATASET",
+             "EVAL_IMAGES", "EVAL_BATCH_SIZE", "DIST_MODE", "CACHE_MB"):
+    RENAMED_KEYS[f"SEARCH.{_key}"] = f"DETNAS.SEARCH.{_key}"
+
+
+def _renamed(key: str, source: str):
+    """The current name of `key` (itself unless it is an old one; None: dropped), with a warning."""
+    if key not in RENAMED_KEYS:
+        return key
+    new = RENAMED_KEYS[key]
+    hint = f"use {new}" if new else "it is no longer used (the fitness is the task's headline metric)"
+    logging.getLogger(__name__).warning(f"{source}: config key {key} is deprecated; {hint}")
+    return new
+
+
+def _leaves(tree: dict, prefix: str = ""):
+    for name, value in tree.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{name}.")
+        else:
+            yield prefix + name, value
+
+
+def _rename_tree(tree: dict, source: str) -> dict:
+    """A copy of a loaded YAML mapping with old keys moved to their current place."""
+    nested = {}
+    for key, value in _leaves(tree):
+        key = _renamed(key, source)
+        if key is None:
+            continue
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def _arch_value(value) -> str:
+    """An arch option as yacs must receive it to keep it a string: a YAML list of ids or names, or a
+    comma-separated text, would otherwise be read as a tuple and rejected."""
+    if isinstance(value, (list, tuple)):
+        value = ",".join(str(v) for v in value)
+    return repr(str(value))
+
+
+class _UpgradingCfgNode(CN):
+    """Reads every file of a `_BASE_` chain with its old keys renamed and its arch options as strings,
+    before the files are merged (so a child's old key still overrides its base's new one)."""
+
+    @classmethod
+    def _open_cfg(cls, filename):
+        with super()._open_cfg(filename) as f:
+            text = f.read()
+        try:
+            tree = yaml.safe_load(text) or {}
+        except yaml.YAMLError:
+            return io.StringIO(text)  # Detectron2's loader reports it (or loads it unsafely)
+        base = tree.pop("_BASE_", None)
+        tree = _rename_tree(tree, filename)
+        model = tree.get("MODEL", {}).get("DETNAS", {})
+        for key in ("ARCH", "REFERENCE_ARCH"):
+            if key in model:
+                model[key] = _arch_value(model[key])
+        if base is not None:
+            tree["_BASE_"] = base
+        return io.StringIO(yaml.safe_dump(tree))
 
 
 def get_detnas_cfg(config_file: str = "", opts=()):
     """A Detectron2 config with the DetNAS options, merged from `config_file` and command-line `opts`.
 
-    Arch options take comma-separated ids on the command line. Without CUDA, MODEL.DEVICE becomes cpu.
+    Arch options take comma-separated ids on the command line (and YAML lists of ids in files). Keys of
+    earlier releases (RENAMED_KEYS) are read with a warning naming the new key. Without CUDA,
+    MODEL.DEVICE becomes cpu.
     """
     cfg = get_cfg()
     add_detnas_config(cfg)
     if config_file:
-        cfg.merge_from_file(config_file)
+        loaded = _UpgradingCfgNode.load_yaml_with_base(config_file, allow_unsafe=True)
+        cfg.merge_from_other_cfg(type(cfg)(loaded))
     opts = list(opts)
-    for i in range(0, len(opts) - 1, 2):
-        if opts[i] in _ARCH_KEYS:
-            opts[i + 1] = repr(str(opts[i + 1]))
-    cfg.merge_from_list(opts)
+    if len(opts) % 2:
+        raise ValueError(f"command-line options come in KEY VALUE pairs; '{opts[-1]}' has no value")
+    renamed = []
+    for key, value in zip(opts[0::2], opts[1::2]):
+        key = _renamed(key, "command line")
+        if key is not None:
+            renamed += [key, _arch_value(value) if key in _ARCH_KEYS else value]
+    cfg.merge_from_list(renamed)
     if cfg.MODEL.DEVICE != "cpu" and not torch.cuda.is_available():
         logging.getLogger(__name__).warning(f"No CUDA: MODEL.DEVICE {cfg.MODEL.DEVICE} -> cpu")
         cfg.MODEL.DEVICE = "cpu"
@@ -114,10 +205,6 @@ def get_detnas_cfg(config_file: str = "", opts=()):
 def setup_cfg(args):
     """The frozen config of train_net.py / search_net.py: `get_detnas_cfg` from the command line, then
     Detectron2's default_setup (output folder, logging, seeds) and the detnas_d2 logger."""
-    from detectron2.engine import default_setup
-    from detectron2.utils import comm
-    from detectron2.utils.logger import setup_logger
-
     cfg = get_detnas_cfg(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)

@@ -32,7 +32,8 @@ from torch import nn
 
 from .modeling import blocks as blocks_module
 from .modeling import heads as heads_module
-from .search_space import NUM_CHOICES, SearchSpace, get_space
+from .file_io import atomic_write
+from .search_space import NUM_CHOICES, SearchSpace
 
 __all__ = ["FlopsTable", "get_flops_table", "count_flops", "HEADS"]
 
@@ -91,22 +92,18 @@ class FlopsTable:
 
 
 def get_flops_table(
-    space: Union[SearchSpace, str],
+    space: SearchSpace,
     input_size: Union[int, Sequence[int]] = 224,
     head: str = "none",
     num_classes: int = 1000,
     head_channels: int = 1024,
-    width_mult: Optional[float] = None,
     cache_dir: Optional[str] = None,
 ) -> FlopsTable:
-    """The FLOPs table of `space` (a SearchSpace, or a name with `width_mult`, default 1.0) for inputs of
-    `input_size` (an int for square inputs, or (height, width)), backbone only (`head="none"`) or with
-    the classification head (`head="classifier"`, `num_classes`, `head_channels`)."""
-    if isinstance(space, SearchSpace):
-        if width_mult is not None and width_mult != space.width_mult:
-            raise ValueError(f"width_mult={width_mult} conflicts with the space's {space.width_mult}")
-    else:
-        space = get_space(space, 1.0 if width_mult is None else width_mult)
+    """The FLOPs table of `space` for inputs of `input_size` (an int for square inputs, or (height,
+    width)), backbone only (`head="none"`) or with the classification head (`head="classifier"`,
+    `num_classes`, `head_channels`)."""
+    if not isinstance(space, SearchSpace):
+        raise TypeError(f"expected a SearchSpace (detnas_d2.search_space.get_space(name, width)), got {space!r}")
     size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
         raise ValueError(f"input_size must be a positive int or (height, width), got {input_size!r}")
@@ -131,11 +128,7 @@ def _cached_table(space, size, head, num_classes, head_channels, cache_dir) -> F
         with open(path) as f:
             return _table_from_json(space, json.load(f))
     table = _build_table(space, size, head, num_classes, head_channels)
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump({k: v for k, v in asdict(table).items() if k != "space"}, f)
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps({k: v for k, v in asdict(table).items() if k != "space"}))
     return table
 
 

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 from typing import Callable, List, Optional
 
-from .engine.trainer import EVAL_RESULTS_FILE
+from .arch_io import load_arch_record
+from .outputs import EVAL_RESULTS_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 DONE_FILE = "step_done.json"
@@ -24,9 +25,9 @@ _TRAIN_QUICK = ["SOLVER.MAX_ITER", "4", "SOLVER.WARMUP_ITERS", "0", "SOLVER.STEP
 QUICK_OVERRIDES = {
     "cls_supernet": _TRAIN_QUICK + ["DETNAS.SAMPLER.PROGRESSIVE_ITERS", "2"],
     "det_supernet": _TRAIN_QUICK,
-    "search": ["SEARCH.POPULATION", "3", "SEARCH.GENERATIONS", "2", "SEARCH.TOPK", "2",
-               "SEARCH.NUM_MUTATION", "1", "SEARCH.NUM_CROSSOVER", "1", "SEARCH.MAX_CANDIDATES", "6",
-               "SEARCH.BN_RECALIB_IMAGES", "16", "SEARCH.EVAL_IMAGES", "8"],
+    "search": ["DETNAS.SEARCH.POPULATION", "3", "DETNAS.SEARCH.GENERATIONS", "2", "DETNAS.SEARCH.TOPK", "2",
+               "DETNAS.SEARCH.NUM_MUTATION", "1", "DETNAS.SEARCH.NUM_CROSSOVER", "1", "DETNAS.SEARCH.MAX_CANDIDATES", "6",
+               "DETNAS.BN_RECALIB.IMAGES", "16", "DETNAS.SEARCH.EVAL_IMAGES", "8"],
     "cls_subnet": _TRAIN_QUICK,
     "det_subnet": _TRAIN_QUICK,
     "eval": [],
@@ -85,8 +86,6 @@ class Step:
     def metric(self):
         """(name, value) of the step's headline metric: best search score, top-1 or bbox AP."""
         if self.script == "search_net.py":
-            from .arch_io import load_arch_record
-
             return "best score", load_arch_record(str(self.artifact)).metadata.get("score")
         results = json.loads((self.out_dir / EVAL_RESULTS_FILE).read_text())
         if "classification" in results:

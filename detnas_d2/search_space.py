@@ -20,6 +20,11 @@ class LayerSpec(NamedTuple):
     stride: int
 
 
+def stage_stride(stage: int) -> int:
+    """Output stride of stage 0..3 (the stem halves the input, every stage halves it again): 4, 8, 16, 32."""
+    return 2 ** (stage + 2)
+
+
 def _round_channels(c: float, divisor: int = 4) -> int:
     return max(divisor, int(round(c / divisor)) * divisor)
 

@@ -57,7 +57,7 @@ def _mmrazor0_text(arch, space):
 )
 def test_official_id_lists(tmp_path, name, render):
     arch = _arch(SMALL, 1)
-    record = load_arch_record(_write(tmp_path, name, render(arch)), "small")
+    record = load_arch_record(_write(tmp_path, name, render(arch)), SMALL)
     assert record.arch == arch and record.format == "official"
 
 
@@ -66,28 +66,28 @@ def test_mmrazor_formats(tmp_path):
     for space, seed in ((SMALL, 2), (large, 3)):
         arch = _arch(space, seed)
         for fmt, text in (("mmrazor-1.x", _mmrazor1_text(arch, space)), ("mmrazor-0.x", _mmrazor0_text(arch, space))):
-            record = load_arch_record(_write(tmp_path, f"{fmt}.yaml", text), space.name)
+            record = load_arch_record(_write(tmp_path, f"{fmt}.yaml", text), space)
             assert (record.arch, record.format) == (arch, fmt)
     # key order does not matter, flow style is fine
     arch = _arch(SMALL, 4)
     lines = _mmrazor1_text(arch, SMALL).replace(":\n  chosen: ", ": {chosen: ").replace("\n", "}\n").splitlines()
-    assert parse_arch_text("\n".join(reversed(lines)), "small") == arch
+    assert parse_arch_text("\n".join(reversed(lines)), SMALL) == arch
 
 
 def test_mmrazor_real_world_file():
     # the opening of MMRazor 1.x's DetNAS subnet file, completed with shuffle_3x3
     head = "backbone.layers.0.0:\n  chosen: shuffle_5x5\nbackbone.layers.0.1:\n  chosen: shuffle_3x3\n"
     rest = "".join(f"backbone.layers.{s.stage}.{s.block}:\n  chosen: shuffle_3x3\n" for s in SMALL.layers()[2:])
-    assert parse_arch_text(head + rest, "small") == (1,) + (0,) * 19
+    assert parse_arch_text(head + rest, SMALL) == (1,) + (0,) * 19
 
 
 def test_inline_specs():
     arch = _arch(SMALL, 5)
-    assert load_arch(",".join(map(str, arch)), "small") == arch
+    assert load_arch(",".join(map(str, arch)), SMALL) == arch
     assert load_arch(" , ".join(BLOCKS[i] for i in arch), SMALL) == arch
-    assert load_arch(list(arch), "small") == arch
-    assert load_arch("random:7", "small") == load_arch("random:7", "small") != load_arch("random:8", "small")
-    assert len(load_arch("random:7", "large")) == 40
+    assert load_arch(list(arch), SMALL) == arch
+    assert load_arch("random:7", SMALL) == load_arch("random:7", SMALL) != load_arch("random:8", SMALL)
+    assert len(load_arch("random:7", get_space("large"))) == 40
     # no space given: 20 layers mean the small space
     record = load_arch_record(",".join(map(str, arch)))
     assert (record.arch, record.space) == (arch, "small")
@@ -132,7 +132,7 @@ def test_ours_round_trip_exact(tmp_path):
 
 def test_ours_is_readable():
     arch = (0, 1, 2, 3) * 5
-    text = format_arch(arch, "small", flops=312345678)
+    text = format_arch(arch, SMALL, flops=312345678)
     lines = text.splitlines()
     assert "space: small" in lines and "flops: 312345678  # 312.35M" in lines
     layer_lines = [line for line in lines if line.startswith("  - ")]
@@ -146,11 +146,11 @@ def test_foreign_formats_to_ours_and_back(tmp_path, fmt):
     arch = _arch(space, 20)
     foreign = str(tmp_path / f"foreign.{fmt}.yaml")
     save_arch(foreign, arch, space, fmt=fmt, flops=123)
-    record = load_arch_record(foreign, "large")
+    record = load_arch_record(foreign, get_space("large"))
     assert (record.arch, record.format) == (arch, fmt)
     ours = str(tmp_path / "ours.yaml")
     save_arch(ours, record.arch, space)
-    assert load_arch(ours, "large") == arch
+    assert load_arch(ours, get_space("large")) == arch
     # our writer of the MMRazor formats matches the layout written independently above
     if fmt == "mmrazor-1.x":
         assert _mmrazor1_text(arch, space) in open(foreign).read()
@@ -161,7 +161,7 @@ def test_foreign_formats_to_ours_and_back(tmp_path, fmt):
 # ---- malformed input --------------------------------------------------------------------------------
 
 
-def _ours_text(arch, space="small"):
+def _ours_text(arch, space=SMALL):
     return format_arch(arch, space)
 
 
@@ -203,25 +203,27 @@ def _ours_text(arch, space="small"):
 )
 def test_malformed_rejected(text, space, message):
     with pytest.raises(ValueError, match=message):
-        parse_arch_record(text, space, source="arch.yaml")
+        parse_arch_record(text, get_space(space) if space else None, source="arch.yaml")
 
 
 def test_malformed_specs(tmp_path):
     with pytest.raises(ValueError, match=r"arch file not found: missing\.yaml"):
-        load_arch("missing.yaml", "small")
+        load_arch("missing.yaml", SMALL)
     with pytest.raises(ValueError, match=r"random:SEED needs an integer seed, got 'abc'"):
-        load_arch("random:abc", "small")
+        load_arch("random:abc", SMALL)
     with pytest.raises(ValueError, match=r"item 2: unknown block id 9"):
-        load_arch("0,1,9" + ",0" * 17, "small")
+        load_arch("0,1,9" + ",0" * 17, SMALL)
     with pytest.raises(ValueError, match=r"unknown search space 'tiny'"):
-        load_arch("random:1", "tiny")
+        get_space("tiny")
+    with pytest.raises(TypeError, match=r"expected a SearchSpace .*got 'small'"):  # names resolve at the edges
+        load_arch("random:1", "small")
     path = _write(tmp_path, "bad.yaml", "space: small\narch:\n  - shuffle_3x3\n  - nope\n")
     with pytest.raises(ValueError, match=r"bad\.yaml: line 4: unknown block 'nope'"):
-        load_arch(path, "small")
+        load_arch(path, SMALL)
     with pytest.raises(ValueError, match=r"invalid metadata key 'two words'"):
-        save_arch(str(tmp_path / "x.yaml"), (0,) * 20, "small", **{"two words": 1})
+        save_arch(str(tmp_path / "x.yaml"), (0,) * 20, SMALL, **{"two words": 1})
     with pytest.raises(ValueError, match=r"width_mult=0.5 conflicts with the space's width multiplier 0.25"):
         save_arch(str(tmp_path / "x.yaml"), (0,) * 20, get_space("small", 0.25), width_mult=0.5)
     with pytest.raises(ValueError, match=r"arch has 3 layers"):
-        save_arch(str(tmp_path / "x.yaml"), (0, 0, 0), "small")
+        save_arch(str(tmp_path / "x.yaml"), (0, 0, 0), SMALL)
     assert not (tmp_path / "x.yaml").exists()

@@ -378,9 +378,10 @@ def test_toy_supernet_learns_over_random_paths(tmp_path):
 def test_supernet_evaluation_recalibrates_bn_and_restores_it(hue_datasets, tmp_path):
     """Supernet evaluation gives the reference arch BN statistics of its own (whatever the trained ones
     are) and puts the trained ones back afterwards."""
-    from detnas_d2.engine import DetNASTrainer, recalibrated_bn, reference_arch
+    from detnas_d2.engine import DetNASTrainer, reference_arch
+    from detnas_d2.recalibration import recalibrated_bn
 
-    cfg = _hue_cfg("cls_supernet.yaml", hue_datasets, tmp_path, **{"TEST.BN_RECALIB_IMAGES": 48})
+    cfg = _hue_cfg("cls_supernet.yaml", hue_datasets, tmp_path, **{"DETNAS.BN_RECALIB.IMAGES": 48})
     model = build_model(cfg).eval()
     find_supernet(model).set_arch(reference_arch(cfg))
     batch = next(iter(build_classification_test_loader(cfg, hue_datasets["val"])))
@@ -412,7 +413,7 @@ def test_supernet_evaluation_recalibrates_bn_and_restores_it(hue_datasets, tmp_p
     restored = model.state_dict()
     assert all(torch.equal(trained[k], restored[k]) for k in trained)
     off = cfg.clone()
-    off.TEST.BN_RECALIB_IMAGES = 0
+    off.DETNAS.BN_RECALIB.IMAGES = 0
     with recalibrated_bn(off, model):
         torch.testing.assert_close(logits(), plain)
 

@@ -56,7 +56,7 @@ def test_table_equals_fvcore_on_random_archs(name, width, size, head):
 
 
 def test_small_space_at_224():
-    table = get_flops_table("small")
+    table = get_flops_table(get_space("small"))
     arch = (0,) * 20
     flops, params = _fvcore(get_space("small"), arch, (224, 224))
     assert (table.flops(arch), table.params(arch)) == (flops, params)
@@ -93,7 +93,7 @@ def test_head_and_input_size():
     # a 2x larger input costs about 4x; (h, w) and h give the same square table
     assert 3.5 < get_flops_table(space, 128).flops(arch) / backbone.flops(arch) < 4.5
     assert get_flops_table(space, (64, 64)) is backbone  # cached
-    assert get_flops_table("small", 64, width_mult=0.25) is backbone
+    assert get_flops_table(get_space("small", 0.25), 64) is backbone
 
 
 def test_disk_cache(tmp_path):
@@ -113,12 +113,16 @@ def test_disk_cache(tmp_path):
         ({"input_size": (64, 64, 3)}, r"input_size must be"),
         ({"head": "fpn"}, r"unknown head 'fpn'"),
         ({"head": "classifier", "num_classes": 0}, r"num_classes, head_channels >= 1"),
-        ({"width_mult": 0.5}, r"width_mult=0.5 conflicts"),
     ],
 )
 def test_bad_table_options(kwargs, message):
     with pytest.raises(ValueError, match=message):
         get_flops_table(get_space("small", 0.25), **kwargs)
+
+
+def test_table_takes_a_space_not_a_name():
+    with pytest.raises(TypeError, match=r"expected a SearchSpace .*got 'small'"):
+        get_flops_table("small", 64)
 
 
 def test_bad_arch():

@@ -15,7 +15,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detnas_d2 import add_detnas_config
-from detnas_d2.engine import DetNASCheckpointer
+from detnas_d2.checkpoint import DetNASCheckpointer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCH = "shuffle_xception,shuffle_7x7," + "shuffle_5x5," * 17 + "shuffle_3x3"

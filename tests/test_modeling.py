@@ -17,7 +17,6 @@ from detnas_d2.modeling import (
     ShuffleNetV2Supernet,
     build_block,
     find_supernet,
-    inherit_weights,
     set_model_arch,
     subnet_state_dict_from_supernet,
 )
@@ -124,9 +123,10 @@ def test_supernet_equals_inherited_subnet(seed):
     for arch in (space.random_arch(random.Random(seed)), space.random_arch(random.Random(seed + 10))):
         supernet.set_arch(arch)
         subnet = ShuffleNetV2Subnet(space, arch).eval()
-        mapping = inherit_weights(subnet, supernet.state_dict())
-        assert mapping["layers.5.branch_main.0.weight"] == f"layers.5.choices.{arch[5]}.branch_main.0.weight"
-        assert mapping["stem.conv.weight"] == "stem.conv.weight"
+        subnet.load_state_dict(subnet_state_dict_from_supernet(supernet.state_dict(), space, arch))
+        inherited = supernet.state_dict()[f"layers.5.choices.{arch[5]}.branch_main.0.weight"]
+        assert torch.equal(subnet.state_dict()["layers.5.branch_main.0.weight"], inherited)
+        assert torch.equal(subnet.state_dict()["stem.conv.weight"], supernet.state_dict()["stem.conv.weight"])
         with torch.no_grad():
             expected, got = supernet(x), subnet(x)
         for name in STAGES:
@@ -163,14 +163,14 @@ def test_inheritance_errors():
     arch = small.default_arch()
     large_supernet = ShuffleNetV2Supernet(get_space("large", 0.125))
     with pytest.raises(ValueError, match="40 layers .* space 'small' has 20"):
-        inherit_weights(ShuffleNetV2Subnet(small, arch), large_supernet.state_dict())
+        subnet_state_dict_from_supernet(large_supernet.state_dict(), small, arch)
     wide = ShuffleNetV2Supernet(get_space("small", 0.5)).state_dict()
     with pytest.raises(ValueError, match=r"'stem.conv.weight' has shape \(8, 3, 3, 3\).*needs \(4, 3, 3, 3\)"):
-        inherit_weights(ShuffleNetV2Subnet(small, arch), wide)
+        subnet_state_dict_from_supernet(wide, small, arch)
     state = ShuffleNetV2Supernet(small).state_dict()
     del state["layers.7.choices.0.branch_main.2.weight"]
     with pytest.raises(ValueError, match=r"lacks \['layers.7.choices.0.branch_main.2.weight'\]"):
-        inherit_weights(ShuffleNetV2Subnet(small, arch), state)
+        subnet_state_dict_from_supernet(state, small, arch)
     with pytest.raises(ValueError, match="not a supernet key"):
         subnet_state_dict_from_supernet(ShuffleNetV2Subnet(small, arch).state_dict(), small, arch)
 
@@ -359,3 +359,8 @@ def test_classifier_head():
     assert torch.equal(head(x), head(x))  # no dropout at eval
     with pytest.raises(ValueError, match="dropout"):
         ClassifierHead(16, 7, dropout=1.0)
+
+
+def test_arch_on_a_supernet_backbone_is_an_error():
+    with pytest.raises(ValueError, match=r"MODEL.DETNAS.ARCH is set \(0,0.*builds a supernet"):
+        build_backbone(_cfg("build_detnas_supernet_fpn_backbone", arch=",".join(["0"] * 20)))

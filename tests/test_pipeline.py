@@ -85,8 +85,8 @@ def test_study_retrains_four_archs_and_tabulates_them(pipeline, tmp_path):
     assert set(rows["all-3x3"]["ids"].split(",")) == {"0"}
     # the classification search kept the detection search's FLOPs limit; the random arch matches its FLOPs
     cfg = get_detnas_cfg(str(ROOT / "configs/Toy/search_det.yaml"))
-    table = get_flops_table(get_space(best.space, cfg.MODEL.DETNAS.WIDTH_MULT), cfg.SEARCH.INPUT_SIZE)
-    assert rows["cls-search"]["flops"] == table.flops(cls_best.arch) <= cfg.SEARCH.FLOPS_MAX
+    table = get_flops_table(get_space(best.space, cfg.MODEL.DETNAS.WIDTH_MULT), cfg.DETNAS.SEARCH.INPUT_SIZE)
+    assert rows["cls-search"]["flops"] == table.flops(cls_best.arch) <= cfg.DETNAS.SEARCH.FLOPS_MAX
     assert abs(rows["random"]["flops"] - rows["det-search"]["flops"]) <= 0.02 * rows["det-search"]["flops"]
     for name, row in rows.items():
         assert 0.0 <= row["top1"] <= 100.0 and row["AP"] == row["AP"], name  # AP not NaN

@@ -17,6 +17,7 @@ from detectron2.modeling import build_model
 from detectron2.utils import comm
 
 from detnas_d2 import add_detnas_config
+from detnas_d2.arch_info import describe
 from detnas_d2.arch_io import load_arch
 from detnas_d2.engine.launch import launch
 from detnas_d2.flops import get_flops_table
@@ -30,7 +31,8 @@ from detnas_d2.search import (
     build_scorer,
     run_search,
 )
-from detnas_d2.search.scoring import bn_layers, recalibration_batches
+from detnas_d2.modeling import bn_layers
+from detnas_d2.recalibration import recalibration_batches
 from detnas_d2.search_space import get_space
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,8 +60,12 @@ def make_cfg(config, out_dir, weights, opts=(), **search):
         BN_RECALIB_IMAGES=18, BN_RECALIB_BATCH_SIZE=4, EVAL_IMAGES=18, EVAL_BATCH_SIZE=4,
     )
     small.update(search)
+    recalib = {"BN_RECALIB_IMAGES": "IMAGES", "BN_RECALIB_BATCH_SIZE": "BATCH_SIZE"}
     for key, value in small.items():
-        setattr(cfg.SEARCH, key, value)
+        if key in recalib:
+            setattr(cfg.DETNAS.BN_RECALIB, recalib[key], value)
+        else:
+            setattr(cfg.DETNAS.SEARCH, key, value)
     return cfg
 
 
@@ -199,7 +205,7 @@ def test_impossible_constraints(table, tmp_path):
         (dict(FLOPS_MAX=lo - 1), "below the smallest FLOPs"),
         (dict(FLOPS_MIN=hi + 1, FLOPS_MAX=0.0), "above the largest FLOPs"),
         (dict(FLOPS_MAX=0.0, PARAMS_MAX=table.min_params - 1), "below the smallest params"),
-        (dict(FLOPS_MIN=9e6, FLOPS_MAX=8e6), "FLOPS_MIN=9e\\+06 > SEARCH.FLOPS_MAX=8e\\+06"),
+        (dict(FLOPS_MIN=9e6, FLOPS_MAX=8e6), "FLOPS_MIN=9e\\+06 > DETNAS.SEARCH.FLOPS_MAX=8e\\+06"),
     ]:
         cfg = make_cfg(DET_CONFIG, tmp_path, tmp_path / "missing.pth", **limits)
         with pytest.raises(ValueError, match=problem) as info:
@@ -274,7 +280,7 @@ def _score_in_two_processes(cfg_text, archs, out_file):
     cfg.merge_from_other_cfg(CfgNode.load_cfg(cfg_text))
     results = {}
     for mode in DIST_MODES:
-        cfg.SEARCH.DIST_MODE = mode
+        cfg.DETNAS.SEARCH.DIST_MODE = mode
         scorer = build_scorer(cfg)
         pool = DistributedScoring(scorer, mode)
         if not comm.is_main_process():
@@ -346,6 +352,9 @@ def test_search_end_to_end_and_resume(det_weights, tmp_path):
     assert all(r["arch_names"][0].startswith("shuffle") and r["seconds_inference"] > 0 for r in lines)
     assert best["score"] == max(r["score"] for r in lines)
     assert load_arch(str(out / "best_arch.yaml"), SPACE) == tuple(best["arch"])
+    # The file says at which input size its FLOPs were measured, and arch_info reports the same FLOPs.
+    info = describe(str(out / "best_arch.yaml"))
+    assert info["input_size"] == [INPUT_SIZE, INPUT_SIZE] and info["flops"] == best["flops"]
 
     # Stopped after 5 candidates (inside generation 1), then resumed with the full budget.
     out2 = tmp_path / "resumed"
@@ -371,5 +380,5 @@ def test_checkpoint_errors(tmp_path):
 
 
 def test_recalibration_image_count_must_be_positive():
-    with pytest.raises(ValueError, match="SEARCH.BN_RECALIB_IMAGES must be positive, got 0"):
-        recalibration_batches("toy_det_train", 0, 4, 0, None, False, key="SEARCH.BN_RECALIB_IMAGES")
+    with pytest.raises(ValueError, match="DETNAS.BN_RECALIB.IMAGES must be positive, got 0"):
+        recalibration_batches("toy_det_train", 0, 4, 0, None, False)

@@ -68,12 +68,12 @@ def main(argv=None):
     cfg = get_detnas_cfg(str(Path(__file__).resolve().parents[1] / DET_SEARCH))
     det_record = load_arch_record(str(det_best))
     space = get_space(det_record.space, cfg.MODEL.DETNAS.WIDTH_MULT)
-    table = get_flops_table(space, cfg.SEARCH.INPUT_SIZE)
+    table = get_flops_table(space, cfg.DETNAS.SEARCH.INPUT_SIZE)
     cls_search = Step(
         "cls_search", "search on classification top-1 (step-1 supernet)", "search_net.py", CLS_SEARCH,
         out / "cls_search",
-        ["MODEL.WEIGHTS", pipeline / "1_cls_supernet/model_final.pth", "SEARCH.INPUT_SIZE", cfg.SEARCH.INPUT_SIZE,
-         "SEARCH.FLOPS_MIN", cfg.SEARCH.FLOPS_MIN, "SEARCH.FLOPS_MAX", cfg.SEARCH.FLOPS_MAX] + quick["search"],
+        ["MODEL.WEIGHTS", pipeline / "1_cls_supernet/model_final.pth", "DETNAS.SEARCH.INPUT_SIZE", cfg.DETNAS.SEARCH.INPUT_SIZE,
+         "DETNAS.SEARCH.FLOPS_MIN", cfg.DETNAS.SEARCH.FLOPS_MIN, "DETNAS.SEARCH.FLOPS_MAX", cfg.DETNAS.SEARCH.FLOPS_MAX] + quick["search"],
         out / "cls_search/best_arch.yaml")
     try:
         cls_search.run(reuse=args.reuse, log=log)
@@ -119,7 +119,7 @@ def main(argv=None):
           f"{r['AP']:.2f}" + (f" ± {r['AP_std']:.2f}" if len(args.seeds) > 1 else ""), r["ids"]] for r in rows],
         headers=["arch", "MFLOPs", "Mparams", "cls top-1", "bbox AP", "block ids"], tablefmt="pipe")
     text += (f"\n\n{len(args.seeds)} training seed(s) per arch; FLOPs of the backbone at "
-             f"{cfg.SEARCH.INPUT_SIZE}x{cfg.SEARCH.INPUT_SIZE}.\n")
+             f"{cfg.DETNAS.SEARCH.INPUT_SIZE}x{cfg.DETNAS.SEARCH.INPUT_SIZE}.\n")
     (out / "study.md").write_text(text)
     print(text)
 

@@ -16,12 +16,14 @@ import torch
 import torch.utils.data as torchdata
 from detectron2.config import configurable
 from detectron2.data import get_detection_dataset_dicts
-from detectron2.data.build import build_batch_data_loader, trivial_batch_collator
+from detectron2.data.build import trivial_batch_collator
 from detectron2.data.common import DatasetFromList, MapDataset
-from detectron2.data.samplers import InferenceSampler, TrainingSampler
+from detectron2.data.samplers import InferenceSampler
 from detectron2.utils.file_io import PathManager
 from PIL import Image
 from torchvision import transforms as T
+
+from .stream import build_resumable_loader, stream_seed
 
 __all__ = [
     "ClassificationDatasetMapper",
@@ -157,17 +159,14 @@ def _classification_dicts(cfg, names):
 
 def build_classification_train_loader(cfg, mapper=None):
     """Infinite loader over cfg.DATASETS.TRAIN: lists of SOLVER.IMS_PER_BATCH / world-size mapped
-    dicts per process, each process drawing its shard of one shuffled sequence (TrainingSampler)."""
+    dicts per process, each process drawing its shard of one shuffled sequence that resumes exactly
+    (stream.py)."""
     dicts = _classification_dicts(cfg, cfg.DATASETS.TRAIN)
     if mapper is None:
         mapper = ClassificationDatasetMapper(cfg, is_train=True)
-    dataset = MapDataset(DatasetFromList(dicts, copy=False), mapper)
-    logger.info(f"Classification training on {list(cfg.DATASETS.TRAIN)}: {len(dataset)} images")
-    return build_batch_data_loader(
-        dataset,
-        TrainingSampler(len(dataset)),
-        cfg.SOLVER.IMS_PER_BATCH,
-        aspect_ratio_grouping=False,
+    logger.info(f"Classification training on {list(cfg.DATASETS.TRAIN)}: {len(dicts)} images")
+    return build_resumable_loader(
+        dicts, mapper, cfg.SOLVER.IMS_PER_BATCH, stream_seed(cfg), group_by_aspect=False,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
     )
 

@@ -1,13 +1,11 @@
-"""Training: the trainer, random-path hook and samplers, checkpoint hand-off, launch (CPU/GPU, SLURM)."""
-from .checkpoint import DetNASCheckpointer
+"""Training: the trainer, random-path hook and samplers, launch (CPU/GPU, SLURM)."""
 from .hooks import RandomPathHook
 from .launch import create_ddp_model, launch
-from .sampling import FlopsBinSampler, UniformPathSampler, build_path_sampler, path_rng
+from .sampling import FlopsBinSampler, UniformPathSampler, build_path_sampler, path_rng, reference_arch
 from .slurm import apply_slurm_env, expand_nodelist, parse_args, slurm_launch_args
-from .trainer import DetNASTrainer, evaluation_arch, recalibrated_bn, reference_arch
+from .trainer import DetNASTrainer, evaluation_arch
 
 __all__ = [
-    "DetNASCheckpointer",
     "DetNASTrainer",
     "FlopsBinSampler",
     "RandomPathHook",
@@ -20,7 +18,6 @@ __all__ = [
     "launch",
     "parse_args",
     "path_rng",
-    "recalibrated_bn",
     "reference_arch",
     "slurm_launch_args",
 ]

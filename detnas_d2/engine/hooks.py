@@ -2,11 +2,15 @@
 import logging
 
 from detectron2.engine import HookBase
+from detectron2.utils import comm
 
+from ..data.stream import ResumableBatchSampler, derived_seed, seed_all
+from ..flops import get_flops_table
+from ..modeling import find_supernet
 from ..search_space import arch_to_str, space_from_cfg
-from .sampling import build_path_sampler, num_random_layers, path_rng, progressive_path
+from .sampling import build_path_sampler, num_random_layers, path_rng, progressive_path, reference_arch
 
-__all__ = ["RandomPathHook"]
+__all__ = ["DataStreamHook", "RandomPathHook"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +30,6 @@ class RandomPathHook(HookBase):
     """
 
     def __init__(self, cfg, sampler=None, flops_table=None):
-        from ..flops import get_flops_table
-        from .trainer import reference_arch
-
         self.space = space_from_cfg(cfg)
         self.seed = int(cfg.DETNAS.SAMPLER.SEED)
         self.progressive_iters = int(cfg.DETNAS.SAMPLER.PROGRESSIVE_ITERS)
@@ -42,8 +43,6 @@ class RandomPathHook(HookBase):
         self._supernet = None
 
     def before_train(self):
-        from ..modeling.backbone import find_supernet
-
         self._supernet = find_supernet(self.trainer.model)
         if self._supernet is None:
             raise ValueError(
@@ -97,3 +96,38 @@ class RandomPathHook(HookBase):
                 "reproduce an uninterrupted one. Set DETNAS.SAMPLER.SEED to the checkpoint's to do so."
             )
         self.num_sampled = int(state_dict["num_sampled"])
+
+
+class DataStreamHook(HookBase):
+    """Makes a resumed run the uninterrupted one (data/stream.py).
+
+    - The stream's seed goes into checkpoints; on resume the stream restarts at the batch of the first
+      iteration to run, so the model sees the images (and augmentations) an uninterrupted run sees.
+    - Before every iteration the global RNGs (Python, NumPy, torch: dropout, proposal sampling) are
+      seeded from (seed, iteration, rank): what an iteration draws does not depend on earlier ones.
+    """
+
+    def __init__(self, sampler: ResumableBatchSampler):
+        self.sampler = sampler
+
+    def before_train(self):
+        if not self.trainer.start_iter:
+            return  # the stream opened by the trainer starts at batch 0 with this seed
+        self.sampler.start_batch = self.trainer.start_iter
+        inner = self.trainer._trainer
+        # Detectron2 v0.6 opens the loader's iterator in SimpleTrainer.__init__; later versions open it
+        # lazily (a property over `_data_loader_iter_obj`). Either way: a new one from start_batch.
+        if isinstance(getattr(type(inner), "_data_loader_iter", None), property):
+            inner._data_loader_iter_obj = None
+        else:
+            inner._data_loader_iter = iter(inner.data_loader)
+        logger.info(f"Data stream (seed {self.sampler.seed}) resumes at batch {self.trainer.start_iter}")
+
+    def before_step(self):
+        seed_all(derived_seed(self.sampler.seed, self.trainer.iter, comm.get_rank()))
+
+    def state_dict(self):
+        return {"seed": self.sampler.seed}  # an int: checkpoints load with weights_only=True
+
+    def load_state_dict(self, state_dict):
+        self.sampler.seed = int(state_dict["seed"])

@@ -31,6 +31,8 @@ import math
 import random
 from typing import List, Sequence, Tuple
 
+from ..arch_io import load_arch
+from ..flops import get_flops_table
 from ..search_space import NUM_CHOICES, SearchSpace, space_from_cfg
 
 __all__ = [
@@ -40,11 +42,20 @@ __all__ = [
     "build_path_sampler",
     "num_random_layers",
     "progressive_path",
+    "reference_arch",
     "SAMPLER_NAMES",
 ]
 
 SAMPLER_NAMES = ("uniform", "flops_uniform")
 logger = logging.getLogger(__name__)
+
+
+def reference_arch(cfg) -> Tuple[int, ...]:
+    """MODEL.DETNAS.REFERENCE_ARCH (file or ids) or, when empty, the space's default arch: the path a
+    supernet is evaluated on during training, and the fixed layers of the progressive warm-up."""
+    space = space_from_cfg(cfg)
+    spec = cfg.MODEL.DETNAS.REFERENCE_ARCH.strip()
+    return load_arch(spec, space) if spec else space.default_arch()
 
 
 def path_rng(seed: int, iteration: int) -> random.Random:
@@ -204,8 +215,6 @@ def build_path_sampler(cfg, space: SearchSpace = None, flops_table=None):
     if name == "uniform" and not limited:
         return UniformPathSampler(space)
     if flops_table is None:
-        from ..flops import get_flops_table
-
         flops_table = get_flops_table(space, sampler_cfg.INPUT_SIZE)
     num_bins = sampler_cfg.NUM_BINS if name == "flops_uniform" else 1
     sampler = FlopsBinSampler(space, flops_table, sampler_cfg.FLOPS_MIN, sampler_cfg.FLOPS_MAX, num_bins)

@@ -1,12 +1,13 @@
 """`DetNASTrainer`: Detectron2's DefaultTrainer for every training step of the pipeline.
 
-- detection (COCOEvaluator) and classification (META_ARCHITECTURE "DetNASClassifier": classification
-  loaders and ClassificationEvaluator);
+- loaders and evaluator of the config's task (tasks.py: detection, or classification for the
+  META_ARCHITECTURE "DetNASClassifier");
 - detnas_d2.solver's optimizer and LR schedules;
 - supernets: a RandomPathHook runs first in every iteration, DDP finds the parameters the path leaves
   unused, precise BN is off, and evaluation (periodic or --eval-only) runs MODEL.DETNAS.REFERENCE_ARCH
-  (empty: the space's default arch) with BN statistics recalibrated for it on TEST.BN_RECALIB_IMAGES
-  training images, then restores the training path and the trained statistics;
+  (empty: the space's default arch) with BN statistics recalibrated for it on DETNAS.BN_RECALIB
+  images (recalibration.py), then restores the training path and the trained statistics;
+- training resumes exactly: the data stream continues where the checkpoint left it (DataStreamHook);
 - DetNASCheckpointer, so MODEL.WEIGHTS may be the checkpoint of an earlier step (classifier, supernet);
 - checkpoints include the optimizer (and AMP grad scaler) state, which v0.6's DefaultTrainer drops;
 - DDP without CUDA (gloo, no device_ids);
@@ -18,52 +19,26 @@ import os
 import weakref
 from contextlib import contextmanager
 
-import torch
-from detectron2.data import DatasetMapper
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
-from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
 from .. import solver
-from ..arch_io import load_arch
-from ..compat import has_compiled_ops
-from ..data.classification import (
-    ClassificationDatasetMapper,
-    build_classification_test_loader,
-    build_classification_train_loader,
-)
-from ..evaluation import ClassificationEvaluator
-from ..modeling.backbone import find_supernet
-from ..search_space import arch_to_str, space_from_cfg
-from .checkpoint import DetNASCheckpointer
-from .hooks import RandomPathHook
+from ..checkpoint import DetNASCheckpointer
+from ..modeling import find_supernet
+from ..outputs import EVAL_RESULTS_FILE
+from ..recalibration import recalibrated_bn
+from ..search_space import arch_to_str
+from ..tasks import get_task
+from ..data.stream import ResumableBatchSampler
+from .hooks import DataStreamHook, RandomPathHook
 from .launch import create_ddp_model
+from .sampling import reference_arch
 
-__all__ = [
-    "DetNASTrainer",
-    "EVAL_RESULTS_FILE",
-    "is_classification",
-    "reference_arch",
-    "evaluation_arch",
-    "recalibrated_bn",
-]
+__all__ = ["DetNASTrainer", "evaluation_arch"]
 
-CLASSIFIER_META_ARCH = "DetNASClassifier"
-EVAL_RESULTS_FILE = "eval_results.json"
 logger = logging.getLogger(__name__)
-
-
-def is_classification(cfg) -> bool:
-    return cfg.MODEL.META_ARCHITECTURE == CLASSIFIER_META_ARCH
-
-
-def reference_arch(cfg):
-    """MODEL.DETNAS.REFERENCE_ARCH (file or ids) or, when empty, the space's default arch."""
-    space = space_from_cfg(cfg)
-    spec = cfg.MODEL.DETNAS.REFERENCE_ARCH.strip()
-    return load_arch(spec, space) if spec else space.default_arch()
 
 
 @contextmanager
@@ -82,40 +57,6 @@ def evaluation_arch(cfg, model):
     finally:
         if previous is not None:
             supernet.set_arch(previous)
-
-
-@contextmanager
-def recalibrated_bn(cfg, model):
-    """Inside: the BN layers of `model` (its supernet on the path it runs now) hold the exact statistics
-    of that path on TEST.BN_RECALIB_IMAGES images of DATASETS.TRAIN[0], computed by all processes
-    together; the previous statistics are restored on exit. Does nothing for models without a supernet
-    or with TEST.BN_RECALIB_IMAGES = 0."""
-    # Imported here: detnas_d2.search imports the engine.
-    from ..search.scoring import bn_layers, recalibrate_bn, recalibration_batches, recalibration_forward
-
-    model = getattr(model, "module", model)  # DDP
-    if find_supernet(model) is None or cfg.TEST.BN_RECALIB_IMAGES <= 0:
-        yield
-        return
-    if not cfg.DATASETS.TRAIN:
-        raise ValueError("TEST.BN_RECALIB_IMAGES > 0 needs DATASETS.TRAIN (or set it to 0)")
-    mapper = ClassificationDatasetMapper(cfg, False) if is_classification(cfg) else DatasetMapper(cfg, False)
-    batches = recalibration_batches(
-        cfg.DATASETS.TRAIN[0], cfg.TEST.BN_RECALIB_IMAGES, cfg.TEST.BN_RECALIB_BATCH_SIZE, 0,
-        mapper, shard=True, num_workers=cfg.DATALOADER.NUM_WORKERS, key="TEST.BN_RECALIB_IMAGES",
-    )
-    saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in bn_layers(model)]
-    training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            n = recalibrate_bn(model, batches, recalibration_forward(model), all_reduce=True)
-        logger.info(f"BN statistics of {n} layers recalibrated on {batches.total_images} training images")
-        yield
-    finally:
-        for m, state in zip(bn_layers(model), saved):
-            m.load_state_dict(state)
-        model.train(training)
 
 
 class DetNASTrainer(DefaultTrainer):
@@ -163,6 +104,9 @@ class DetNASTrainer(DefaultTrainer):
 
     def build_hooks(self):
         hooks = super().build_hooks()
+        sampler = getattr(self._trainer.data_loader, "batch_sampler", None)
+        if isinstance(sampler, ResumableBatchSampler):
+            hooks.insert(0, DataStreamHook(sampler))
         if self.is_supernet:
             # First: the path must be set before anything runs the model in this iteration.
             hooks.insert(0, RandomPathHook(self.cfg))
@@ -178,22 +122,16 @@ class DetNASTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        if is_classification(cfg):
-            return build_classification_train_loader(cfg)
-        return super().build_train_loader(cfg)
+        return get_task(cfg).build_train_loader(cfg)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        if is_classification(cfg):
-            return build_classification_test_loader(cfg, dataset_name)
-        return super().build_test_loader(cfg, dataset_name)
+        return get_task(cfg).build_test_loader(cfg, dataset_name)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        if is_classification(cfg):
-            return ClassificationEvaluator(dataset_name)
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
-        return COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=has_compiled_ops())
+        return get_task(cfg).build_evaluator(cfg, dataset_name, output_dir=output_folder)
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):

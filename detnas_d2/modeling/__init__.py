@@ -2,12 +2,13 @@
 from .backbone import (
     ShuffleNetV2Subnet,
     ShuffleNetV2Supernet,
+    find_detnas_backbone,
     find_supernet,
-    inherit_weights,
     set_model_arch,
     subnet_state_dict_from_supernet,
 )
 from .blocks import Stem, build_block
+from .bn import bn_layers
 from .fpn import (
     build_detnas_subnet_backbone,
     build_detnas_subnet_fpn_backbone,
@@ -25,6 +26,7 @@ __all__ = [
     "ShuffleNetV2Subnet",
     "ShuffleNetV2Supernet",
     "Stem",
+    "bn_layers",
     "build_block",
     "build_detnas_subnet_backbone",
     "build_detnas_subnet_fpn_backbone",
@@ -32,8 +34,8 @@ __all__ = [
     "build_detnas_supernet_backbone",
     "build_detnas_supernet_fpn_backbone",
     "build_detnas_supernet_retinanet_fpn_backbone",
+    "find_detnas_backbone",
     "find_supernet",
-    "inherit_weights",
     "set_model_arch",
     "subnet_state_dict_from_supernet",
 ]

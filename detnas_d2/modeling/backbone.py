@@ -12,14 +12,14 @@ from torch import nn
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import Backbone
 
-from ..search_space import NUM_CHOICES, SearchSpace
+from ..search_space import NUM_CHOICES, SearchSpace, stage_stride
 from .blocks import Stem, build_block
 
 __all__ = [
     "ShuffleNetV2Supernet",
     "ShuffleNetV2Subnet",
-    "inherit_weights",
     "subnet_state_dict_from_supernet",
+    "find_detnas_backbone",
     "find_supernet",
     "set_model_arch",
 ]
@@ -45,7 +45,7 @@ class _ShuffleNetV2Base(Backbone):
         self._out_feature_strides = {"stem": 2}
         for s, name in enumerate(STAGE_NAMES):
             self._out_feature_channels[name] = space.stage_out[s]
-            self._out_feature_strides[name] = 2 ** (s + 2)
+            self._out_feature_strides[name] = stage_stride(s)
         self.stem = Stem(in_channels, space.stem_out, norm)
         # Stages beyond the deepest requested feature are built (an arch covers all layers) but not run.
         self._num_run_stages = max(FEATURE_NAMES.index(f) for f in self._out_features)
@@ -229,28 +229,22 @@ def subnet_state_dict_from_supernet(
     return subnet_sd
 
 
-def inherit_weights(subnet: ShuffleNetV2Subnet, supernet_state_dict: Dict[str, torch.Tensor]) -> Dict[str, str]:
-    """Load the stem's and the chosen blocks' weights of a supernet state dict into `subnet`.
-
-    Returns the key mapping {subnet key: supernet key}.
-    """
-    own = {k: v for k, v in supernet_state_dict.items() if k.startswith(("stem.", "layers."))}
-    subnet_sd = subnet_state_dict_from_supernet(own, subnet.space, subnet.arch)
-    mapping = {key: _supernet_key(key, subnet.arch) for key in subnet.state_dict()}
-    # num_batches_tracked exists only for BN; a FrozenBN/GN supernet does not have it.
-    missing = [v for k, v in mapping.items() if k not in subnet_sd and not k.endswith("num_batches_tracked")]
-    if missing:
-        raise ValueError(f"supernet state dict lacks {missing} (built with another norm?)")
-    subnet.load_state_dict({k: subnet_sd[k] for k in mapping if k in subnet_sd}, strict=False)
-    return mapping
+def find_detnas_backbone(model: nn.Module) -> Tuple[str, Optional[nn.Module]]:
+    """(state-dict prefix, module) of the one ShuffleNetV2 supernet or subnet inside `model` (itself,
+    DDP-wrapped, in an FPN, in a meta-arch), or ("", None). More than one is an error."""
+    found = [(name, m) for name, m in model.named_modules() if isinstance(m, _ShuffleNetV2Base)]
+    if len(found) > 1:
+        raise ValueError(f"model holds {len(found)} ShuffleNetV2 backbones ({[n for n, _ in found]}); expected one")
+    if not found:
+        return "", None
+    name, module = found[0]
+    return (name + "." if name else ""), module
 
 
 def find_supernet(model: nn.Module) -> Optional[ShuffleNetV2Supernet]:
-    """The ShuffleNetV2Supernet inside `model` (itself, DDP-wrapped, in an FPN, in a meta-arch), or None."""
-    found = [m for m in model.modules() if isinstance(m, ShuffleNetV2Supernet)]
-    if len(found) > 1:
-        raise ValueError(f"model holds {len(found)} ShuffleNetV2Supernets; expected at most one")
-    return found[0] if found else None
+    """The ShuffleNetV2Supernet inside `model` (see find_detnas_backbone), or None."""
+    backbone = find_detnas_backbone(model)[1]
+    return backbone if isinstance(backbone, ShuffleNetV2Supernet) else None
 
 
 def set_model_arch(model: nn.Module, arch: Sequence[int]) -> Tuple[int, ...]:

@@ -31,6 +31,12 @@ __all__ = [
 def build_detnas_supernet_backbone(cfg, input_shape: ShapeSpec):
     """The supernet; no arch is selected (set_arch, RandomPathHook or the search select one)."""
     d = cfg.MODEL.DETNAS
+    if d.ARCH.strip():
+        raise ValueError(
+            f"MODEL.DETNAS.ARCH is set ({d.ARCH}), but {cfg.MODEL.BACKBONE.NAME} builds a supernet, which "
+            "holds every arch: leave ARCH empty (MODEL.DETNAS.REFERENCE_ARCH sets the arch supernet "
+            "evaluation runs), or train the subnet with a build_detnas_subnet_* backbone"
+        )
     backbone = ShuffleNetV2Supernet(space_from_cfg(cfg), d.NORM, d.OUT_FEATURES, input_shape.channels)
     return backbone.freeze(cfg.MODEL.BACKBONE.FREEZE_AT)
 

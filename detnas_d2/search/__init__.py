@@ -1,8 +1,17 @@
-"""Step 3: evolutionary search over a trained supernet (see search_net.py)."""
-from .evolution import ArchConstraints, EvolutionSearch, SearchSettings, SearchState, SearchStateError
+"""Step 3: evolutionary search over a trained supernet (see search_net.py).
+
+settings.py (settings read once, the resume fingerprint) < constraints.py, candidates.py, state.py
+< evolution.py (the loop) ; scoring.py (one candidate) ; outputs.py (files, logs, TensorBoard)
+< runner.py (`run_search`: processes, scorer, search and outputs together).
+"""
+from .candidates import generate_candidates
+from .constraints import ArchConstraints
+from .evolution import EvolutionSearch
 from .outputs import SearchOutputs, pareto_front
-from .runner import DIST_MODES, DistributedScoring, build_scorer, run_search
-from .scoring import CandidateScorer, InputBatches, recalibrate_bn
+from .runner import DistributedScoring, build_scorer, run_search
+from .scoring import CandidateScorer
+from .settings import DIST_MODES, ScoringSettings, SearchSettings, search_fingerprint
+from .state import SearchState, SearchStateError
 
 __all__ = [
     "ArchConstraints",
@@ -10,13 +19,14 @@ __all__ = [
     "DIST_MODES",
     "DistributedScoring",
     "EvolutionSearch",
-    "InputBatches",
+    "ScoringSettings",
     "SearchOutputs",
     "SearchSettings",
     "SearchState",
     "SearchStateError",
     "build_scorer",
+    "generate_candidates",
     "pareto_front",
-    "recalibrate_bn",
     "run_search",
+    "search_fingerprint",
 ]

@@ -22,6 +22,7 @@ from detectron2.utils.file_io import PathManager
 from tabulate import tabulate
 
 from detnas_d2.arch_io import save_arch
+from detnas_d2.file_io import atomic_write
 from detnas_d2.search_space import BLOCKS, arch_to_str
 
 __all__ = ["SearchOutputs", "pareto_front", "topk_table", "plot_search"]
@@ -97,11 +98,7 @@ class SearchOutputs:
         self.budget = budget
         PathManager.mkdirs(output_dir)
         self._candidates_path = os.path.join(output_dir, CANDIDATES_FILE)
-        text = "".join(candidate_line(r) + "\n" for r in history)
-        tmp = self._candidates_path + ".tmp"
-        with PathManager.open(tmp, "w") as f:
-            f.write(text)
-        os.replace(PathManager.get_local_path(tmp), PathManager.get_local_path(self._candidates_path))
+        atomic_write(self._candidates_path, "".join(candidate_line(r) + "\n" for r in history))
         self._writer = TensorboardXWriter(output_dir)
         self._start = time.perf_counter()
         self._scored_here = 0
@@ -120,8 +117,8 @@ class SearchOutputs:
         eta = datetime.timedelta(seconds=int(per_candidate * max(self.budget - done, 0)))
         timings = ", ".join(f"{k[len('seconds_'):]} {v:.2f}s" for k, v in record.items() if k.startswith("seconds_"))
         logger.info(
-            f"[generation {record['generation']}] candidate {done}/{self.budget} "
-            f"({record['origin']}, {record['flops'] / 1e6:.1f} MFLOPs): {self.fitness} {record['score']:.3f} "
+            f"[generation {record['generation']}] candidate {record['index']} ({done}/{self.budget} scored; "
+            f"{record['origin']}, {record['flops'] / 1e6:.1f} MFLOPs): {self.fitness} {record['score']:.3f} "
             f"({timings}); best {search.best()['score']:.3f}; eta {eta}"
         )
 

@@ -1,7 +1,7 @@
 """`run_search(cfg, resume)`: step 3 of the pipeline, in every process of a (possibly distributed) run.
 
 Rank 0 owns the search (candidate generation, selection, state and outputs) and hands the candidates
-to score to the other processes; SEARCH.DIST_MODE says how they share the work:
+to score to the other processes; DETNAS.SEARCH.DIST_MODE says how they share the work:
 - split_images: all processes score each candidate together, each on its share of the images
   (BN statistics all-reduced, COCO results gathered by COCOEvaluator);
 - split_candidates: each process scores its own candidate on all images; the results are gathered.
@@ -17,18 +17,19 @@ from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
 from detectron2.utils.file_io import PathManager
 
-from detnas_d2.engine.checkpoint import DetNASCheckpointer
+from detnas_d2.checkpoint import DetNASCheckpointer
 from detnas_d2.search_space import space_from_cfg
+from detnas_d2.tasks import get_task
 
-from .evolution import ArchConstraints, EvolutionSearch, SearchSettings
+from .constraints import ArchConstraints
+from .evolution import EvolutionSearch
 from .outputs import SearchOutputs
-from .scoring import CandidateScorer, eval_dataset, recalib_dataset
+from .scoring import CandidateScorer
+from .settings import ScoringSettings, SearchSettings
 
-__all__ = ["run_search", "DistributedScoring", "DIST_MODES", "STATE_FILE", "build_scorer"]
+__all__ = ["run_search", "DistributedScoring", "STATE_FILE", "build_scorer"]
 
 logger = logging.getLogger(__name__)
-
-DIST_MODES = ("split_images", "split_candidates")
 STATE_FILE = "search_state.json"
 
 
@@ -66,34 +67,16 @@ class DistributedScoring:
             comm.all_gather(None)
 
 
-def search_fingerprint(cfg) -> Dict:
-    """Settings that change scores: a state file is only resumed with the same ones."""
-    s = cfg.SEARCH
-    return {
-        "weights": cfg.MODEL.WEIGHTS,
-        "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
-        "fitness": s.FITNESS,
-        "input_size": s.INPUT_SIZE,
-        "recalib_dataset": recalib_dataset(cfg),
-        "recalib_images": s.BN_RECALIB_IMAGES,
-        "recalib_batch_size": s.BN_RECALIB_BATCH_SIZE,
-        "eval_dataset": eval_dataset(cfg),
-        "eval_images": s.EVAL_IMAGES,
-        "eval_batch_size": s.EVAL_BATCH_SIZE,
-    }
-
-
-def build_scorer(cfg) -> CandidateScorer:
+def build_scorer(cfg, scoring: Optional[ScoringSettings] = None) -> CandidateScorer:
     """The supernet model of `cfg` loaded from MODEL.WEIGHTS, and its CandidateScorer."""
+    scoring = scoring or ScoringSettings.from_cfg(cfg)
+    _check_weights(scoring.weights)
     model = build_model(cfg)
-    DetNASCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-    return CandidateScorer(cfg, model, distributed=cfg.SEARCH.DIST_MODE == "split_images")
+    DetNASCheckpointer(model).load(scoring.weights)
+    return CandidateScorer(cfg, get_task(cfg), scoring, model, distributed=scoring.dist_mode == "split_images")
 
 
-def _check_cfg(cfg):
-    if cfg.SEARCH.DIST_MODE not in DIST_MODES:
-        raise ValueError(f"SEARCH.DIST_MODE must be one of {DIST_MODES}, got '{cfg.SEARCH.DIST_MODE}'")
-    weights = cfg.MODEL.WEIGHTS
+def _check_weights(weights: str):
     if not weights:
         raise ValueError("MODEL.WEIGHTS is empty: give the supernet checkpoint to search (pipeline step 2)")
     if not PathManager.exists(weights):
@@ -107,26 +90,26 @@ def run_search(cfg, resume: bool = False) -> Optional[Dict]:
     settings = SearchSettings.from_cfg(cfg)
     constraints = ArchConstraints.from_cfg(cfg, space)
     constraints.check_feasible(settings.seed)
-    _check_cfg(cfg)
+    scoring = ScoringSettings.from_cfg(cfg)
+    _check_weights(scoring.weights)
     search = None
     if comm.is_main_process():
         search = EvolutionSearch(
-            settings, space, constraints, os.path.join(cfg.OUTPUT_DIR, STATE_FILE),
-            fingerprint=search_fingerprint(cfg), resume=resume,
+            settings, space, constraints, os.path.join(cfg.OUTPUT_DIR, STATE_FILE), scoring=scoring, resume=resume
         )
         logger.info(
             f"{settings.mode} search in space '{space.name}' (width {space.width_mult}, {space.num_layers} layers), "
             f"{constraints.describe()} at input {constraints.input_size}; budget {settings.budget} candidates; "
-            f"fitness {cfg.SEARCH.FITNESS}; {comm.get_world_size()} process(es), {cfg.SEARCH.DIST_MODE}."
+            f"fitness {scoring.fitness}; {comm.get_world_size()} process(es), {scoring.dist_mode}."
         )
-    pool = DistributedScoring(build_scorer(cfg), cfg.SEARCH.DIST_MODE)
+    pool = DistributedScoring(build_scorer(cfg, scoring), scoring.dist_mode)
     if not comm.is_main_process():
         pool.serve()
         return None
-    outputs = SearchOutputs(cfg.OUTPUT_DIR, space, cfg.SEARCH.FITNESS, settings.budget, search.history)
+    outputs = SearchOutputs(cfg.OUTPUT_DIR, space, scoring.fitness, settings.budget, search.history)
     with EventStorage(len(search.history)):
         search.run(pool.score, pool.chunk_size, callbacks=[outputs])
         pool.stop()
         if not search.history:
             raise RuntimeError(f"No arch meets {constraints.describe()}: nothing was scored")
-        return outputs.finish(search, supernet=cfg.MODEL.WEIGHTS)
+        return outputs.finish(search, supernet=scoring.weights, input_size=constraints.input_size)

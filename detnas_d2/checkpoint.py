@@ -12,28 +12,23 @@ The mapping is logged as a table, keys that have no place in the model are liste
 checkpoint of another space or width, a subnet checkpoint for a supernet, or a subnet of another arch
 raises ValueError naming the mismatch. Checkpoints of the same model form (resume, eval) load unchanged.
 """
+import io
+import os
 from collections import Counter
-from typing import Dict, Tuple
+from typing import Dict
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from fvcore.common.checkpoint import _strip_prefix_if_present
 from tabulate import tabulate
 
-from ..modeling.backbone import ShuffleNetV2Subnet, ShuffleNetV2Supernet, subnet_state_dict_from_supernet
-from ..search_space import arch_to_str
+from .file_io import atomic_write
+from .modeling.backbone import ShuffleNetV2Supernet, find_detnas_backbone, subnet_state_dict_from_supernet
+from .search_space import arch_to_str
 
-__all__ = ["DetNASCheckpointer", "find_detnas_backbone"]
+__all__ = ["DetNASCheckpointer"]
 
 _STEM_KEY = "stem.conv.weight"
-
-
-def find_detnas_backbone(model) -> Tuple[str, torch.nn.Module]:
-    """(state-dict prefix, module) of the ShuffleNetV2 supernet/subnet inside `model`, or ("", None)."""
-    for name, module in model.named_modules():
-        if isinstance(module, (ShuffleNetV2Supernet, ShuffleNetV2Subnet)):
-            return (name + "." if name else ""), module
-    return "", None
 
 
 def _group(key: str, depth: int) -> str:
@@ -55,9 +50,46 @@ class DetNASCheckpointer(DetectionCheckpointer):
 
     _filename = "checkpoint"  # the file being loaded, for messages
 
+    def save(self, name: str, **kwargs):
+        """fvcore's `save`, written atomically: a run killed while saving leaves the previous checkpoint
+        and `last_checkpoint` intact, never a truncated file."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        path = os.path.join(self.save_dir, basename)
+        self.logger.info(f"Saving checkpoint to {path}")
+        buffer = io.BytesIO()
+        torch.save(data, buffer)
+        atomic_write(path, buffer.getvalue())
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str):
+        atomic_write(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)
+
     def _load_file(self, filename):
         self._filename = filename
-        return super()._load_file(filename)
+        try:
+            return super()._load_file(filename)
+        except Exception as e:  # a truncated or foreign file fails anywhere inside the unpickler
+            raise RuntimeError(f"{filename} cannot be read as a checkpoint ({type(e).__name__}: {e}).{self._fallback_hint(filename)}") from e
+
+    def _fallback_hint(self, filename: str) -> str:
+        """For a file of this run's folder: how to resume from the checkpoint before it."""
+        if not self.save_dir or os.path.dirname(os.path.abspath(filename)) != os.path.abspath(self.save_dir):
+            return ""
+        others = sorted(
+            f for f in os.listdir(self.save_dir)
+            if f.endswith(".pth") and f != os.path.basename(filename) and f != "model_final.pth"
+        )
+        if not others:
+            return " No other checkpoint is in its folder: start again without --resume."
+        return (
+            f" To resume from the checkpoint before it, write its name (e.g. '{others[-1]}') into "
+            f"{os.path.join(self.save_dir, 'last_checkpoint')} (checkpoints there: {', '.join(others)})."
+        )
 
     def _load_model(self, checkpoint):
         if not checkpoint.get("matching_heuristics", False):

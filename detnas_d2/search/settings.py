@@ -1,0 +1,107 @@
+"""A search's settings, read once from the config, and the fingerprint that guards its resume."""
+import json
+from dataclasses import asdict, dataclass
+from typing import Dict, Optional
+
+from detnas_d2.recalibration import RecalibrationSettings
+from detnas_d2.search_space import SearchSpace
+from detnas_d2.tasks import get_task
+
+__all__ = ["DIST_MODES", "ScoringSettings", "SearchSettings", "search_fingerprint"]
+
+DIST_MODES = ("split_images", "split_candidates")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    mode: str = "evolution"
+    population: int = 50
+    generations: int = 20
+    topk: int = 10
+    num_mutation: int = 25
+    mutation_prob: float = 0.1
+    num_crossover: int = 25
+    max_candidates: int = 1000
+    seed: int = 0
+
+    @classmethod
+    def from_cfg(cls, cfg) -> "SearchSettings":
+        s = cfg.DETNAS.SEARCH
+        settings = cls(
+            s.MODE, s.POPULATION, s.GENERATIONS, s.TOPK, s.NUM_MUTATION, s.MUTATION_PROB,
+            s.NUM_CROSSOVER, s.MAX_CANDIDATES, s.SEED,
+        )
+        settings.validate()
+        return settings
+
+    def validate(self):
+        if self.mode not in ("evolution", "random"):
+            raise ValueError(f"DETNAS.SEARCH.MODE must be 'evolution' or 'random', got '{self.mode}'")
+        for key in ("population", "generations", "topk", "max_candidates"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"DETNAS.SEARCH.{key.upper()} must be >= 1, got {getattr(self, key)}")
+        for key in ("num_mutation", "num_crossover"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"DETNAS.SEARCH.{key.upper()} must be >= 0, got {getattr(self, key)}")
+        if not 0.0 <= self.mutation_prob <= 1.0:
+            raise ValueError(f"DETNAS.SEARCH.MUTATION_PROB must be in [0, 1], got {self.mutation_prob}")
+
+    @property
+    def budget(self) -> int:
+        return min(self.max_candidates, self.population * self.generations)
+
+
+@dataclass(frozen=True)
+class ScoringSettings:
+    """How candidates are scored (DETNAS.SEARCH, DETNAS.BN_RECALIB, the task), read once."""
+
+    weights: str
+    meta_architecture: str
+    fitness: str  # the task's headline metric
+    recalib: RecalibrationSettings
+    eval_dataset: str
+    eval_images: int
+    eval_batch_size: int
+    cache_mb: float
+    dist_mode: str
+    seed: int
+
+    @classmethod
+    def from_cfg(cls, cfg) -> "ScoringSettings":
+        s = cfg.DETNAS.SEARCH
+        if s.DIST_MODE not in DIST_MODES:
+            raise ValueError(f"DETNAS.SEARCH.DIST_MODE must be one of {DIST_MODES}, got '{s.DIST_MODE}'")
+        recalib = RecalibrationSettings.from_cfg(cfg)
+        recalib.require_dataset()
+        eval_dataset = s.EVAL_DATASET or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "")
+        if not eval_dataset:
+            raise ValueError(
+                "Set DETNAS.SEARCH.EVAL_DATASET (a held-out split) or DATASETS.TEST: candidates are scored on it"
+            )
+        return cls(
+            cfg.MODEL.WEIGHTS, cfg.MODEL.META_ARCHITECTURE, get_task(cfg).fitness, recalib, eval_dataset,
+            int(s.EVAL_IMAGES), int(s.EVAL_BATCH_SIZE), float(s.CACHE_MB), s.DIST_MODE, int(s.SEED),
+        )
+
+
+def search_fingerprint(settings: SearchSettings, space: SearchSpace, constraints,
+                       scoring: Optional[ScoringSettings] = None) -> Dict:
+    """What fixes a search's candidate sequence and scores: a state file resumes only with the same.
+    MAX_CANDIDATES and GENERATIONS only say when to stop, so a resumed search may extend them."""
+    fingerprint = {k: v for k, v in asdict(settings).items() if k not in ("max_candidates", "generations")}
+    fingerprint["space"] = [space.name, space.width_mult]
+    fingerprint["constraints"] = [constraints.flops_min, constraints.flops_max, constraints.params_max]
+    if scoring is not None:
+        fingerprint.update({
+            "weights": scoring.weights,
+            "meta_architecture": scoring.meta_architecture,
+            "fitness": scoring.fitness,
+            "input_size": constraints.input_size,
+            "recalib_dataset": scoring.recalib.dataset,
+            "recalib_images": scoring.recalib.images,
+            "recalib_batch_size": scoring.recalib.batch_size,
+            "eval_dataset": scoring.eval_dataset,
+            "eval_images": scoring.eval_images,
+            "eval_batch_size": scoring.eval_batch_size,
+        })
+    return json.loads(json.dumps(fingerprint))  # as it reads back from the file

@@ -1,0 +1,86 @@
+"""Exact training resume: a run killed with SIGKILL between checkpoints and resumed with --resume ends
+with the weights of an uninterrupted run, bit for bit (CPU, one thread per process, fixed seed)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A toy supernet classifier whose last iterations follow random paths, with random-resized crops,
+# colour jitter and flips: every source of randomness a training step has.
+OPTS = [
+    "SOLVER.MAX_ITER", "40", "SOLVER.CHECKPOINT_PERIOD", "10", "SOLVER.IMS_PER_BATCH", "8",
+    "SOLVER.WARMUP_ITERS", "5", "DETNAS.SAMPLER.PROGRESSIVE_ITERS", "20", "DETNAS.BN_RECALIB.IMAGES", "0",
+    "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()",
+]
+KILL_AFTER = "model_0000019.pth"
+
+
+def _command(out_dir, num_gpus, resume=False):
+    cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file",
+           os.path.join(ROOT, "configs", "Toy", "cls_supernet.yaml"), "--num-gpus", str(num_gpus)]
+    return cmd + (["--resume"] if resume else []) + OPTS + ["OUTPUT_DIR", str(out_dir)]
+
+
+def _env(num_gpus):
+    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+
+def _run(out_dir, num_gpus, resume=False):
+    proc = subprocess.run(_command(out_dir, num_gpus, resume), env=_env(num_gpus), cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    return proc.stdout
+
+
+def _run_and_kill(out_dir, num_gpus):
+    """Start a run and SIGKILL it (launcher and workers) once the checkpoint KILL_AFTER is complete."""
+    proc = subprocess.Popen(_command(out_dir, num_gpus), env=_env(num_gpus), cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tag = out_dir / "last_checkpoint"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if tag.exists() and tag.read_text().strip() == KILL_AFTER:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, f"the run was not killed mid-way (exit {proc.returncode})"
+    assert not (out_dir / "model_final.pth").exists()
+
+
+def _weights(out_dir):
+    return torch.load(out_dir / "model_final.pth", map_location="cpu", weights_only=True)["model"]
+
+
+@pytest.mark.parametrize("num_gpus", [1, 2], ids=["1 process", "2 gloo processes"])
+def test_killed_run_resumes_to_the_uninterrupted_weights(tmp_path, num_gpus):
+    _run(tmp_path / "straight", num_gpus)
+    _run_and_kill(tmp_path / "killed", num_gpus)
+    log = _run(tmp_path / "killed", num_gpus, resume=True)
+    assert "resumes at batch 20" in log, log[-3000:]
+    straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "killed")
+    assert straight.keys() == resumed.keys()
+    differing = [k for k in straight if not torch.equal(straight[k], resumed[k])]
+    assert not differing, f"{len(differing)} of {len(straight)} tensors differ, first {differing[:3]}"
+
+
+def test_corrupt_checkpoint_names_the_file_and_the_way_back(tmp_path):
+    from torch import nn
+
+    from detnas_d2.checkpoint import DetNASCheckpointer
+
+    checkpointer = DetNASCheckpointer(nn.Linear(2, 2), save_dir=str(tmp_path))
+    checkpointer.save("model_0000009")
+    checkpointer.save("model_0000019")
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000019.pth"
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]  # written atomically
+    (tmp_path / "model_0000019.pth").write_bytes(b"truncated")
+    with pytest.raises(RuntimeError, match=r"model_0000019\.pth cannot be read as a checkpoint.*'model_0000009\.pth'"):
+        checkpointer.resume_or_load("", resume=True)
+    (tmp_path / "last_checkpoint").write_text("model_0000009.pth")  # the fallback the message gives
+    assert checkpointer.resume_or_load("", resume=True) is not None
