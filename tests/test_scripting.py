@@ -32,10 +32,6 @@ def test_stem_scripts():
         assert torch.equal(torch.jit.script(stem)(x), stem(x))
 
 
-# The blocks script; ShuffleNetV2Subnet.forward (modeling/backbone.py) still runs `_forward_stages` over a
-# tuple of module tuples with a `Sequence[Sequence[nn.Module]]` annotation, which TorchScript cannot type.
-# strict: this fails loudly once backbone.py scripts, so the mark is removed then.
-@pytest.mark.xfail(strict=True, reason="ShuffleNetV2Subnet.forward is not scriptable yet (modeling/backbone.py)")
 @pytest.mark.parametrize("out_features", [("res2", "res3", "res4", "res5"), ("stem", "res3")])
 def test_subnet_scripts_with_same_outputs(out_features):
     space = get_space("small")

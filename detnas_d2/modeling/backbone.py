@@ -47,26 +47,34 @@ class _ShuffleNetV2Base(Backbone):
             self._out_feature_channels[name] = space.stage_out[s]
             self._out_feature_strides[name] = stage_stride(s)
         self.stem = Stem(in_channels, space.stem_out, norm)
-        # Stages beyond the deepest requested feature are built (an arch covers all layers) but not run.
-        self._num_run_stages = max(FEATURE_NAMES.index(f) for f in self._out_features)
-        self._stage_is_output = tuple(name in self._out_features for name in STAGE_NAMES)
         self._stage_layers = [[] for _ in STAGE_NAMES]  # layer indices per stage
         for spec in space.layers():
             self._stage_layers[spec.stage].append(spec.index)
+        # Stages beyond the deepest requested feature are built (an arch covers all layers) but not run.
+        # Per layer, the name of the output it ends ("" if none): plain attributes, so that TorchScript
+        # compiles the subnet's forward.
+        self._stem_is_output = "stem" in self._out_features
+        self._layer_outputs = [""] * space.num_layers
+        self._num_run_layers = 0
+        for name, layers in zip(STAGE_NAMES, self._stage_layers):
+            if name in self._out_features:
+                self._layer_outputs[layers[-1]] = name
+                self._num_run_layers = layers[-1] + 1
 
-    def _forward_stages(self, x, stages: Sequence[Sequence[nn.Module]]) -> Dict[str, torch.Tensor]:
+    def _start(self, x: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """The stem's output and the outputs dict (with "stem" if requested)."""
         if x.dim() != 4:
-            raise ValueError(f"{type(self).__name__} takes (N, C, H, W) input, got shape {tuple(x.shape)}")
-        outputs = {}
+            raise ValueError("ShuffleNetV2 backbones take (N, C, H, W) input, got shape " + str(x.shape))
+        outputs: Dict[str, torch.Tensor] = {}
         x = self.stem(x)
-        if "stem" in self._out_features:
+        if self._stem_is_output:
             outputs["stem"] = x
-        for name, is_output, blocks in zip(STAGE_NAMES, self._stage_is_output, stages):
-            for block in blocks:
-                x = block(x)
-            if is_output:
-                outputs[name] = x
-        return outputs
+        return x, outputs
+
+    def _emit(self, outputs: Dict[str, torch.Tensor], layer: int, x: torch.Tensor):
+        name = self._layer_outputs[layer]
+        if name != "":
+            outputs[name] = x
 
     def freeze(self, freeze_at: int = 0):
         """Like Detectron2's `ResNet.freeze`: 1 freezes the stem, k the stem and stages res2..res{k}.
@@ -107,16 +115,13 @@ class ShuffleNetV2Supernet(_ShuffleNetV2Base):
             ChoiceLayer(spec.in_channels, spec.out_channels, spec.stride, norm) for spec in space.layers()
         )
         self.arch: Optional[Tuple[int, ...]] = None
-        self._active_stages: Optional[Tuple[Tuple[nn.Module, ...], ...]] = None
+        self._active_blocks: Optional[List[nn.Module]] = None
 
     def set_arch(self, arch: Sequence[int]) -> Tuple[int, ...]:
         """Select the block of every layer (validated against the space); returns the arch tuple."""
         arch = self.space.validate(arch)
-        # Plain tuples: the blocks stay registered only under `layers`, forward just iterates.
-        self._active_stages = tuple(
-            tuple(self.layers[i].choices[arch[i]] for i in layer_ids)
-            for layer_ids in self._stage_layers[: self._num_run_stages]
-        )
+        # A plain list: the blocks stay registered only under `layers`, forward just iterates.
+        self._active_blocks = [self.layers[i].choices[arch[i]] for i in range(self._num_run_layers)]
         self.arch = arch
         return arch
 
@@ -132,7 +137,7 @@ class ShuffleNetV2Supernet(_ShuffleNetV2Base):
         """The modules that run for the current arch: the stem, then the chosen block of every layer
         (up to the stage of the deepest output feature)."""
         self._require_arch()
-        return [self.stem] + [block for stage in self._active_stages for block in stage]
+        return [self.stem] + self._active_blocks
 
     def choice_blocks(self, layer: int) -> nn.ModuleList:
         """The four candidate blocks of `layer`, indexed by block id."""
@@ -140,7 +145,11 @@ class ShuffleNetV2Supernet(_ShuffleNetV2Base):
 
     def forward(self, x):
         self._require_arch()
-        return self._forward_stages(x, self._active_stages)
+        x, outputs = self._start(x)
+        for i, block in enumerate(self._active_blocks):
+            x = block(x)
+            self._emit(outputs, i, x)
+        return outputs
 
 
 class ShuffleNetV2Subnet(_ShuffleNetV2Base):
@@ -153,12 +162,14 @@ class ShuffleNetV2Subnet(_ShuffleNetV2Base):
             build_block(c, spec.in_channels, spec.out_channels, spec.stride, norm)
             for c, spec in zip(self.arch, space.layers())
         )
-        self._stages = tuple(
-            tuple(self.layers[i] for i in layer_ids) for layer_ids in self._stage_layers[: self._num_run_stages]
-        )
 
     def forward(self, x):
-        return self._forward_stages(x, self._stages)
+        x, outputs = self._start(x)
+        for i, block in enumerate(self.layers):  # TorchScript unrolls this loop: no `break`
+            if i < self._num_run_layers:
+                x = block(x)
+                self._emit(outputs, i, x)
+        return outputs
 
 
 def _layer_count(state_dict, prefix: str) -> int:
