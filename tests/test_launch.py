@@ -1,4 +1,5 @@
 """Two CPU processes (detnas_d2.engine.launch, gloo) train the toy supernet detector with DDP."""
+import importlib
 import json
 import os
 
@@ -81,6 +82,36 @@ def test_two_cpu_processes_train_supernet_with_same_paths(tmp_path):
     # Parameters stay identical (BN running statistics are per rank: broadcast_buffers=False).
     weights = [torch.load(tmp_path / f"weights{r}.pth") for r in range(2)]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0] if "running_" not in k)
+
+
+def test_cuda_launch_resolves_auto_and_uses_nccl(monkeypatch):
+    """Detectron2 v0.6's launch takes no "auto"; ours resolves it for CUDA too (checked without a GPU)."""
+    launch_module = importlib.import_module("detnas_d2.engine.launch")  # the attribute is the function
+
+    started = {}
+
+    class Context:
+        processes = []
+
+        def join(self):
+            return True
+
+    def start_processes(fn, args, nprocs, join, daemon, start_method):
+        started.update(fn=fn, args=args, nprocs=nprocs, join=join)
+        return Context()
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(launch_module.mp, "start_processes", start_processes)
+    launch(print, 2, num_machines=1, machine_rank=0, dist_url="auto", args=("x",))
+    main_func, world_size, per_machine, machine_rank, dist_url, args, _, backend, launcher = started["args"]
+    assert started["fn"] is launch_module._worker and started["nprocs"] == 2 and not started["join"]
+    assert (main_func, world_size, per_machine, machine_rank, args) == (print, 2, 2, 0, ("x",))
+    assert dist_url.startswith("tcp://127.0.0.1:") and backend == "nccl" and launcher == os.getpid()
+    with pytest.raises(ValueError, match="one machine only"):
+        launch(print, 2, num_machines=2, machine_rank=0, dist_url="auto")
+    with pytest.raises(ValueError, match="3 processes per machine, but 2 GPUs"):
+        launch(print, 3, dist_url="auto")
 
 
 def test_create_ddp_model_single_process_is_identity():

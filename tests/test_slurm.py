@@ -3,6 +3,7 @@ import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -77,8 +78,20 @@ def test_train_net_takes_slurm_values_unless_given():
     assert args.dist_url.startswith("tcp://gpu07:")
     args = train_net.parse_args(["--machine-rank", "0", "--dist-url", "tcp://h:1"], env=srun_env())
     assert (args.num_machines, args.machine_rank, args.dist_url) == (2, 0, "tcp://h:1")
-    args = train_net.parse_args([], env={})  # no SLURM: Detectron2's defaults
-    assert (args.num_machines, args.machine_rank) == (1, 0) and args.dist_url.startswith("tcp://127.0.0.1:")
+    args = train_net.parse_args([], env={})  # no SLURM: Detectron2's defaults, a free port on one machine
+    assert (args.num_machines, args.machine_rank, args.dist_url) == (1, 0, "auto")
+    args = train_net.parse_args(["--num-machines", "2"], env={})  # several machines: no "auto"
+    assert args.dist_url.startswith("tcp://") and args.dist_url != "auto"
+    single = {"SLURM_JOB_ID": "77", "SLURM_PROCID": "0", "SLURM_NODEID": "0", "SLURM_NNODES": "1",
+              "SLURM_NTASKS": "1", "SLURM_JOB_NODELIST": "node3"}
+    assert train_net.parse_args([], env=single).dist_url == "tcp://node3:20077"  # srun: the job's port
+
+
+def test_dist_url_help_names_the_defaults():
+    result = subprocess.run([sys.executable, os.path.join(REPO, "train_net.py"), "--help"], capture_output=True,
+                            text=True, check=True)
+    help_text = " ".join(result.stdout.split())
+    assert "'auto' (a free port on 127.0.0.1" in help_text and "SLURM's srun" in help_text
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
