@@ -14,11 +14,12 @@ warm-up calls, then the median of `--repeats` timings. Entries are timed round-r
 entry per round (on GPUs: 1 ms of calls in a row, `--min-repeat-ms`), so that the other modules run
 between two calls of one, as the other layers do in a network (a block called in a loop keeps its
 weights in cache and ran 15-35% faster than inside the backbone on our CPU), and so that a load change
-of a shared machine spreads over all entries. `--validate N` times N random archs' end-to-end backbones
-(stem and all stages) in the same round-robin and prints and stores the mean and worst absolute %
-error of the table's prediction. `--clock cpu` (one CPU thread) reads the thread's CPU time instead
-of wall time: on a CPU shared with other jobs, preemption inflates long calls (a whole backbone) more
-than short ones (a block), which wall time turns into a prediction bias.
+of a shared machine spreads over all entries; an entry's input is read, untimed, just before it runs,
+as a layer's input has just been written by the layer before it. `--validate N` times N random
+archs' end-to-end backbones (stem and all stages) in the same round-robin and prints and stores the
+mean and worst absolute % error of the table's prediction. `--clock cpu` (one CPU thread) reads the
+thread's CPU time instead of wall time: on a CPU shared with other jobs, preemption inflates long calls
+(a whole backbone) more than short ones (a block), which wall time turns into a prediction bias.
 
 Search integration: `LatencyTable.load(path, expect_device="cuda", expect_input_size=(800, 1333))`,
 then `table.predict(arch)` (ms) or `table.per_stage(arch)`.
@@ -308,12 +309,13 @@ def measure_round_robin(
     """Median ms per call of every `fn(x)` in `entries`, timed round-robin.
 
     Each entry is warmed up `warmup` times; the median of `repeats` timings, one per round over all
-    entries, is its latency. With `min_repeat_ms` 0 (the default) a timing is one call, so the other
-    entries run between two calls of one entry, as the other layers do in a network: caches do not
-    hold the entry's weights and input (a module called in a loop runs up to 15-35% faster on CPU
-    than inside the network). A positive `min_repeat_ms` runs an entry that long in a row per timing
-    (for GPUs, where a synchronisation per call would dominate small modules). `clock`: "wall"
-    (perf_counter) or "cpu" (thread CPU time; one CPU thread only).
+    entries (in reverse order every other round), is its latency. With `min_repeat_ms` 0 (the
+    default) a timing is one call, so the other entries run between two calls of one entry, as the
+    other layers do in a network: caches do not hold the entry's weights (a module called in a loop
+    runs up to 15-35% faster on CPU than inside the network); its input is read just before the
+    timing, untimed, as a layer's input was just written by the layer before it. A positive `min_repeat_ms` runs an
+    entry that long in a row per timing (for GPUs, where a synchronisation per call would dominate
+    small modules). `clock`: "wall" (perf_counter) or "cpu" (thread CPU time; one CPU thread only).
     """
     return measure_clocks(entries, device, warmup, repeats, min_repeat_ms, (clock,))[clock]
 
@@ -342,8 +344,11 @@ def measure_clocks(
             once = (main() - t0) * 1e3
             inner.append(max(1, math.ceil(min_repeat_ms / max(once, 1e-4))) if min_repeat_ms > 0 else 1)
         samples = [[[] for _ in entries] for _ in clocks]
-        for _ in range(max(1, repeats)):
-            for i, (fn, x) in enumerate(entries):
+        order = list(range(len(entries)))
+        for r in range(max(1, repeats)):
+            for i in (order if r % 2 == 0 else order[::-1]):  # no entry always late in a round
+                fn, x = entries[i]
+                x.sum()  # untimed: the input is in cache, as a layer's input is in the network (just written)
                 _sync(device)
                 starts = [f() for f in fns]
                 for _ in range(inner[i]):

@@ -1,0 +1,125 @@
+"""Latency table accuracy and BN folding speed-up, measured side by side in one run.
+
+1. Predicted (latency-table sum: stem + every layer's chosen block) vs measured end-to-end backbone
+   latency of `--archs` random archs. Goal on CPU: mean absolute error <= 5%, worst <= 10%.
+2. The same backbones with BatchNorms folded into the convs (detnas_d2.export.fold_batchnorm) vs
+   unfolded, eval mode: speed ratio unfolded / folded.
+
+Every module and every backbone (folded and unfolded) is timed in one round-robin (one timing of each
+per round, the median of `--repeats` rounds), so that a load change on a shared machine hits all of
+them alike. Each timing reads two clocks: wall time (perf_counter, the latency) and the thread's CPU
+time, which does not count the time other processes take from a shared CPU (valid with one thread).
+
+    python benchmarks/latency_table.py [--input-size 224x224] [--archs 20] [--repeats 30] [--threads 1]
+    python benchmarks/latency_table.py --device cuda --threads 0
+"""
+import argparse
+import random
+import statistics
+import time
+
+import torch
+
+import detnas_d2  # noqa: F401  (compat shims)
+from detnas_d2.export import fold_batchnorm
+from detnas_d2.latency import (
+    NUM_CHOICES,
+    LatencyTable,
+    _blocks_and_inputs,
+    _meta,
+    default_min_repeat_ms,
+    device_name,
+    measure_clocks,
+    parse_input_size,
+)
+from detnas_d2.modeling import ShuffleNetV2Subnet
+from detnas_d2.search_space import arch_to_str, get_space
+
+
+def kendall_tau(a, b):
+    """Kendall's tau-a of two equally long sequences (ties count as neither concordant nor discordant)."""
+    n, s = len(a), 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            s += ((a[i] > a[j]) - (a[i] < a[j])) * ((b[i] > b[j]) - (b[i] < b[j]))
+    return 2 * s / (n * (n - 1)) if n > 1 else float("nan")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--space", default="small")
+    parser.add_argument("--width-mult", type=float, default=1.0)
+    parser.add_argument("--input-size", default="224x224")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    parser.add_argument("--archs", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    space = get_space(args.space, args.width_mult)
+    size = parse_input_size(args.input_size)
+    clocks = ["wall"] + (["cpu"] if device.type == "cpu" and torch.get_num_threads() == 1 else [])
+    min_repeat_ms = default_min_repeat_ms(device)
+
+    image, stem, blocks, inputs, _ = _blocks_and_inputs(space, size, args.batch, device, "BN", True, args.seed)
+    entries = [(stem, image)] + [(b, inputs[i]) for i, choices in enumerate(blocks) for b in choices]
+    rng = random.Random(args.seed)
+    archs = [space.random_arch(rng) for _ in range(args.archs)]
+    folded, unfolded = [], []
+    for arch in archs:
+        model = ShuffleNetV2Subnet(space, arch).to(device).eval()
+        with torch.no_grad():  # non-trivial statistics, so that folding changes the weights
+            for m in model.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.running_var.uniform_(0.5, 1.5)
+                    m.running_mean.uniform_(-0.1, 0.1)
+        unfolded.append(model)
+        folded.append(fold_batchnorm(model)[0])
+    n_table = len(entries)
+    entries += [(m, image) for m in folded] + [(m, image) for m in unfolded]
+
+    print(f"{space.name} space x{space.width_mult}, input {size[0]}x{size[1]}, batch {args.batch}, {device.type} "
+          f"({device_name(device)}), {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"Timing {n_table} table modules and {len(archs)} backbones folded + unfolded, round-robin: "
+          f"{args.warmup} warm-up, median of {args.repeats}; clocks: {', '.join(clocks)}")
+    t0 = time.perf_counter()
+    results = measure_clocks(entries, device, args.warmup, args.repeats, min_repeat_ms, clocks)
+    print(f"measured in {time.perf_counter() - t0:.0f} s\n")
+
+    summary = {}
+    for clock in clocks:
+        times = results[clock]
+        meta = _meta(space, size, args.batch, device, "BN", True, args.warmup, args.repeats, "none", clock,
+                     min_repeat_ms)
+        table = LatencyTable(meta, times[0], [times[1 + NUM_CHOICES * i: 1 + NUM_CHOICES * (i + 1)]
+                                             for i in range(space.num_layers)])
+        predicted = [table.predict(a) for a in archs]
+        measured = times[n_table: n_table + len(archs)]
+        measured_unfolded = times[n_table + len(archs):]
+        errors = [100 * (p - m) / m for p, m in zip(predicted, measured)]
+        ratios = [u / f for u, f in zip(measured_unfolded, measured)]
+        summary[clock] = (errors, ratios, kendall_tau(predicted, measured), measured)
+        print(f"[{clock} clock]")
+        print(f"{'arch':<41}{'predicted ms':>14}{'measured ms':>13}{'error %':>9}{'unfolded ms':>13}"
+              f"{'unfolded/folded':>17}")
+        for a, p, m, e, u, r in zip(archs, predicted, measured, errors, measured_unfolded, ratios):
+            print(f"{arch_to_str(a):<41}{p:>14.3f}{m:>13.3f}{e:>+9.2f}{u:>13.3f}{r:>17.3f}")
+        print()
+    for clock, (errors, ratios, tau, measured) in summary.items():
+        abs_err = [abs(e) for e in errors]
+        spread = 100 * (max(measured) - min(measured)) / statistics.median(measured)
+        print(f"[{clock}] predicted vs measured: mean |error| {statistics.mean(abs_err):.2f}% (goal <= 5), worst "
+              f"{max(abs_err):.2f}% (goal <= 10), mean signed {statistics.mean(errors):+.2f}%, Kendall tau {tau:.2f} "
+              f"(measured latencies span {spread:.0f}% of their median)")
+        print(f"[{clock}] BN folding speed-up (unfolded / folded backbone): median {statistics.median(ratios):.3f}x, "
+              f"range {min(ratios):.3f}-{max(ratios):.3f}x")
+
+
+if __name__ == "__main__":
+    main()
