@@ -624,8 +624,20 @@ def run_export(model: nn.Module, fmt: str, output_dir: str, images: Sequence[tor
         bad = [r for r in fold_reports if not r["ok"]]
         log(f"BN folding (PyTorch folded vs unfolded): largest relative difference {worst:.2e}"
             + (f"; MISMATCH: {bad[0]['problem']}" if bad else ""))
+    if detections and not any(r.get("detections") for r in reports):
+        info["warning"] = (
+            "PyTorch gave no detection on any sample image, so the post-processing was not compared "
+            "(untrained heads score below the test score threshold); check with trained weights"
+        )
+        log(f"Warning: {info['warning']}")
+        write_info(os.path.join(output_dir, "export_info.json"), info)
     worst = max((max((v["rel"] for v in r["outputs"].values()), default=0.0) for r in reports), default=0.0)
-    log(f"Parity {'OK' if info['ok'] else 'FAILED'}: largest relative difference {worst:.2e} (tolerance {rtol:g})")
+    if info["ok"]:
+        log(f"Parity OK: largest relative difference {worst:.2e} (tolerance {rtol:g})")
+    else:
+        first = next(r for r in reports + fold_reports if not r["ok"])
+        log(f"Parity FAILED: {first['problem']} (largest relative difference where comparable {worst:.2e}, "
+            f"tolerance {rtol:g})")
     return info
 
 
