@@ -210,7 +210,6 @@ def test_mismatch_beyond_tolerance_exits_1(tool, tmp_path, capsys):
     [
         (["MODEL.DETNAS.ARCH", ""], "MODEL.DETNAS.ARCH is empty"),
         (["MODEL.DETNAS.ARCH", "0,1,2"], "layers"),  # wording is arch_io's
-        (["MODEL.BACKBONE.NAME", "build_detnas_supernet_fpn_backbone"], "export needs a subnet"),
         (["MODEL.WEIGHTS", "/nonexistent/model.pth"], "no such file"),
         (["MODEL.NO_SUCH_KEY", "1"], "bad config"),
     ],
@@ -220,6 +219,13 @@ def test_bad_inputs_give_clear_errors(tool, tmp_path, capsys, opts, message):
     assert rc == 2 and info is None
     err = capsys.readouterr().err
     assert "export_model.py: error:" in err and message in err
+
+
+def test_supernet_config_is_refused(tool, tmp_path, capsys):
+    rc, _, info = _run(tool, tmp_path, os.path.join(ROOT, "configs/Toy/det_supernet.yaml"), "onnx")
+    assert rc == 2 and info is None
+    err = capsys.readouterr().err
+    assert "export needs a subnet" in err and "MODEL.DETNAS.ARCH" in err
 
 
 def test_missing_config_file(tool, tmp_path, capsys):
