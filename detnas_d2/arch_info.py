@@ -18,6 +18,8 @@ from tabulate import tabulate
 
 from .arch_io import load_arch_record
 from .flops import HEADS, get_flops_table
+from .latency import LatencyTable
+from .modeling.backbone import STAGE_NAMES
 from .search_space import BLOCKS, SPACES, get_space, stage_stride
 
 SHORT_NAMES = {"shuffle_3x3": "3x3", "shuffle_5x5": "5x5", "shuffle_7x7": "7x7", "shuffle_xception": "xcp"}
@@ -49,10 +51,12 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def describe(arch_spec, space=None, width_mult=None, head="none", num_classes=1000, input_size=None) -> dict:
+def describe(arch_spec, space=None, width_mult=None, head="none", num_classes=1000, input_size=None,
+             latency_table: str = "") -> dict:
     """Everything arch_info prints, as a JSON-ready dict. Raises ValueError on a bad arch or option.
     `input_size` None: the one the file's FLOPs were measured at (`input_size` of a search's
-    best_arch.yaml), else 224."""
+    best_arch.yaml), else 224. `latency_table`: a table of `python -m detnas_d2.latency` for this space,
+    whose predicted latency per stage and in all is added."""
     if space is None and str(arch_spec).startswith("random:"):
         space = "small"
     record = load_arch_record(arch_spec, get_space(space) if space else None)
@@ -79,7 +83,7 @@ def describe(arch_spec, space=None, width_mult=None, head="none", num_classes=10
                 "params": sum(table.layer_params[i][arch[i]] for i in layers),
             }
         )
-    return {
+    info = {
         "space": search_space.name,
         "width_mult": search_space.width_mult,
         "input_size": list(table.input_size),
@@ -98,6 +102,14 @@ def describe(arch_spec, space=None, width_mult=None, head="none", num_classes=10
         "space_min_flops": table.min_flops,
         "space_max_flops": table.max_flops,
     }
+    if latency_table:
+        latency = LatencyTable.load(latency_table, expect_space=search_space)
+        per_stage = latency.per_stage(arch)
+        info["latency"] = {"table": latency_table, "device": latency.describe(), "ms": sum(per_stage.values()),
+                           "stem_ms": per_stage["stem"], "head_ms": per_stage.get("head", 0.0)}
+        for s, name in zip(stages, STAGE_NAMES):
+            s["latency_ms"] = per_stage[name]
+    return info
 
 
 def format_table(info: dict) -> str:
@@ -113,9 +125,17 @@ def format_table(info: dict) -> str:
     if info["head"] == "classifier":
         rows.append(["head", "-", "-", "-", "conv1x1+fc", human(info["head_flops"]), human(info["head_params"])])
     rows.append(["total", "", "", "", "", human(info["flops"]), human(info["params"])])
+    headers = ["stage", "layers", "channels", "stride", "blocks", "FLOPs", "params"]
+    latency = info.get("latency")
+    if latency:  # predicted ms per row: stem, stages, [head], total
+        ms = [latency["stem_ms"]] + [s["latency_ms"] for s in info["stages"]]
+        ms += [latency["head_ms"]] if info["head"] == "classifier" else []
+        for row, value in zip(rows, ms + [latency["ms"]]):
+            row.append(f"{value:.3f}")
+        headers.append("ms")
     table = tabulate(
-        rows, headers=["stage", "layers", "channels", "stride", "blocks", "FLOPs", "params"], tablefmt="simple",
-        colalign=("left", "left", "right", "right", "left", "right", "right"),
+        rows, headers=headers, tablefmt="simple",
+        colalign=("left", "left", "right", "right", "left", "right", "right", "right")[: len(headers)],
     )
     lines = [
         f"arch: {','.join(map(str, info['arch']))}",
@@ -125,6 +145,8 @@ def format_table(info: dict) -> str:
         f"space FLOPs range at this input: {human(info['space_min_flops'])} - {human(info['space_max_flops'])}",
         "blocks: " + ", ".join(f"{short} = {name}" for name, short in SHORT_NAMES.items()),
     ]
+    if latency:
+        lines.insert(-1, f"predicted latency {latency['ms']:.3f} ms on {latency['device']}")
     return "\n".join(lines)
 
 
@@ -143,6 +165,9 @@ def get_parser():
     parser.add_argument(
         "--input-size", type=_input_size, help="224 or HxW (default: the file's input_size, else 224)"
     )
+    parser.add_argument(
+        "--latency-table", default="", help="a latency table (python -m detnas_d2.latency): predicted ms per stage"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
@@ -150,8 +175,9 @@ def get_parser():
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     try:
-        info = describe(args.arch, args.space, args.width_mult, args.head, args.num_classes, args.input_size)
-    except ValueError as e:
+        info = describe(args.arch, args.space, args.width_mult, args.head, args.num_classes, args.input_size,
+                        args.latency_table)
+    except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(info, default=str) if args.json else format_table(info))

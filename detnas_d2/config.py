@@ -53,11 +53,12 @@ def add_detnas_config(cfg):
     _C.DETNAS = CN()
     # Random path per iteration (supernet training, engine/hooks.py).
     _C.DETNAS.SAMPLER = CN()
-    _C.DETNAS.SAMPLER.NAME = "uniform"  # uniform | flops_uniform
+    _C.DETNAS.SAMPLER.NAME = "uniform"  # uniform | flops_uniform | latency_uniform
     _C.DETNAS.SAMPLER.SEED = 0  # with the iteration, fixes the path: the same on every rank and on resume
     _C.DETNAS.SAMPLER.FLOPS_MIN = 0.0  # MACs of the backbone at SAMPLER.INPUT_SIZE; 0: the space's min
     _C.DETNAS.SAMPLER.FLOPS_MAX = 0.0  # 0: the space's max (also acts as a FLOPs limit)
-    _C.DETNAS.SAMPLER.NUM_BINS = 10  # flops_uniform: FLOPs bins between min and max
+    _C.DETNAS.SAMPLER.NUM_BINS = 10  # flops_uniform / latency_uniform: bins between min and max
+    _C.DETNAS.SAMPLER.LATENCY_TABLE = ""  # latency_uniform: bins over this table's predicted latency range
     _C.DETNAS.SAMPLER.INPUT_SIZE = 224
     # Progressive path warm-up (engine/sampling.py): for this many iterations only the last layers are
     # random, from 1 to all of them; the others keep MODEL.DETNAS.REFERENCE_ARCH. 0: off (SPOS, DetNAS).
@@ -88,6 +89,11 @@ def add_detnas_config(cfg):
     _C.DETNAS.SEARCH.FLOPS_MAX = 330e6
     _C.DETNAS.SEARCH.PARAMS_MAX = 0.0
     _C.DETNAS.SEARCH.INPUT_SIZE = 224  # input size at which the FLOPs constraints are measured
+    # Latency limit (ms, 0: none), predicted by a latency table built on the target device with
+    # `python -m detnas_d2.latency` (its input size and batch are the deployment's).
+    _C.DETNAS.SEARCH.LATENCY_TABLE = ""
+    _C.DETNAS.SEARCH.LATENCY_MAX_MS = 0.0
+    _C.DETNAS.SEARCH.LATENCY_DEVICE = ""  # cpu | cuda: refuse a table measured on another device; "": any
     # Scoring
     _C.DETNAS.SEARCH.EVAL_DATASET = ""  # held-out split; empty: DATASETS.TEST[0]
     _C.DETNAS.SEARCH.EVAL_IMAGES = 0  # score on the first N images; 0: all

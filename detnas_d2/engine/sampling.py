@@ -11,6 +11,9 @@ Samplers (DETNAS.SAMPLER.NAME):
 - ``flops_uniform`` (official DetNAS): pick one of NUM_BINS equal FLOPs bins between FLOPS_MIN and
   FLOPS_MAX uniformly, then a path uniformly among those whose FLOPs fall in that bin. FLOPS_MAX thus
   also acts as a FLOPs limit.
+- ``latency_uniform``: the same over the predicted latency of LATENCY_TABLE (a table of
+  ``python -m detnas_d2.latency`` for the target device), bins spanning the space's latency range:
+  FLOPs predict latency poorly across block kinds.
 
 Progressive path warm-up (DETNAS.SAMPLER.PROGRESSIVE_ITERS > 0, :func:`progressive_path`): during the
 first PROGRESSIVE_ITERS iterations only the last layers take the sampled blocks, the others keep the
@@ -33,6 +36,7 @@ from typing import List, Sequence, Tuple
 
 from ..arch_io import load_arch
 from ..flops import get_flops_table
+from ..latency import LatencyTable
 from ..search_space import NUM_CHOICES, SearchSpace, space_from_cfg
 
 __all__ = [
@@ -46,7 +50,7 @@ __all__ = [
     "SAMPLER_NAMES",
 ]
 
-SAMPLER_NAMES = ("uniform", "flops_uniform")
+SAMPLER_NAMES = ("uniform", "flops_uniform", "latency_uniform")
 logger = logging.getLogger(__name__)
 
 
@@ -203,6 +207,17 @@ class FlopsBinSampler:
         return arch
 
 
+class LatencyCosts:
+    """A latency table seen as the per-layer additive cost table FlopsBinSampler bins over."""
+
+    def __init__(self, table: LatencyTable):
+        self.layer_flops = table.layers_ms
+        self._table = table
+
+    def flops(self, arch: Sequence[int]) -> float:
+        return self._table.predict(arch)
+
+
 def build_path_sampler(cfg, space: SearchSpace = None, flops_table=None):
     """The sampler named by DETNAS.SAMPLER.NAME (see the module doc). `flops_table` defaults to
     `get_flops_table(space, DETNAS.SAMPLER.INPUT_SIZE)` and is only built when the sampler needs it."""
@@ -211,6 +226,13 @@ def build_path_sampler(cfg, space: SearchSpace = None, flops_table=None):
     name = sampler_cfg.NAME
     if name not in SAMPLER_NAMES:
         raise ValueError(f"DETNAS.SAMPLER.NAME '{name}' is unknown; choose one of {list(SAMPLER_NAMES)}")
+    if name == "latency_uniform":
+        if not sampler_cfg.LATENCY_TABLE:
+            raise ValueError("DETNAS.SAMPLER.NAME latency_uniform needs DETNAS.SAMPLER.LATENCY_TABLE")
+        table = LatencyTable.load(sampler_cfg.LATENCY_TABLE, expect_space=space)
+        sampler = FlopsBinSampler(space, LatencyCosts(table), 0.0, 0.0, sampler_cfg.NUM_BINS)
+        logger.info(f"Path sampler 'latency_uniform': {sampler.num_bins} bins of {table.describe()}")
+        return sampler
     limited = sampler_cfg.FLOPS_MIN > 0 or sampler_cfg.FLOPS_MAX > 0
     if name == "uniform" and not limited:
         return UniformPathSampler(space)

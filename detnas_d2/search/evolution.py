@@ -149,15 +149,8 @@ class EvolutionSearch:
                 seconds_wall, mark = (now - mark) / len(chunk), now
                 records = []
                 for (arch, origin), result in zip(chunk, results):
-                    flops, params = self.constraints.measure(arch)
-                    record = {
-                        "index": len(self.history),
-                        "generation": g,
-                        "origin": origin,
-                        "arch": list(arch),
-                        "flops": flops,
-                        "params": params,
-                    }
+                    record = {"index": len(self.history), "generation": g, "origin": origin, "arch": list(arch)}
+                    record.update(self.constraints.measure(arch))
                     record.update(result)
                     record["score"] = float(record["score"])
                     record["seconds_wall"] = seconds_wall

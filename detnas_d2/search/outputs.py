@@ -153,6 +153,8 @@ class SearchOutputs:
         """Write best_arch.yaml and the final plot; returns the best record."""
         best = search.best()
         path = os.path.join(self.output_dir, BEST_ARCH_FILE)
+        if "latency_ms" in best:
+            metadata["latency_ms"] = best["latency_ms"]
         save_arch(
             path, best["arch"], self.space, score=best["score"], fitness=self.fitness, flops=best["flops"],
             params=best["params"], generation=best["generation"], candidate=best["index"],

@@ -91,6 +91,8 @@ def search_fingerprint(settings: SearchSettings, space: SearchSpace, constraints
     fingerprint = {k: v for k, v in asdict(settings).items() if k not in ("max_candidates", "generations")}
     fingerprint["space"] = [space.name, space.width_mult]
     fingerprint["constraints"] = [constraints.flops_min, constraints.flops_max, constraints.params_max]
+    if constraints.latency is not None:
+        fingerprint["latency"] = [constraints.latency_max_ms, constraints.latency.to_dict()]
     if scoring is not None:
         fingerprint.update({
             "weights": scoring.weights,
