@@ -6,6 +6,7 @@ finished. A folder from an earlier run is emptied before the step runs again, or
 (and the log says which).
 """
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,9 @@ from .outputs import EVAL_RESULTS_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 DONE_FILE = "step_done.json"
+# Lines of a step's output shown on the terminal: Detectron2's "eta: ... iter: ..." lines and the search's
+# "[generation g] candidate ... eta ..." and per-generation lines.
+_PROGRESS = re.compile(r"\beta[: ]|^.*Generation \d+ done|Search done")
 
 # --quick (tools/run_pipeline.py, tools/study.py): a few iterations per step, enough to pass every
 # artifact along (not to learn anything). Keys: the step kinds.
@@ -69,12 +73,11 @@ class Step:
         (self.out_dir / "command.txt").write_text(" ".join(cmd) + "\n")
         log(f"[{self.name}] {self.title}\n  $ {' '.join(cmd)}")
         start = time.time()
-        with open(self.out_dir / "stdout.txt", "w") as f:
-            proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
-        if proc.returncode != 0 or not self.artifact.exists():
+        returncode = self._run_logged(cmd, log)
+        if returncode != 0 or not self.artifact.exists():
             tail = (self.out_dir / "stdout.txt").read_text().splitlines()[-25:]
             raise StepFailed(
-                f"[{self.name}] failed (exit {proc.returncode}, expected {self.artifact}); the outputs "
+                f"[{self.name}] failed (exit {returncode}, expected {self.artifact}); the outputs "
                 f"of earlier steps are kept.\nLast lines of {self.out_dir / 'stdout.txt'}:\n" + "\n".join(tail)
             )
         seconds = time.time() - start
@@ -82,6 +85,23 @@ class Step:
             json.dumps({"finished": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": round(seconds, 1)}))
         log(f"[{self.name}] done in {seconds:.0f}s")
         return seconds
+
+    def _run_logged(self, cmd: List[str], log: Callable[[str], None]) -> int:
+        """Run `cmd` with its output in <folder>/stdout.txt; its progress lines (Detectron2's ETA lines,
+        the search's per-candidate lines) also go to `log`, so a running step shows it is alive.
+        Interrupted (Ctrl-C), the step's process is stopped (which stops its workers) before re-raising."""
+        with open(self.out_dir / "stdout.txt", "w") as f:
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            try:
+                for line in proc.stdout:
+                    f.write(line)
+                    if _PROGRESS.search(line):
+                        log(f"  [{self.name}] {line.split(']: ', 1)[-1].strip()}")
+                return proc.wait()
+            except BaseException:
+                proc.terminate()
+                proc.wait()
+                raise
 
     def metric(self):
         """(name, value) of the step's headline metric: best search score, top-1 or bbox AP."""

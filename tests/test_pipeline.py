@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from detnas_d2.arch_io import load_arch_record
+from detnas_d2.pipeline import Step
 from detnas_d2.search_space import get_space
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,3 +95,22 @@ def test_study_retrains_four_archs_and_tabulates_them(pipeline, tmp_path):
         assert str(tmp_path / name / "arch.yaml") in det_cmd and "cls_subnet/model_final.pth" in det_cmd
     table_text = (tmp_path / "study.md").read_text()
     assert "bbox AP" in table_text and all(f"| {name}" in table_text for name in rows)
+
+
+def test_step_shows_progress_and_keeps_the_full_output(tmp_path):
+    script = tmp_path / "fake_step.py"
+    script.write_text(
+        "import sys, pathlib\n"
+        "print('[12/01 10:00:00 d2.engine]: Starting training')\n"
+        "print('[12/01 10:00:01 d2.utils.events]:  eta: 0:00:09  iter: 19  total_loss: 1.6')\n"
+        "print('[12/01 10:00:02 detnas_d2.search.outputs]: Generation 0 done (4 candidates, 4 in all)')\n"
+        "pathlib.Path(sys.argv[-1], 'done.txt').write_text('x')\n"
+    )
+    out = tmp_path / "step"
+    step = Step("fake", "a fake step", str(script), "unused.yaml", out, [], out / "done.txt")
+    lines = []
+    step.run(log=lines.append)
+    progress = [line for line in lines if line.startswith("  [fake]")]
+    assert progress == ["  [fake] eta: 0:00:09  iter: 19  total_loss: 1.6",
+                        "  [fake] Generation 0 done (4 candidates, 4 in all)"]
+    assert "Starting training" in (out / "stdout.txt").read_text()  # everything stays in the file
