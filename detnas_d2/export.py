@@ -27,15 +27,24 @@ to an exported one of the same class (nearest box): tied scores may come out in 
 different number of detections is a mismatch.
 """
 import copy
+import inspect
 import json
 import os
+import time
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
+from detectron2.data import DatasetCatalog, DatasetMapper
+from detectron2.layers import FrozenBatchNorm2d
+from detectron2.modeling import GeneralizedRCNN, RetinaNet, build_model
+
+from .checkpoint import DetNASCheckpointer
+from .data.classification import ClassificationDatasetMapper
 from .modeling.backbone import ShuffleNetV2Subnet, ShuffleNetV2Supernet
+from .modeling.classifier import DetNASClassifier
 
 __all__ = [
     "DEFAULT_RTOL",
@@ -54,7 +63,6 @@ __all__ = [
     "compare_outputs",
     "find_subnet",
     "build_export_model",
-    "project_checkpointer",
     "sample_images",
     "adapter_inputs",
     "run_export",
@@ -72,7 +80,6 @@ class ExportError(RuntimeError):
 # ---- BatchNorm folding ------------------------------------------------------------------------------
 
 def _bn_types():
-    from detectron2.layers import FrozenBatchNorm2d
 
     # _BatchNorm: BatchNorm2d, naiveSyncBN (a BatchNorm2d) and nn.SyncBatchNorm (not a BatchNorm2d)
     return (nn.modules.batchnorm._BatchNorm, FrozenBatchNorm2d)
@@ -150,9 +157,7 @@ def fold_batchnorm(model: nn.Module, inplace: bool = False) -> Tuple[nn.Module, 
 
 def model_kind(model: nn.Module) -> str:
     """'rcnn', 'retinanet' or 'classifier' (raises ExportError for other models)."""
-    from detectron2.modeling import GeneralizedRCNN, RetinaNet
 
-    from .modeling.classifier import DetNASClassifier
 
     if isinstance(model, GeneralizedRCNN):
         return "rcnn"
@@ -288,7 +293,6 @@ def export_onnx(adapter: nn.Module, example: torch.Tensor, path: str, opset: int
         dynamic_axes=adapter.dynamic_axes,
         do_constant_folding=True,
     )
-    import inspect
 
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:
         kwargs["dynamo"] = False  # the tracing exporter: Detectron2's post-processing is data-dependent
@@ -431,7 +435,6 @@ def write_info(path: str, info: Dict) -> None:
 def build_export_model(cfg) -> nn.Module:
     """The eval-mode model of `cfg` on CPU, with MODEL.WEIGHTS loaded through the project's checkpointer
     (which hands a classifier or supernet checkpoint's backbone over); random init when it is empty."""
-    from detectron2.modeling import build_model
 
     cfg = cfg.clone()
     cfg.defrost()
@@ -442,22 +445,8 @@ def build_export_model(cfg) -> nn.Module:
         weights = cfg.MODEL.WEIGHTS
         if "://" not in weights and not os.path.isfile(weights):
             raise ExportError(f"MODEL.WEIGHTS {weights}: no such file")
-        project_checkpointer()(model).load(weights)
+        DetNASCheckpointer(model).load(weights)
     return model.eval()
-
-
-def project_checkpointer():
-    """The project's checkpointer class (DetNASCheckpointer, wherever it lives), else Detectron2's."""
-    import importlib
-
-    for name in ("detnas_d2.checkpoint", "detnas_d2.engine.checkpoint"):
-        try:
-            return importlib.import_module(name).DetNASCheckpointer
-        except (ImportError, AttributeError):
-            continue
-    from detectron2.checkpoint import DetectionCheckpointer
-
-    return DetectionCheckpointer
 
 
 def _parse_hw(text: str) -> Tuple[int, int]:
@@ -481,11 +470,9 @@ def sample_images(cfg, kind: str, num: int = 4, image_files: Sequence[str] = (),
         g = torch.Generator().manual_seed(seed)
         return [torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8) for _ in range(max(1, num))]
     if kind == "classifier":
-        from .data.classification import ClassificationDatasetMapper
 
         mapper = ClassificationDatasetMapper(cfg, is_train=False)
     else:
-        from detectron2.data import DatasetMapper
 
         mapper = DatasetMapper(cfg, is_train=False)
     if image_files:
@@ -494,7 +481,6 @@ def sample_images(cfg, kind: str, num: int = 4, image_files: Sequence[str] = (),
             raise ExportError(f"--sample-image {missing[0]}: no such file")
         dicts = [{"file_name": f} for f in image_files]
     else:
-        from detectron2.data import DatasetCatalog
 
         if not cfg.DATASETS.TEST:
             raise ExportError("DATASETS.TEST is empty: give --sample-image FILE or --random-input HxW")
@@ -528,7 +514,6 @@ def run_export(model: nn.Module, fmt: str, output_dir: str, images: Sequence[tor
                opset: int = DEFAULT_OPSET, rtol: float = DEFAULT_RTOL, log=print) -> Dict:
     """Export `model` (eval mode) to `output_dir`/model.{ts,onnx}, run the exported model and PyTorch on
     `images`, and write `output_dir`/export_info.json. Returns the info dict; info["ok"] is the parity."""
-    import time
 
     if fmt not in ("torchscript", "onnx"):
         raise ExportError(f"unknown format '{fmt}': torchscript or onnx")

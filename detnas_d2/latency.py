@@ -41,8 +41,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+import yaml
 from torch import nn
 
+from .export import fold_batchnorm
+from .modeling import ClassifierHead, ShuffleNetV2Subnet, Stem, build_block
 from .search_space import BLOCKS, NUM_CHOICES, SearchSpace, get_space
 
 __all__ = [
@@ -193,7 +196,6 @@ class LatencyTable:
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
             if path.endswith((".yaml", ".yml")):
-                import yaml
 
                 yaml.safe_dump(json.loads(json.dumps(d)), f, sort_keys=False, default_flow_style=None)
             else:
@@ -266,7 +268,6 @@ def yaml_or_json(text: str, source: str = "") -> Dict:
     text_s = text.lstrip()
     if text_s.startswith("{"):
         return json.loads(text)
-    import yaml
 
     d = yaml.safe_load(text)
     if not isinstance(d, dict):
@@ -363,7 +364,6 @@ def measure_clocks(
 def _prepare(module: nn.Module, device, fold_bn: bool) -> nn.Module:
     module = module.to(device).eval()
     if fold_bn:
-        from .export import fold_batchnorm
 
         module, _ = fold_batchnorm(module, inplace=True)
     return module
@@ -371,7 +371,6 @@ def _prepare(module: nn.Module, device, fold_bn: bool) -> nn.Module:
 
 def _blocks_and_inputs(space: SearchSpace, input_size, batch, device, norm, fold_bn, seed):
     """Stem, every layer's four blocks and every layer's input tensor (the real shapes)."""
-    from .modeling import Stem, build_block
 
     torch.manual_seed(seed)
     h, w = input_size
@@ -491,7 +490,6 @@ def build_table(
     for layer, choices in enumerate(blocks):
         entries += [(block, inputs[layer]) for block in choices]
     if tail == "classifier":
-        from .modeling import ClassifierHead
 
         head = _prepare(ClassifierHead(space.stage_out[-1], num_classes, head_channels, norm=norm), device, fold_bn)
         entries.append((head, last))
@@ -523,12 +521,10 @@ def build_table(
 
 
 def _backbone_model(table: LatencyTable, arch, device) -> nn.Module:
-    from .modeling import ShuffleNetV2Subnet
 
     m = table.meta
     model = ShuffleNetV2Subnet(table.space, arch, norm=m["norm"])
     if table.tail == "classifier":
-        from .modeling import ClassifierHead
 
         head = ClassifierHead(table.space.stage_out[-1], m["num_classes"], m["head_channels"], norm=m["norm"])
         model = _WithHead(model, head)
