@@ -1,34 +1,277 @@
-"""Checkpoint hand-off between the steps of the pipeline.
+"""Reading checkpoints safely, converting the anchors' layouts, and the hand-off between pipeline steps.
 
-`DetNASCheckpointer` is Detectron2's `DetectionCheckpointer` that finds the ShuffleNetV2 backbone in a
-checkpoint of another model form and moves it to where the model keeps its backbone:
+`DetNASCheckpointer` is Detectron2's `DetectionCheckpointer` with three additions:
 
-- step 1 -> 2 and 4 -> 5: a DetNASClassifier checkpoint (`backbone.*`, `head.*`) into a detector
-  (`backbone.bottom_up.*` for FPN models, `backbone.*` for a plain backbone); `head.*` is dropped;
-- search -> retrain: a supernet checkpoint (classifier or detector) into a subnet model: the subnet takes
-  the chosen path's blocks (`subnet_state_dict_from_supernet`), detector parts of the same name too.
+- **safe reading**: every file is read with `torch.load(weights_only=True)`; the types that MMRazor /
+  mmengine / mmcv files need besides tensors (numpy scalars, arrays and dtypes; mmengine's
+  `HistoryBuffer`, read as an inert placeholder) are an explicit allow-list, and a file that asks for
+  anything else is refused with the names of the types it asked for. Pickle `.pkl` files (Detectron2 /
+  Caffe2 model zoo) are read only with `DETNAS_ALLOW_PICKLE=1`, and then with an unpickler that builds
+  numpy arrays and nothing else.
+- **the anchors' layouts** (`checkpoint_formats`): MMRazor 1.x / 0.x DetNAS and SPOS checkpoints (supernet or
+  subnet; classifier or MMDetection Faster R-CNN FPN detector) are detected from their keys and converted to
+  ours, with a table of what was converted and dropped; MMRazor's RGB stem is flipped for a model whose
+  PIXEL_MEAN is in BGR order. Official (Megvii) DetNAS checkpoints are detected and refused with the reason.
+  A file matching no layout, or of which no tensor fits the model, is an error naming the layouts tried.
+- **the backbone hand-off** between model forms:
+  - step 1 -> 2 and 4 -> 5: a DetNASClassifier checkpoint (`backbone.*`, `head.*`) into a detector
+    (`backbone.bottom_up.*` for FPN models, `backbone.*` for a plain backbone); `head.*` is dropped;
+  - search -> retrain: a supernet checkpoint (classifier or detector) into a subnet model: the subnet takes
+    the chosen path's blocks (`subnet_state_dict_from_supernet`), detector parts of the same name too.
+  The mapping is logged as a table, keys that have no place in the model are listed as dropped. A
+  checkpoint of another space or width, a subnet checkpoint for a supernet, or a subnet of another arch
+  (naming the first layer that differs) raises ValueError. Same-form checkpoints (resume, eval) load unchanged.
 
-The mapping is logged as a table, keys that have no place in the model are listed as dropped. A
-checkpoint of another space or width, a subnet checkpoint for a supernet, or a subnet of another arch
-raises ValueError naming the mismatch. Checkpoints of the same model form (resume, eval) load unchanged.
+`weights_arch(path)` reads the arch of a subnet checkpoint (from its block names or its tensors), and
+`arch_opts_from_weights` fills an empty MODEL.DETNAS.ARCH of a subnet config from MODEL.WEIGHTS.
 """
+import collections
+import importlib
 import io
+import logging
 import os
+import pickle
 from collections import Counter
-from typing import Dict
+from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
+from detectron2.utils.file_io import PathManager
 from fvcore.common.checkpoint import _strip_prefix_if_present
 from tabulate import tabulate
 
+from .checkpoint_formats import (
+    LAYOUTS_TRIED,
+    Conversion,
+    UnknownLayoutError,
+    arch_difference,
+    block_arch,
+    flip_stem_channels,
+    to_detnas,
+    unwrap_state_dict,
+)
+from .arch_io import load_arch
+from .config import get_detnas_cfg
 from .file_io import atomic_write
 from .modeling.backbone import ShuffleNetV2Supernet, find_detnas_backbone, subnet_state_dict_from_supernet
-from .search_space import arch_to_str
+from .search_space import arch_to_str, space_from_cfg
 
-__all__ = ["DetNASCheckpointer"]
+__all__ = [
+    "DetNASCheckpointer",
+    "RefusedCheckpointError",
+    "ALLOW_PICKLE_ENV",
+    "read_checkpoint",
+    "convert_checkpoint",
+    "conversion_table",
+    "weights_arch",
+    "arch_opts_from_weights",
+    "model_input_format",
+]
+
+logger = logging.getLogger(__name__)
 
 _STEM_KEY = "stem.conv.weight"
+ALLOW_PICKLE_ENV = "DETNAS_ALLOW_PICKLE"
+# ImageNet mean in 0-255 units, the anchors' (RGB) and this project's configs' (BGR) channel order.
+IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
+_MMRAZOR_INPUT_FORMAT = "RGB"  # MMRazor's mmcls / mmdet preprocessors convert BGR images to RGB
+
+
+class RefusedCheckpointError(RuntimeError):
+    """A checkpoint that cannot be read without running code it names (or a pickle file not opted into)."""
+
+
+# ---- safe reading ----------------------------------------------------------------------------------
+
+_np_multiarray = importlib.import_module("numpy._core.multiarray" if hasattr(np, "_core") else "numpy.core.multiarray")
+
+
+class _InertObject:
+    """Stands in for a class of a training framework found in a checkpoint's bookkeeping (e.g. mmengine's
+    HistoryBuffer in `message_hub`): built without running any of that framework's code, never used."""
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+def _numpy_globals():
+    """(object, name in the file) pairs that numpy arrays, scalars and dtypes pickle as, numpy 1.x and 2.x."""
+    pairs = []
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        pairs.append((_np_multiarray.scalar, f"{module}.scalar"))
+        pairs.append((_np_multiarray._reconstruct, f"{module}._reconstruct"))
+    pairs += [(np.ndarray, "numpy.ndarray"), (np.dtype, "numpy.dtype")]
+    for code in "?bBhHiIlLqQefdgFDG":
+        cls = type(np.dtype(code))
+        pairs.append((cls, f"{cls.__module__}.{cls.__qualname__}"))
+    return pairs
+
+
+# What a checkpoint may ask for besides tensors and plain containers. Nothing here runs code of the file:
+# numpy rebuilds arrays/scalars from bytes; _InertObject only stores its state.
+SAFE_GLOBALS = _numpy_globals() + [
+    (_InertObject, "mmengine.logging.history_buffer.HistoryBuffer"),
+]
+_PICKLE_GLOBALS = {name: obj for obj, name in SAFE_GLOBALS if obj is not _InertObject}
+_PICKLE_GLOBALS["collections.OrderedDict"] = collections.OrderedDict
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Reads a Detectron2 / Caffe2 model-zoo `.pkl` (dicts of numpy arrays) and nothing else."""
+
+    def __init__(self, file, filename):
+        super().__init__(file, encoding="latin1")
+        self._filename = filename
+
+    def find_class(self, module, name):
+        obj = _PICKLE_GLOBALS.get(f"{module}.{name}")
+        if obj is None:
+            raise RefusedCheckpointError(
+                f"{self._filename}: refused: the pickle asks for '{module}.{name}', which is not a numpy array "
+                f"type or plain container; reading it would run that code. Allowed: {sorted(_PICKLE_GLOBALS)}"
+            )
+        return obj
+
+
+def _pickle_allowed(allow_pickle: Optional[bool]) -> bool:
+    if allow_pickle is not None:
+        return allow_pickle
+    return os.environ.get(ALLOW_PICKLE_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def _read_pickle(filename: str, allow_pickle: Optional[bool]):
+    if not _pickle_allowed(allow_pickle):
+        raise RefusedCheckpointError(
+            f"{filename} is a pickle file (.pkl, the Detectron2 / Caffe2 model-zoo format). Unpickling can run "
+            f"any code the file names, so detnas-d2 reads it only if you trust it and say so: set "
+            f"{ALLOW_PICKLE_ENV}=1. Even then only numpy arrays and plain containers are built. Weights saved "
+            "with torch.save need no such flag."
+        )
+    with PathManager.open(filename, "rb") as f:
+        return _NumpyOnlyUnpickler(f, filename).load()
+
+
+def _refusal(filename: str, data: bytes, error: Exception) -> RefusedCheckpointError:
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(data))
+    except Exception:  # an old-format file: the unpickler's message names the first one
+        names = []
+    allowed = {name for _, name in SAFE_GLOBALS}
+    names = [n for n in names if n not in allowed]
+    asked = ", ".join(f"'{n}'" for n in names) if names else f"a type not allowed ({error})"
+    return RefusedCheckpointError(
+        f"{filename}: refused: reading it would run code named in the file: it asks for {asked}. "
+        "Checkpoints are read with torch.load(weights_only=True): tensors, plain containers and numbers, plus "
+        "numpy arrays/scalars and mmengine's HistoryBuffer as data. If you trust the file, load it in its own "
+        "framework and save its state dict alone (torch.save(ckpt['state_dict'], path))."
+    )
+
+
+def read_checkpoint(filename: str, allow_pickle: Optional[bool] = None):
+    """The object in a checkpoint file, read without running code from it (module doc). `.pkl` files need
+    `allow_pickle` (default: the DETNAS_ALLOW_PICKLE environment variable)."""
+    if filename.endswith(".pkl"):
+        return _read_pickle(filename, allow_pickle)
+    with PathManager.open(filename, "rb") as f:
+        data = f.read()
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "global" in str(e).lower():  # a type the weights-only unpickler does not build
+            raise _refusal(filename, data, e) from None
+        raise
+
+
+# ---- conversion ------------------------------------------------------------------------------------
+
+
+def _as_detectron2_pickle(data):
+    """Detectron2's reading of a model-zoo / Caffe2 `.pkl` (as DetectionCheckpointer._load_file does)."""
+    if isinstance(data, dict) and "model" in data and "__author__" in data:
+        return data
+    if isinstance(data, dict) and "blobs" in data:
+        data = data["blobs"]
+    data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+    return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+
+
+def convert_checkpoint(loaded) -> Tuple[dict, Conversion]:
+    """A loaded checkpoint in our form ({"model": state dict, ...}) and what was done. Our own checkpoints
+    come back whole (optimizer, iteration, ... for resume); the anchors' as {"model": converted}, with
+    "converted_from" describing the source. Raises UnknownLayoutError / MegviiLayoutError."""
+    state, container = unwrap_state_dict(loaded)
+    conversion = to_detnas(state)
+    if conversion.format == "detnas-d2":
+        checkpoint = dict(loaded) if container == "model" else {"model": state}
+        return checkpoint, conversion
+    source = {"format": conversion.format, "prefix": conversion.prefix, "container": container,
+              "input_format": _MMRAZOR_INPUT_FORMAT}
+    if isinstance(loaded, dict) and "meta" in loaded:
+        source["meta"] = loaded["meta"]
+    return {"model": conversion.state, "converted_from": source}, conversion
+
+
+def conversion_table(conversion: Conversion) -> str:
+    rows = [(src, dst, n) for src, dst, n in conversion.rows]
+    rows += [(src, "(dropped: no place in detnas-d2)", n) for src, n in sorted(conversion.dropped.items())]
+    return tabulate(rows, headers=[f"checkpoint ({conversion.format})", "detnas-d2", "tensors"], tablefmt="pipe")
+
+
+def model_input_format(model) -> Optional[str]:
+    """'RGB' or 'BGR' if the model's PIXEL_MEAN is the ImageNet mean in that order, else None."""
+    mean = getattr(getattr(model, "module", model), "pixel_mean", None)
+    if not isinstance(mean, torch.Tensor) or mean.numel() != 3:
+        return None
+    mean = mean.flatten().tolist()
+    for name, ref in (("RGB", IMAGENET_MEAN_RGB), ("BGR", IMAGENET_MEAN_RGB[::-1])):
+        if all(abs(a - b) < 0.5 for a, b in zip(mean, ref)):
+            return name
+    return None
+
+
+def weights_arch(filename: str) -> Optional[Tuple[int, ...]]:
+    """The arch of the subnet in a checkpoint of any supported layout, or None (a supernet, no backbone)."""
+    _, conversion = convert_checkpoint(read_checkpoint(filename))
+    return conversion.arch
+
+
+def _subnet_builder(name: str) -> bool:
+    return name.startswith("build_detnas_subnet")
+
+
+def arch_opts_from_weights(config_file: str, opts: Sequence[str]) -> List[str]:
+    """`opts` with MODEL.DETNAS.ARCH added when the config builds a subnet, leaves ARCH empty and
+    MODEL.WEIGHTS holds a subnet (its arch read from the file). Both given and different: ValueError
+    naming the first layer that differs. Otherwise `opts` unchanged."""
+    opts = list(opts)
+    cfg = get_detnas_cfg(config_file, opts)
+    weights, arch = cfg.MODEL.WEIGHTS, cfg.MODEL.DETNAS.ARCH.strip()
+    if not weights or not _subnet_builder(cfg.MODEL.BACKBONE.NAME) or not PathManager.exists(weights):
+        return opts
+    try:
+        file_arch = weights_arch(weights)
+    except (UnknownLayoutError, ValueError, RefusedCheckpointError):
+        return opts  # the checkpointer reports it when it loads the file
+    if file_arch is None:
+        return opts
+    if not arch:
+        logger.warning(f"MODEL.DETNAS.ARCH is empty: using the arch of {weights}: {arch_to_str(file_arch)}")
+        return opts + ["MODEL.DETNAS.ARCH", arch_to_str(file_arch)]
+    space = space_from_cfg(cfg)
+    difference = arch_difference(file_arch, load_arch(arch, space), space.stage_depths)
+    if difference:
+        raise ValueError(
+            f"MODEL.DETNAS.ARCH ({arch}) and MODEL.WEIGHTS ({weights}) disagree: {difference}. The file's arch is "
+            f"{arch_to_str(file_arch)}; leave MODEL.DETNAS.ARCH empty to use it"
+        )
+    return opts
+
+
+# ---- the checkpointer ------------------------------------------------------------------------------
 
 
 def _group(key: str, depth: int) -> str:
@@ -46,9 +289,17 @@ def _is_supernet_state(state: Dict[str, torch.Tensor]) -> bool:
 
 
 class DetNASCheckpointer(DetectionCheckpointer):
-    """DetectionCheckpointer that hands a ShuffleNetV2 backbone over between model forms (module doc)."""
+    """DetectionCheckpointer that reads safely, converts the anchors' layouts and hands a ShuffleNetV2
+    backbone over between model forms (module doc). `allow_pickle`: read `.pkl` files (default: the
+    DETNAS_ALLOW_PICKLE environment variable)."""
 
     _filename = "checkpoint"  # the file being loaded, for messages
+
+    def __init__(
+        self, model, save_dir="", *, save_to_disk=None, allow_pickle: Optional[bool] = None, **checkpointables
+    ):
+        super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self.allow_pickle = allow_pickle
 
     def save(self, name: str, **kwargs):
         """fvcore's `save`, written atomically: a run killed while saving leaves the previous checkpoint
@@ -72,9 +323,48 @@ class DetNASCheckpointer(DetectionCheckpointer):
     def _load_file(self, filename):
         self._filename = filename
         try:
-            return super()._load_file(filename)
+            loaded = read_checkpoint(filename, self.allow_pickle)
+        except RefusedCheckpointError:
+            raise
         except Exception as e:  # a truncated or foreign file fails anywhere inside the unpickler
             raise RuntimeError(f"{filename} cannot be read as a checkpoint ({type(e).__name__}: {e}).{self._fallback_hint(filename)}") from e
+        if filename.endswith(".pkl"):
+            return _as_detectron2_pickle(loaded)
+        if filename.endswith(".pyth") and isinstance(loaded, dict) and "model_state" in loaded:  # pycls
+            state = {k: v for k, v in loaded["model_state"].items() if not k.endswith("num_batches_tracked")}
+            return {"model": state, "__author__": "pycls", "matching_heuristics": True}
+        try:
+            checkpoint, conversion = convert_checkpoint(loaded)
+        except UnknownLayoutError as e:
+            if find_detnas_backbone(self.model)[1] is not None:
+                raise ValueError(f"{filename}: {e}") from None
+            # Not a DetNAS model: Detectron2's plain load (the check in _load_model still applies).
+            return loaded if isinstance(loaded, dict) and "model" in loaded else {"model": loaded}
+        except ValueError as e:
+            raise ValueError(f"{filename}: {e}") from None
+        if conversion.format != "detnas-d2":
+            self.logger.info(
+                f"Converted {filename} from {conversion.format} ({conversion.form}, "
+                + ("supernet" if conversion.is_supernet else f"subnet {arch_to_str(conversion.arch or ())}")
+                + (f", prefix '{conversion.prefix}'" if conversion.prefix else "")
+                + "):\n" + conversion_table(conversion)
+            )
+        source = checkpoint.get("converted_from") or {}
+        if source.get("input_format") and source["input_format"] != model_input_format(self.model):
+            model_format = model_input_format(self.model)
+            if model_format is None:
+                self.logger.warning(
+                    f"{filename} holds {source.get('format', 'converted')} weights for {source['input_format']} "
+                    "input; the model's PIXEL_MEAN is not the ImageNet mean in RGB or BGR order, so its stem is "
+                    "left as it is: set INPUT.FORMAT / PIXEL_MEAN / PIXEL_STD to the weights' own"
+                )
+            else:
+                checkpoint["model"] = flip_stem_channels(checkpoint["model"])
+                self.logger.info(
+                    f"{filename}: weights for {source['input_format']} input, the model takes {model_format} "
+                    "(PIXEL_MEAN): stem conv input channels reversed (exact)"
+                )
+        return checkpoint
 
     def _fallback_hint(self, filename: str) -> str:
         """For a file of this run's folder: how to resume from the checkpoint before it."""
@@ -92,9 +382,31 @@ class DetNASCheckpointer(DetectionCheckpointer):
         )
 
     def _load_model(self, checkpoint):
-        if not checkpoint.get("matching_heuristics", False):
+        if checkpoint.get("matching_heuristics", False):
+            self._convert_ndarray_to_tensor(checkpoint["model"])
+            checkpoint["model"] = align_and_update_state_dicts(
+                self.model.state_dict(),
+                checkpoint["model"],
+                c2_conversion=checkpoint.get("__author__", None) == "Caffe2",
+            )
+            checkpoint["matching_heuristics"] = False  # done: the standard load below
+        else:
             checkpoint["model"] = self._hand_over_backbone(checkpoint["model"])
+        self._require_some_tensor_fits(checkpoint["model"])
         return super()._load_model(checkpoint)
+
+    def _require_some_tensor_fits(self, state):
+        """Never a silent 0-of-N load."""
+        model_state = self.model.state_dict()
+        fits = sum(1 for k, v in model_state.items() if k in state and tuple(state[k].shape) == tuple(v.shape))
+        if fits or not model_state:
+            return
+        keys = list(state)
+        raise ValueError(
+            f"{self._filename}: none of its {len(keys)} tensors fits the model's {len(model_state)} (same name "
+            f"and shape), e.g. '{keys[0] if keys else ''}' vs the model's '{next(iter(model_state))}'. Layouts "
+            "tried: " + "; ".join(LAYOUTS_TRIED) + ", and Detectron2's name matching for .pkl / .pyth files"
+        )
 
     def _hand_over_backbone(self, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         target_prefix, backbone = find_detnas_backbone(self.model)
@@ -107,7 +419,7 @@ class DetNASCheckpointer(DetectionCheckpointer):
         if len(stems) != 1:
             raise ValueError(
                 f"{source}: expected one ShuffleNetV2 backbone (a key '<prefix>{_STEM_KEY}') for the model's "
-                f"{_describe(backbone)}, found {len(stems)}: {stems}"
+                f"{_describe(backbone)}, found {len(stems)}: {stems}. Layouts tried: " + "; ".join(LAYOUTS_TRIED)
             )
         source_prefix = stems[0]
         source_backbone = {k[len(source_prefix):]: v for k, v in state.items() if k.startswith(source_prefix)}
@@ -123,6 +435,8 @@ class DetNASCheckpointer(DetectionCheckpointer):
                 f"{source}: holds a subnet backbone (no 'layers.<i>.choices.<c>' keys under '{source_prefix}'), "
                 f"the model's backbone is a supernet ({_describe(backbone)}); a subnet cannot initialize a supernet"
             )
+        elif not target_is_supernet:
+            self._check_same_arch(source_backbone, backbone, source)
         self._check_backbone_fits(source_backbone, backbone, source)
         if source_prefix == target_prefix and source_is_supernet == target_is_supernet:
             return state  # same model form: the standard load
@@ -156,6 +470,23 @@ class DetNASCheckpointer(DetectionCheckpointer):
             self.logger.info(f"Dropped {sum(dropped.values())} checkpoint tensors the model has no place for: "
                              + ", ".join(sorted(dropped)))
         return mapped
+
+    @staticmethod
+    def _check_same_arch(source_backbone, backbone, source):
+        """A subnet checkpoint of another arch: name the first layer that differs."""
+        try:
+            file_arch = block_arch(source_backbone)
+        except ValueError:
+            return  # not our blocks: _check_backbone_fits says what does not fit
+        if file_arch is None or len(file_arch) != len(backbone.arch):
+            return
+        difference = arch_difference(file_arch, backbone.arch, backbone.space.stage_depths)
+        if difference:
+            raise ValueError(
+                f"{source}: the backbone weights do not fit the model's {_describe(backbone)}: {difference}. "
+                f"The file's arch is {arch_to_str(file_arch)}: set MODEL.DETNAS.ARCH to it, or leave it empty "
+                "to read it from MODEL.WEIGHTS"
+            )
 
     @staticmethod
     def _check_backbone_fits(source_backbone, backbone, source):

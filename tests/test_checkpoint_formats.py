@@ -1,0 +1,301 @@
+"""MMRazor / MMDetection / official checkpoints in detnas-d2 (checkpoint_formats, DetNASCheckpointer,
+tools/convert_checkpoint.py), and parity with MMRazor's and MMDetection's own code.
+
+tests/fixtures/mmrazor_parity.pt was made by tools/make_parity_fixtures.py with MMRazor 1.0.0, mmcls
+1.0.0rc6 and MMDetection 3.3.0 (see that script): it holds the keys and shapes of their state dicts, the
+seed of the weights (tests/fixtures/parity_weights.py) and their modules' outputs on seeded inputs.
+"""
+import importlib.util
+import os
+import pickle
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import detnas_d2  # noqa: F401  (first: compat shims, registrations)
+from detectron2.modeling import build_model
+from detectron2.modeling.poolers import assign_boxes_to_levels
+from detectron2.structures import Boxes
+from detnas_d2 import checkpoint_formats as cf
+from detnas_d2.checkpoint import (
+    ALLOW_PICKLE_ENV,
+    DetNASCheckpointer,
+    RefusedCheckpointError,
+    arch_opts_from_weights,
+    read_checkpoint,
+    weights_arch,
+)
+from detnas_d2.config import get_detnas_cfg
+from detnas_d2.search_space import BLOCK_IDS
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(REPO, "tests", "fixtures")
+sys.path.insert(0, FIXTURES)
+from parity_weights import seeded_input, seeded_state_dict  # noqa: E402
+
+FIXTURE = torch.load(os.path.join(FIXTURES, "mmrazor_parity.pt"), weights_only=True)
+SEED = FIXTURE["seed"]
+CASES = FIXTURE["cases"]
+MMDET_CONFIG = "configs/COCO-Detection/mmdet_detnas_frcnn_subnet_1x.yaml"
+RGB_MEAN = ["MODEL.PIXEL_MEAN", "[123.675, 116.28, 103.53]", "MODEL.PIXEL_STD", "[58.395, 57.12, 57.375]"]
+CPU_NORMS = ["MODEL.DETNAS.NORM", "BN", "MODEL.FPN.NORM", "BN", "MODEL.ROI_BOX_HEAD.NORM", "BN"]
+
+
+def close(ours, theirs, name):
+    assert ours.shape == theirs.shape, (name, ours.shape, theirs.shape)
+    diff = (ours - theirs).abs().max().item()
+    assert diff <= 1e-5 * max(1.0, theirs.abs().max().item()), f"{name}: max difference {diff}"
+
+
+def mmrazor_state(case):
+    return seeded_state_dict(SEED, case["keys"], case["shapes"])
+
+
+def mmengine_file(path, state):
+    """As mmengine's CheckpointHook writes it: meta (with numpy values), state_dict, message_hub."""
+    meta = {"epoch": 12, "iter": 87960, "seed": np.int64(SEED), "lr": np.float64(0.02),
+            "dataset_meta": {"classes": ("person", "bicycle")}, "mmengine_version": "0.10.7"}
+    torch.save({"meta": meta, "state_dict": state}, path)
+    return str(path)
+
+
+def model(config, *opts):
+    cfg = get_detnas_cfg(os.path.join(REPO, config), ["MODEL.DEVICE", "cpu", *opts])
+    return build_model(cfg).eval()
+
+
+def classifier(*opts):
+    return model("configs/ImageNet/subnet_small.yaml", "MODEL.CLASSIFIER.NUM_CLASSES", "10",
+                 "MODEL.DETNAS.OUT_FEATURES", "['res2', 'res3', 'res4', 'res5']", *opts)
+
+
+def classifier_outputs(net, image):
+    with torch.no_grad():
+        feats = net.backbone(image)
+        last = net.head.conv(feats["res5"])
+        logits = net.head(feats["res5"])
+    out = {f"stage{i}": feats[f"res{i + 2}"] for i in range(4)}
+    out.update(last_conv=last, logits=logits)
+    return out
+
+
+# ---- parity with MMRazor / MMDetection -------------------------------------------------------------
+
+
+def test_mmrazor_subnet_classifier_matches_mmrazor(tmp_path):
+    case = CASES["classifier_subnet"]
+    path = mmengine_file(tmp_path / "detnas_subnet_in1k.pth", mmrazor_state(case))
+    arch = ",".join(str(BLOCK_IDS[n]) for n in case["arch"])
+    assert weights_arch(path) == tuple(BLOCK_IDS[n] for n in case["arch"])  # read from '_candidates.<name>'
+    net = classifier("MODEL.DETNAS.ARCH", arch, *RGB_MEAN)
+    DetNASCheckpointer(net).load(path)
+    image = seeded_input(SEED, case["input"], case["input_shape"])
+    ours = classifier_outputs(net, image)
+    for name, theirs in case["outputs"].items():
+        close(ours[name], theirs, name)
+
+
+def test_mmrazor_supernet_classifier_matches_mmrazor(tmp_path):
+    case = CASES["classifier_supernet"]
+    path = mmengine_file(tmp_path / "spos_supernet.pth", mmrazor_state(case))
+    net = model("configs/ImageNet/supernet_small.yaml", "MODEL.CLASSIFIER.NUM_CLASSES", "10",
+                "MODEL.DETNAS.OUT_FEATURES", "['res2', 'res3', 'res4', 'res5']", *RGB_MEAN)
+    DetNASCheckpointer(net).load(path)
+    net.backbone.set_arch([BLOCK_IDS[n] for n in case["arch"]])
+    ours = classifier_outputs(net, seeded_input(SEED, case["input"], case["input_shape"]))
+    for name, theirs in case["outputs"].items():
+        close(ours[name], theirs, name)
+
+
+def test_mmdet_detector_matches_mmdetection(tmp_path):
+    case = CASES["detector_subnet"]
+    out = case["outputs"]
+    path = mmengine_file(tmp_path / "detnas_frcnn.pth", mmrazor_state(case))
+    opts = arch_opts_from_weights(os.path.join(REPO, MMDET_CONFIG), ["MODEL.WEIGHTS", path, *CPU_NORMS])
+    assert opts[-2:] == ["MODEL.DETNAS.ARCH", ",".join(str(BLOCK_IDS[n]) for n in case["arch"])]
+    net = model(MMDET_CONFIG, *opts)
+    DetNASCheckpointer(net).load(path)
+    image = seeded_input(SEED, case["input"], case["input_shape"])
+    with torch.no_grad():
+        feats = net.backbone(image)
+        levels = [feats[f] for f in net.proposal_generator.in_features]
+        objectness, deltas = net.proposal_generator.rpn_head(levels)
+        box_feats = net.roi_heads.box_head(seeded_input(SEED, "roi_feats", case["roi_feats_shape"]))
+        scores, box_deltas = net.roi_heads.box_predictor(box_feats)
+    for i, name in enumerate(["p2", "p3", "p4", "p5", "p6"]):
+        close(feats[name], out[f"fpn{i}"], name)
+        close(objectness[i], out[f"rpn_cls{i}"], f"objectness {name}")
+        close(deltas[i], out[f"rpn_reg{i}"], f"anchor deltas {name}")
+    close(scores, out["box_cls"], "box class scores (background last)")
+    close(box_deltas, out["box_reg"], "box deltas (80 x 4)")
+
+    # Anchors, box coding and RoI levels of the generated config against MMDetection's own classes.
+    anchors = net.proposal_generator.anchor_generator([feats[f] for f in net.proposal_generator.in_features])
+    for i, a in enumerate(anchors):
+        close(a.tensor, out[f"anchors{i}"], f"anchors level {i}")
+    boxes, targets = out["boxes"], out["targets"]
+    raw = seeded_input(SEED, "deltas", (32, 4))
+    h, w = case["max_shape"]
+    for name, transform in (("rpn", net.proposal_generator.box2box_transform),
+                            ("rcnn", net.roi_heads.box_predictor.box2box_transform)):
+        decoded = transform.apply_deltas(raw, boxes)
+        close(decoded, out[f"decoded_{name}"], f"decoded {name}")
+        clipped = Boxes(decoded.clone())
+        clipped.clip((h, w))
+        close(clipped.tensor, out[f"decoded_clipped_{name}"], f"decoded and clipped {name}")
+        close(transform.get_deltas(boxes, targets), out[f"encoded_{name}"], f"encoded {name}")
+    pooler = net.roi_heads.box_pooler
+    levels = assign_boxes_to_levels([Boxes(boxes)], pooler.min_level, pooler.max_level,
+                                    pooler.canonical_box_size, pooler.canonical_level)
+    assert torch.equal(levels, out["roi_levels"])
+
+
+def test_mmrazor_0x_layout_converts_to_the_same_weights():
+    case = CASES["classifier_subnet"]
+    state = mmrazor_state(case)
+    v0 = {k.replace("architecture.", "architecture.model.").replace("._candidates.", ".choices."): v
+          for k, v in state.items()}
+    one, zero = cf.to_detnas(state), cf.to_detnas(v0)
+    assert (one.format, zero.format) == ("mmrazor-1.x", "mmrazor-0.x")
+    assert zero.prefix == "architecture.model." and zero.arch == one.arch
+    assert zero.state.keys() == one.state.keys() and all(torch.equal(zero.state[k], one.state[k]) for k in one.state)
+    assert cf.to_mmrazor(one.state, version="0.x", prefix="architecture.model.").keys() == v0.keys()
+
+
+def test_bgr_model_gets_the_stem_flipped(tmp_path):
+    case = CASES["classifier_subnet"]
+    path = mmengine_file(tmp_path / "detnas_subnet_in1k.pth", mmrazor_state(case))
+    net = classifier("MODEL.DETNAS.ARCH", ",".join(str(BLOCK_IDS[n]) for n in case["arch"]))  # BGR config
+    DetNASCheckpointer(net).load(path)
+    rgb = seeded_input(SEED, case["input"], case["input_shape"])
+    ours = classifier_outputs(net, rgb.flip(1))  # the same image, normalised in BGR order
+    close(ours["logits"], case["outputs"]["logits"], "logits with a BGR model")
+
+
+# ---- conversions and the tool ----------------------------------------------------------------------
+
+
+def convert_tool():
+    path = os.path.join(REPO, "tools", "convert_checkpoint.py")
+    spec = importlib.util.spec_from_file_location("convert_checkpoint", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_convert_tool_round_trips_exactly(tmp_path):
+    tool = convert_tool()
+    for name in ("detector_subnet", "classifier_supernet"):
+        state = mmrazor_state(CASES[name])
+        src = mmengine_file(tmp_path / f"{name}.pth", state)
+        ours, back = str(tmp_path / f"{name}_d2.pth"), str(tmp_path / f"{name}_back.pth")
+        assert tool.main([src, ours]) == 0
+        assert tool.main([ours, back, "--to", "mmrazor"]) == 0
+        again = read_checkpoint(back)["state_dict"]
+        assert list(again) == list(state), name  # same keys in MMRazor's order
+        assert all(torch.equal(again[k], state[k]) for k in state), name
+    # ours -> MMRazor -> ours, from a model of ours
+    net = classifier("MODEL.DETNAS.ARCH", "random:3")
+    torch.save({"model": net.state_dict()}, tmp_path / "ours.pth")
+    assert tool.main([str(tmp_path / "ours.pth"), str(tmp_path / "mm.pth"), "--to", "mmrazor"]) == 0
+    assert tool.main([str(tmp_path / "mm.pth"), str(tmp_path / "ours2.pth"), "--to", "detectron2"]) == 0
+    again = torch.load(tmp_path / "ours2.pth", weights_only=True)["model"]
+    ref = net.state_dict()
+    assert again.keys() == ref.keys() and all(torch.equal(again[k], ref[k]) for k in ref)
+
+
+def test_convert_tool_extracts_a_subnet_and_checks_the_arch(tmp_path, capsys):
+    tool = convert_tool()
+    case = CASES["classifier_supernet"]
+    src = mmengine_file(tmp_path / "supernet.pth", mmrazor_state(case))
+    arch = ",".join(["2"] * 20)
+    assert tool.main([src, str(tmp_path / "sub.pth"), "--arch", arch]) == 0
+    assert weights_arch(str(tmp_path / "sub.pth")) == (2,) * 20
+    other = "0," + ",".join(["2"] * 19)
+    assert tool.main([str(tmp_path / "sub.pth"), str(tmp_path / "sub2.pth"), "--arch", other]) == 2
+    assert "layer 0 (stage 0 block 0) is shuffle_7x7 in the file and shuffle_3x3" in capsys.readouterr().err
+
+
+# ---- arch from the file, mismatches, refusals ------------------------------------------------------
+
+
+def test_arch_mismatch_names_the_first_layer(tmp_path):
+    case = CASES["classifier_subnet"]
+    path = mmengine_file(tmp_path / "subnet.pth", mmrazor_state(case))
+    ids = [BLOCK_IDS[n] for n in case["arch"]]
+    wrong = list(ids)
+    wrong[5] = (wrong[5] + 1) % 4
+    arch = ",".join(map(str, wrong))
+    with pytest.raises(ValueError, match=r"layer 5 \(stage 1 block 1\) is shuffle_3x3 in the file and shuffle_5x5"):
+        arch_opts_from_weights(os.path.join(REPO, "configs/ImageNet/subnet_small.yaml"),
+                               ["MODEL.WEIGHTS", path, "MODEL.DETNAS.ARCH", arch])
+    net = classifier("MODEL.DETNAS.ARCH", arch)
+    with pytest.raises(ValueError, match=r"do not fit .* layer 5 \(stage 1 block 1\) is shuffle_3x3 in the file"):
+        DetNASCheckpointer(net).load(path)
+
+
+def test_unknown_layout_names_the_layouts_tried(tmp_path):
+    torch.save({"state_dict": {"conv1.weight": torch.zeros(4, 3, 3, 3), "fc.weight": torch.zeros(10, 4)}},
+               tmp_path / "resnet.pth")
+    net = classifier("MODEL.DETNAS.ARCH", "random:0")
+    tried = r"layouts tried: detnas-d2 .*MMRazor 1\.x / 0\.x.*official DetNAS"
+    with pytest.raises(ValueError, match=r"resnet\.pth: .*" + tried):
+        DetNASCheckpointer(net).load(str(tmp_path / "resnet.pth"))
+
+
+def test_official_megvii_checkpoint_is_detected_and_refused_with_its_arch():
+    arch = [2, 1, 2, 0, 2, 1, 1, 2, 3, 3, 1, 3, 0, 0, 3, 1, 3, 1, 3, 2]  # COCO_FPN_300M of the official code
+    names = {0: "shufflenet_3x3", 1: "shufflenet_5x5", 2: "shufflenet_7x7", 3: "xception_3x3"}
+    state = {"module.first_conv.conv.weight": torch.zeros(16, 3, 3, 3), "module.first_conv.conv.bias": torch.zeros(16)}
+    for i, a in enumerate(arch):
+        state[f"module.features.{i}.conv.0.interstellar1a_{names[a]}_branch2a.weight"] = torch.zeros(1)
+    state["module.fc.fc.weight"] = torch.zeros(1000, 1024)
+    with pytest.raises(cf.MegviiLayoutError, match=r"official DetNAS .* subnet, arch 2,1,2,0,2,1,1,2,3,3.*`out - in`"):
+        cf.to_detnas(state)
+
+
+def test_pickle_needs_opt_in_and_zero_matches_is_an_error(tmp_path, monkeypatch):
+    path = tmp_path / "R-50.pkl"
+    data = {"model": {"res2.0.conv1.weight": np.zeros((64, 64, 1, 1), np.float32)},
+            "__author__": "Detectron2 Model Zoo", "matching_heuristics": True}
+    path.write_bytes(pickle.dumps(data))
+    net = classifier("MODEL.DETNAS.ARCH", "random:0")
+    monkeypatch.delenv(ALLOW_PICKLE_ENV, raising=False)
+    with pytest.raises(RefusedCheckpointError, match=rf"pickle file .* can run any code .* {ALLOW_PICKLE_ENV}=1"):
+        DetNASCheckpointer(net).load(str(path))
+    monkeypatch.setenv(ALLOW_PICKLE_ENV, "1")
+    with pytest.raises(ValueError, match=r"none of its 1 tensors fits the model's .* Layouts tried"):
+        DetNASCheckpointer(net).load(str(path))
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("echo never",))
+
+
+def test_files_asking_for_code_are_refused_naming_the_type(tmp_path, monkeypatch):
+    monkeypatch.setenv(ALLOW_PICKLE_ENV, "1")
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps({"model": {"a": _Payload()}}))
+    with pytest.raises(RefusedCheckpointError, match=r"asks for '(posix|os|nt)\.system'"):
+        read_checkpoint(str(tmp_path / "evil.pkl"))
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "hook": _Payload()}, tmp_path / "evil.pth")
+    with pytest.raises(RefusedCheckpointError, match=r"evil\.pth: refused: .* asks for '(posix|os|nt)\.system'"):
+        read_checkpoint(str(tmp_path / "evil.pth"))
+
+
+def test_mmengine_bookkeeping_reads_as_data(tmp_path, monkeypatch):
+    """A training checkpoint of mmengine: numpy scalars/arrays and HistoryBuffer objects in message_hub."""
+    history = type("HistoryBuffer", (), {})
+    history.__module__, history.__qualname__ = "mmengine.logging.history_buffer", "HistoryBuffer"
+    for name in ("mmengine", "mmengine.logging", "mmengine.logging.history_buffer"):  # pickling needs the
+        monkeypatch.setitem(sys.modules, name, type(sys)(name))  # class under its real name
+    sys.modules["mmengine.logging.history_buffer"].HistoryBuffer = history
+    buffer = history()
+    buffer._log_history = np.array([0.5, 0.25])
+    state = mmrazor_state(CASES["classifier_subnet"])
+    torch.save({"meta": {"seed": np.int64(1)}, "state_dict": state, "message_hub": {"log_scalars": {"loss": buffer}}},
+               tmp_path / "epoch_1.pth")
+    loaded = read_checkpoint(str(tmp_path / "epoch_1.pth"))
+    assert loaded["meta"]["seed"] == 1 and loaded["state_dict"].keys() == state.keys()
