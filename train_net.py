@@ -20,13 +20,15 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 from detnas_d2.config import setup_cfg
-from detnas_d2.checkpoint import DetNASCheckpointer
+from detnas_d2.checkpoint import DetNASCheckpointer, arch_opts_from_weights
 from detnas_d2.engine import DetNASTrainer, launch, parse_args
 
 Trainer = DetNASTrainer
 
 
 def main(args):
+    # A subnet config with MODEL.DETNAS.ARCH empty takes the arch of the subnet in MODEL.WEIGHTS.
+    args.opts = arch_opts_from_weights(args.config_file, args.opts)
     cfg = setup_cfg(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)

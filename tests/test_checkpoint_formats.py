@@ -299,3 +299,22 @@ def test_mmengine_bookkeeping_reads_as_data(tmp_path, monkeypatch):
                tmp_path / "epoch_1.pth")
     loaded = read_checkpoint(str(tmp_path / "epoch_1.pth"))
     assert loaded["meta"]["seed"] == 1 and loaded["state_dict"].keys() == state.keys()
+
+
+def test_train_net_fills_an_empty_arch_from_the_weights(tmp_path, monkeypatch):
+    case = CASES["detector_subnet"]
+    path = mmengine_file(tmp_path / "detnas_frcnn.pth", mmrazor_state(case))
+    spec = importlib.util.spec_from_file_location("train_net_16", os.path.join(REPO, "train_net.py"))
+    train_net = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_net)
+    seen = {}
+
+    def setup_cfg(args):
+        seen["opts"] = list(args.opts)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(train_net, "setup_cfg", setup_cfg)
+    args = type("Args", (), {"config_file": os.path.join(REPO, MMDET_CONFIG), "opts": ["MODEL.WEIGHTS", path]})()
+    with pytest.raises(SystemExit):
+        train_net.main(args)
+    assert seen["opts"][-2:] == ["MODEL.DETNAS.ARCH", ",".join(str(BLOCK_IDS[n]) for n in case["arch"])]
