@@ -1,0 +1,164 @@
+"""Rank statistics for auditing a supernet's ranking of archs (tools/rank_audit.py), in plain numpy.
+
+- `kendall_tau_b`: Kendall's tau-b, which corrects for ties in either ranking;
+- `spearman_rho`: Pearson correlation of the average ranks (ties share their mean rank);
+- `bootstrap_ci`: percentile interval of any paired statistic over archs resampled with replacement;
+- `top_k_overlap`: how many of one ranking's top fraction are in the other's;
+- `seed_noise`: how much the ground truth itself moves between training seeds.
+
+A statistic that is undefined (fewer than two archs, or one ranking constant) is NaN.
+"""
+import math
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+__all__ = [
+    "average_ranks",
+    "bootstrap_ci",
+    "kendall_tau_b",
+    "seed_noise",
+    "spearman_rho",
+    "top_k",
+    "top_k_overlap",
+]
+
+
+def _pair(x: Sequence[float], y: Sequence[float]) -> Tuple[np.ndarray, np.ndarray]:
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.ndim != 1 or x.shape != y.shape:
+        raise ValueError(f"expected two 1-d sequences of one length, got shapes {x.shape} and {y.shape}")
+    if np.isnan(x).any() or np.isnan(y).any():
+        raise ValueError("NaN in the values to rank: drop those archs first")
+    return x, y
+
+
+def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float:
+    """(concordant - discordant) / sqrt((n0 - ties_x) * (n0 - ties_y)) over the n0 = n(n-1)/2 pairs;
+    a pair tied in x (or y) counts in neither the numerator nor x's (or y's) factor."""
+    x, y = _pair(x, y)
+    if len(x) < 2:
+        return float("nan")
+    iu = np.triu_indices(len(x), k=1)
+    sx = np.sign(x[:, None] - x[None, :])[iu]
+    sy = np.sign(y[:, None] - y[None, :])[iu]
+    untied_x, untied_y = np.count_nonzero(sx), np.count_nonzero(sy)
+    if untied_x == 0 or untied_y == 0:
+        return float("nan")
+    return float(np.sum(sx * sy) / math.sqrt(untied_x * untied_y))
+
+
+def average_ranks(x: Sequence[float]) -> np.ndarray:
+    """Ranks 1..n of `x` (ascending); tied values share the mean of their ranks."""
+    x = np.asarray(x, dtype=float)
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x))
+    sorted_x = x[order]
+    start = 0
+    for end in range(1, len(x) + 1):
+        if end == len(x) or sorted_x[end] != sorted_x[start]:
+            ranks[order[start:end]] = (start + end + 1) / 2.0  # mean of ranks start+1 .. end
+            start = end
+    return ranks
+
+
+def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
+    """Pearson correlation of the average ranks of x and y."""
+    x, y = _pair(x, y)
+    if len(x) < 2:
+        return float("nan")
+    rx, ry = average_ranks(x), average_ranks(y)
+    dx, dy = rx - rx.mean(), ry - ry.mean()
+    denom = math.sqrt(float(np.sum(dx * dx)) * float(np.sum(dy * dy)))
+    return float(np.sum(dx * dy) / denom) if denom > 0 else float("nan")
+
+
+def bootstrap_ci(statistic: Callable[..., float], x: Sequence[float], y: Sequence[float], *more: Sequence[float],
+                 samples: int = 2000, seed: int = 0, level: float = 0.95) -> Dict[str, float]:
+    """Percentile bootstrap interval of `statistic(x, y, *more)`: the archs (the rows of x, y, ...) are
+    resampled with replacement `samples` times with numpy's generator seeded by `seed`, so calls with the
+    same seed and number of archs draw the same resamples (paired comparisons of predictors). Resamples
+    where the statistic is undefined (e.g. every row the same arch) are left out; `valid` says how many
+    counted. Returns {"low", "high", "valid"} (NaN bounds when none counted)."""
+    x, y = _pair(x, y)
+    more = [_pair(x, m)[1] for m in more]
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    rng = np.random.default_rng(seed)
+    n = len(x)
+    values = np.full(samples, np.nan)
+    for b in range(samples):
+        if n:
+            idx = rng.integers(0, n, size=n)
+            values[b] = statistic(x[idx], y[idx], *(m[idx] for m in more))
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return {"low": float("nan"), "high": float("nan"), "valid": 0}
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(values, [alpha, 1.0 - alpha])
+    return {"low": float(low), "high": float(high), "valid": int(len(values))}
+
+
+def top_k(values: Sequence[float], fraction: float = 0.2) -> List[int]:
+    """Indices of the ceil(fraction * n) (at least 1) highest values, best first; equal values keep their
+    input order."""
+    values = np.asarray(values, dtype=float)
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    k = max(1, math.ceil(fraction * len(values) - 1e-9)) if len(values) else 0
+    return [int(i) for i in np.argsort(-values, kind="stable")[:k]]
+
+
+def top_k_overlap(predicted: Sequence[float], truth: Sequence[float], fraction: float = 0.2) -> Dict[str, float]:
+    """How many of the `predicted` top fraction are in the `truth` top fraction:
+    {"hits", "k", "precision" = hits / k}."""
+    predicted, truth = _pair(predicted, truth)
+    top_pred, top_true = top_k(predicted, fraction), top_k(truth, fraction)
+    hits = len(set(top_pred) & set(top_true))
+    k = len(top_pred)
+    return {"hits": hits, "k": k, "precision": hits / k if k else float("nan")}
+
+
+def seed_noise(scores: Sequence[Dict[int, float]], bootstrap_samples: int = 2000, seed: int = 0,
+               level: float = 0.95, seed_pair: Optional[Tuple[int, int]] = None) -> Dict:
+    """The ground truth's own noise. `scores`: per arch, {training seed: score}.
+
+    - per-arch sample std across seeds (archs with >= 2 seeds): mean, median and max;
+    - the spread of the per-arch means (std across archs), to set the std against;
+    - Kendall tau between the rankings of two seeds (`seed_pair`, default the two lowest seeds found in
+      most archs) over the archs that have both, with its bootstrap interval: how well one training
+      run ranks the archs as another does, an estimate of how much tau a single-seed ground truth allows.
+    """
+    stds = [float(np.std(list(s.values()), ddof=1)) for s in scores if len(s) >= 2]
+    means = [float(np.mean(list(s.values()))) for s in scores if s]
+    out = {
+        "archs_with_2_seeds": len(stds),
+        "std_mean": float(np.mean(stds)) if stds else float("nan"),
+        "std_median": float(np.median(stds)) if stds else float("nan"),
+        "std_max": float(np.max(stds)) if stds else float("nan"),
+        "between_arch_std": float(np.std(means, ddof=1)) if len(means) >= 2 else float("nan"),
+        "seed_pair": None,
+        "tau_between_seeds": float("nan"),
+        "tau_between_seeds_ci": {"low": float("nan"), "high": float("nan"), "valid": 0},
+        "archs_in_pair": 0,
+    }
+    if seed_pair is None:
+        counts: Dict[int, int] = {}
+        for s in scores:
+            for k in s:
+                counts[k] = counts.get(k, 0) + 1
+        common = sorted(counts, key=lambda k: (-counts[k], k))[:2]
+        seed_pair = tuple(sorted(common)) if len(common) == 2 else None
+    if seed_pair is not None:
+        a, b = seed_pair
+        both = [(s[a], s[b]) for s in scores if a in s and b in s]
+        out["seed_pair"] = [a, b]
+        out["archs_in_pair"] = len(both)
+        if len(both) >= 2:
+            xa, xb = np.array([p[0] for p in both]), np.array([p[1] for p in both])
+            out["tau_between_seeds"] = kendall_tau_b(xa, xb)
+            out["tau_between_seeds_ci"] = bootstrap_ci(kendall_tau_b, xa, xb, samples=bootstrap_samples, seed=seed,
+                                                         level=level)
+    return out

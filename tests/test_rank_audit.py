@@ -1,0 +1,320 @@
+"""tools/rank_audit.py and detnas_d2/rank_stats.py: the ranking statistics against hand-computed values
+(ties included) and scipy, arch sets, the compare report, and both scoring parts resuming after an
+interruption (supernet: a random-init toy supernet; stand-alone: two tiny archs end to end, --quick)."""
+import importlib.util
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from detnas_d2 import rank_stats as rs
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOL = ROOT / "tools" / "rank_audit.py"
+
+
+def _load_tool():
+    spec = importlib.util.spec_from_file_location("rank_audit", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ra = _load_tool()
+
+
+# ---- statistics, by hand -----------------------------------------------------------------------------
+
+
+def test_kendall_tau_b_by_hand():
+    # no ties: pairs (1,2) and (3,4) of the 10 are discordant: (8 - 2) / 10
+    assert rs.kendall_tau_b([1, 2, 3, 4, 5], [1, 3, 2, 5, 4]) == pytest.approx(0.6)
+    # ties: x ties on pair (1,2), y on pair (2,3); pair (0,1) discordant, the other 7 concordant:
+    # (7 - 1) / sqrt((10 - 1) * (10 - 1)) = 6 / 9 (tau-a would say 6 / 10)
+    assert rs.kendall_tau_b([1, 2, 2, 3, 4], [2, 1, 3, 3, 5]) == pytest.approx(2 / 3)
+    # 4 concordant, one tie in each: 4 / sqrt(5 * 5)
+    assert rs.kendall_tau_b([1, 2, 2, 3], [1, 2, 3, 3]) == pytest.approx(0.8)
+    # a tie in x only: (5 concordant - 0) / sqrt(5 * 6)
+    assert rs.kendall_tau_b([1, 1, 2, 3], [1, 2, 3, 4]) == pytest.approx(5 / math.sqrt(30))
+    assert rs.kendall_tau_b([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert math.isnan(rs.kendall_tau_b([1, 1, 1], [1, 2, 3]))  # a constant ranking: undefined
+    assert math.isnan(rs.kendall_tau_b([1], [2]))
+
+
+def test_spearman_rho_and_ranks_by_hand():
+    # no ties: d = 0,1,1,1,1 -> 1 - 6 * 4 / (5 * 24)
+    assert rs.spearman_rho([1, 2, 3, 4, 5], [1, 3, 2, 5, 4]) == pytest.approx(0.8)
+    # ties share their mean rank: ranks (1, 2.5, 2.5, 4) and (1, 2, 3.5, 3.5); Pearson of those = 3.75 / 4.5
+    assert list(rs.average_ranks([1, 2, 2, 3])) == [1, 2.5, 2.5, 4]
+    assert list(rs.average_ranks([5, 1, 5, 5])) == [3, 1, 3, 3]
+    assert rs.spearman_rho([1, 2, 2, 3], [1, 2, 3, 3]) == pytest.approx(5 / 6)
+    assert math.isnan(rs.spearman_rho([2, 2, 2], [1, 2, 3]))
+
+
+def test_statistics_match_scipy_with_ties():
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        x, y = rng.integers(0, 5, size=15), rng.integers(0, 6, size=15)  # many ties
+        assert rs.kendall_tau_b(x, y) == pytest.approx(stats.kendalltau(x, y).statistic, abs=1e-12)
+        assert rs.spearman_rho(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+
+
+def test_top_k_overlap_by_hand():
+    truth = [10, 9, 8, 7, 6, 5, 4, 3, 2, 1]  # top 20% of 10: archs 0 and 1
+    assert rs.top_k_overlap([1, 9, 8, 0, 0, 0, 0, 0, 0, 0], truth) == {"hits": 1, "k": 2, "precision": 0.5}
+    assert rs.top_k_overlap(truth, truth)["precision"] == 1.0
+    assert rs.top_k([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]) == [11, 10, 9]  # ceil(2.4) = 3
+    assert rs.top_k([5, 7, 7, 1, 1]) == [1]  # ties: input order
+    assert rs.top_k([5, 7, 7, 1, 1], 0.4) == [1, 2]
+
+
+def test_bootstrap_interval_is_seeded_and_sensible():
+    x = np.arange(12.0)
+    y = x + np.array([0, 3, -2, 1, 0, 4, -3, 2, 0, -1, 3, -4])
+    a = rs.bootstrap_ci(rs.kendall_tau_b, x, y, samples=500, seed=3)
+    assert a == rs.bootstrap_ci(rs.kendall_tau_b, x, y, samples=500, seed=3)
+    assert a != rs.bootstrap_ci(rs.kendall_tau_b, x, y, samples=500, seed=4)
+    assert a["low"] < rs.kendall_tau_b(x, y) < a["high"] and a["valid"] == 500
+    perfect = rs.bootstrap_ci(rs.kendall_tau_b, x, 2 * x, samples=200, seed=0)
+    assert perfect["low"] == perfect["high"] == 1.0
+    # two archs: the resamples that draw one arch twice are undefined and left out (about half)
+    two = rs.bootstrap_ci(rs.kendall_tau_b, [1, 2], [1, 2], samples=400, seed=0)
+    assert 100 < two["valid"] < 300 and two["low"] == 1.0
+    # a statistic of three columns, on the same resamples
+    diff = rs.bootstrap_ci(lambda p, t, b: rs.kendall_tau_b(p, t) - rs.kendall_tau_b(b, t), y, y, x,
+                           samples=200, seed=0)
+    assert diff["low"] >= 0.0
+
+
+def test_seed_noise_by_hand():
+    scores = [{0: 20.0, 1: 22.0}, {0: 10.0, 1: 10.0}, {0: 15.0, 1: 13.0, 2: 14.0}, {0: 30.0}]
+    noise = rs.seed_noise(scores, bootstrap_samples=100)
+    assert noise["archs_with_2_seeds"] == 3
+    assert noise["std_max"] == pytest.approx(math.sqrt(2.0))
+    assert noise["std_mean"] == pytest.approx((math.sqrt(2) + 0 + 1) / 3)
+    assert noise["between_arch_std"] == pytest.approx(np.std([21.0, 10.0, 14.0, 30.0], ddof=1))
+    # seeds 0 and 1 (found in most archs), over the 3 archs with both: same order -> 1
+    assert noise["seed_pair"] == [0, 1] and noise["archs_in_pair"] == 3
+    assert noise["tau_between_seeds"] == pytest.approx(1.0)
+    swapped = rs.seed_noise([{0: 1.0, 1: 3.0}, {0: 2.0, 1: 2.0}, {0: 3.0, 1: 1.0}], bootstrap_samples=10)
+    assert swapped["tau_between_seeds"] == pytest.approx(-1.0)
+
+
+# ---- arch sets ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def toy():
+    cfg, space, table = ra.search_space_and_table(ra.DEFAULT_SEARCH_CONFIG)
+    return cfg, space, table
+
+
+def test_sample_is_stratified_in_the_band_and_seeded(toy, tmp_path):
+    cfg, space, table = toy
+    lo, hi = ra.flops_band(cfg, table, None, None)
+    assert (lo, hi) == (table.min_flops, 9.0e6)  # the toy search's band: FLOPS_MIN 0 -> the space's min
+    archs = ra.sample_stratified(space, table, 12, lo, hi, seed=0)
+    assert len(set(archs)) == 12
+    width = (hi - lo) / 12
+    assert [int((table.flops(a) - lo) // width) for a in archs] == list(range(12))  # one per stratum
+    assert archs == ra.sample_stratified(space, table, 12, lo, hi, seed=0)
+    assert archs != ra.sample_stratified(space, table, 12, lo, hi, seed=1)
+    out = tmp_path / "archs.txt"
+    assert ra.main(["sample", "--num", "5", "--seed", "2", "--output", str(out), "--include", "0," * 19 + "0"]) == 0
+    listed = ra.read_archs([str(out)], space)
+    assert len(listed) == 6 and listed[0] == (0,) * 20
+
+
+def test_read_archs_formats(toy, tmp_path):
+    _, space, table = toy
+    a, b, c = (0,) * 20, (1, 2, 3, 0) * 5, (3,) * 20
+    text = tmp_path / "list.txt"
+    text.write_text("# archs\n" + ",".join(map(str, a)) + "  # all 3x3\n\n" + " ".join(["shuffle_5x5"] * 20) + "\n")
+    yaml_list = tmp_path / "list.yaml"
+    yaml_list.write_text(f"- {list(b)}\n- arch: {list(c)}\n- '{','.join(map(str, a))}'\n")
+    jsonl = tmp_path / "candidates.jsonl"
+    jsonl.write_text("".join(json.dumps({"generation": 0, "arch": list(x), "score": 1.0}) + "\n" for x in (c, b)))
+    from detnas_d2.arch_io import save_arch
+
+    save_arch(str(tmp_path / "best_arch.yaml"), b, space)
+    assert ra.read_archs([str(text)], space) == [a, (1,) * 20]
+    assert ra.read_archs([str(yaml_list)], space) == [b, c, a]
+    assert ra.read_archs([str(jsonl), str(tmp_path / "best_arch.yaml"), "random:0"], space)[:2] == [c, b]
+    assert len(ra.read_archs([str(jsonl), str(tmp_path / "best_arch.yaml"), "random:0"], space)) == 3  # b once
+    text.write_text("0,1,2\n")
+    with pytest.raises(ValueError, match="line 1"):
+        ra.read_archs([str(text)], space)
+
+
+# ---- compare ------------------------------------------------------------------------------------------
+
+
+def _write_scores(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_compare_report(toy, tmp_path):
+    """Twelve archs, three seeds: a supernet that ranks them perfectly, FLOPs that rank them backwards
+    inside the band; the report's figures, band, files."""
+    _, space, table = toy
+    archs = ra.sample_stratified(space, table, 12, table.min_flops, table.max_flops, seed=0)
+    flops = [table.flops(a) for a in archs]
+    truth = [-f / 1e6 for f in flops]  # smaller is better, so FLOPs rank backwards
+    sn, st = [], []
+    for a, f, t in zip(archs, flops, truth):
+        base = {"arch": list(a), "arch_str": ra.arch_str(a), "flops": f, "params": table.params(a), "settings": {}}
+        sn.append({**base, "kind": "supernet", "protocol": "recipe-a", "seed": 0, "score": t / 10, "seconds": 1.0})
+        for seed, noise in enumerate((0.0, 0.01, -0.01)):
+            st.append({**base, "kind": "standalone", "protocol": "standalone", "seed": seed, "score": t + noise,
+                       "seconds": 1.0})
+    _write_scores(tmp_path / "sn.jsonl", sn)
+    _write_scores(tmp_path / "st.jsonl", st)
+    hi = sorted(flops)[7] + 1  # 8 archs in the band
+    assert ra.main(["compare", "--supernet", str(tmp_path / "sn.jsonl"), "--standalone", str(tmp_path / "st.jsonl"),
+                    "--flops-max", str(hi), "--bootstrap", "200", "--output-dir", str(tmp_path / "out")]) == 0
+    summary = json.loads((tmp_path / "out/compare.json").read_text())
+    assert summary["seeds"] == [0, 1, 2] and summary["flops_band"] == [0.0, hi]
+    for name, n in (("all", 12), ("band", 8)):
+        sub = summary["subsets"][name]
+        assert sub["n"] == n
+        sup, by_flops = sub["predictors"]["recipe-a"], sub["predictors"]["rank by FLOPs"]
+        assert sup["tau"] == pytest.approx(1.0) and sup["rho"] == pytest.approx(1.0)
+        assert sup["tau_ci"]["low"] == pytest.approx(1.0)
+        assert sup["top"]["hits"] == sup["top"]["k"] == math.ceil(0.2 * n)
+        assert by_flops["tau"] == pytest.approx(-1.0) and by_flops["top"]["hits"] == 0
+        assert sup["tau_minus_flops"] == pytest.approx(2.0)
+        assert sub["noise"]["archs_with_2_seeds"] == n and sub["noise"]["std_max"] == pytest.approx(0.01)
+        # the seed-0 vs seed-1 ranking: the +0.01 noise never reorders archs 0.05M FLOPs or more apart
+        assert sub["noise"]["seed_pair"] == [0, 1]
+    assert len(summary["archs"]) == 12 and sum(a["in_band"] for a in summary["archs"]) == 8
+    md = (tmp_path / "out/compare.md").read_text()
+    assert re.search(r"\|\s*all archs\s*\|\s*recipe-a\s*\|\s*12\s*\|\s*1\.00 \[1\.00, 1\.00\]", md)
+    assert f"FLOPs <= {hi / 1e6:.2f}M" in md
+    assert (tmp_path / "out/compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---- supernet scores: resume ---------------------------------------------------------------------------
+
+CLS_SEARCH = str(ROOT / "configs/Toy/search_cls.yaml")
+TINY = ["DETNAS.BN_RECALIB.IMAGES", "16", "DETNAS.BN_RECALIB.BATCH_SIZE", "8", "DETNAS.SEARCH.EVAL_IMAGES", "24",
+        "DETNAS.SEARCH.EVAL_BATCH_SIZE", "24"]
+
+
+def save_random_supernet(config, path):
+    """A randomly initialised supernet checkpoint (as tests/test_search.py makes them): scores are low
+    but differ from arch to arch, and are deterministic."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    from detnas_d2.config import get_detnas_cfg
+
+    torch.manual_seed(0)
+    model = build_model(get_detnas_cfg(config))
+    DetectionCheckpointer(model, save_dir=str(Path(path).parent)).save(Path(path).stem)
+    return path
+
+
+def _without_timing(records):
+    return [{k: v for k, v in r.items() if not k.startswith("seconds")} for r in records]
+
+
+def test_supernet_scores_resume_after_an_interruption(tmp_path, capsys):
+    weights = save_random_supernet(CLS_SEARCH, tmp_path / "supernet.pth")
+    archs = tmp_path / "archs.txt"
+    archs.write_text("0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0\n3,3,3,3,3,3,3,3,3,3,3,3,3,3,3,3,3,3,3,3\n"
+                     "1,2,3,0,1,2,3,0,1,2,3,0,1,2,3,0,1,2,3,0\n")
+
+    def run(out, *extra):
+        return ra.main(["supernet", "--config-file", CLS_SEARCH, "--archs", str(archs), "--output", str(out), *extra,
+                        "MODEL.WEIGHTS", str(weights), *TINY])
+
+    whole, resumed = tmp_path / "whole.jsonl", tmp_path / "resumed.jsonl"
+    assert run(whole) == 0
+    # interrupted after one arch, while the second line was being written (what a kill can leave)
+    assert run(resumed, "--limit", "1") == 0
+    with open(resumed, "a") as f:
+        f.write(whole.read_text().splitlines()[1][:57])
+    assert run(resumed) == 0
+    assert "the last line was cut short" in capsys.readouterr().out
+    expected = [json.loads(line) for line in whole.read_text().splitlines()]
+    assert _without_timing([json.loads(line) for line in resumed.read_text().splitlines()]) == _without_timing(expected)
+    r = expected[0]
+    assert r["kind"] == "supernet" and r["metric"] == "top1" and r["protocol"] == "supernet" and r["seed"] == 0
+    assert r["settings"]["eval_images"] == 24 and r["settings"]["weights"] == str(weights)
+    assert len({e["score"] for e in expected} | {e["flops"] for e in expected}) > 3  # not all one value
+    # nothing left to score: the file stays as it is (and no supernet is loaded)
+    before = resumed.read_text()
+    assert run(resumed) == 0 and resumed.read_text() == before
+    assert "3 already scored" in capsys.readouterr().out
+    # another protocol into the same file is refused
+    with pytest.raises(SystemExit, match="other settings"):
+        ra.main(["supernet", "--config-file", CLS_SEARCH, "--archs", str(archs), "--output", str(resumed),
+                 "MODEL.WEIGHTS", str(weights), *TINY[:-2], "DETNAS.SEARCH.EVAL_BATCH_SIZE", "12"])
+
+
+# ---- stand-alone scores: two tiny archs end to end, killed and resumed -----------------------------------
+
+
+def test_standalone_end_to_end_killed_and_resumed(tmp_path, monkeypatch, capsys):
+    """Two archs, --quick, two trainings at a time. The run is killed (its whole process group, as a
+    terminal's Ctrl-C or a job scheduler would) once the first (arch, seed) is written; the next start
+    keeps that line, trains the other arch again (reusing its finished classification step) and writes
+    the lines in the arch list's order; a third start has nothing to do."""
+    archs = tmp_path / "archs.txt"
+    archs.write_text("0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0\n3,3,3,3,1,1,1,1,2,2,2,2,0,0,0,0,1,1,1,1\n")
+    out = tmp_path / "standalone.jsonl"
+    cmd = [sys.executable, str(TOOL), "standalone", "--archs", str(archs), "--seeds", "0", "--quick", "--jobs", "2",
+           "--threads", "1", "--output", str(out), "--work-dir", str(tmp_path / "runs")]
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 600
+        while not (out.exists() and out.read_text().count("\n") >= 1):
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.time() < deadline, "no line after 600 s"
+            time.sleep(0.2)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        log.close()
+    first_lines = out.read_text().splitlines()
+    first = json.loads(first_lines[0])
+    other = "a" + "".join(c for c in archs.read_text().splitlines()[first["arch"] == [0] * 20] if c.isdigit())
+    other_step4_done = (tmp_path / "runs" / other / "seed0/cls_subnet/step_done.json").exists()
+
+    # the next starts run in this process (quicker than a new interpreter); OMP_NUM_THREADS is restored after
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MKL_NUM_THREADS", "1")
+    assert ra.main(cmd[2:]) == 0
+    second = capsys.readouterr()
+    lines = out.read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["arch_str"] for r in records] == [line.split("#")[0].strip() for line in archs.read_text().splitlines()]
+    assert first_lines[0] in lines  # the finished (arch, seed) was kept as it was, not trained again
+    assert f"{len(first_lines)} runs already in" in second.out
+    if len(first_lines) == 1:  # the other arch was stopped halfway: started again, keeping a finished step 4
+        assert "1 to train" in second.out and ("reusing" in second.out) == other_step4_done
+    for r in records:
+        assert r["kind"] == "standalone" and r["seed"] == 0 and r["metric"] == "bbox_AP"
+        assert isinstance(r["score"], float)
+        assert 0 <= r["top1"] <= 100 and r["flops"] > 0 and r["seconds"] > 0
+        assert r["settings"]["det_opts"][:2] == ["SOLVER.MAX_ITER", "4"]
+        run_dir = Path(r["run_dir"])
+        det_cmd = (run_dir / "det_subnet/command.txt").read_text()
+        assert "cls_subnet/model_final.pth" in det_cmd and "SEED 0" in det_cmd and "arch.yaml" in det_cmd
+
+    assert ra.main(cmd[2:]) == 0
+    assert "0 to train" in capsys.readouterr().out and out.read_text().splitlines() == lines
