@@ -256,10 +256,14 @@ def test_supernet_scores_resume_after_an_interruption(tmp_path, capsys):
     before = resumed.read_text()
     assert run(resumed) == 0 and resumed.read_text() == before
     assert "3 already scored" in capsys.readouterr().out
-    # another protocol into the same file is refused
-    with pytest.raises(SystemExit, match="other settings"):
+    # other settings into the same file are refused: another batch size, a checkpoint written again
+    with pytest.raises(SystemExit, match="other settings.*eval_batch_size"):
         ra.main(["supernet", "--config-file", CLS_SEARCH, "--archs", str(archs), "--output", str(resumed),
                  "MODEL.WEIGHTS", str(weights), *TINY[:-2], "DETNAS.SEARCH.EVAL_BATCH_SIZE", "12"])
+    with open(weights, "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(SystemExit, match="differing: weights_sha1"):
+        run(resumed)
 
 
 # ---- stand-alone scores: two tiny archs end to end, killed and resumed -----------------------------------

@@ -15,7 +15,7 @@
 
 Arch sets (--archs, one or more): a text file with one arch per line (comma-separated block ids or
 names, `#` comments), a YAML list of archs, a JSON-lines file with an "arch" per line (a search's
-candidates.jsonl, or this tool's own output), one arch file (best_arch.yaml), or an inline arch
+candidates.jsonl, or this tool's own output), a JSON list, one arch file (best_arch.yaml), or an inline arch
 ("0,1,2,...", "random:SEED").
 
 Scores are JSON lines, one per scored arch (supernet) or per (arch, seed) (stand-alone), with the fields
@@ -116,7 +116,11 @@ def read_archs(specs: Sequence[str], space) -> List[Arch]:
             archs.append(load_arch(spec, space))
             continue
         text = path.read_text()
-        if path.suffix in (".jsonl", ".json"):
+        if path.suffix == ".json":  # a list of archs, or one
+            data = json.loads(text)
+            items = data if isinstance(data, list) else [data]
+            archs += [_arch_from_item(item, space, f"{spec}: entry {i}") for i, item in enumerate(items, 1)]
+        elif path.suffix == ".jsonl":
             for i, line in enumerate(text.splitlines(), start=1):
                 if line.strip():
                     archs.append(_arch_from_item(json.loads(line), space, f"{spec}: line {i}"))
@@ -293,6 +297,20 @@ def _json_roundtrip(value):
 # ---- supernet scores ------------------------------------------------------------------------------------
 
 
+def _file_sha1(path: str) -> Optional[str]:
+    """The first 12 hex digits of a local file's SHA-1 (a checkpoint trained again in place is another
+    protocol); None for a remote or missing file."""
+    import hashlib
+
+    if not path or "://" in path or not os.path.isfile(path):
+        return None
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:12]
+
+
 def cmd_supernet(args):
     from detnas_d2.search import ScoringSettings, build_scorer
 
@@ -301,7 +319,7 @@ def cmd_supernet(args):
     scoring = ScoringSettings.from_cfg(cfg)
     weights = scoring.weights if "://" in scoring.weights or not scoring.weights else os.path.abspath(scoring.weights)
     settings = _json_roundtrip({
-        "weights": weights, "fitness": scoring.fitness, "space": space.name, "width_mult": space.width_mult,
+        "weights": weights, "weights_sha1": _file_sha1(weights), "fitness": scoring.fitness, "space": space.name, "width_mult": space.width_mult,
         "input_size": int(cfg.DETNAS.SEARCH.INPUT_SIZE), "recalib_dataset": scoring.recalib.dataset,
         "recalib_images": scoring.recalib.images, "recalib_batch_size": scoring.recalib.batch_size,
         "eval_dataset": scoring.eval_dataset, "eval_images": scoring.eval_images,
