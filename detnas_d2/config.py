@@ -94,6 +94,11 @@ def add_detnas_config(cfg):
     _C.DETNAS.SEARCH.LATENCY_TABLE = ""
     _C.DETNAS.SEARCH.LATENCY_MAX_MS = 0.0
     _C.DETNAS.SEARCH.LATENCY_DEVICE = ""  # cpu | cuda: refuse a table measured on another device; "": any
+    # Cheaper search: from the second generation on, a ridge predictor fitted on the scores so far ranks
+    # the generated candidates and only the best PREDICTOR_KEEP of them are scored (search/predictor.py).
+    _C.DETNAS.SEARCH.PREDICTOR = ""  # "" | ridge
+    _C.DETNAS.SEARCH.PREDICTOR_KEEP = 0.5
+    _C.DETNAS.SEARCH.PREDICTOR_MIN_SCORED = 20  # candidates scored before the predictor screens
     # Scoring
     _C.DETNAS.SEARCH.EVAL_DATASET = ""  # held-out split; empty: DATASETS.TEST[0]
     _C.DETNAS.SEARCH.EVAL_IMAGES = 0  # score on the first N images; 0: all

@@ -48,11 +48,16 @@ def stream_seed(cfg) -> int:
     return int(cfg.SEED) if cfg.SEED >= 0 else comm.shared_random_seed()
 
 
-def seed_all(seed: int):
-    """Seed Python's, NumPy's and torch's global RNGs (this process or worker)."""
+def seed_all(seed: int, devices: bool = True):
+    """Seed Python's, NumPy's and torch's global RNGs (this process or worker). `devices=False` seeds
+    only torch's CPU generator: what data mapping uses, about 100x cheaper than `torch.manual_seed`,
+    which also seeds every accelerator."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    if devices:
+        torch.manual_seed(seed)
+    else:
+        torch.default_generator.manual_seed(seed)
 
 
 class ResumableBatchSampler:
@@ -120,7 +125,7 @@ class SeededMapDataset(torchdata.Dataset):
     def __getitem__(self, key):
         position, index = key
         for attempt in itertools.count():
-            seed_all(derived_seed(self._sampler.seed, position, attempt))
+            seed_all(derived_seed(self._sampler.seed, position, attempt), devices=False)
             data = self._mapper(self._dicts[index])
             if data is not None:
                 return data

@@ -22,6 +22,7 @@ from detnas_d2.search_space import SearchSpace
 
 from .candidates import generate_candidates
 from .constraints import ArchConstraints
+from .predictor import screen_candidates
 from .settings import ScoringSettings, SearchSettings, search_fingerprint
 from .state import SearchState, SearchStateError, diff_fingerprints
 
@@ -50,6 +51,7 @@ class EvolutionSearch:
         self.space = space
         self.constraints = constraints
         self.state_path = state_path
+        self._predicted: Dict = {}  # this generation's predicted scores (arch -> value), if screened
         self.state = self._initial_state(search_fingerprint(settings, space, constraints, scoring), resume)
 
     def _initial_state(self, fingerprint, resume) -> SearchState:
@@ -107,6 +109,12 @@ class EvolutionSearch:
         population = generate_candidates(
             rng, self.space, self.settings, g, parents, self.constraints, seen
         )
+        predicted = {}
+        earlier = [r for r in self.history if r["generation"] < g]  # what the generation started with
+        if self.settings.predictor and g > 0 and len(earlier) >= self.settings.predictor_min_scored:
+            population, values = screen_candidates(population, earlier, self.settings.predictor_keep)
+            predicted = {arch: value for (arch, _), value in zip(population, values)}
+        self._predicted = predicted
         if self.state.population and population != self.state.population:
             raise SearchStateError(
                 f"{self.state_path}: generation {g} regenerates other candidates than the state "
@@ -151,6 +159,8 @@ class EvolutionSearch:
                 for (arch, origin), result in zip(chunk, results):
                     record = {"index": len(self.history), "generation": g, "origin": origin, "arch": list(arch)}
                     record.update(self.constraints.measure(arch))
+                    if arch in self._predicted:
+                        record["predicted"] = self._predicted[arch]
                     record.update(result)
                     record["score"] = float(record["score"])
                     record["seconds_wall"] = seconds_wall

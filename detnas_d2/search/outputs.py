@@ -23,6 +23,7 @@ from tabulate import tabulate
 
 from detnas_d2.arch_io import save_arch
 from detnas_d2.file_io import atomic_write
+from detnas_d2.rank_stats import kendall_tau_b
 from detnas_d2.search_space import BLOCKS, arch_to_str
 
 __all__ = ["SearchOutputs", "pareto_front", "topk_table", "plot_search"]
@@ -137,6 +138,11 @@ class SearchOutputs:
             "search/topk_mean", sum(history[i]["score"] for i in topk) / len(topk), smoothing_hint=False
         )
         storage.put_scalar("search/generation", generation, smoothing_hint=False)
+        screened = [r for r in history if r["generation"] == generation and "predicted" in r]
+        if len(screened) >= 2:
+            tau = kendall_tau_b([r["predicted"] for r in screened], [r["score"] for r in screened])
+            storage.put_scalar("search/predictor_tau", tau, smoothing_hint=False)
+            logger.info(f"Generation {generation}: predictor Kendall tau {tau:.3f} on its {len(screened)} candidates")
         logger.info(
             f"Generation {generation} done ({len(scores)} candidates, {len(history)} in all); top {len(topk)}:\n"
             + topk_table(history, topk)

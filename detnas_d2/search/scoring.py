@@ -50,8 +50,8 @@ class CandidateScorer:
 
     `distributed=True`: all processes score the same candidate, each on its share of the images
     (DETNAS.SEARCH.DIST_MODE split_images); False: this process scores alone on all images.
-    `score(arch)` returns {"score", "seconds_recalib", "seconds_inference", "seconds_metric"}; the
-    score is the same on every process.
+    `score(arch)` returns {"score", "images_recalib", "images_eval", "seconds_recalib",
+    "seconds_inference", "seconds_metric"}; the score is the same on every process.
     """
 
     def __init__(self, cfg, task: Task, settings: ScoringSettings, model: nn.Module, distributed: bool):
@@ -103,4 +103,8 @@ class CandidateScorer:
         if self.distributed:
             score = comm.all_gather(score)[0]
         t3 = time.perf_counter()
-        return {"score": score, "seconds_recalib": t1 - t0, "seconds_inference": t2 - t1, "seconds_metric": t3 - t2}
+        return {
+            "score": score, "images_recalib": self.recalib_batches.total_images,
+            "images_eval": self.eval_batches.total_images,
+            "seconds_recalib": t1 - t0, "seconds_inference": t2 - t1, "seconds_metric": t3 - t2,
+        }

@@ -7,6 +7,8 @@ from detnas_d2.recalibration import RecalibrationSettings
 from detnas_d2.search_space import SearchSpace
 from detnas_d2.tasks import get_task
 
+from .predictor import PREDICTORS
+
 __all__ = ["DIST_MODES", "ScoringSettings", "SearchSettings", "search_fingerprint"]
 
 DIST_MODES = ("split_images", "split_candidates")
@@ -23,13 +25,16 @@ class SearchSettings:
     num_crossover: int = 25
     max_candidates: int = 1000
     seed: int = 0
+    predictor: str = ""  # "ridge": score only the children a predictor fitted on the history ranks best
+    predictor_keep: float = 0.5  # the fraction of each generation (after the first) that is scored
+    predictor_min_scored: int = 20  # candidates scored before the predictor screens
 
     @classmethod
     def from_cfg(cls, cfg) -> "SearchSettings":
         s = cfg.DETNAS.SEARCH
         settings = cls(
             s.MODE, s.POPULATION, s.GENERATIONS, s.TOPK, s.NUM_MUTATION, s.MUTATION_PROB,
-            s.NUM_CROSSOVER, s.MAX_CANDIDATES, s.SEED,
+            s.NUM_CROSSOVER, s.MAX_CANDIDATES, s.SEED, s.PREDICTOR, s.PREDICTOR_KEEP, s.PREDICTOR_MIN_SCORED,
         )
         settings.validate()
         return settings
@@ -45,6 +50,10 @@ class SearchSettings:
                 raise ValueError(f"DETNAS.SEARCH.{key.upper()} must be >= 0, got {getattr(self, key)}")
         if not 0.0 <= self.mutation_prob <= 1.0:
             raise ValueError(f"DETNAS.SEARCH.MUTATION_PROB must be in [0, 1], got {self.mutation_prob}")
+        if self.predictor not in PREDICTORS:
+            raise ValueError(f"DETNAS.SEARCH.PREDICTOR must be one of {PREDICTORS}, got '{self.predictor}'")
+        if not 0.0 < self.predictor_keep <= 1.0:
+            raise ValueError(f"DETNAS.SEARCH.PREDICTOR_KEEP must be in (0, 1], got {self.predictor_keep}")
 
     @property
     def budget(self) -> int:
@@ -89,6 +98,8 @@ def search_fingerprint(settings: SearchSettings, space: SearchSpace, constraints
     """What fixes a search's candidate sequence and scores: a state file resumes only with the same.
     MAX_CANDIDATES and GENERATIONS only say when to stop, so a resumed search may extend them."""
     fingerprint = {k: v for k, v in asdict(settings).items() if k not in ("max_candidates", "generations")}
+    if not settings.predictor:  # searches without a predictor keep the fingerprint they always had
+        fingerprint = {k: v for k, v in fingerprint.items() if not k.startswith("predictor")}
     fingerprint["space"] = [space.name, space.width_mult]
     fingerprint["constraints"] = [constraints.flops_min, constraints.flops_max, constraints.params_max]
     if constraints.latency is not None:
