@@ -390,7 +390,9 @@ def _mmrazor_to_detnas(state: Dict[str, torch.Tensor], fmt: str) -> Conversion:
     prefix = _mmrazor_prefix(state)
     dropped: Counter = Counter(_group(k, 1) for k in state if not k.startswith(prefix))
     state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    detector = any(k.startswith(("neck.", "rpn_head.", "roi_head.")) for k in state)
+    detector = any(k.startswith(("neck.", "rpn_head.", "roi_head.", "bbox_head.")) for k in state)
+    # Only the Faster R-CNN FPN maps beyond the backbone (e.g. a RetinaNet's neck starts at another level).
+    faster_rcnn = any(k.startswith("rpn_head.") for k in state)
     classifier = any(k.startswith("head.") for k in state) or any(
         k.startswith("backbone.layers.4.") for k in state
     )
@@ -422,12 +424,13 @@ def _mmrazor_to_detnas(state: Dict[str, torch.Tensor], fmt: str) -> Conversion:
                 out[f"head.conv.{tail}"] = value
                 rows[("backbone.layers.4.*", "head.conv.*")] += 1
                 continue
-        ours = _other_from_mmrazor(key)
+        ours = _other_from_mmrazor(key) if faster_rcnn or not key.startswith("neck.") else None
         if ours is None:
             dropped[_group(key, 2)] += 1
             continue
         out[ours] = value
-        depth = 3 if key.startswith("neck.") else (4 if key.startswith("roi_head.") else 2)
+        depth = 4 if key.startswith(("roi_head.bbox_head.shared_", "roi_head.bbox_head.fc")) else 2
+        depth = 3 if key.startswith(("neck.", "roi_head.bbox_head.fc_")) else depth
         our_depth = 3 if ours.startswith(("roi_heads.", "proposal_generator.")) else 2
         rows[(_group(key, depth), _group(ours, our_depth))] += 1
 
@@ -540,10 +543,14 @@ def to_detnas(state: Dict[str, torch.Tensor]) -> Conversion:
         supernet = any(k.startswith(prefix + "layers.") and ".choices." in k for k in state)
         head = any(k.startswith("head.") for k in state)
         detector = any(k.startswith(("proposal_generator.", "roi_heads.")) for k in state)
+        try:
+            arch = None if supernet else block_arch(state, prefix)
+        except ValueError:
+            arch = None  # not the space's blocks: the checkpointer says what does not fit
         return Conversion(
             format=fmt,
             state=dict(state),
-            arch=None if supernet else block_arch(state, prefix),
+            arch=arch,
             is_supernet=supernet,
             form="detector" if detector else ("classifier" if head else "backbone"),
             prefix="",

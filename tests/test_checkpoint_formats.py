@@ -5,7 +5,10 @@ tests/fixtures/mmrazor_parity.pt was made by tools/make_parity_fixtures.py with 
 1.0.0rc6 and MMDetection 3.3.0 (see that script): it holds the keys and shapes of their state dicts, the
 seed of the weights (tests/fixtures/parity_weights.py) and their modules' outputs on seeded inputs.
 """
+import contextlib
 import importlib.util
+import io
+import logging
 import os
 import pickle
 import sys
@@ -47,6 +50,21 @@ def close(ours, theirs, name):
     assert ours.shape == theirs.shape, (name, ours.shape, theirs.shape)
     diff = (ours - theirs).abs().max().item()
     assert diff <= 1e-5 * max(1.0, theirs.abs().max().item()), f"{name}: max difference {diff}"
+
+
+@contextlib.contextmanager
+def captured_log(name):
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield stream
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def mmrazor_state(case):
@@ -115,8 +133,13 @@ def test_mmdet_detector_matches_mmdetection(tmp_path):
     path = mmengine_file(tmp_path / "detnas_frcnn.pth", mmrazor_state(case))
     opts = arch_opts_from_weights(os.path.join(REPO, MMDET_CONFIG), ["MODEL.WEIGHTS", path, *CPU_NORMS])
     assert opts[-2:] == ["MODEL.DETNAS.ARCH", ",".join(str(BLOCK_IDS[n]) for n in case["arch"])]
-    net = model(MMDET_CONFIG, *opts)
-    DetNASCheckpointer(net).load(path)
+    net = model(MMDET_CONFIG, *opts, "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96")
+    checkpointer = DetNASCheckpointer(net)
+    incompatible = checkpointer._load_model(checkpointer._load_file(path))
+    assert not incompatible.missing_keys and not incompatible.unexpected_keys  # every tensor, both ways
+    with torch.no_grad():  # the whole Detectron2 detector runs on the converted weights
+        (result,) = net([{"image": torch.randint(0, 255, (3, 64, 96), dtype=torch.uint8)}])
+    assert result["instances"].pred_boxes.tensor.shape[1] == 4
     image = seeded_input(SEED, case["input"], case["input_shape"])
     with torch.no_grad():
         feats = net.backbone(image)
@@ -318,3 +341,29 @@ def test_train_net_fills_an_empty_arch_from_the_weights(tmp_path, monkeypatch):
     with pytest.raises(SystemExit):
         train_net.main(args)
     assert seen["opts"][-2:] == ["MODEL.DETNAS.ARCH", ",".join(str(BLOCK_IDS[n]) for n in case["arch"])]
+
+
+def test_mmrazor_supernet_into_a_subnet_model_takes_the_path(tmp_path):
+    case = CASES["classifier_supernet"]
+    path = mmengine_file(tmp_path / "spos_supernet.pth", mmrazor_state(case))
+    net = classifier("MODEL.DETNAS.ARCH", ",".join(str(BLOCK_IDS[n]) for n in case["arch"]), *RGB_MEAN)
+    with captured_log("fvcore.common.checkpoint") as log:
+        DetNASCheckpointer(net).load(path)
+    ours = classifier_outputs(net, seeded_input(SEED, case["input"], case["input_shape"]))
+    for name, theirs in case["outputs"].items():
+        close(ours[name], theirs, name)
+    text = log.getvalue()
+    assert "from mmrazor-1.x (classifier, supernet, prefix 'architecture.')" in text
+    assert "| backbone.layers.4.*" in text and "| head.conv.*" in text  # the conversion table
+    assert "Backbone hand-off" in text and "supernet, path 0,1,2,3" in text
+
+
+def test_mmdet_retinanet_gives_its_backbone_only():
+    """MMRazor's DetNAS RetinaNet supernet: its neck starts at another level and its head has no Faster R-CNN
+    counterpart, so only the backbone converts; the rest is listed as dropped."""
+    state = {k: v for k, v in mmrazor_state(CASES["detector_subnet"]).items() if ".roi_head." not in k}
+    state = {k.replace(".rpn_head.rpn_", ".bbox_head.retina_"): v for k, v in state.items()}
+    conversion = cf.to_detnas(state)
+    assert conversion.form == "detector" and conversion.arch is not None
+    assert all(k.startswith("backbone.bottom_up.") for k in conversion.state)
+    assert {"neck.lateral_convs.*", "neck.fpn_convs.*", "bbox_head.retina_conv.*"} <= set(conversion.dropped)
