@@ -254,8 +254,8 @@ def arch_opts_from_weights(config_file: str, opts: Sequence[str]) -> List[str]:
         return opts
     try:
         file_arch = weights_arch(weights)
-    except (UnknownLayoutError, ValueError, RefusedCheckpointError):
-        return opts  # the checkpointer reports it when it loads the file
+    except Exception:  # unreadable, refused or foreign: the checkpointer reports it when it loads the file
+        return opts
     if file_arch is None:
         return opts
     if not arch:
