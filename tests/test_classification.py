@@ -357,6 +357,7 @@ class _RecordPath(HookBase):
         self.paths.append(find_supernet(self.trainer.model).arch)
 
 
+@pytest.mark.timeout(1800)  # 4,000 iterations: 4.5 minutes on the earlier CI machine, up to 14 on slower ones
 def test_toy_supernet_learns_over_random_paths(tmp_path):
     """The shipped toy supernet recipe (configs/Toy/cls_supernet.yaml: a progressive path warm-up, then
     every layer random) on the toy shapes: the reference arch and random paths, each evaluated with BN
