@@ -5,10 +5,7 @@ tests/fixtures/mmrazor_parity.pt was made by tools/make_parity_fixtures.py with 
 1.0.0rc6 and MMDetection 3.3.0 (see that script): it holds the keys and shapes of their state dicts, the
 seed of the weights (tests/fixtures/parity_weights.py) and their modules' outputs on seeded inputs.
 """
-import contextlib
 import importlib.util
-import io
-import logging
 import os
 import pickle
 import sys
@@ -22,6 +19,7 @@ from detectron2.modeling import build_model
 from detectron2.modeling.poolers import assign_boxes_to_levels
 from detectron2.structures import Boxes
 from detnas_d2 import checkpoint_formats as cf
+from log_capture import captured_log
 from detnas_d2.checkpoint import (
     ALLOW_PICKLE_ENV,
     DetNASCheckpointer,
@@ -50,21 +48,6 @@ def close(ours, theirs, name):
     assert ours.shape == theirs.shape, (name, ours.shape, theirs.shape)
     diff = (ours - theirs).abs().max().item()
     assert diff <= 1e-5 * max(1.0, theirs.abs().max().item()), f"{name}: max difference {diff}"
-
-
-@contextlib.contextmanager
-def captured_log(name):
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield stream
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
 
 
 def mmrazor_state(case):

@@ -1,9 +1,6 @@
 """Checkpoint hand-off between pipeline steps (DetNASCheckpointer) and train_net.py's use of it."""
-import contextlib
 import importlib.util
-import io
 import json
-import logging
 import os
 import re
 
@@ -15,28 +12,13 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detnas_d2 import add_detnas_config
+from log_capture import captured_log
 from detnas_d2.checkpoint import DetNASCheckpointer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCH = "shuffle_xception,shuffle_7x7," + "shuffle_5x5," * 17 + "shuffle_3x3"
 ARCH_IDS = (3, 2) + (1,) * 17 + (0,)
 
-
-
-@contextlib.contextmanager
-def captured_log(name):
-    """The messages of logger `name` (works whether or not Detectron2's setup_logger stopped propagation)."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield stream
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
 
 
 def toy_model(config, *opts):
