@@ -63,6 +63,9 @@ def add_detnas_config(cfg):
     # Progressive path warm-up (engine/sampling.py): for this many iterations only the last layers are
     # random, from 1 to all of them; the others keep MODEL.DETNAS.REFERENCE_ARCH. 0: off (SPOS, DetNAS).
     _C.DETNAS.SAMPLER.PROGRESSIVE_ITERS = 0
+    # The warm-up's fixed layers: "fixed" (MODEL.DETNAS.REFERENCE_ARCH throughout) or "rotating" (a new
+    # sampled arch each time one more layer turns random: the warm-up favours no arch).
+    _C.DETNAS.SAMPLER.PROGRESSIVE_REFERENCE = "fixed"
 
     # BN recalibration (recalibration.py): before a supernet path is evaluated (training's periodic and
     # --eval-only evaluation of the reference arch) or scored (search), its BN layers get the exact

@@ -136,6 +136,31 @@ def test_progressive_warmup_randomises_layers_from_the_last(tmp_path):
         RandomPathHook(cfg)
 
 
+def test_rotating_warmup_fixes_a_new_sampled_arch_per_phase(tmp_path):
+    """DETNAS.SAMPLER.PROGRESSIVE_REFERENCE rotating: within a phase of the warm-up the fixed layers keep
+    one arch, each phase draws another one (a pure function of the seed and the phase, so resumes and
+    ranks agree), the reference arch plays no part, and after the warm-up paths are the sampler's."""
+    opts = ("DETNAS.SAMPLER.PROGRESSIVE_ITERS", "40", "DETNAS.SAMPLER.PROGRESSIVE_REFERENCE", "rotating")
+    hook = RandomPathHook(toy_cfg("det_supernet.yaml", tmp_path, *opts))
+    plain = RandomPathHook(toy_cfg("det_supernet.yaml", tmp_path))
+    paths, sampled = [hook.sample(it) for it in range(60)], [plain.sample(it) for it in range(60)]
+    assert paths[40:] == sampled[40:]
+    fixed_per_phase = {}
+    for it, (path, free) in enumerate(zip(paths[:40], sampled)):
+        phase = num_random_layers(it, 40, 20)
+        assert path[20 - phase:] == free[20 - phase:]
+        fixed_per_phase.setdefault(phase, set()).add(path[:20 - phase])
+    assert all(len(prefixes) == 1 for prefixes in fixed_per_phase.values())
+    firsts = [next(iter(fixed_per_phase[p])) for p in (1, 2, 3)]
+    assert firsts[0][:18] != firsts[1][:18] and firsts[1][:17] != firsts[2][:17]  # redrawn per phase
+    assert set(firsts[0]) != {0}  # not the reference arch (all shuffle_3x3)
+    again = RandomPathHook(toy_cfg("det_supernet.yaml", tmp_path, *opts))
+    assert [again.sample(it) for it in range(39, -1, -1)] == paths[39::-1]  # any order: resume-exact
+
+    with pytest.raises(ValueError, match="PROGRESSIVE_REFERENCE 'random' is unknown"):
+        RandomPathHook(toy_cfg("det_supernet.yaml", tmp_path, "DETNAS.SAMPLER.PROGRESSIVE_REFERENCE", "random"))
+
+
 # ---- configs --------------------------------------------------------------------------------------
 
 

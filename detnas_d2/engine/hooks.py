@@ -8,7 +8,15 @@ from ..data.stream import ResumableBatchSampler, derived_seed, seed_all
 from ..flops import get_flops_table
 from ..modeling import find_supernet
 from ..search_space import arch_to_str, space_from_cfg
-from .sampling import build_path_sampler, num_random_layers, path_rng, progressive_path, reference_arch
+from .sampling import (
+    WARMUP_REFERENCES,
+    build_path_sampler,
+    num_random_layers,
+    path_rng,
+    progressive_path,
+    reference_arch,
+    warmup_reference,
+)
 
 __all__ = ["DataStreamHook", "RandomPathHook"]
 
@@ -21,7 +29,8 @@ class RandomPathHook(HookBase):
     The path of iteration `it` is `sampler(path_rng(DETNAS.SAMPLER.SEED, it))`: the same on every rank
     without communication, and the same after a resume as in an uninterrupted run. During a progressive
     warm-up (DETNAS.SAMPLER.PROGRESSIVE_ITERS), its first layers are then replaced by the reference arch's
-    (`progressive_path`). Register it before hooks that run the model in `before_step`. Writes the path's
+    (`progressive_path`), or with DETNAS.SAMPLER.PROGRESSIVE_REFERENCE ``rotating`` by those of a new
+    sampled arch each time the random part grows (`warmup_reference`). Register it before hooks that run the model in `before_step`. Writes the path's
     FLOPs (MACs at DETNAS.SAMPLER.INPUT_SIZE) to the EventStorage as "detnas/path_flops", and during a
     warm-up the number of random layers as "detnas/random_layers".
 
@@ -35,7 +44,13 @@ class RandomPathHook(HookBase):
         self.progressive_iters = int(cfg.DETNAS.SAMPLER.PROGRESSIVE_ITERS)
         if self.progressive_iters < 0:
             raise ValueError(f"DETNAS.SAMPLER.PROGRESSIVE_ITERS must be >= 0, got {self.progressive_iters}")
-        self.reference = reference_arch(cfg) if self.progressive_iters else None
+        self.rotating = cfg.DETNAS.SAMPLER.PROGRESSIVE_REFERENCE == "rotating"
+        if cfg.DETNAS.SAMPLER.PROGRESSIVE_REFERENCE not in WARMUP_REFERENCES:
+            raise ValueError(
+                f"DETNAS.SAMPLER.PROGRESSIVE_REFERENCE '{cfg.DETNAS.SAMPLER.PROGRESSIVE_REFERENCE}' is "
+                f"unknown; choose one of {list(WARMUP_REFERENCES)}"
+            )
+        self.reference = reference_arch(cfg) if self.progressive_iters and not self.rotating else None
         self._flops_table = flops_table or get_flops_table(self.space, cfg.DETNAS.SAMPLER.INPUT_SIZE)
         self._sampler = sampler or build_path_sampler(cfg, self.space, self._flops_table)
         self.num_sampled = 0  # paths drawn so far (over resumes)
@@ -55,17 +70,23 @@ class RandomPathHook(HookBase):
                 f"has space {self._supernet.space}"
             )
         if self.progressive_iters > self.trainer.start_iter:
+            fixed = "a new sampled arch's in each phase" if self.rotating else (
+                f"the reference arch's {arch_to_str(self.reference)}"
+            )
             logger.info(
                 f"Progressive path warm-up until iteration {self.progressive_iters}: the last 1 to "
-                f"{self.space.num_layers} layers are random, the others keep the reference arch "
-                f"{arch_to_str(self.reference)}"
+                f"{self.space.num_layers} layers are random, the others take {fixed}"
             )
 
     def sample(self, iteration: int):
         """The path of `iteration` (without setting it)."""
         arch = self._sampler(path_rng(self.seed, iteration))
         if iteration < self.progressive_iters:
-            arch = progressive_path(arch, self.reference, iteration, self.progressive_iters)
+            reference = self.reference
+            if self.rotating:
+                phase = num_random_layers(iteration, self.progressive_iters, self.space.num_layers)
+                reference = warmup_reference(self._sampler, self.seed, phase)
+            arch = progressive_path(arch, reference, iteration, self.progressive_iters)
         return arch
 
     def before_step(self):

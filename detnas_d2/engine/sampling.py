@@ -18,7 +18,9 @@ Samplers (DETNAS.SAMPLER.NAME):
 Progressive path warm-up (DETNAS.SAMPLER.PROGRESSIVE_ITERS > 0, :func:`progressive_path`): during the
 first PROGRESSIVE_ITERS iterations only the last layers take the sampled blocks, the others keep the
 reference arch's; the random part grows linearly from the last layer to all of them. These mixed paths
-are not held to FLOPS_MIN/MAX. Off (0) in the anchors' recipes. On the toy data, a supernet with all 20
+are not held to FLOPS_MIN/MAX. Off (0) in the anchors' recipes. With DETNAS.SAMPLER.PROGRESSIVE_REFERENCE
+``rotating``, the fixed layers take a new sampled arch (:func:`warmup_reference`) each time the random
+part grows, instead of the reference arch for the whole warm-up: the warm-up then favours no arch. On the toy data, a supernet with all 20
 layers random from the first iteration keeps its loss at chance for 2,000-5,000 iterations (when it
 takes off varies from run to run); with the warm-up it learns from the start and, once every layer is
 random, its random paths keep learning (README, "Status and known limits").
@@ -47,10 +49,13 @@ __all__ = [
     "num_random_layers",
     "progressive_path",
     "reference_arch",
+    "warmup_reference",
     "SAMPLER_NAMES",
+    "WARMUP_REFERENCES",
 ]
 
 SAMPLER_NAMES = ("uniform", "flops_uniform", "latency_uniform")
+WARMUP_REFERENCES = ("fixed", "rotating")
 logger = logging.getLogger(__name__)
 
 
@@ -82,6 +87,12 @@ def progressive_path(
     `num_random_layers(iteration, warmup_iters, len(arch))` random ones at the end."""
     fixed = len(arch) - num_random_layers(iteration, warmup_iters, len(arch))
     return tuple(reference[:fixed]) + tuple(arch[fixed:])
+
+
+def warmup_reference(sampler, seed: int, phase: int) -> Tuple[int, ...]:
+    """The fixed layers' arch in `phase` (its number of random layers) of a ``rotating`` warm-up: drawn by
+    `sampler` from an RNG of (seed, phase) alone, apart from every iteration's path RNG."""
+    return sampler(random.Random(f"warmup-reference:{int(seed)}:{int(phase)}"))
 
 
 class UniformPathSampler:
