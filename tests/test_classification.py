@@ -4,7 +4,6 @@ import detnas_d2  # noqa: F401  (compat shims, registrations)
 
 import json
 import os
-import random
 import socket
 
 import numpy as np
@@ -30,7 +29,6 @@ from detnas_d2.data.classification import (
 )
 from detnas_d2.evaluation import ClassificationEvaluator
 from detnas_d2.modeling import find_supernet
-from detnas_d2.search_space import arch_to_str
 
 NUM_TOY_CLASSES = 5
 
@@ -355,25 +353,6 @@ class _RecordPath(HookBase):
 
     def after_step(self):
         self.paths.append(find_supernet(self.trainer.model).arch)
-
-
-@pytest.mark.timeout(1800)  # 4,000 iterations: 4.5 minutes on the earlier CI machine, up to 14 on slower ones
-def test_toy_supernet_learns_over_random_paths(tmp_path):
-    """The shipped toy supernet recipe (configs/Toy/cls_supernet.yaml: a progressive path warm-up, then
-    every layer random) on the toy shapes: the reference arch and random paths, each evaluated with BN
-    statistics of its own, classify far above chance (20%). About 5 minutes on 2 CPU cores."""
-    from detnas_d2.engine import DetNASTrainer
-
-    seed_all_rng(0)
-    cfg = _toy_cfg("cls_supernet.yaml", OUTPUT_DIR=str(tmp_path))
-    trainer = DetNASTrainer(cfg)
-    trainer.train()
-    space = find_supernet(trainer.model).space
-    top1 = {}
-    for arch in [space.default_arch()] + [space.random_arch(random.Random(seed)) for seed in (1, 2)]:
-        cfg.MODEL.DETNAS.REFERENCE_ARCH = arch_to_str(arch)
-        top1[arch] = DetNASTrainer.test(cfg, trainer.model)["classification"]["top1"]
-    assert min(top1.values()) > 50.0, top1  # measured over seeds 0-2: random paths 75-92.5%, reference 92-96%
 
 
 def test_supernet_evaluation_recalibrates_bn_and_restores_it(hue_datasets, tmp_path):

@@ -5,7 +5,8 @@
 #   bash studies/rank_audit_toy/run.sh recipes a b c     # steps 1-2 per recipe, then its supernet scores
 #   bash studies/rank_audit_toy/run.sh compare           # the figures, once both parts are done
 #
-# Every part resumes: run the same command again after a stop and it continues where it was (training
+# Each recipe also scores the archs' top-1 on its step-1 classification supernet (step1_top1_<r>.jsonl):
+# does step 1 learn over paths other than its reference? Every part resumes: run the same command again after a stop and it continues where it was (training
 # with --resume, the score files skip what they hold). Trainings run on one thread each, so the two
 # parts can run side by side on a 2-core machine. Results (small files) go to studies/rank_audit_toy/,
 # training folders to output/rank_audit_toy/ (not committed).
@@ -43,6 +44,9 @@ recipe() {
   # shellcheck disable=SC2086
   [ -f "$cls/model_final.pth" ] || "$PY" train_net.py --config-file configs/Toy/cls_supernet.yaml --resume \
     OUTPUT_DIR "$cls" $opts
+  # Step 1's own check: top-1 of each arch's path (BN recalibrated) on the classification supernet.
+  "$PY" tools/rank_audit.py supernet --config-file configs/Toy/search_cls.yaml --archs "$HERE/archs.txt" \
+    --protocol "recipe-$r-step1" --output "$HERE/step1_top1_$r.jsonl" MODEL.WEIGHTS "$cls/model_final.pth"
   [ -f "$det/model_final.pth" ] || "$PY" train_net.py --config-file configs/Toy/det_supernet.yaml --resume \
     OUTPUT_DIR "$det" MODEL.WEIGHTS "$cls/model_final.pth"
   "$PY" tools/rank_audit.py supernet --archs "$HERE/archs.txt" --protocol "recipe-$r" \
