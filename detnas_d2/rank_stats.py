@@ -4,11 +4,13 @@
 - `spearman_rho`: Pearson correlation of the average ranks (ties share their mean rank);
 - `bootstrap_ci`: percentile interval of any paired statistic over archs resampled with replacement;
 - `top_k_overlap`: how many of one ranking's top fraction are in the other's;
-- `seed_noise`: how much the ground truth itself moves between training seeds.
+- `seed_noise`: how much the ground truth itself moves between training seeds;
+- `permutation_test`: is one arch's mean score over seeds higher than another's beyond seed noise.
 
 A statistic that is undefined (fewer than two archs, or one ranking constant) is NaN.
 """
 import math
+from itertools import combinations
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -17,6 +19,7 @@ __all__ = [
     "average_ranks",
     "bootstrap_ci",
     "kendall_tau_b",
+    "permutation_test",
     "seed_noise",
     "spearman_rho",
     "top_k",
@@ -162,3 +165,39 @@ def seed_noise(scores: Sequence[Dict[int, float]], bootstrap_samples: int = 2000
             out["tau_between_seeds_ci"] = bootstrap_ci(kendall_tau_b, xa, xb, samples=bootstrap_samples, seed=seed,
                                                          level=level)
     return out
+
+
+def permutation_test(a: Sequence[float], b: Sequence[float], alternative: str = "greater",
+                     max_exact: int = 200_000, samples: int = 100_000, seed: int = 0) -> float:
+    """p-value of a two-sample permutation test of mean(a) - mean(b) (e.g. one arch's scores over
+    training seeds against another's): the fraction of the relabellings of the pooled scores into groups
+    of len(a) and len(b) whose difference is at least the observed one ("greater"), at most it ("less"),
+    or at least as far from 0 ("two-sided"). Exact (every relabelling) when there are at most `max_exact`
+    of them, else `samples` random ones (seeded) plus the observed one. No normality assumed."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.ndim != 1 or b.ndim != 1 or len(a) < 1 or len(b) < 1:
+        raise ValueError(f"expected two non-empty 1-d samples, got shapes {a.shape} and {b.shape}")
+    if alternative not in ("greater", "less", "two-sided"):
+        raise ValueError(f"alternative must be 'greater', 'less' or 'two-sided', got {alternative!r}")
+    pooled, n = np.concatenate([a, b]), len(a)
+    total = pooled.sum()
+
+    def differences(first_sums: np.ndarray) -> np.ndarray:
+        return first_sums / n - (total - first_sums) / len(b)
+
+    observed = differences(np.array([a.sum()]))[0]
+    if math.comb(len(pooled), n) <= max_exact:
+        sums = np.array([pooled[list(idx)].sum() for idx in combinations(range(len(pooled)), n)])
+        diffs, extra = differences(sums), 0
+    else:
+        rng = np.random.default_rng(seed)
+        sums = np.array([pooled[rng.permutation(len(pooled))[:n]].sum() for _ in range(samples)])
+        diffs, extra = differences(sums), 1  # the observed labelling counts once (Phipson & Smyth)
+    eps = 1e-12 * max(1.0, float(np.abs(pooled).max()))
+    if alternative == "greater":
+        hits = np.sum(diffs >= observed - eps)
+    elif alternative == "less":
+        hits = np.sum(diffs <= observed + eps)
+    else:
+        hits = np.sum(np.abs(diffs) >= abs(observed) - eps)
+    return float((hits + extra) / (len(diffs) + extra))

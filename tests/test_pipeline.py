@@ -95,6 +95,9 @@ def test_study_retrains_four_archs_and_tabulates_them(pipeline, tmp_path):
         assert str(tmp_path / name / "arch.yaml") in det_cmd and "cls_subnet/model_final.pth" in det_cmd
     table_text = (tmp_path / "study.md").read_text()
     assert "bbox AP" in table_text and all(f"| {name}" in table_text for name in rows)
+    # one seed: no significance test (it needs >= 2 seeds per arch)
+    assert "p (det-search better)" in table_text
+    assert [r.get("p_det_search_better") for r in rows.values()] == [None] * 4
 
 
 def test_step_shows_progress_and_keeps_the_full_output(tmp_path):

@@ -110,6 +110,23 @@ def test_seed_noise_by_hand():
     assert swapped["tau_between_seeds"] == pytest.approx(-1.0)
 
 
+def test_permutation_test_by_hand():
+    # pooled (3, 4, 1, 2), groups of 2: the 6 splits give mean differences 2, -1, 0, 0, 1, -2
+    assert rs.permutation_test([3, 4], [1, 2]) == pytest.approx(1 / 6)
+    assert rs.permutation_test([3, 4], [1, 2], alternative="less") == pytest.approx(1.0)
+    assert rs.permutation_test([3, 4], [1, 2], alternative="two-sided") == pytest.approx(2 / 6)
+    assert rs.permutation_test([1, 2], [3, 4]) == pytest.approx(1.0)
+    # ties: three equal scores above two others is only reached by 1 of the C(5, 3) = 10 splits
+    assert rs.permutation_test([5, 5, 5], [1, 2]) == pytest.approx(1 / 10)
+    assert rs.permutation_test([1, 1], [1, 1]) == pytest.approx(1.0)  # equal scores: no evidence
+    # past max_exact: random relabellings (plus the observed one) estimate the same p-value
+    assert rs.permutation_test([3, 4], [1, 2], max_exact=1, samples=20000) == pytest.approx(1 / 6, abs=0.01)
+    with pytest.raises(ValueError, match="alternative"):
+        rs.permutation_test([1], [2], alternative="bigger")
+    with pytest.raises(ValueError, match="non-empty"):
+        rs.permutation_test([], [2])
+
+
 # ---- arch sets ----------------------------------------------------------------------------------------
 
 

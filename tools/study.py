@@ -11,7 +11,8 @@ scratch, step 5: detection from that, as in the pipeline) and compared by bbox A
     python tools/run_pipeline.py --output-dir output/pipeline      # if not done yet
     python tools/study.py --pipeline-dir output/pipeline --output-dir output/study [--seeds 0 1 2]
 
-Writes <output-dir>/study.md (a table) and study.json. Each training step is the user's command
+Writes <output-dir>/study.md (a table, with a one-sided permutation test of det-search against each other
+arch over the seeds) and study.json. Each training step is the user's command
 (see <output-dir>/<arch>/seed<k>/<step>/command.txt); --reuse keeps the steps that finished before.
 """
 import argparse
@@ -53,6 +54,7 @@ def main(argv=None):
     from detnas_d2.arch_io import load_arch_record, save_arch
     from detnas_d2.config import get_detnas_cfg
     from detnas_d2.flops import get_flops_table
+    from detnas_d2.rank_stats import permutation_test
     from detnas_d2.search_space import arch_to_str, get_space
 
     pipeline, out = Path(args.pipeline_dir).resolve(), Path(args.output_dir).resolve()
@@ -113,13 +115,24 @@ def main(argv=None):
             "AP_std": statistics.stdev(aps) if len(aps) > 1 else 0.0, "runs": results,
         })
 
+    det_aps = [r["AP"] for r in rows[0]["runs"]]
+    for row in rows[1:]:
+        # Does det-search beat this arch beyond seed noise? One-sided exact permutation test over seeds.
+        row["p_det_search_better"] = (
+            permutation_test(det_aps, [r["AP"] for r in row["runs"]]) if len(args.seeds) > 1 else None
+        )
     (out / "study.json").write_text(json.dumps(rows, indent=2))
     text = tabulate(
         [[r["arch"], f"{r['flops'] / 1e6:.2f}", f"{r['params'] / 1e6:.3f}", f"{r['top1']:.1f}",
-          f"{r['AP']:.2f}" + (f" ± {r['AP_std']:.2f}" if len(args.seeds) > 1 else ""), r["ids"]] for r in rows],
-        headers=["arch", "MFLOPs", "Mparams", "cls top-1", "bbox AP", "block ids"], tablefmt="pipe")
+          f"{r['AP']:.2f}" + (f" ± {r['AP_std']:.2f}" if len(args.seeds) > 1 else ""),
+          "" if r.get("p_det_search_better") is None else f"{r['p_det_search_better']:.3f}", r["ids"]]
+         for r in rows],
+        headers=["arch", "MFLOPs", "Mparams", "cls top-1", "bbox AP", "p (det-search better)", "block ids"],
+        tablefmt="pipe")
     text += (f"\n\n{len(args.seeds)} training seed(s) per arch; FLOPs of the backbone at "
-             f"{cfg.DETNAS.SEARCH.INPUT_SIZE}x{cfg.DETNAS.SEARCH.INPUT_SIZE}.\n")
+             f"{cfg.DETNAS.SEARCH.INPUT_SIZE}x{cfg.DETNAS.SEARCH.INPUT_SIZE}. p: one-sided exact permutation "
+             "test of det-search's mean AP over seeds against the arch's (needs >= 2 seeds; with 5 seeds "
+             "each the smallest possible p is 1/252).\n")
     (out / "study.md").write_text(text)
     print(text)
 
