@@ -11,8 +11,12 @@
 - **the anchors' layouts** (`checkpoint_formats`): MMRazor 1.x / 0.x DetNAS and SPOS checkpoints (supernet or
   subnet; classifier or MMDetection Faster R-CNN FPN detector) are detected from their keys and converted to
   ours, with a table of what was converted and dropped; MMRazor's RGB stem is flipped for a model whose
-  PIXEL_MEAN is in BGR order. Official (Megvii) DetNAS checkpoints are detected and refused with the reason.
-  A file matching no layout, or of which no tensor fits the model, is an error naming the layouts tried.
+  PIXEL_MEAN is in BGR order. Official (Megvii) DetNAS checkpoints (ShuffleNet-Series, the DetNAS repository's
+  ImageNet models, supernet and maskrcnn_benchmark detectors; `.pkl` files written by torch.save are read
+  as such) load into a model of MODEL.DETNAS.BLOCK_STYLE official, whose input is theirs: BGR 0-255 without
+  normalisation (a model that normalises is warned about). A file for another block style than the model's
+  is an error naming the setting. A file matching no layout, or of which no tensor fits the model, is an
+  error naming the layouts tried.
 - **the backbone hand-off** between model forms:
   - step 1 -> 2 and 4 -> 5: a DetNASClassifier checkpoint (`backbone.*`, `head.*`) into a detector
     (`backbone.bottom_up.*` for FPN models, `backbone.*` for a plain backbone); `head.*` is dropped;
@@ -77,6 +81,11 @@ ALLOW_PICKLE_ENV = "DETNAS_ALLOW_PICKLE"
 # ImageNet mean in 0-255 units, the anchors' (RGB) and this project's configs' (BGR) channel order.
 IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
 _MMRAZOR_INPUT_FORMAT = "RGB"  # MMRazor's mmcls / mmdet preprocessors convert BGR images to RGB
+# The official code feeds BGR pixels in 0-255 without mean or std (ShuffleNet-Series ToBGRTensor; the DetNAS
+# detector configs' PIXEL_MEAN [0, 0, 0] with maskrcnn_benchmark's PIXEL_STD [1, 1, 1]).
+_OFFICIAL_INPUT_FORMAT = "BGR"
+# A torch.save file: zip archive, or the legacy format that starts with a pickled magic number.
+_TORCH_FILE_STARTS = (b"PK\x03\x04", pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)[:-1])
 
 
 class RefusedCheckpointError(RuntimeError):
@@ -172,11 +181,12 @@ def _refusal(filename: str, data: bytes, error: Exception) -> RefusedCheckpointE
 
 def read_checkpoint(filename: str, allow_pickle: Optional[bool] = None):
     """The object in a checkpoint file, read without running code from it (module doc). `.pkl` files need
-    `allow_pickle` (default: the DETNAS_ALLOW_PICKLE environment variable)."""
-    if filename.endswith(".pkl"):
-        return _read_pickle(filename, allow_pickle)
+    `allow_pickle` (default: the DETNAS_ALLOW_PICKLE environment variable), unless torch.save wrote them
+    (the official DetNAS ImageNet models are such files)."""
     with PathManager.open(filename, "rb") as f:
         data = f.read()
+    if filename.endswith(".pkl") and not data.startswith(_TORCH_FILE_STARTS):
+        return _read_pickle(filename, allow_pickle)
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
@@ -187,6 +197,15 @@ def read_checkpoint(filename: str, allow_pickle: Optional[bool] = None):
 
 
 # ---- conversion ------------------------------------------------------------------------------------
+
+
+def _holds_tensors(loaded) -> bool:
+    """Whether a loaded checkpoint has a state dict of torch tensors (not a Caffe2 / model-zoo pickle)."""
+    try:
+        unwrap_state_dict(loaded)
+    except UnknownLayoutError:
+        return False
+    return True
 
 
 def _as_detectron2_pickle(data):
@@ -209,7 +228,11 @@ def convert_checkpoint(loaded) -> Tuple[dict, Conversion]:
         checkpoint = dict(loaded) if container == "model" else {"model": state}
         return checkpoint, conversion
     source = {"format": conversion.format, "prefix": conversion.prefix, "container": container,
-              "input_format": _MMRAZOR_INPUT_FORMAT}
+              "block_style": conversion.block_style}
+    if conversion.format.startswith("official"):
+        source.update(input_format=_OFFICIAL_INPUT_FORMAT, pixel_mean=[0.0] * 3, pixel_std=[1.0] * 3)
+    else:
+        source["input_format"] = _MMRAZOR_INPUT_FORMAT
     if isinstance(loaded, dict) and "meta" in loaded:
         source["meta"] = loaded["meta"]
     return {"model": conversion.state, "converted_from": source}, conversion
@@ -281,7 +304,8 @@ def _group(key: str, depth: int) -> str:
 def _describe(backbone) -> str:
     space = backbone.space
     kind = "supernet" if isinstance(backbone, ShuffleNetV2Supernet) else f"subnet {arch_to_str(backbone.arch)}"
-    return f"space '{space.name}' (width {space.width_mult}, {space.num_layers} layers), {kind}"
+    style = f", block style {space.block_style}" if space.official else ""
+    return f"space '{space.name}' (width {space.width_mult}, {space.num_layers} layers{style}), {kind}"
 
 
 def _is_supernet_state(state: Dict[str, torch.Tensor]) -> bool:
@@ -328,7 +352,7 @@ class DetNASCheckpointer(DetectionCheckpointer):
             raise
         except Exception as e:  # a truncated or foreign file fails anywhere inside the unpickler
             raise RuntimeError(f"{filename} cannot be read as a checkpoint ({type(e).__name__}: {e}).{self._fallback_hint(filename)}") from e
-        if filename.endswith(".pkl"):
+        if filename.endswith(".pkl") and not _holds_tensors(loaded):
             return _as_detectron2_pickle(loaded)
         if filename.endswith(".pyth") and isinstance(loaded, dict) and "model_state" in loaded:  # pycls
             state = {k: v for k, v in loaded["model_state"].items() if not k.endswith("num_batches_tracked")}
@@ -349,8 +373,11 @@ class DetNASCheckpointer(DetectionCheckpointer):
                 + (f", prefix '{conversion.prefix}'" if conversion.prefix else "")
                 + "):\n" + conversion_table(conversion)
             )
+        self._check_block_style(conversion, filename)
         source = checkpoint.get("converted_from") or {}
-        if source.get("input_format") and source["input_format"] != model_input_format(self.model):
+        if source.get("pixel_mean") is not None:
+            self._check_raw_input(source, filename)
+        elif source.get("input_format") and source["input_format"] != model_input_format(self.model):
             model_format = model_input_format(self.model)
             if model_format is None:
                 self.logger.warning(
@@ -365,6 +392,45 @@ class DetNASCheckpointer(DetectionCheckpointer):
                     "(PIXEL_MEAN): stem conv input channels reversed (exact)"
                 )
         return checkpoint
+
+    def _check_block_style(self, conversion: Conversion, filename: str):
+        """Weights for another network than the model's (search_space.BLOCK_STYLES): an error naming the
+        setting; only the stride-1 split of the official code differing (not in the file): a warning."""
+        backbone = find_detnas_backbone(self.model)[1]
+        theirs = conversion.block_style
+        if backbone is None or theirs is None or theirs == backbone.space.block_style:
+            return
+        ours = backbone.space.block_style
+        what = f"{filename} holds {conversion.format} weights of block style '{theirs}'"
+        if (theirs == "mmrazor") != (ours == "mmrazor"):
+            raise ValueError(
+                f"{what}, the model is MODEL.DETNAS.BLOCK_STYLE '{ours}': another network (search_space.py). Set "
+                f"MODEL.DETNAS.BLOCK_STYLE {theirs}"
+                + (" (configs/ImageNet/official_*.yaml, configs/COCO-Detection/official_*.yaml)" if theirs != "mmrazor" else "")
+            )
+        self.logger.warning(
+            f"{what} (the official {'supernet' if conversion.is_supernet else 'searched models'}' code splits a "
+            f"stride-1 unit's channels so; the file does not say), the model '{ours}': its outputs equal the "
+            "official network's only if the weights were trained with the model's split"
+        )
+
+    def _check_raw_input(self, source: dict, filename: str):
+        """The official weights take BGR 0-255 pixels without normalisation: warn a model that normalises."""
+        model = getattr(self.model, "module", self.model)
+        mean, std = getattr(model, "pixel_mean", None), getattr(model, "pixel_std", None)
+        if mean is None or std is None:
+            return
+        if torch.allclose(mean.flatten().cpu(), torch.tensor(source["pixel_mean"])) and torch.allclose(
+            std.flatten().cpu(), torch.tensor(source["pixel_std"])
+        ):
+            return
+        self.logger.warning(
+            f"{filename} holds {source.get('format')} weights for {source['input_format']} pixels in 0-255 "
+            f"without normalisation (PIXEL_MEAN {source['pixel_mean']}, PIXEL_STD {source['pixel_std']}); the model "
+            f"normalises with PIXEL_MEAN {mean.flatten().tolist()}, PIXEL_STD {std.flatten().tolist()}, so its "
+            "outputs are not the official network's: set MODEL.PIXEL_MEAN / PIXEL_STD to the weights' (the "
+            "configs/*/official_*.yaml configs do)"
+        )
 
     def _fallback_hint(self, filename: str) -> str:
         """For a file of this run's folder: how to resume from the checkpoint before it."""
@@ -512,5 +578,5 @@ class DetNASCheckpointer(DetectionCheckpointer):
         raise ValueError(
             f"{source}: the backbone weights do not fit the model's {_describe(backbone)}: "
             + "; ".join(problems)
-            + ". Wrong MODEL.DETNAS.SPACE / WIDTH_MULT / ARCH for this checkpoint?"
+            + ". Wrong MODEL.DETNAS.SPACE / WIDTH_MULT / ARCH / BLOCK_STYLE for this checkpoint?"
         )

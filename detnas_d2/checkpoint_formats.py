@@ -13,14 +13,19 @@ Layouts (see DESIGN.md, "Checkpoint layouts of the anchors"):
   (MMDetection Faster R-CNN FPN with ``Shared4Conv1FCBBoxHead``).
 - ``mmrazor-0.x``: the same modules with ``.choices.`` instead of ``._candidates.``, under
   ``architecture.model.``.
-- ``megvii`` (official DetNAS ``Supernet-ImageNet/detnasnet.py``, ShuffleNet-Series ``DetNAS`` / SPOS):
-  ``first_conv``, ``features.<i>[.<id>].{conv,proj_conv}.*interstellar*``, ``last_conv``, ``fc``. Detected and
-  refused: it is another network (see `MegviiLayoutError`).
+- ``official-detnas`` (Megvii: ShuffleNet-Series ``DetNAS/network.py``, DetNAS ``Supernet-ImageNet/
+  detnasnet.py``, its maskrcnn_benchmark backbone): ``[module.][backbone.body.]first_conv.{conv,bn}``,
+  ``features.<i>[.<choice>].{conv.<j>,proj_conv}.<module>`` (module names below, they name the blocks),
+  ``last_conv.{conv,bn}``, ``fc.fc``. Another network than MMRazor's: it loads into a model of block style
+  ``official`` (search_space.py), whose parameters have the same names as ours.
+- ``official-oneshot`` (ShuffleNet-Series ``OneShot``, SPOS with searched channel widths): detected and
+  refused (`MegviiLayoutError`): its mid channels are not those of the DetNAS space.
 
-`to_detnas` converts any of the first three to our layout: the classifier form (``backbone.*``,
-``head.*``) or, for a detector, Detectron2's (``backbone.bottom_up.*``, ``backbone.fpn_*``,
-``proposal_generator.rpn_head.*``, ``roi_heads.*``). `to_mmrazor` is its exact inverse. `block_arch`
-reads the blocks of a subnet from its tensors (its names, where the file has them, must agree).
+`to_detnas` converts any of them to our layout: the classifier form (``backbone.*``, ``head.*``) or, for a
+detector, Detectron2's (``backbone.bottom_up.*``, ``backbone.fpn_*``, ``proposal_generator.rpn_head.*``,
+``roi_heads.*``; of an official detector only the backbone). `to_mmrazor` and `to_official` are its exact
+inverses. `block_arch` reads the blocks of a subnet from its tensors (its names, where the file has them,
+must agree).
 """
 import re
 from collections import Counter, OrderedDict
@@ -41,6 +46,7 @@ __all__ = [
     "detect_format",
     "to_detnas",
     "to_mmrazor",
+    "to_official",
     "block_arch",
     "arch_difference",
     "flip_stem_channels",
@@ -48,21 +54,23 @@ __all__ = [
     "infer_space",
 ]
 
-FORMATS = ("detnas-d2", "mmrazor-1.x", "mmrazor-0.x", "megvii")
+FORMATS = ("detnas-d2", "mmrazor-1.x", "mmrazor-0.x", "official-detnas", "official-oneshot")
 LAYOUTS_TRIED = (
     "detnas-d2 (a key '<prefix>stem.conv.weight')",
     "MMRazor 1.x / 0.x DetNAS or SPOS, classifier or MMDetection detector "
     "('[architecture.[model.]]backbone.conv1.conv.weight')",
-    "official DetNAS / ShuffleNet-Series / SPOS ('[module.]first_conv.conv.weight', "
-    "'backbone.body.first_conv.conv.weight')",
+    "official DetNAS / ShuffleNet-Series, classifier, supernet or maskrcnn_benchmark detector "
+    "('[module.][backbone.body.]first_conv.conv.weight')",
+    "official ShuffleNet-Series OneShot ('[module.]first_conv.0.weight' with 'features.<i>.branch_main')",
 )
 MMRAZOR_STEM = "backbone.conv1.conv.weight"
-MEGVII_STEM = "first_conv.conv.weight"
+OFFICIAL_STEM = "first_conv.conv.weight"
+ONESHOT_STEM = "first_conv.0.weight"
 _STEM = "stem.conv.weight"
 # Containers: mmengine / mmcv ('state_dict'), Detectron2 / fvcore ('model'), other trainers.
 _CONTAINER_KEYS = ("state_dict", "model", "model_state", "net", "module")
 # MMRazor's candidate names and ours are the same (search_space.BLOCKS); the official code's:
-MEGVII_BLOCKS = {"shufflenet_3x3": 0, "shufflenet_5x5": 1, "shufflenet_7x7": 2, "xception_3x3": 3}
+OFFICIAL_BLOCKS = {"shufflenet_3x3": 0, "shufflenet_5x5": 1, "shufflenet_7x7": 2, "xception_3x3": 3}
 _KERNEL_BLOCK = {3: 0, 5: 1, 7: 2}
 
 
@@ -71,7 +79,7 @@ class UnknownLayoutError(ValueError):
 
 
 class MegviiLayoutError(ValueError):
-    """An official (Megvii) DetNAS / ShuffleNet-Series checkpoint: detected, arch read, not loadable."""
+    """An official (Megvii) checkpoint that is detected but has no place in the DetNAS space (OneShot)."""
 
 
 @dataclass
@@ -84,6 +92,7 @@ class Conversion:
     prefix: str = ""  # wrapper prefix stripped from the file's keys ('architecture.', 'module.', ...)
     rows: List[Tuple[str, str, int]] = field(default_factory=list)  # (file keys, our keys, tensors)
     dropped: Dict[str, int] = field(default_factory=dict)  # file key group -> tensors without a place
+    block_style: Optional[str] = "mmrazor"  # the network the tensors are for (search_space.BLOCK_STYLES); None: unknown
 
 
 # ---- containers and detection ---------------------------------------------------------------------
@@ -127,10 +136,17 @@ def _mmrazor_prefix(state) -> Optional[str]:
     return None
 
 
-def _megvii_prefix(state) -> Optional[str]:
+def _official_prefix(state) -> Optional[str]:
     for key in state:
-        if key.endswith(MEGVII_STEM):
-            return key[: -len(MEGVII_STEM)]
+        if key.endswith(OFFICIAL_STEM):
+            return key[: -len(OFFICIAL_STEM)]
+    return None
+
+
+def _oneshot_prefix(state) -> Optional[str]:
+    for key in state:
+        if key.endswith(ONESHOT_STEM) and key[: -len(ONESHOT_STEM)] + "features.0.branch_main.0.weight" in state:
+            return key[: -len(ONESHOT_STEM)]
     return None
 
 
@@ -144,8 +160,10 @@ def detect_format(state: Dict[str, torch.Tensor]) -> str:
         if any(k.startswith(layers) and ".choices." in k for k in state):
             return "mmrazor-0.x"
         return "mmrazor-1.x"
-    if _megvii_prefix(state) is not None:
-        return "megvii"
+    if _official_prefix(state) is not None:
+        return "official-detnas"
+    if _oneshot_prefix(state) is not None:
+        return "official-oneshot"
     keys = list(state)
     more = f" ... ({len(keys)} in all)" if len(keys) > 5 else ""
     raise UnknownLayoutError(
@@ -208,9 +226,26 @@ def _stage_starts(layers) -> List[int]:
     return starts
 
 
+def _shape_style(layers) -> Optional[str]:
+    """'official' if every stride-2 unit's projection keeps its input channels, 'mmrazor' if it gives half
+    of the unit's output, None if the shapes fit both or neither (search_space.BLOCK_STYLES)."""
+    fits = {"official": True, "mmrazor": True}
+    for i in _stage_starts(layers):
+        block = next(iter(layers[i].values()))
+        proj = block.get("branch_proj.1.weight")
+        main = max((k for k in block if re.match(r"^branch_main\.\d+\.weight$", k)), key=_branch_index, default=None)
+        if proj is None or main is None:
+            return None
+        total = proj.shape[0] + block[main].shape[0]
+        fits["official"] &= proj.shape[0] == proj.shape[1]
+        fits["mmrazor"] &= proj.shape[0] == total // 2
+    styles = [name for name, ok in fits.items() if ok]
+    return styles[0] if len(styles) == 1 else None
+
+
 def infer_space(state: Dict[str, torch.Tensor], prefix: str = "") -> SearchSpace:
-    """The search space (and width) of the backbone at `prefix` in a state dict of our layout, from its
-    layer count, stem and stage output channels."""
+    """The search space (width and block style) of the backbone at `prefix` in a state dict of our layout,
+    from its layer count, stem and stage output channels, and its projection branches' channels."""
     layers = _split_layers(state, prefix)
     stem = state.get(prefix + _STEM)
     if stem is None or not layers:
@@ -224,10 +259,11 @@ def infer_space(state: Dict[str, torch.Tensor], prefix: str = "") -> SearchSpace
         proj = max(int(k.split(".")[1]) for k in block if k.startswith("branch_proj.") and k.endswith("weight"))
         main = max(int(k.split(".")[1]) for k in block if k.startswith("branch_main.") and k.count(".") == 2)
         stage_out.append(block[f"branch_proj.{proj}.weight"].shape[0] + block[f"branch_main.{main}.weight"].shape[0])
+    style = "official" if _shape_style(layers) == "official" else "mmrazor"
     for base in SPACES.values():
         if base.stage_depths != depths:
             continue
-        space = get_space(base.name, stem.shape[0] / base.stem_channels)
+        space = get_space(base.name, stem.shape[0] / base.stem_channels, style)
         if space.stem_out == stem.shape[0] and list(space.stage_out) == stage_out:
             return space
     raise ValueError(
@@ -489,43 +525,233 @@ def _mmrazor_to_detnas(state: Dict[str, torch.Tensor], fmt: str) -> Conversion:
     )
 
 
-# ---- megvii: detect, read the arch, refuse -----------------------------------------------------------
+# ---- official (Megvii) DetNAS <-> ours ----------------------------------------------------------------
+#
+# Module names of the official code (ShuffleNet-Series DetNAS/blocks.py, DetNAS Supernet-ImageNet/
+# shuffle_blocks.py and maskrcnn_benchmark/modeling/backbone/shuffle_blocks.py), for unit '<stage><letter>'
+# (stage 1-4, letter a, b, ... within the stage) and block '<op>':
+#   main branch  features.<i>[.<choice>].conv.<j>.{interstellar<unit>_<op>_<part>[_s][_s_bn], bn<unit>_<op>_<part>}
+#   projection   features.<i>[.<choice>].proj_conv.{interstellar<unit>_proj[_s][_s_bn], bn<unit>_proj}
+# '_s' is the depthwise conv (and '_s_bn' its BN) before the 1x1 conv of the same part; 'bn...' the 1x1's BN.
 
-_MEGVII_OP = re.compile(r"(shufflenet_[357]x[357]|xception_3x3)")
+_OFFICIAL_NAME = re.compile(
+    r"^(?P<kind>interstellar|bn)(?P<unit>\d+[a-z])_(?:(?P<op>shufflenet_[357]x[357]|xception_3x3)_)?"
+    r"(?P<part>branch2[abc]|proj)(?P<dw>_s)?(?P<dwbn>_bn)?$"
+)
+_OFFICIAL_KEY = re.compile(r"^features\.(\d+)\.(?:(\d+)\.)?(conv\.(\d+)|proj_conv)\.([A-Za-z0-9_]+)\.(\w+)$")
+# (depthwise slot, pointwise slot) in our branch of each official part; shufflenet_kxk's branch2a is 1x1 only.
+_OFFICIAL_SLOTS = {
+    ("shufflenet", "branch2a"): (None, 0), ("shufflenet", "branch2b"): (1, 2),
+    ("xception", "branch2a"): (0, 1), ("xception", "branch2b"): (2, 3), ("xception", "branch2c"): (4, 5),
+    ("proj", "proj"): (0, 1),
+}
+_OFFICIAL_OPS = tuple(OFFICIAL_BLOCKS)  # their blocks_key order = our block ids
+_NORM_PARAMS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
-def _megvii_arch(state, prefix) -> Tuple[Optional[Tuple[int, ...]], bool]:
-    """(arch or None, is_supernet) read from the official module names."""
-    per_layer: Dict[int, set] = {}
-    start = prefix + "features."
-    for key in state:
-        if not key.startswith(start):
-            continue
-        parts = key[len(start):].split(".")
-        m = _MEGVII_OP.search(key)
+def _official_parent(family: str, part: str) -> str:
+    """The Sequential that holds a part: 'proj_conv', or 'conv.<j>' (the j-th part of the main branch)."""
+    return "proj_conv" if family == "proj" else f"conv.{sorted(p for f, p in _OFFICIAL_SLOTS if f == family).index(part)}"
+
+
+def _official_tail(parent: str, module: str, param: str, choice: Optional[int], where: str):
+    """(unit, our key inside the block, block id named by the module or None) of one official block tensor."""
+    m = _OFFICIAL_NAME.match(module)
+    if m is None:
+        raise ValueError(f"{where}: '{module}' is not a module name of the official DetNAS blocks")
+    op, part = m.group("op"), m.group("part")
+    block = OFFICIAL_BLOCKS[op] if op else choice
+    family = "proj" if part == "proj" else ("xception" if block == BLOCK_IDS["shuffle_xception"] else "shufflenet")
+    slots = _OFFICIAL_SLOTS.get((family, part))
+    is_norm = m.group("kind") == "bn" or m.group("dwbn") is not None
+    slot = None if slots is None else slots[0 if m.group("dw") else 1]
+    if (slot is None or _official_parent(family, part) != parent or (is_norm and param not in _NORM_PARAMS)
+            or (not is_norm and param != "weight")):
+        raise ValueError(f"{where}: '{parent}.{module}.{param}' has no place in a block of the DetNAS space")
+    branch = "branch_proj" if part == "proj" else "branch_main"
+    return m.group("unit"), f"{branch}.{slot}.{'norm.' + param if is_norm else param}", (block if op else None)
+
+
+def _official_units(depths: Sequence[int]) -> List[str]:
+    return [f"{s + 1}{chr(ord('a') + b)}" for s, depth in enumerate(depths) for b in range(depth)]
+
+
+def _official_to_detnas(state: Dict[str, torch.Tensor]) -> Conversion:
+    prefix = _official_prefix(state)
+    dropped: Counter = Counter(_group(k, 3 if k.startswith("module.") else 2) for k in state if not k.startswith(prefix))
+    state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    # maskrcnn_benchmark's detector keeps the backbone under 'backbone.body.' (FPN and heads beside it).
+    form = "detector" if prefix.endswith("backbone.body.") else (
+        "classifier" if any(k.startswith(("last_conv.", "fc.")) for k in state) else "backbone")
+    bb = "backbone.bottom_up." if form == "detector" else "backbone."
+    out: Dict[str, torch.Tensor] = OrderedDict()
+    rows: Counter = Counter()
+    # layer -> {choice or None: {our rest: tensor}}; layer -> units and block ids named by the modules
+    blocks: Dict[int, Dict[Optional[int], Dict[str, torch.Tensor]]] = {}
+    units: Dict[int, set] = {}
+    named: Dict[Tuple[int, Optional[int]], set] = {}
+    heads = {"first_conv.": f"{bb}stem.conv.", "last_conv.": "head.conv.", "fc.fc.": "head.linear."}
+    for key, value in state.items():
+        m = _OFFICIAL_KEY.match(key)
         if m:
-            per_layer.setdefault(int(parts[0]), set()).add(m.group(1))
-    if not per_layer:
-        return None, False
-    if all(len(v) > 1 for v in per_layer.values()):
-        return None, True
-    if all(len(v) == 1 for v in per_layer.values()):
-        return tuple(MEGVII_BLOCKS[next(iter(per_layer[i]))] for i in sorted(per_layer)), False
-    return None, False
+            layer, choice = int(m.group(1)), None if m.group(2) is None else int(m.group(2))
+            where = f"'{prefix}{key}'"
+            unit, rest, block = _official_tail(m.group(3), m.group(5), m.group(6), choice, where)
+            units.setdefault(layer, set()).add(unit)
+            if block is not None:
+                named.setdefault((layer, choice), set()).add(block)
+            blocks.setdefault(layer, {}).setdefault(choice, {})[rest] = value
+            continue
+        top = next((t for t in heads if key.startswith(t)), None)
+        if top is not None and (form != "detector" or top == "first_conv."):
+            tail = key[len(top):]
+            if top != "fc.fc.":
+                tail = tail[len("conv."):] if tail.startswith("conv.") else ("norm." + tail[3:] if tail.startswith("bn.") else None)
+            if tail is not None:
+                out[heads[top] + tail] = value
+                rows[(prefix + _group(key, 1), _group(heads[top] + tail, 2))] += 1
+                continue
+        dropped[prefix + _group(key, 2)] += 1
+
+    if not blocks or sorted(blocks) != list(range(len(blocks))):
+        raise ValueError(f"official DetNAS checkpoint without layers 'features.0..N' under '{prefix}' (found {sorted(blocks)[:5]})")
+    several = {i for i, c in blocks.items() if None not in c}
+    is_supernet = bool(several)
+    if is_supernet and len(several) != len(blocks):
+        raise ValueError(f"official checkpoint is partly a supernet: layers {sorted(set(blocks) - several)[:5]} hold one block")
+    # Layer order: unit '<stage><letter>' of layer i must be the i-th of the stages the units describe.
+    layer_units = []
+    for i in range(len(blocks)):
+        if len(units[i]) != 1:
+            raise ValueError(f"'{prefix}features.{i}' mixes the modules of units {sorted(units[i])}")
+        layer_units.append(next(iter(units[i])))
+    stages = [int(u[:-1]) for u in layer_units]
+    depths = [stages.count(s) for s in range(1, max(stages) + 1)]
+    expected = _official_units(depths)
+    if layer_units != expected:
+        first = next(i for i, (a, b) in enumerate(zip(layer_units, expected)) if a != b)
+        raise ValueError(f"'{prefix}features.{first}' is unit {layer_units[first]}, expected {expected[first]}: layers out of order")
+
+    arch = []
+    offsets = [sum(depths[:s]) for s in range(len(depths))]
+    for i in range(len(blocks)):
+        stage = stages[i] - 1
+        for choice, rest_map in sorted(blocks[i].items(), key=lambda kv: -1 if kv[0] is None else kv[0]):
+            where = f"'{prefix}features.{i}" + ("'" if choice is None else f".{choice}'")
+            structural = _block_from_keys(rest_map, where)
+            names = named.get((i, choice), set())
+            if len(names) != 1 or next(iter(names)) != structural or choice not in (None, structural):
+                raise ValueError(
+                    f"{where}: its modules name {sorted(_OFFICIAL_OPS[b] for b in names)}"
+                    + (f" as choice {choice}" if choice is not None else "")
+                    + f", its tensors are those of {_OFFICIAL_OPS[structural]}"
+                )
+            base = f"{bb}layers.{i}." + ("" if choice is None else f"choices.{choice}.")
+            if choice is None:
+                arch.append(structural)
+            for rest, value in rest_map.items():
+                out[base + rest] = value
+            rows[(f"{prefix}features.{offsets[stage]}-{offsets[stage] + depths[stage] - 1}.*",
+                  f"{bb}layers.{offsets[stage]}-{offsets[stage] + depths[stage] - 1}.*")] += len(rest_map)
+        if is_supernet and sorted(blocks[i]) != list(range(len(BLOCKS))):
+            raise ValueError(f"official supernet layer '{prefix}features.{i}' has choices {sorted(blocks[i])}, the space's are 0..3")
+    return Conversion(
+        format="official-detnas",
+        state=out,
+        arch=None if is_supernet else tuple(arch),
+        is_supernet=is_supernet,
+        form=form,
+        prefix=prefix,
+        rows=[(src, dst, n) for (src, dst), n in rows.items()],
+        dropped=dict(dropped),
+        # The files do not say how their stride-1 units split channels: the official supernet code uses
+        # method 1, the searched models' code method 2 (search_space.py).
+        block_style="official-shuffle1" if is_supernet else "official",
+    )
 
 
-def _refuse_megvii(state) -> None:
-    prefix = _megvii_prefix(state)
-    arch, supernet = _megvii_arch(state, prefix)
-    what = "a supernet" if supernet else (f"a subnet, arch {','.join(map(str, arch))}" if arch else "a network")
+def to_official(state: Dict[str, torch.Tensor], prefix: str = "") -> Dict[str, torch.Tensor]:
+    """The exact inverse of `to_detnas` for an official-style backbone of our layout (classifier or bare
+    backbone, subnet or supernet): the official DetNAS keys under `prefix` ('module.' as DataParallel saves
+    them). Keys without an official place (an FPN, detector heads) raise ValueError naming the first."""
+    stem = stem_key(state)
+    if stem is None:
+        raise ValueError(f"no ShuffleNetV2 backbone ('<prefix>{_STEM}') to convert")
+    bb = stem[: -len(_STEM)]
+    layers = _split_layers(state, bb)
+    starts = _stage_starts(layers)
+    for a, e in zip(starts, starts[1:] + [len(layers)]):
+        block = next(iter(layers[a].values()))
+        proj = block.get("branch_proj.1.weight")
+        if proj is None or proj.shape[0] != proj.shape[1]:
+            raise ValueError(
+                f"'{bb}layers.{a}' is not an official-style unit (its projection branch must keep its input "
+                "channels): only a model built with MODEL.DETNAS.BLOCK_STYLE official / official-shuffle1 has an "
+                "official layout; this one's stride-2 units split out/2 + out/2 (MMRazor's network)"
+            )
+    depths = [e - a for a, e in zip(starts, starts[1:] + [len(layers)])]
+    units = _official_units(depths)
+    heads = {f"{bb}stem.conv.": "first_conv.", "head.conv.": "last_conv.", "head.linear.": "fc.fc."}
+    out: Dict[str, torch.Tensor] = OrderedDict()
+    for key, value in state.items():
+        if key.startswith(bb + "layers."):
+            continue
+        top = next((t for t in heads if key.startswith(t)), None)
+        tail = key[len(top):] if top else ""
+        if top is None or (top != "head.linear." and not (tail in ("weight", "bias") or tail.startswith("norm."))):
+            raise ValueError(f"'{key}' has no place in the official DetNAS layout (backbone and classifier only)")
+        if top != "head.linear.":
+            tail = "bn." + tail[len("norm."):] if tail.startswith("norm.") else "conv." + tail
+        out[prefix + heads[top] + tail] = value
+    blocks = OrderedDict()
+    for i in sorted(layers):
+        for choice in sorted(layers[i], key=lambda c: -1 if c is None else c):
+            rest_map = layers[i][choice]
+            block = choice if choice is not None else _block_from_keys(rest_map, f"'{bb}layers.{i}'")
+            base = f"{prefix}features.{i}." + ("" if choice is None else f"{choice}.")
+            for rest, value in rest_map.items():
+                blocks[base + _official_module(rest, units[i], block)] = value
+    result = OrderedDict((k, out.pop(k)) for k in list(out) if k.startswith(prefix + "first_conv."))
+    result.update(blocks)
+    result.update(out)
+    return result
+
+
+def _official_module(rest: str, unit: str, block: int) -> str:
+    """Our key inside a block -> the official '<conv.j|proj_conv>.<module>.<param>'."""
+    m = re.match(r"^branch_(proj|main)\.(\d+)\.(norm\.)?(\w+)$", rest)
+    if m is None:
+        raise ValueError(f"'{rest}' is not a key of a DetNAS block")
+    op = _OFFICIAL_OPS[block]
+    family = "proj" if m.group(1) == "proj" else ("xception" if op == "xception_3x3" else "shufflenet")
+    slot = int(m.group(2))
+    for (fam, part), (dw, pw) in _OFFICIAL_SLOTS.items():
+        if fam == family and slot in (dw, pw):
+            name = f"{unit}_proj" if family == "proj" else f"{unit}_{op}_{part}"
+            if slot == dw:
+                module = f"interstellar{name}_s" + ("_bn" if m.group(3) else "")
+            else:
+                module = f"bn{name}" if m.group(3) else f"interstellar{name}"
+            return f"{_official_parent(family, part)}.{module}.{m.group(4)}"
+    raise ValueError(f"'{rest}' has no place in the official {op} block")
+
+
+# ---- official SPOS (ShuffleNet-Series OneShot): detected and refused ---------------------------------
+
+
+def _refuse_oneshot(state) -> None:
+    prefix = _oneshot_prefix(state)
+    mids = {}  # layer -> channels of its main branch's first 1x1 conv
+    for key, value in state.items():
+        m = re.match(r"^features\.(\d+)\.branch_main\.0\.weight$", key[len(prefix):]) if key.startswith(prefix) else None
+        if m and value.dim() == 4 and value.shape[-1] == 1:
+            mids[int(m.group(1))] = value.shape[0]
     raise MegviiLayoutError(
-        f"an official DetNAS / ShuffleNet-Series checkpoint (Megvii's ShuffleNetV2: '{prefix}first_conv', "
-        f"'{prefix}features.<i>', 'last_conv', 'fc'), {what}. It cannot be loaded into this ShuffleNetV2 "
-        "(the one MMRazor builds): the official stride-2 units give the projection branch all `in` channels "
-        "and the main branch `out - in` (here: out/2 each, so the first two stages' tensors differ in shape), "
-        "they shuffle channels at the start of a unit instead of its end, and the stem and last convs have "
-        "biases. Use MMRazor's release of the same arch, or retrain the arch (MODEL.DETNAS.ARCH "
-        + (",".join(map(str, arch)) if arch else "<ids>") + ")."
+        f"an official Single Path One-Shot checkpoint (ShuffleNet-Series OneShot/network.py: '{prefix}first_conv.0', "
+        f"'{prefix}features.<i>.branch_main', 'conv_last', 'classifier'). That network also searches every unit's "
+        f"mid channels (out/2 x 0.2..1.6; this file's 1x1 mid channels by layer: {[mids[i] for i in sorted(mids)]}), "
+        "which the DetNAS space does not have: it cannot be loaded. The DetNAS checkpoints of ShuffleNet-Series "
+        "(DetNAS/) and of the DetNAS repository load (MODEL.DETNAS.BLOCK_STYLE official)."
     )
 
 
@@ -535,8 +761,10 @@ def _refuse_megvii(state) -> None:
 def to_detnas(state: Dict[str, torch.Tensor]) -> Conversion:
     """`state` (any supported layout) in our layout, with what was converted and dropped."""
     fmt = detect_format(state)
-    if fmt == "megvii":
-        _refuse_megvii(state)
+    if fmt == "official-oneshot":
+        _refuse_oneshot(state)
+    if fmt == "official-detnas":
+        return _official_to_detnas(state)
     if fmt == "detnas-d2":
         stem = stem_key(state)
         prefix = stem[: -len(_STEM)]
@@ -545,8 +773,9 @@ def to_detnas(state: Dict[str, torch.Tensor]) -> Conversion:
         detector = any(k.startswith(("proposal_generator.", "roi_heads.")) for k in state)
         try:
             arch = None if supernet else block_arch(state, prefix)
+            style = _shape_style(_split_layers(state, prefix))
         except ValueError:
-            arch = None  # not the space's blocks: the checkpointer says what does not fit
+            arch = style = None  # not the space's blocks: the checkpointer says what does not fit
         return Conversion(
             format=fmt,
             state=dict(state),
@@ -555,6 +784,7 @@ def to_detnas(state: Dict[str, torch.Tensor]) -> Conversion:
             form="detector" if detector else ("classifier" if head else "backbone"),
             prefix="",
             rows=[(_group(k, 2), _group(k, 2), n) for k, n in Counter(_group(k, 2) for k in state).items()],
+            block_style=style,
         )
     return _mmrazor_to_detnas(state, fmt)
 

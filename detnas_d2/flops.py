@@ -177,7 +177,7 @@ def _build_table(space, size, head, num_classes, head_channels) -> FlopsTable:
         f"Building the FLOPs table of space {space.name} (width {space.width_mult}) at {size[0]}x{size[1]}, "
         f"head {head}: {space.num_layers} layers x {NUM_CHOICES} blocks"
     )
-    stem_flops, stem_params, shape = _measure(blocks_module.Stem(3, space.stem_out, "BN"), (1, 3) + size)
+    stem_flops, stem_params, shape = _measure(blocks_module.Stem(3, space.stem_out, "BN", bias=space.official), (1, 3) + size)
     layer_flops, layer_params, layer_sizes = [], [], []
     # The layers after the first of a stage are alike (same block, channels, input shape): measure once.
     measured_blocks = {}
@@ -186,7 +186,10 @@ def _build_table(space, size, head, num_classes, head_channels) -> FlopsTable:
         key = (spec.in_channels, spec.out_channels, spec.stride, shape)
         if key not in measured_blocks:
             measured_blocks[key] = [
-                _measure(blocks_module.build_block(c, spec.in_channels, spec.out_channels, spec.stride, "BN"), shape)
+                _measure(
+                    blocks_module.build_block(c, spec.in_channels, spec.out_channels, spec.stride, "BN", space.block_style),
+                    shape,
+                )
                 for c in range(NUM_CHOICES)
             ]
         measured = measured_blocks[key]
@@ -195,7 +198,7 @@ def _build_table(space, size, head, num_classes, head_channels) -> FlopsTable:
         shape = measured[0][2]
     head_flops = head_params = 0
     if head == "classifier":
-        classifier = heads_module.ClassifierHead(space.stage_out[-1], num_classes, head_channels)
+        classifier = heads_module.ClassifierHead(space.stage_out[-1], num_classes, head_channels, conv_bias=space.official)
         head_flops, head_params, _ = _measure(classifier, shape)
     return FlopsTable(
         space=space,

@@ -1,6 +1,21 @@
 """The DetNAS search spaces: ShuffleNetV2 backbones where every layer picks one of four blocks.
 
 An arch is a tuple of block ids, one per layer, in network order (stage by stage).
+
+A space also fixes the block style, i.e. which of two ShuffleNetV2 codes its network computes (the
+four blocks, the channel counts and the layer counts are the same in both):
+
+- ``mmrazor`` (the default): this project's and MMRazor's network. A stride-2 unit's two branches give
+  ``out / 2`` channels each; every unit ends with a channel shuffle; the stem conv has no bias.
+- ``official``: Megvii's searched DetNAS networks (ShuffleNet-Series ``DetNAS/blocks.py``, the DetNAS
+  repository's ``maskrcnn_benchmark/modeling/backbone/shuffle_blocks.py`` with its default
+  ``CHANNEL_SHUFFLE_METHOD 2``). A stride-2 unit's projection branch gives ``in`` channels and its main
+  branch ``out - in``; a stride-1 unit starts by splitting its input into even and odd channels (the
+  even ones pass through); nothing is shuffled at the end; the stem and the classifier's last conv have
+  biases.
+- ``official-shuffle1``: the same with the official supernet code's split (DetNAS
+  ``Supernet-ImageNet/shuffle_blocks.py``, and ``CHANNEL_SHUFFLE_METHOD 1`` of its ``-search`` configs):
+  a channel shuffle, then first and second half.
 """
 import random
 from dataclasses import dataclass
@@ -9,6 +24,7 @@ from typing import List, NamedTuple, Sequence, Tuple
 BLOCKS = ("shuffle_3x3", "shuffle_5x5", "shuffle_7x7", "shuffle_xception")
 BLOCK_IDS = {name: i for i, name in enumerate(BLOCKS)}
 NUM_CHOICES = len(BLOCKS)
+BLOCK_STYLES = ("mmrazor", "official", "official-shuffle1")
 
 
 class LayerSpec(NamedTuple):
@@ -36,6 +52,12 @@ class SearchSpace:
     stage_channels: Tuple[int, ...]
     stage_depths: Tuple[int, ...]
     width_mult: float = 1.0
+    block_style: str = "mmrazor"  # one of BLOCK_STYLES
+
+    @property
+    def official(self) -> bool:
+        """Megvii's network code (either split): biased stem and head convs, `in`-channel projections."""
+        return self.block_style != "mmrazor"
 
     @property
     def num_layers(self) -> int:
@@ -99,17 +121,29 @@ SPACES = {
 }
 
 
-def get_space(name: str, width_mult: float = 1.0) -> SearchSpace:
+def get_space(name: str, width_mult: float = 1.0, block_style: str = "mmrazor") -> SearchSpace:
     if name not in SPACES:
         raise ValueError(f"unknown search space '{name}'; choose one of {sorted(SPACES)}")
     if width_mult <= 0:
         raise ValueError(f"width multiplier must be positive, got {width_mult}")
+    if block_style not in BLOCK_STYLES:
+        raise ValueError(f"unknown block style '{block_style}' (MODEL.DETNAS.BLOCK_STYLE); choose one of {list(BLOCK_STYLES)}")
     base = SPACES[name]
-    return SearchSpace(base.name, base.stem_channels, base.stage_channels, base.stage_depths, width_mult)
+    space = SearchSpace(base.name, base.stem_channels, base.stage_channels, base.stage_depths, width_mult, block_style)
+    if space.official:
+        narrow = [s.index for s in space.layers() if s.stride == 2 and s.out_channels <= s.in_channels]
+        if narrow:
+            raise ValueError(
+                f"block style '{block_style}' needs every stage wider than its input (the stride-2 unit's main "
+                f"branch gives out - in channels); at width {width_mult} layer {narrow[0]} is not: use a larger "
+                "MODEL.DETNAS.WIDTH_MULT"
+            )
+    return space
 
 
 def space_from_cfg(cfg) -> SearchSpace:
-    return get_space(cfg.MODEL.DETNAS.SPACE, cfg.MODEL.DETNAS.WIDTH_MULT)
+    d = cfg.MODEL.DETNAS
+    return get_space(d.SPACE, d.WIDTH_MULT, d.BLOCK_STYLE)
 
 
 def arch_to_str(arch: Sequence[int]) -> str:

@@ -1,8 +1,9 @@
 """MMRazor / MMDetection / official checkpoints in detnas-d2 (checkpoint_formats, DetNASCheckpointer,
-tools/convert_checkpoint.py), and parity with MMRazor's and MMDetection's own code.
+tools/convert_checkpoint.py), and parity with MMRazor's, MMDetection's and the official code.
 
 tests/fixtures/mmrazor_parity.pt was made by tools/make_parity_fixtures.py with MMRazor 1.0.0, mmcls
-1.0.0rc6 and MMDetection 3.3.0 (see that script): it holds the keys and shapes of their state dicts, the
+1.0.0rc6 and MMDetection 3.3.0, tests/fixtures/official_parity.pt by tools/make_official_fixtures.py with
+Megvii's DetNAS network code (see those scripts): they hold the keys and shapes of their state dicts, the
 seed of the weights (tests/fixtures/parity_weights.py) and their modules' outputs on seeded inputs.
 """
 import importlib.util
@@ -28,8 +29,9 @@ from detnas_d2.checkpoint import (
     read_checkpoint,
     weights_arch,
 )
+from detnas_d2.arch_io import load_arch
 from detnas_d2.config import get_detnas_cfg
-from detnas_d2.search_space import BLOCK_IDS
+from detnas_d2.search_space import BLOCK_IDS, space_from_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, "tests", "fixtures")
@@ -251,14 +253,14 @@ def test_unknown_layout_names_the_layouts_tried(tmp_path):
         DetNASCheckpointer(net).load(str(tmp_path / "resnet.pth"))
 
 
-def test_official_megvii_checkpoint_is_detected_and_refused_with_its_arch():
-    arch = [2, 1, 2, 0, 2, 1, 1, 2, 3, 3, 1, 3, 0, 0, 3, 1, 3, 1, 3, 2]  # COCO_FPN_300M of the official code
-    names = {0: "shufflenet_3x3", 1: "shufflenet_5x5", 2: "shufflenet_7x7", 3: "xception_3x3"}
-    state = {"module.first_conv.conv.weight": torch.zeros(16, 3, 3, 3), "module.first_conv.conv.bias": torch.zeros(16)}
-    for i, a in enumerate(arch):
-        state[f"module.features.{i}.conv.0.interstellar1a_{names[a]}_branch2a.weight"] = torch.zeros(1)
-    state["module.fc.fc.weight"] = torch.zeros(1000, 1024)
-    with pytest.raises(cf.MegviiLayoutError, match=r"official DetNAS .* subnet, arch 2,1,2,0,2,1,1,2,3,3.*`out - in`"):
+def test_official_oneshot_checkpoint_is_refused_naming_its_channels():
+    """ShuffleNet-Series OneShot (SPOS with searched mid channels): first_conv.0, features.<i>.branch_main."""
+    state = {"module.first_conv.0.weight": torch.zeros(16, 3, 3, 3),
+             "module.features.0.branch_main.0.weight": torch.zeros(38, 16, 1, 1),
+             "module.features.1.branch_main.0.weight": torch.zeros(19, 32, 1, 1),
+             "module.classifier.0.weight": torch.zeros(1000, 1024)}
+    assert cf.detect_format(state) == "official-oneshot"
+    with pytest.raises(cf.MegviiLayoutError, match=r"One-Shot .* mid channels .* by layer: \[38, 19\]"):
         cf.to_detnas(state)
 
 
@@ -350,3 +352,155 @@ def test_mmdet_retinanet_gives_its_backbone_only():
     assert conversion.form == "detector" and conversion.arch is not None
     assert all(k.startswith("backbone.bottom_up.") for k in conversion.state)
     assert {"neck.lateral_convs.*", "neck.fpn_convs.*", "bbox_head.retina_conv.*"} <= set(conversion.dropped)
+
+
+# ---- official (Megvii) DetNAS checkpoints ----------------------------------------------------------
+
+OFFICIAL = torch.load(os.path.join(FIXTURES, "official_parity.pt"), weights_only=True)
+OFFICIAL_CONFIGS = {"subnet_300M": "configs/ImageNet/official_subnet_small.yaml",
+                    "subnet_1.3G": "configs/ImageNet/official_subnet_large.yaml",
+                    "subnet_3.8G": "configs/ImageNet/official_subnet_large_wide.yaml"}
+OFFICIAL_ARCHS = {"subnet_300M": "COCO_FPN_300M", "subnet_1.3G": "COCO_FPN_1.3G", "subnet_3.8G": "COCO_FPN_3.8G"}
+
+
+def official_state(name, prefix="module."):
+    case = OFFICIAL["cases"][name]
+    return {prefix + k: v for k, v in seeded_state_dict(OFFICIAL["seed"], case["keys"], case["shapes"]).items()}
+
+
+def official_classifier(config, *opts):
+    return model(config, "MODEL.DETNAS.OUT_FEATURES", "['res2', 'res3', 'res4', 'res5']", *opts)
+
+
+def official_outputs(net, name):
+    """Stage outputs on the fixture's 32x32 input and logits on its 224x224 input."""
+    seed = OFFICIAL["seed"]
+    with torch.no_grad():
+        feats = net.backbone(seeded_input(seed, name + ":stages", OFFICIAL["stages_input"]))
+        logits = net.head(net.backbone(seeded_input(seed, name + ":logits", OFFICIAL["logits_input"]))["res5"])
+    return {"logits": logits, **{f"stage{i}": feats[f"res{i + 2}"] for i in range(4)}}
+
+
+def assert_official_outputs(net, name):
+    ours = official_outputs(net, name)
+    for key, theirs in OFFICIAL["cases"][name]["outputs"].items():
+        close(ours[key], theirs, f"{name} {key}")
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL_CONFIGS))
+def test_official_subnet_matches_the_official_code(tmp_path, name):
+    """ShuffleNet-Series DetNAS/network.py at its published sizes: as train.py saves it (DataParallel keys
+    under 'state_dict') and as the DetNAS repository ships ImageNet models (a bare state dict in a .pkl
+    written by torch.save, read without DETNAS_ALLOW_PICKLE); the arch comes from the module names."""
+    saved = tmp_path / f"{name}.pth.tar"
+    torch.save({"state_dict": official_state(name)}, saved)
+    shipped = tmp_path / f"{OFFICIAL_ARCHS[name]}.pkl"
+    torch.save(official_state(name, prefix=""), shipped)
+    published = os.path.join(REPO, "configs", "archs", "official", OFFICIAL_ARCHS[name] + ".yaml")
+    for path in (str(saved), str(shipped)):
+        opts = arch_opts_from_weights(os.path.join(REPO, OFFICIAL_CONFIGS[name]), ["MODEL.WEIGHTS", path])
+        assert opts[-2] == "MODEL.DETNAS.ARCH"
+        space = get_detnas_cfg(os.path.join(REPO, OFFICIAL_CONFIGS[name]), [])
+        assert opts[-1] == ",".join(map(str, load_arch(published, space_from_cfg(space))))
+        net = official_classifier(OFFICIAL_CONFIGS[name], *opts)
+        with captured_log("fvcore.common.checkpoint") as log:
+            DetNASCheckpointer(net).load(path)
+        assert f"from official-detnas (classifier, subnet {opts[-1]}" in log.getvalue()
+        assert "normalisation" not in log.getvalue()  # the config feeds their raw BGR input
+        assert_official_outputs(net, name)
+
+
+def test_official_supernet_matches_the_official_code(tmp_path):
+    """DetNAS Supernet-ImageNet/detnasnet.py on one path: into the supernet (block style official-shuffle1),
+    and into the subnet of that path; the other channel split computes something else."""
+    case = OFFICIAL["cases"]["supernet_300M"]
+    path = str(tmp_path / "supernet.pth")
+    torch.save({"state_dict": official_state("supernet_300M")}, path)
+    supernet = official_classifier("configs/ImageNet/official_supernet_small.yaml")
+    DetNASCheckpointer(supernet).load(path)
+    supernet.backbone.set_arch(case["path"])
+    assert_official_outputs(supernet, "supernet_300M")
+    arch = ",".join(map(str, case["path"]))
+    subnet = official_classifier("configs/ImageNet/official_subnet_small.yaml", "MODEL.DETNAS.BLOCK_STYLE", "official-shuffle1",
+                   "MODEL.DETNAS.ARCH", arch)
+    with captured_log("fvcore.common.checkpoint") as log:
+        DetNASCheckpointer(subnet).load(path)
+    assert "Backbone hand-off" in log.getvalue() and f"supernet, path {arch}" in log.getvalue()
+    assert_official_outputs(subnet, "supernet_300M")
+    split2 = official_classifier("configs/ImageNet/official_subnet_small.yaml", "MODEL.DETNAS.ARCH", arch)
+    with captured_log("fvcore.common.checkpoint") as log:
+        DetNASCheckpointer(split2).load(path)
+    assert "block style 'official-shuffle1'" in log.getvalue() and "the model 'official'" in log.getvalue()
+    theirs = case["outputs"]["stage3"]
+    assert (official_outputs(split2, "supernet_300M")["stage3"] - theirs).abs().max() > 1e-2
+
+
+def test_official_detector_gives_its_backbone(tmp_path):
+    """maskrcnn_benchmark's DetNAS detector (module.backbone.body.*): the backbone converts, its FPN and heads
+    are listed as dropped."""
+    state = {k.replace("module.", "module.backbone.body."): v for k, v in official_state("subnet_300M").items()
+             if not k.startswith(("module.last_conv.", "module.fc."))}
+    state["module.backbone.fpn.fpn_inner1.weight"] = torch.zeros(256, 64, 1, 1)
+    state["module.rpn.head.conv.weight"] = torch.zeros(256, 256, 3, 3)
+    conversion = cf.to_detnas(state)
+    assert (conversion.format, conversion.form, conversion.prefix) == ("official-detnas", "detector", "module.backbone.body.")
+    assert set(conversion.dropped) == {"module.backbone.fpn.*", "module.rpn.head.*"}
+    path = str(tmp_path / "model_final.pth")
+    torch.save({"model": state, "iteration": 90000}, path)
+    net = model("configs/COCO-Detection/official_subnet_small_FPN_1x.yaml", *CPU_NORMS,
+                "MODEL.DETNAS.ARCH", ",".join(map(str, conversion.arch)))
+    DetNASCheckpointer(net).load(path)
+    with torch.no_grad():
+        feats = net.backbone.bottom_up(seeded_input(OFFICIAL["seed"], "subnet_300M:stages", OFFICIAL["stages_input"]))
+    for i in range(4):
+        close(feats[f"res{i + 2}"], OFFICIAL["cases"]["subnet_300M"]["outputs"][f"stage{i}"], f"stage{i}")
+
+
+def test_official_wrong_arch_or_style_is_an_error(tmp_path):
+    path = str(tmp_path / "official_300M.pth")
+    torch.save({"state_dict": official_state("subnet_300M")}, path)
+    arch = list(cf.to_detnas(official_state("subnet_300M")).arch)  # 2,1,2,0,2,...
+    arch[6] = 0  # shuffle_5x5 in the file
+    wrong = ",".join(map(str, arch))
+    config = os.path.join(REPO, OFFICIAL_CONFIGS["subnet_300M"])
+    with pytest.raises(ValueError, match=r"layer 6 \(stage 1 block 2\) is shuffle_5x5 in the file and shuffle_3x3"):
+        arch_opts_from_weights(config, ["MODEL.WEIGHTS", path, "MODEL.DETNAS.ARCH", wrong])
+    with pytest.raises(ValueError, match=r"layer 6 \(stage 1 block 2\) is shuffle_5x5 in the file and shuffle_3x3"):
+        DetNASCheckpointer(official_classifier(OFFICIAL_CONFIGS["subnet_300M"], "MODEL.DETNAS.ARCH", wrong)).load(path)
+    mmrazor_style = classifier("MODEL.DETNAS.ARCH", wrong)  # this project's network
+    with pytest.raises(ValueError, match=r"block style 'official', the model is .* 'mmrazor'.*Set MODEL.DETNAS.BLOCK_STYLE official"):
+        DetNASCheckpointer(mmrazor_style).load(path)
+
+
+def test_official_weights_warn_a_normalising_model(tmp_path):
+    path = str(tmp_path / "official_300M.pth")
+    torch.save({"state_dict": official_state("subnet_300M")}, path)
+    arch = ",".join(map(str, cf.to_detnas(official_state("subnet_300M")).arch))
+    net = classifier("MODEL.DETNAS.BLOCK_STYLE", "official", "MODEL.DETNAS.ARCH", arch)  # ImageNet mean/std
+    with captured_log("fvcore.common.checkpoint") as log:
+        DetNASCheckpointer(net).load(path)
+    assert "BGR pixels in 0-255 without normalisation" in log.getvalue()
+
+
+def test_convert_tool_round_trips_official_files(tmp_path, capsys):
+    tool = convert_tool()
+    for name in ("subnet_300M", "supernet_300M"):
+        state = official_state(name)
+        src, ours, back = (str(tmp_path / f"{name}{s}.pth") for s in ("", "_d2", "_back"))
+        torch.save({"state_dict": state}, src)
+        assert tool.main([src, ours]) == 0
+        assert tool.main([ours, back, "--to", "official"]) == 0
+        again = read_checkpoint(back)["state_dict"]
+        assert list(again) == list(state), name  # the official keys, in their module order
+        assert all(torch.equal(again[k], state[k]) for k in state), name
+    # a subnet out of the official supernet, as official keys
+    path = ",".join(map(str, OFFICIAL["cases"]["supernet_300M"]["path"]))
+    sub = str(tmp_path / "sub_d2.pth")
+    assert tool.main([str(tmp_path / "supernet_300M.pth"), sub, "--arch", path]) == 0
+    assert weights_arch(sub) == tuple(OFFICIAL["cases"]["supernet_300M"]["path"])
+    # this project's network has no official layout
+    net = classifier("MODEL.DETNAS.ARCH", "random:3")
+    torch.save({"model": net.state_dict()}, tmp_path / "ours.pth")
+    capsys.readouterr()
+    assert tool.main([str(tmp_path / "ours.pth"), str(tmp_path / "x.pth"), "--to", "official"]) == 2
+    assert "MODEL.DETNAS.BLOCK_STYLE official" in capsys.readouterr().err

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Convert DetNAS checkpoints between MMRazor's layout and detnas-d2's (Detectron2's), both ways.
+"""Convert DetNAS checkpoints between MMRazor's or the official code's layout and detnas-d2's (Detectron2's).
 
     # MMRazor 1.x / 0.x (classifier or MMDetection detector, supernet or subnet) -> detnas-d2
     python tools/convert_checkpoint.py detnas_subnet_frcnn_..._v1.pth detnas_frcnn.pth
@@ -7,6 +7,11 @@
     python tools/convert_checkpoint.py spos_supernet.pth subnet.pth --arch best_arch.yaml
     # detnas-d2 -> MMRazor 1.x (keys under 'architecture.', as MMRazor's configs load with prefix='architecture.')
     python tools/convert_checkpoint.py output/imagenet/subnet_small/model_final.pth mmrazor.pth --to mmrazor
+    # official DetNAS (ShuffleNet-Series DetNAS/, the DetNAS repository's ImageNet models and supernet; of a
+    # maskrcnn_benchmark detector its backbone) -> detnas-d2, for MODEL.DETNAS.BLOCK_STYLE official
+    python tools/convert_checkpoint.py COCO_FPN_300M.pkl detnas_official_300M.pth
+    # back: a model of block style official / official-shuffle1 (classifier or backbone) -> official keys
+    python tools/convert_checkpoint.py detnas_official_300M.pth official.pth --to official
 
 The file is read without running code from it (as MODEL.WEIGHTS is: detnas_d2.checkpoint.read_checkpoint;
 `.pkl` files need DETNAS_ALLOW_PICKLE=1). A round trip is exact: every tensor and key comes back.
@@ -15,7 +20,10 @@ Channel order: MMRazor's weights take RGB input, this project's configs (and Det
 Detectron2-side file records the order its stem expects (`converted_from.input_format`, `--input-format`,
 default BGR: the stem conv's input channels are reversed, which is exact), and DetNASCheckpointer flips it
 again for a model whose PIXEL_MEAN is in the other order. `--to mmrazor` writes RGB weights.
-A subnet file whose blocks disagree with --arch is an error naming the first layer that differs.
+The official weights take BGR input (no flip either way); `--to official` refuses a model of MMRazor's
+network (MODEL.DETNAS.BLOCK_STYLE mmrazor: other tensor shapes) and detector parts (the official code has
+its own detector, maskrcnn_benchmark's). A subnet file whose blocks disagree with --arch is an error naming
+the first layer that differs.
 """
 import argparse
 import os
@@ -41,26 +49,28 @@ from detnas_d2.checkpoint_formats import (  # noqa: E402
     infer_space,
     stem_key,
     to_mmrazor,
+    to_official,
 )
 from detnas_d2.modeling.backbone import subnet_state_dict_from_supernet  # noqa: E402
 from detnas_d2.search_space import arch_to_str  # noqa: E402
 
 MMRAZOR_INPUT_FORMAT = "RGB"
+OFFICIAL_INPUT_FORMAT = "BGR"
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("src", help="checkpoint to convert (MMRazor 1.x / 0.x or detnas-d2)")
+    parser.add_argument("src", help="checkpoint to convert (MMRazor 1.x / 0.x, official DetNAS or detnas-d2)")
     parser.add_argument("dst", help="output file")
-    parser.add_argument("--to", choices=("detectron2", "mmrazor"), default="detectron2")
+    parser.add_argument("--to", choices=("detectron2", "mmrazor", "official"), default="detectron2")
     parser.add_argument("--arch", default="", help="subnet arch (file, ids or names): extract it from a supernet, "
                         "or check a subnet against it")
     parser.add_argument("--input-format", choices=("BGR", "RGB"), default="BGR",
                         help="--to detectron2: channel order the written stem expects (default BGR, as the configs)")
     parser.add_argument("--mmrazor-version", choices=("1.x", "0.x"), default="1.x",
                         help="--to mmrazor: '_candidates' (1.x) or 'choices' (0.x) keys")
-    parser.add_argument("--prefix", default=None, help="--to mmrazor: key prefix (default: the source's, else "
-                        "'architecture.' for 1.x and 'architecture.model.' for 0.x)")
+    parser.add_argument("--prefix", default=None, help="--to mmrazor / official: key prefix (default: the source's, "
+                        "else 'architecture.' for MMRazor 1.x, 'architecture.model.' for 0.x, '' for official)")
     return parser.parse_args(argv)
 
 
@@ -108,6 +118,13 @@ def main(argv=None) -> int:
                 state = flip_stem_channels(state)
             source["input_format"] = args.input_format
             out = {"model": state, "converted_from": source or {"format": "detnas-d2"}}
+        elif args.to == "official":
+            if source_format != OFFICIAL_INPUT_FORMAT:
+                state = flip_stem_channels(state)
+            prefix = args.prefix
+            if prefix is None:
+                prefix = source.get("prefix", "") if source.get("format") == "official-detnas" else ""
+            out = {"state_dict": OrderedDict(to_official(state, prefix))}
         else:
             if source_format != MMRAZOR_INPUT_FORMAT:
                 state = flip_stem_channels(state)
@@ -124,8 +141,9 @@ def main(argv=None) -> int:
         return 2
     torch.save(out, args.dst)
     tensors = out["model"] if args.to == "detectron2" else out["state_dict"]
-    print(f"wrote {args.dst}: {len(tensors)} tensors, {args.to} layout"
-          + (f", stem for {out['converted_from']['input_format']} input" if args.to == "detectron2" else ", RGB stem"))
+    stem = {"detectron2": out.get("converted_from", {}).get("input_format"), "mmrazor": MMRAZOR_INPUT_FORMAT,
+            "official": OFFICIAL_INPUT_FORMAT}[args.to]
+    print(f"wrote {args.dst}: {len(tensors)} tensors, {args.to} layout, stem for {stem} input")
     return 0
 
 

@@ -46,7 +46,7 @@ class _ShuffleNetV2Base(Backbone):
         for s, name in enumerate(STAGE_NAMES):
             self._out_feature_channels[name] = space.stage_out[s]
             self._out_feature_strides[name] = stage_stride(s)
-        self.stem = Stem(in_channels, space.stem_out, norm)
+        self.stem = Stem(in_channels, space.stem_out, norm, bias=space.official)
         self._stage_layers = [[] for _ in STAGE_NAMES]  # layer indices per stage
         for spec in space.layers():
             self._stage_layers[spec.stage].append(spec.index)
@@ -99,10 +99,10 @@ class ChoiceLayer(nn.Module):
     It has no forward: the supernet runs the chosen block directly.
     """
 
-    def __init__(self, in_channels, out_channels, stride, norm):
+    def __init__(self, in_channels, out_channels, stride, norm, style="mmrazor"):
         super().__init__()
         self.choices = nn.ModuleList(
-            build_block(c, in_channels, out_channels, stride, norm) for c in range(NUM_CHOICES)
+            build_block(c, in_channels, out_channels, stride, norm, style) for c in range(NUM_CHOICES)
         )
 
 
@@ -112,7 +112,8 @@ class ShuffleNetV2Supernet(_ShuffleNetV2Base):
     def __init__(self, space: SearchSpace, norm="BN", out_features=STAGE_NAMES, in_channels=3):
         super().__init__(space, norm, out_features, in_channels)
         self.layers = nn.ModuleList(
-            ChoiceLayer(spec.in_channels, spec.out_channels, spec.stride, norm) for spec in space.layers()
+            ChoiceLayer(spec.in_channels, spec.out_channels, spec.stride, norm, space.block_style)
+            for spec in space.layers()
         )
         self.arch: Optional[Tuple[int, ...]] = None
         self._active_blocks: Optional[List[nn.Module]] = None
@@ -159,7 +160,7 @@ class ShuffleNetV2Subnet(_ShuffleNetV2Base):
         super().__init__(space, norm, out_features, in_channels)
         self.arch = space.validate(arch)
         self.layers = nn.ModuleList(
-            build_block(c, spec.in_channels, spec.out_channels, spec.stride, norm)
+            build_block(c, spec.in_channels, spec.out_channels, spec.stride, norm, space.block_style)
             for c, spec in zip(self.arch, space.layers())
         )
 

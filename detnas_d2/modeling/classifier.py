@@ -8,6 +8,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
+from ..search_space import space_from_cfg
 from .heads import ClassifierHead
 
 __all__ = ["DetNASClassifier"]
@@ -60,6 +61,7 @@ class DetNASClassifier(nn.Module):
             head_channels=cfg.MODEL.CLASSIFIER.HEAD_CHANNELS,
             dropout=cfg.MODEL.CLASSIFIER.DROPOUT,
             norm=cfg.MODEL.DETNAS.NORM,
+            conv_bias=space_from_cfg(cfg).official,
         )
         return {
             "backbone": backbone,
