@@ -105,10 +105,21 @@ def add_detnas_config(cfg):
     _C.DETNAS.SEARCH.PREDICTOR = ""  # "" | ridge
     _C.DETNAS.SEARCH.PREDICTOR_KEEP = 0.5
     _C.DETNAS.SEARCH.PREDICTOR_MIN_SCORED = 20  # candidates scored before the predictor screens
+    # Racing (search/racing.py): candidates are scored on the first SLICES (fractions) of the evaluation
+    # images, rung by rung, and only those that can still enter the top-k go on to the next slice and the
+    # whole set; the others are recorded with their slice score, "full": false. () : off.
+    _C.DETNAS.SEARCH.RACING = CN()
+    _C.DETNAS.SEARCH.RACING.SLICES = ()  # e.g. (0.1, 0.3); rounded up to whole EVAL_BATCH_SIZE batches
+    # The least safety margin (score units: AP points, top-1 %): a candidate goes on unless TOPK others beat
+    # its slice score by more; it grows to twice the largest slice error measured on fully scored candidates.
+    _C.DETNAS.SEARCH.RACING.MARGIN = 1.0
     # Scoring
     _C.DETNAS.SEARCH.EVAL_DATASET = ""  # held-out split; empty: DATASETS.TEST[0]
     _C.DETNAS.SEARCH.EVAL_IMAGES = 0  # score on the first N images; 0: all
     _C.DETNAS.SEARCH.EVAL_BATCH_SIZE = 4  # images per inference forward while scoring (global batches)
+    # Test-time shorter side while scoring (BN recalibration and evaluation images; INPUT.MAX_SIZE_TEST
+    # scaled alike): a cheaper protocol at a lower resolution. 0: the detector's own INPUT.MIN_SIZE_TEST.
+    _C.DETNAS.SEARCH.EVAL_MIN_SIZE = 0
     _C.DETNAS.SEARCH.DIST_MODE = "split_images"  # split_images | split_candidates
     _C.DETNAS.SEARCH.CACHE_MB = 4096  # per process: keep the mapped recalibration/eval inputs in memory up to this
 

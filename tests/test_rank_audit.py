@@ -339,3 +339,41 @@ def test_standalone_end_to_end_killed_and_resumed(tmp_path, monkeypatch, capsys)
 
     assert ra.main(cmd[2:]) == 0
     assert "0 to train" in capsys.readouterr().out and out.read_text().splitlines() == lines
+
+
+# ---- protocol against protocol ---------------------------------------------------------------------------
+
+
+def test_protocols_report_by_hand(tmp_path, capsys):
+    """A reference score file (archs a..e scored 5..1, 9000 images and 10 s each) against a cheap search's
+    candidates.jsonl that swaps b and c, races e out on a slice, and spends 1000 images and 1 s a candidate."""
+    archs = [[i] * 20 for i in range(5)]
+    reference = [{"arch": a, "score": 5.0 - i, "seconds": 10.0, "images_recalib": 4000, "images_eval": 5000}
+                 for i, a in enumerate(archs)]
+    cheap_scores = [5.0, 3.0, 4.0, 2.0, 0.5]
+    cheap = [{"arch": a, "score": s, "full": i < 4, "images_recalib": 200, "images_eval": 800, "seconds_wall": 1.0,
+              "seconds_inference": 0.7} for i, (a, s) in enumerate(zip(archs, cheap_scores))]
+    _write_scores(tmp_path / "reference.jsonl", reference)
+    _write_scores(tmp_path / "candidates.jsonl", cheap)
+    out = tmp_path / "protocols.json"
+    assert ra.main(["protocols", "--reference", str(tmp_path / "reference.jsonl"), "--cheap",
+                    str(tmp_path / "candidates.jsonl"), "--topk", "2", "--output", str(out)]) == 0
+    f = json.loads(out.read_text())
+    # 4 archs with both full scores, ranked 1 2 3 4 vs 1 3 2 4: one discordant pair of 6, sum d^2 = 2
+    assert (f["archs_common"], f["archs_compared"], f["raced_out"]) == (5, 4, 1)
+    assert f["tau"] == pytest.approx((5 - 1) / 6) and f["rho"] == pytest.approx(1 - 6 * 2 / (4 * 15))
+    assert f["topk"] == {"k": 2, "hits": 1, "reference_top_raced_out": 0}  # {a, b} against {a, c}
+    assert f["best_agrees"] and f["best_cheap"] == archs[0]
+    assert f["images"] == {"reference": 45000.0, "cheap": 5000.0, "ratio": pytest.approx(1 / 9)}
+    assert f["seconds"] == {"reference": 50.0, "cheap": 5.0, "ratio": pytest.approx(0.1)}
+    assert "| Kendall tau-b" in capsys.readouterr().out
+
+    # a reference that prefers b: the cheap best (a) disagrees, 1.0 below the reference best
+    swapped = [dict(r, score=[4.0, 5.0, 3.0, 2.0, 1.0][i]) for i, r in enumerate(reference)]
+    _write_scores(tmp_path / "swapped.jsonl", swapped)
+    f = ra.protocol_figures(ra.read_protocol(str(tmp_path / "swapped.jsonl")),
+                            ra.read_protocol(str(tmp_path / "candidates.jsonl")), 2)
+    assert not f["best_agrees"] and f["best_reference_score"] - f["best_cheap_reference_score"] == 1.0
+    _write_scores(tmp_path / "twice.jsonl", reference + reference[:1])
+    with pytest.raises(ValueError, match="scored twice"):
+        ra.read_protocol(str(tmp_path / "twice.jsonl"))

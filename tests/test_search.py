@@ -1,6 +1,7 @@
 """Step 3, the search: algorithm and state (fake fitness), BN recalibration, scoring with one and two
 processes, end to end runs on the toy supernet detector, and the errors a user can run into."""
 import json
+import math
 import os
 import random
 import re
@@ -24,8 +25,10 @@ from detnas_d2.flops import get_flops_table
 from detnas_d2.search import (
     DIST_MODES,
     ArchConstraints,
+    CandidateScorer,
     DistributedScoring,
     EvolutionSearch,
+    ScoringSettings,
     SearchSettings,
     SearchStateError,
     build_scorer,
@@ -33,7 +36,10 @@ from detnas_d2.search import (
 )
 from detnas_d2.modeling import bn_layers
 from detnas_d2.recalibration import recalibration_batches
+from detnas_d2.search.racing import SLICE_SCORES, promoted, rung_margin
+from detnas_d2.search.scoring import scoring_cfg
 from detnas_d2.search_space import get_space
+from detnas_d2.tasks import get_task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DET_CONFIG = os.path.join(ROOT, "configs", "Toy", "search_det.yaml")
@@ -327,7 +333,7 @@ def test_top1_fitness_scores_a_classifier(tmp_path):
     before = head_bn.running_mean.clone()
     result = scorer.score(SPACE.default_arch())
     assert 0.0 <= result["score"] <= 100.0
-    assert scorer.eval_batches.num_images == len(DatasetCatalog.get("toy_cls_search"))  # EVAL_IMAGES 0: all
+    assert sum(b.num_images for b in scorer.eval_segments) == len(DatasetCatalog.get("toy_cls_search"))  # 0: all
     # the head's BN runs on every path and is recalibrated with it
     assert not torch.equal(before, head_bn.running_mean)
 
@@ -382,3 +388,198 @@ def test_checkpoint_errors(tmp_path):
 def test_recalibration_image_count_must_be_positive():
     with pytest.raises(ValueError, match="DETNAS.BN_RECALIB.IMAGES must be positive, got 0"):
         recalibration_batches("toy_det_train", 0, 4, 0, None, False)
+
+
+# ---- racing (issue 13) -------------------------------------------------------------------------
+
+RACE_IMAGES = 200
+RACE_NOISE = 1.0  # every per-image score lies within this of the arch's quality
+
+
+def per_image_scores(arch):
+    rng = random.Random(",".join(map(str, arch)))
+    return [fake_fitness(arch) + rng.uniform(-RACE_NOISE, RACE_NOISE) for _ in range(RACE_IMAGES)]
+
+
+def race_score(archs, fraction=1.0):
+    """A synthetic fitness with known per-image scores: the mean over the first `fraction` of the images."""
+    n = math.ceil(fraction * RACE_IMAGES)
+    return [{"score": sum(per_image_scores(a)[:n]) / n, "images_eval": n} for a in archs]
+
+
+def test_racing_rule_never_drops_a_top_k_candidate():
+    rng = random.Random(0)
+    dropped_without_margin = 0
+    for _ in range(300):
+        k, d = rng.randint(1, 5), rng.uniform(0.1, 2.0)
+        truth = [rng.gauss(0, 2) for _ in range(rng.randint(2, 30))]
+        slices = [t + rng.uniform(-d, d) for t in truth]  # slice scores within d of the full ones
+        earlier_truth = [rng.gauss(0, 2) for _ in range(rng.randint(0, 20))]
+        history = [{"score": t, SLICE_SCORES: [t + rng.uniform(-d, d)]} for t in earlier_truth]
+        ranked = sorted(truth + earlier_truth, reverse=True)
+        in_topk = [t >= ranked[min(k, len(ranked)) - 1] for t in truth]
+        go = promoted(slices, history, 0, k, 2 * d)
+        assert all(g for g, top in zip(go, in_topk) if top), "a top-k candidate was raced out"
+        go = promoted(slices, history, 0, k, 0.0)
+        dropped_without_margin += any(top and not g for g, top in zip(go, in_topk))
+    assert dropped_without_margin > 0, "without a margin the rule should lose some top-k candidates"
+    # The margin grows to twice the largest slice error measured on fully scored candidates.
+    history = [{"score": 10.0, SLICE_SCORES: [9.0, 10.5]}, {"score": 5.0, SLICE_SCORES: [7.5], "full": False},
+               {"score": 3.0}]
+    assert rung_margin(history, 0, 0.5) == 2.0 and rung_margin(history, 1, 0.5) == 1.0
+    assert rung_margin(history, 2, 0.5) == 0.5
+
+
+def test_racing_search_keeps_the_full_protocols_top_k_at_a_fraction_of_the_images(table):
+    constraints = ArchConstraints(table, SPACE, INPUT_SIZE, flops_max=FLOPS_MAX)
+    full = EvolutionSearch(settings(), SPACE, constraints, None).run(race_score)
+    # Per-image scores within RACE_NOISE of the quality: slice and full means differ by at most 2 x RACE_NOISE.
+    raced = EvolutionSearch(settings(racing_slices=(0.1, 0.3), racing_margin=4 * RACE_NOISE), SPACE, constraints,
+                            None).run(race_score)
+    assert [r["arch"] for r in raced.history] == [r["arch"] for r in full.history]
+    assert raced.topk == full.topk, "racing changed the top-k, hence the search"
+    by_arch = {tuple(r["arch"]): r for r in full.history}
+    for r in raced.history:
+        assert len(r[SLICE_SCORES]) == (2 if r["full"] else len(r[SLICE_SCORES]))
+        if r["full"]:
+            assert r["score"] == by_arch[tuple(r["arch"])]["score"]
+        else:
+            assert r["score"] == r[SLICE_SCORES][-1] and r["images_eval"] < 2 * RACE_IMAGES
+    assert any(not r["full"] for r in raced.history)
+    images = lambda search: sum(r["images_eval"] for r in search.history)  # noqa: E731
+    assert images(raced) < 0.6 * images(full)
+
+    with pytest.raises(ValueError, match=r"RACING.SLICES must be increasing fractions in \(0, 1\)"):
+        settings(racing_slices=(0.5, 0.2)).validate()
+
+
+def test_racing_search_resumes_exactly_after_a_crash(table, tmp_path):
+    constraints = ArchConstraints(table, SPACE, INPUT_SIZE, flops_max=FLOPS_MAX)
+    raced = settings(racing_slices=(0.1, 0.3), racing_margin=4 * RACE_NOISE)
+    full = EvolutionSearch(raced, SPACE, constraints, None).run(race_score, 3)
+    path = str(tmp_path / "state.json")
+    calls = []
+
+    def crash_in_generation_2(archs, fraction):  # dies in the last rung of generation 2
+        calls.append(fraction)
+        if calls.count(1.0) == 4:
+            raise Crash()
+        return race_score(archs, fraction)
+
+    with pytest.raises(Crash):
+        EvolutionSearch(raced, SPACE, constraints, path).run(crash_in_generation_2, 3)
+    with open(path) as f:
+        saved = json.load(f)
+    assert saved["generation"] == 2 and saved["race"], "the slice results of the crashed generation are kept"
+    rescored = []
+    resumed = EvolutionSearch(raced, SPACE, constraints, path, resume=True)
+    state = resumed.run(lambda archs, f: rescored.extend((tuple(a), f) for a in archs) or race_score(archs, f), 3)
+    assert without_timings(state.history) == without_timings(full.history)
+    done = {(tuple(map(int, a.split(","))), f) for a, results in saved["race"].items()
+            for f, _ in zip((0.1, 0.3, 1.0), results)}
+    assert rescored and not done & set(rescored), "a slice already scored was scored again"
+    with pytest.raises(SearchStateError, match="racing_margin"):
+        EvolutionSearch(settings(racing_slices=(0.1, 0.3)), SPACE, constraints, path, resume=True)
+
+
+def test_racing_scorer_slices_give_the_unsliced_scores(det_weights, tmp_path):
+    archs = [SPACE.random_arch(random.Random(s)) for s in (2, 3)]
+    cfg = make_cfg(DET_CONFIG, tmp_path, det_weights, EVAL_IMAGES=0, EVAL_BATCH_SIZE=8)
+    whole = build_scorer(cfg)
+    first_half = build_scorer(make_cfg(DET_CONFIG, tmp_path, det_weights, EVAL_IMAGES=32, EVAL_BATCH_SIZE=8))
+    racing = build_scorer(cfg, search=SearchSettings(population=4, racing_slices=(0.5,)))
+    for arch in archs:
+        half, rest = racing.score(arch, 0.5), racing.score(arch, 1.0)
+        assert half["score"] == first_half.score(arch)["score"]
+        assert rest["score"] == whole.score(arch)["score"]
+        # the larger slice reuses the BN statistics and outputs of the first one
+        assert (half["images_recalib"], half["images_eval"], rest["images_recalib"], rest["images_eval"]) == (
+            18, 32, 0, 32)
+    assert racing.score(archs[0], 1.0)["images_eval"] == 64, "a fully scored candidate is not held"
+    with pytest.raises(ValueError, match=r"No evaluation slice 0.3: the scorer has \[0.5, 1.0\]"):
+        racing.score(archs[0], 0.3)
+
+
+RACING_OPTS = dict(EVAL_IMAGES=0, EVAL_BATCH_SIZE=8, TOPK=1)
+RACE_KEY = ("arch", "generation", "origin", "full", SLICE_SCORES)
+
+
+def racing_cfg(out_dir, weights, **kw):
+    cfg = make_cfg(DET_CONFIG, out_dir, weights, **dict(RACING_OPTS, **kw))
+    cfg.DETNAS.SEARCH.RACING.SLICES = (0.5,)
+    cfg.DETNAS.SEARCH.RACING.MARGIN = 0.0
+    return cfg
+
+
+def read_candidates(out_dir):
+    with open(os.path.join(out_dir, "candidates.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def _race_in_two_processes(cfg_text, out_root):
+    cfg = get_cfg()
+    add_detnas_config(cfg)
+    cfg.merge_from_other_cfg(CfgNode.load_cfg(cfg_text))
+    for mode in DIST_MODES:
+        cfg.DETNAS.SEARCH.DIST_MODE = mode
+        cfg.OUTPUT_DIR = os.path.join(out_root, mode)
+        run_search(cfg)
+
+
+def test_racing_search_end_to_end_two_processes_and_resume(det_weights, tmp_path, monkeypatch):
+    run_search(racing_cfg(tmp_path, det_weights))
+    single = read_candidates(tmp_path)
+    assert [r["generation"] for r in single] == [0] * 4 + [1] * 4 and any(not r["full"] for r in single)
+    assert all(len(r[SLICE_SCORES]) == 1 and r["images_eval"] == (64 if r["full"] else 32) for r in single)
+
+    launch(_race_in_two_processes, 2, dist_url="auto",
+           args=(racing_cfg(tmp_path, det_weights).dump(), str(tmp_path / "two")))
+    for mode in DIST_MODES:
+        two = read_candidates(tmp_path / "two" / mode)
+        assert [[r[k] for k in RACE_KEY] for r in two] == [[r[k] for k in RACE_KEY] for r in single], mode
+        assert [r["score"] for r in two] == pytest.approx([r["score"] for r in single], rel=1e-4, abs=1e-9), mode
+
+    # Killed in the second generation's full rung, then resumed: the same candidates, nothing scored again.
+    calls, score = [], CandidateScorer.score
+
+    def crashing(scorer, arch, fraction=1.0):
+        calls.append((tuple(arch), fraction))
+        if fraction == 1.0 and len([c for c in calls if c[1] == 1.0]) > sum(r["full"] for r in single[:4]):
+            raise Crash()
+        return score(scorer, arch, fraction)
+
+    out = tmp_path / "crashed"
+    monkeypatch.setattr(CandidateScorer, "score", crashing)
+    with pytest.raises(Crash):
+        run_search(racing_cfg(out, det_weights))
+    monkeypatch.setattr(CandidateScorer, "score", score)
+    done = set(calls[:-1])
+    calls.clear()
+    monkeypatch.setattr(CandidateScorer, "score", lambda *a, **k: calls.append(a[1:]) or score(*a, **k))
+    resumed_best = run_search(racing_cfg(out, det_weights), resume=True)
+    resumed = read_candidates(out)
+    assert [[r[k] for k in RACE_KEY + ("score",)] for r in resumed] == [
+        [r[k] for k in RACE_KEY + ("score",)] for r in single]
+    assert not done & {(tuple(a), f) for a, f in calls}, "a slice already scored was scored again"
+    assert resumed_best["arch"] == max((r for r in single if r["full"]), key=lambda r: r["score"])["arch"]
+
+
+def test_cheaper_scoring_knobs_are_part_of_the_protocol(table, tmp_path):
+    """EVAL_MIN_SIZE (a lower test resolution while scoring) and BN_RECALIB.IMAGES fix the scores: a search
+    resumes only with the same; EVAL_MIN_SIZE resizes the scorer's inputs and is refused for a classifier."""
+    constraints = ArchConstraints(table, SPACE, INPUT_SIZE, flops_max=FLOPS_MAX)
+    path = str(tmp_path / "state.json")
+    scoring = lambda **kw: ScoringSettings.from_cfg(make_cfg(DET_CONFIG, tmp_path, "w.pth", **kw))  # noqa: E731
+    EvolutionSearch(settings(generations=1), SPACE, constraints, path, scoring=scoring()).run(fake_score)
+    for change, message in [(dict(EVAL_MIN_SIZE=64), "eval_min_size: None -> 64"),
+                            (dict(BN_RECALIB_IMAGES=8), "recalib_images: 18 -> 8")]:
+        with pytest.raises(SearchStateError, match=message):
+            EvolutionSearch(settings(), SPACE, constraints, path, scoring=scoring(**change), resume=True)
+
+    cfg = make_cfg(DET_CONFIG, tmp_path, "w.pth", EVAL_MIN_SIZE=64)
+    small = scoring_cfg(cfg, 64)
+    assert (small.INPUT.MIN_SIZE_TEST, small.INPUT.MAX_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST) == (64, 64, 128)
+    image = get_task(cfg).mapper(small, False)(DatasetCatalog.get("toy_det_search")[0])["image"]
+    assert max(image.shape[1:]) == 64
+    with pytest.raises(ValueError, match="EVAL_MIN_SIZE=64: a detector's .*INPUT.CLS.TEST_RESIZE"):
+        ScoringSettings.from_cfg(make_cfg(CLS_CONFIG, tmp_path, "w.pth", EVAL_MIN_SIZE=64))

@@ -12,6 +12,9 @@
     # 4. the figures: Kendall tau, Spearman rho, top-20% precision, seed noise, rank-by-FLOPs/params
     python tools/rank_audit.py compare --supernet output/audit/supernet.jsonl \\
         --standalone output/audit/standalone.jsonl --output-dir output/audit
+    # a cheaper scoring protocol against a reference one (score files or searches' candidates.jsonl)
+    python tools/rank_audit.py protocols --reference output/search_full/candidates.jsonl \\
+        --cheap output/search_cheap/candidates.jsonl --topk 10
 
 Arch sets (--archs, one or more): a text file with one arch per line (comma-separated block ids or
 names, `#` comments), a YAML list of archs, a JSON-lines file with an "arch" per line (a search's
@@ -21,7 +24,7 @@ candidates.jsonl, or this tool's own output), a JSON list, one arch file (best_a
 Scores are JSON lines, one per scored arch (supernet) or per (arch, seed) (stand-alone), with the fields
 arch (block ids), flops and params (the backbone's, at DETNAS.SEARCH.INPUT_SIZE of --config-file), score
 (the task's headline metric: bbox AP), protocol (a label, --protocol), seed (the scoring seed, or the
-training seed), seconds, plus metadata: kind, metric, settings (everything that fixes the score; a file
+training seed), seconds, images_recalib and images_eval (supernet: the image forwards), plus metadata: kind, metric, settings (everything that fixes the score; a file
 only takes lines of one protocol and settings), timings, top-1 of the stand-alone classifier, ...
 
 Both scoring parts resume: an arch (or (arch, seed)) with a line in the output is not scored again, so
@@ -324,6 +327,7 @@ def cmd_supernet(args):
         "recalib_images": scoring.recalib.images, "recalib_batch_size": scoring.recalib.batch_size,
         "eval_dataset": scoring.eval_dataset, "eval_images": scoring.eval_images,
         "eval_batch_size": scoring.eval_batch_size, "meta_architecture": scoring.meta_architecture,
+        **({"eval_min_size": scoring.eval_min_size} if scoring.eval_min_size else {}),
     })
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -344,7 +348,8 @@ def cmd_supernet(args):
         record = {
             "arch": list(arch), "flops": table.flops(arch), "params": table.params(arch),
             "score": result["score"], "protocol": args.protocol, "seed": scoring.seed,
-            "seconds": round(seconds, 3), "kind": "supernet", "metric": scoring.fitness, "arch_str": arch_str(arch),
+            "seconds": round(seconds, 3), "images_recalib": result["images_recalib"],
+            "images_eval": result["images_eval"], "kind": "supernet", "metric": scoring.fitness, "arch_str": arch_str(arch),
             **{k: round(v, 3) for k, v in result.items() if k.startswith("seconds_")},
             "settings": settings,
         }
@@ -728,6 +733,103 @@ def cmd_compare(args):
     return 0
 
 
+# ---- protocols ------------------------------------------------------------------------------------------
+
+
+def read_protocol(path: str) -> Dict[Arch, Dict]:
+    """{arch: {"score": float, or None when raced out on a slice, "images": int or None, "seconds"}} of a
+    score file or a search's candidates.jsonl (images: recalibration + evaluation forwards; seconds: the
+    candidate's wall time, or its scoring time)."""
+    records = read_scores(Path(path))
+    if not records:
+        raise ValueError(f"{path}: no scores (a score file of this tool or a search's candidates.jsonl)")
+    out = {}
+    for r in records:
+        if "arch" not in r or "score" not in r:
+            raise ValueError(f"{path}: a line without arch/score: {json.dumps(r)[:80]}")
+        arch = tuple(int(a) for a in r["arch"])
+        if arch in out:
+            raise ValueError(f"{path}: arch {arch_str(arch)} is scored twice; give one protocol run per file")
+        images = [r[k] for k in ("images_recalib", "images_eval") if k in r]
+        seconds = r.get("seconds_wall", r.get("seconds"))
+        if seconds is None and any(k.startswith("seconds_") for k in r):
+            seconds = sum(v for k, v in r.items() if k.startswith("seconds_"))
+        out[arch] = {"score": float(r["score"]) if r.get("full", True) else None,
+                     "images": sum(images) if images else None, "seconds": seconds}
+    return out
+
+
+def _total(records: Dict[Arch, Dict], key: str) -> Optional[float]:
+    values = [r[key] for r in records.values()]
+    return None if any(v is None for v in values) else float(sum(values))
+
+
+def protocol_figures(reference: Dict[Arch, Dict], cheap: Dict[Arch, Dict], topk: int) -> Dict:
+    """The cheap protocol's ranking of the archs both scored against the reference's: Kendall tau-b and
+    Spearman rho over the archs with a full score in both, top-k overlap (a raced-out arch is not in the
+    cheap top-k), whether the two bests agree (each file's best full score), and the cost ratios (whole files)."""
+    from detnas_d2 import rank_stats as rs
+
+    common = [a for a in reference if a in cheap and reference[a]["score"] is not None]
+    scored = [a for a in common if cheap[a]["score"] is not None]
+    ref, chp = [reference[a]["score"] for a in scored], [cheap[a]["score"] for a in scored]
+    k = min(topk, len(common))
+    ref_top = sorted(common, key=lambda a: -reference[a]["score"])[:k]
+    cheap_top = sorted(scored, key=lambda a: -cheap[a]["score"])[:k]
+    best = {name: max((a for a in p if p[a]["score"] is not None), key=lambda a: p[a]["score"])
+            for name, p in (("reference", reference), ("cheap", cheap))}
+    figures = {
+        "archs_common": len(common), "archs_compared": len(scored), "raced_out": len(common) - len(scored),
+        "tau": rs.kendall_tau_b(chp, ref) if len(scored) >= 2 else float("nan"),
+        "rho": rs.spearman_rho(chp, ref) if len(scored) >= 2 else float("nan"),
+        "topk": {"k": k, "hits": len(set(ref_top) & set(cheap_top)),
+                 "reference_top_raced_out": sum(cheap[a]["score"] is None for a in ref_top)},
+        "best_reference": list(best["reference"]), "best_cheap": list(best["cheap"]),
+        "best_agrees": best["reference"] == best["cheap"],
+        "best_cheap_reference_score": reference.get(best["cheap"], {}).get("score"),
+        "best_reference_score": reference[best["reference"]]["score"],
+    }
+    for key in ("images", "seconds"):
+        r, c = _total(reference, key), _total(cheap, key)
+        figures[key] = {"reference": r, "cheap": c, "ratio": c / r if r and c is not None else None}
+    return figures
+
+
+def cmd_protocols(args):
+    from tabulate import tabulate
+
+    from detnas_d2.file_io import atomic_write
+
+    figures = protocol_figures(read_protocol(args.reference), read_protocol(args.cheap), args.topk)
+    if figures["archs_common"] < 2:
+        sys.exit(f"{figures['archs_common']} arch(s) scored by both protocols: nothing to compare")
+    top, gap = figures["topk"], None
+    if figures["best_cheap_reference_score"] is not None:
+        gap = figures["best_reference_score"] - figures["best_cheap_reference_score"]
+    rows = [
+        ["archs scored by both (with a full score in both)", f"{figures['archs_common']} ({figures['archs_compared']})"],
+        ["Kendall tau-b", _fmt(figures["tau"], 3)], ["Spearman rho", _fmt(figures["rho"], 3)],
+        [f"top-{top['k']} overlap", f"{top['hits']}/{top['k']} ({top['reference_top_raced_out']} of the reference "
+                                    "top-k raced out)"],
+        ["best arch agrees", "yes" if figures["best_agrees"] else
+         f"no: the cheap best scores {_fmt(gap, 3)} below the reference best under the reference"
+         if gap is not None else "no (the cheap best is not in the reference file)"],
+    ]
+    for key, unit in (("images", "image forwards"), ("seconds", "seconds")):
+        f = figures[key]
+        rows.append([f"{unit}: cheap / reference",
+                     f"{_fmt(f['cheap'], 0)} / {_fmt(f['reference'], 0)} = {_fmt(f['ratio'], 3)}"
+                     if f["ratio"] is not None else "n/a (not in both files)"])
+    text = (f"## Scoring protocols: {args.cheap} against {args.reference}\n\n"
+            + tabulate(rows, headers=["", "value"], tablefmt="pipe", disable_numparse=True) + "\n")
+    print(text)
+    if args.output:
+        atomic_write(args.output, json.dumps(_nan_to_none(
+            dict(figures, reference_file=args.reference, cheap_file=args.cheap)), indent=2) + "\n")
+        log(f"written: {args.output}")
+    return 0
+
+
 # ---- command line ---------------------------------------------------------------------------------------
 
 
@@ -792,6 +894,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--output-dir",
                    help="compare.md, compare.json, compare.png (default: the stand-alone file's folder)")
+
+    p = sub.add_parser("protocols", help="a cheaper scoring protocol against a reference: ranking, best, cost")
+    p.add_argument("--reference", required=True, help="score file or candidates.jsonl of the reference protocol")
+    p.add_argument("--cheap", required=True, help="score file or candidates.jsonl of the cheaper protocol")
+    p.add_argument("--topk", type=int, default=10, help="top-k overlap (default 10, the search's TOPK)")
+    p.add_argument("--output", help="the figures as JSON")
     return parser
 
 
@@ -802,7 +910,8 @@ def main(argv=None) -> int:
             sys.exit(f"--jobs must be >= 1, got {args.jobs}")
         args.opts, args.cls_opts, args.det_opts = (_split_opts(args.opts), _split_opts(args.cls_opts),
                                                    _split_opts(args.det_opts))
-    commands = {"sample": cmd_sample, "supernet": cmd_supernet, "standalone": cmd_standalone, "compare": cmd_compare}
+    commands = {"sample": cmd_sample, "supernet": cmd_supernet, "standalone": cmd_standalone, "compare": cmd_compare,
+                "protocols": cmd_protocols}
     try:
         return commands[args.command](args) or 0
     except ValueError as e:  # bad archs, files, options: say what, without a traceback

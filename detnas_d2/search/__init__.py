@@ -1,8 +1,9 @@
 """Step 3: evolutionary search over a trained supernet (see search_net.py).
 
-settings.py (settings read once, the resume fingerprint) < constraints.py, candidates.py, state.py
-< evolution.py (the loop) ; scoring.py (one candidate) ; outputs.py (files, logs, TensorBoard)
-< runner.py (`run_search`: processes, scorer, search and outputs together).
+predictor.py, racing.py (cheaper protocols) < settings.py (settings read once, the resume fingerprint)
+< constraints.py, candidates.py, state.py < evolution.py (the loop) ; scoring.py (one candidate, on a slice
+of the images or all) ; outputs.py (files, logs, TensorBoard) < runner.py (`run_search`: processes, scorer,
+search and outputs together).
 """
 from .candidates import generate_candidates
 from .constraints import ArchConstraints

@@ -10,6 +10,9 @@ generation, the top-k and the set of archs scored in earlier generations, all of
 the state file (state.py). A resumed search regenerates the list of the generation it was in, reuses
 the scores of the candidates already scored and scores the rest: it ends with the same history as a
 search never interrupted. The state is written after every scored chunk of candidates.
+
+With racing (racing.py), a generation is scored rung by rung: the slice results so far are kept in the
+state (`race`), and the generation's records are written when its race ends, in candidate order.
 """
 import logging
 import random
@@ -23,6 +26,7 @@ from detnas_d2.search_space import SearchSpace
 from .candidates import generate_candidates
 from .constraints import ArchConstraints
 from .predictor import screen_candidates
+from .racing import SLICE_SCORES, is_full, promoted, rung_margin
 from .settings import ScoringSettings, SearchSettings, search_fingerprint
 from .state import SearchState, SearchStateError, diff_fingerprints
 
@@ -87,8 +91,9 @@ class EvolutionSearch:
         return self.state.history
 
     def _select_topk(self) -> List[int]:
-        order = sorted(range(len(self.history)), key=lambda i: (-self.history[i]["score"], i))
-        return order[: self.settings.topk]
+        """The best fully scored candidates (a record raced out on a slice is not comparable)."""
+        full = [i for i, r in enumerate(self.history) if is_full(r)]
+        return sorted(full, key=lambda i: (-self.history[i]["score"], i))[: self.settings.topk]
 
     def best(self) -> Optional[Dict]:
         top = self._select_topk()
@@ -110,7 +115,7 @@ class EvolutionSearch:
             rng, self.space, self.settings, g, parents, self.constraints, seen
         )
         predicted = {}
-        earlier = [r for r in self.history if r["generation"] < g]  # what the generation started with
+        earlier = [r for r in self.history if r["generation"] < g and is_full(r)]  # what the generation started with
         if self.settings.predictor and g > 0 and len(earlier) >= self.settings.predictor_min_scored:
             population, values = screen_candidates(population, earlier, self.settings.predictor_keep)
             predicted = {arch: value for (arch, _), value in zip(population, values)}
@@ -126,11 +131,12 @@ class EvolutionSearch:
     def run(self, score_fn, chunk_size: int = 1, callbacks=()) -> SearchState:
         """Score candidates until GENERATIONS generations or MAX_CANDIDATES are done.
 
-        callbacks: objects with optional `after_candidate(search, record)` and
-        `after_generation(search, generation)` methods.
+        `score_fn(archs)` scores on the whole evaluation set; with racing, `score_fn(archs, fraction)` on
+        its first `fraction` (1.0: the whole set). callbacks: objects with optional
+        `after_candidate(search, record)` and `after_generation(search, generation)` methods.
         """
         s, state = self.settings, self.state
-        mark = time.perf_counter()
+        self._mark = time.perf_counter()
         while state.generation < s.generations and len(self.history) < s.max_candidates:
             g = state.generation
             population, next_rng_state = self._start_generation()
@@ -148,27 +154,14 @@ class EvolutionSearch:
             budget = s.max_candidates - len(self.history)
             complete = len(pending) <= budget
             pending = pending[:budget]
-            for start in range(0, len(pending), chunk_size):
-                chunk = pending[start : start + chunk_size]
-                results = score_fn([arch for arch, _ in chunk])
-                now = time.perf_counter()
-                # Wall time per candidate since the previous chunk was scored: its saving, outputs
-                # and (at a generation's start) selection and candidate generation included.
-                seconds_wall, mark = (now - mark) / len(chunk), now
-                records = []
-                for (arch, origin), result in zip(chunk, results):
-                    record = {"index": len(self.history), "generation": g, "origin": origin, "arch": list(arch)}
-                    record.update(self.constraints.measure(arch))
-                    if arch in self._predicted:
-                        record["predicted"] = self._predicted[arch]
-                    record.update(result)
-                    record["score"] = float(record["score"])
-                    record["seconds_wall"] = seconds_wall
-                    self.history.append(record)
-                    records.append(record)
-                self._save()
-                for record in records:
-                    _call(callbacks, "after_candidate", self, record)
+            if s.racing_slices:
+                self._race(g, pending, score_fn, chunk_size, callbacks)
+            else:
+                for chunk, results in self._score_chunks(pending, chunk_size, score_fn):
+                    records = [self._record(g, arch, origin, result) for (arch, origin), result in zip(chunk, results)]
+                    self.history.extend(records)
+                    self._save()
+                    _call_each(callbacks, "after_candidate", self, records)
             if not complete:
                 break  # the budget ends inside this generation; a larger budget resumes it here
             state.generation = g + 1
@@ -180,6 +173,68 @@ class EvolutionSearch:
         state.finished = True
         self._save()
         return state
+
+    def _score_chunks(self, candidates, chunk_size, score_fn, *fraction):
+        """(chunk, results) for consecutive chunks of `candidates`; each result gets "seconds_wall": the wall
+        time per candidate since the previous chunk (saving, outputs and, at a generation's start,
+        selection and candidate generation included)."""
+        for start in range(0, len(candidates), chunk_size):
+            chunk = candidates[start : start + chunk_size]
+            results = score_fn([arch for arch, _ in chunk], *fraction)
+            now = time.perf_counter()
+            seconds_wall, self._mark = (now - self._mark) / len(chunk), now
+            yield chunk, [dict(result, seconds_wall=seconds_wall) for result in results]
+
+    def _record(self, g, arch, origin, result) -> Dict:
+        record = {"index": len(self.history), "generation": g, "origin": origin, "arch": list(arch)}
+        record.update(self.constraints.measure(arch))
+        if arch in self._predicted:
+            record["predicted"] = self._predicted[arch]
+        record.update(result)
+        record["score"] = float(record["score"])
+        return record
+
+    def _race(self, g, pending, score_fn, chunk_size, callbacks):
+        """Score `pending` rung by rung (racing.py) and add their records, in candidate order, at the end."""
+        s, race = self.settings, self.state.race  # race: arch key -> the results of the rungs run so far
+        fractions = list(s.racing_slices) + [1.0]
+        alive = pending
+        for rung, fraction in enumerate(fractions):
+            todo = [(a, o) for a, o in alive if len(race.get(_key(a), ())) <= rung]
+            for chunk, results in self._score_chunks(todo, chunk_size, score_fn, fraction):
+                for (arch, _), result in zip(chunk, results):
+                    race.setdefault(_key(arch), []).append(result)
+                self._save()
+            if rung == len(fractions) - 1:
+                break
+            margin = rung_margin(self.history, rung, s.racing_margin)
+            scores = [race[_key(a)][rung]["score"] for a, _ in alive]
+            alive = [c for c, go in zip(alive, promoted(scores, self.history, rung, s.topk, margin)) if go]
+        records = []
+        for arch, origin in pending:
+            results = race[_key(arch)]
+            spent = {}
+            for result in results:
+                for k, v in result.items():
+                    if k != "score":
+                        spent[k] = spent.get(k, 0) + v
+            record = self._record(g, arch, origin, dict(spent, score=results[-1]["score"]))
+            record[SLICE_SCORES] = [float(r["score"]) for r in results[: len(fractions) - 1]]
+            record["full"] = len(results) == len(fractions)
+            records.append(record)
+            self.history.append(record)
+        race.clear()
+        self._save()
+        _call_each(callbacks, "after_candidate", self, records)
+
+
+def _key(arch) -> str:
+    return ",".join(str(a) for a in arch)
+
+
+def _call_each(callbacks, name, search, records):
+    for record in records:
+        _call(callbacks, name, search, record)
 
 
 def _call(callbacks, name, *args):

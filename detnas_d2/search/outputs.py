@@ -26,6 +26,8 @@ from detnas_d2.file_io import atomic_write
 from detnas_d2.rank_stats import kendall_tau_b
 from detnas_d2.search_space import BLOCKS, arch_to_str
 
+from .racing import is_full
+
 __all__ = ["SearchOutputs", "pareto_front", "topk_table", "plot_search"]
 
 logger = logging.getLogger(__name__)
@@ -69,6 +71,11 @@ def plot_search(records: List[Dict], path: str, title: str = ""):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 5), dpi=100)
+    raced_out = [r for r in records if not is_full(r)]
+    if raced_out:
+        ax.scatter([r["flops"] / 1e6 for r in raced_out], [r["score"] for r in raced_out], marker="x", s=10,
+                   color="0.6", label="raced out (slice score)")
+    records = [r for r in records if is_full(r)]
     flops = [r["flops"] / 1e6 for r in records]
     scores = [r["score"] for r in records]
     gens = [r["generation"] for r in records]
@@ -109,7 +116,8 @@ class SearchOutputs:
             f.write(candidate_line(record) + "\n")
         storage = get_event_storage()
         storage.iter = record["index"]
-        storage.put_scalar("search/score", record["score"], smoothing_hint=False)
+        if is_full(record):
+            storage.put_scalar("search/score", record["score"], smoothing_hint=False)
         storage.put_scalar("search/flops", record["flops"], smoothing_hint=False)
         self._writer.write()
         self._scored_here += 1
@@ -119,32 +127,37 @@ class SearchOutputs:
         timings = ", ".join(f"{k[len('seconds_'):]} {v:.2f}s" for k, v in record.items() if k.startswith("seconds_"))
         logger.info(
             f"[generation {record['generation']}] candidate {record['index']} ({done}/{self.budget} scored; "
-            f"{record['origin']}, {record['flops'] / 1e6:.1f} MFLOPs): {self.fitness} {record['score']:.3f} "
+            f"{record['origin']}, {record['flops'] / 1e6:.1f} MFLOPs): {self.fitness} {record['score']:.3f}"
+            f"{'' if is_full(record) else ' on a slice (raced out)'} "
             f"({timings}); best {search.best()['score']:.3f}; eta {eta}"
         )
 
     def after_generation(self, search, generation):
         history = search.history
-        scores = [r["score"] for r in history if r["generation"] == generation]
+        records = [r for r in history if r["generation"] == generation]
+        scores = [r["score"] for r in records if is_full(r)]  # raced-out slice scores are not comparable
         topk = search.state.topk
         storage = get_event_storage()
         # Step = candidates scored so far; written with the next candidate's scalars (or at the end),
         # since the writer only writes steps after the last one written.
         storage.iter = len(history)
         storage.put_scalar("search/best_score", history[topk[0]]["score"], smoothing_hint=False)
-        storage.put_scalar("search/generation_mean", sum(scores) / len(scores), smoothing_hint=False)
-        storage.put_scalar("search/generation_max", max(scores), smoothing_hint=False)
+        if scores:
+            storage.put_scalar("search/generation_mean", sum(scores) / len(scores), smoothing_hint=False)
+            storage.put_scalar("search/generation_max", max(scores), smoothing_hint=False)
         storage.put_scalar(
             "search/topk_mean", sum(history[i]["score"] for i in topk) / len(topk), smoothing_hint=False
         )
         storage.put_scalar("search/generation", generation, smoothing_hint=False)
-        screened = [r for r in history if r["generation"] == generation and "predicted" in r]
+        screened = [r for r in records if "predicted" in r and is_full(r)]
         if len(screened) >= 2:
             tau = kendall_tau_b([r["predicted"] for r in screened], [r["score"] for r in screened])
             storage.put_scalar("search/predictor_tau", tau, smoothing_hint=False)
             logger.info(f"Generation {generation}: predictor Kendall tau {tau:.3f} on its {len(screened)} candidates")
+        raced = f", {len(records) - len(scores)} raced out on a slice" if len(scores) < len(records) else ""
         logger.info(
-            f"Generation {generation} done ({len(scores)} candidates, {len(history)} in all); top {len(topk)}:\n"
+            f"Generation {generation} done ({len(records)} candidates{raced}, {len(history)} in all); "
+            f"top {len(topk)}:\n"
             + topk_table(history, topk)
         )
         self.plot(search)

@@ -43,37 +43,43 @@ class DistributedScoring:
         # Candidates scored between two state saves.
         self.chunk_size = comm.get_world_size() if self.split_candidates else 1
 
-    def _score_share(self, archs: Sequence) -> Optional[List[Dict]]:
+    def _score_share(self, archs: Sequence, fraction: float) -> Optional[List[Dict]]:
         if not self.split_candidates:
-            return [self.scorer.score(a) for a in archs]
+            return [self.scorer.score(a, fraction) for a in archs]
         rank = comm.get_rank()
-        mine = self.scorer.score(archs[rank]) if rank < len(archs) else None
+        mine = self.scorer.score(archs[rank], fraction) if rank < len(archs) else None
         gathered = comm.gather(mine, dst=0)
         return gathered[: len(archs)] if comm.is_main_process() else None
 
-    def score(self, archs: Sequence) -> List[Dict]:
-        comm.all_gather(list(archs))  # hand the candidates to the other processes
-        return self._score_share(archs)
+    def score(self, archs: Sequence, fraction: float = 1.0) -> List[Dict]:
+        """Scores on the first `fraction` of the evaluation images (racing; 1.0: all)."""
+        comm.all_gather((list(archs), fraction))  # hand the candidates to the other processes
+        return self._score_share(archs, fraction)
 
     def serve(self):
         while True:
-            archs = comm.all_gather(None)[0]
-            if archs is None:
+            work = comm.all_gather(None)[0]
+            if work is None:
                 return
-            self._score_share(archs)
+            self._score_share(*work)
 
     def stop(self):
         if comm.get_world_size() > 1:
             comm.all_gather(None)
 
 
-def build_scorer(cfg, scoring: Optional[ScoringSettings] = None) -> CandidateScorer:
-    """The supernet model of `cfg` loaded from MODEL.WEIGHTS, and its CandidateScorer."""
+def build_scorer(cfg, scoring: Optional[ScoringSettings] = None, search: Optional[SearchSettings] = None
+                 ) -> CandidateScorer:
+    """The supernet model of `cfg` loaded from MODEL.WEIGHTS, and its CandidateScorer (with the racing
+    slices of `search`, holding a population's partial scores)."""
     scoring = scoring or ScoringSettings.from_cfg(cfg)
     _check_weights(scoring.weights)
     model = build_model(cfg)
     DetNASCheckpointer(model).load(scoring.weights)
-    return CandidateScorer(cfg, get_task(cfg), scoring, model, distributed=scoring.dist_mode == "split_images")
+    slices, keep = (search.racing_slices, search.population) if search is not None else ((), 0)
+    return CandidateScorer(
+        cfg, get_task(cfg), scoring, model, distributed=scoring.dist_mode == "split_images", slices=slices, keep=keep,
+    )
 
 
 def _check_weights(weights: str):
@@ -101,8 +107,10 @@ def run_search(cfg, resume: bool = False) -> Optional[Dict]:
             f"{settings.mode} search in space '{space.name}' (width {space.width_mult}, {space.num_layers} layers), "
             f"{constraints.describe()} at input {constraints.input_size}; budget {settings.budget} candidates; "
             f"fitness {scoring.fitness}; {comm.get_world_size()} process(es), {scoring.dist_mode}."
+            + (f" Racing on slices {settings.racing_slices} of the evaluation images, margin >= "
+               f"{settings.racing_margin}." if settings.racing_slices else "")
         )
-    pool = DistributedScoring(build_scorer(cfg, scoring), scoring.dist_mode)
+    pool = DistributedScoring(build_scorer(cfg, scoring, settings), scoring.dist_mode)
     if not comm.is_main_process():
         pool.serve()
         return None

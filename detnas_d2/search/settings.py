@@ -1,7 +1,7 @@
 """A search's settings, read once from the config, and the fingerprint that guards its resume."""
 import json
 from dataclasses import asdict, dataclass
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 from detnas_d2.recalibration import RecalibrationSettings
 from detnas_d2.search_space import SearchSpace
@@ -28,6 +28,8 @@ class SearchSettings:
     predictor: str = ""  # "ridge": score only the children a predictor fitted on the history ranks best
     predictor_keep: float = 0.5  # the fraction of each generation (after the first) that is scored
     predictor_min_scored: int = 20  # candidates scored before the predictor screens
+    racing_slices: Tuple[float, ...] = ()  # fractions of the evaluation images of the first rungs (racing.py)
+    racing_margin: float = 1.0  # the least safety margin, in score units
 
     @classmethod
     def from_cfg(cls, cfg) -> "SearchSettings":
@@ -35,6 +37,7 @@ class SearchSettings:
         settings = cls(
             s.MODE, s.POPULATION, s.GENERATIONS, s.TOPK, s.NUM_MUTATION, s.MUTATION_PROB,
             s.NUM_CROSSOVER, s.MAX_CANDIDATES, s.SEED, s.PREDICTOR, s.PREDICTOR_KEEP, s.PREDICTOR_MIN_SCORED,
+            tuple(float(f) for f in s.RACING.SLICES), float(s.RACING.MARGIN),
         )
         settings.validate()
         return settings
@@ -54,6 +57,14 @@ class SearchSettings:
             raise ValueError(f"DETNAS.SEARCH.PREDICTOR must be one of {PREDICTORS}, got '{self.predictor}'")
         if not 0.0 < self.predictor_keep <= 1.0:
             raise ValueError(f"DETNAS.SEARCH.PREDICTOR_KEEP must be in (0, 1], got {self.predictor_keep}")
+        slices = list(self.racing_slices)
+        if any(not 0.0 < f < 1.0 for f in slices) or slices != sorted(set(slices)):
+            raise ValueError(
+                f"DETNAS.SEARCH.RACING.SLICES must be increasing fractions in (0, 1) (the whole set is the last "
+                f"rung), e.g. (0.1, 0.3); got {self.racing_slices}"
+            )
+        if self.racing_margin < 0:
+            raise ValueError(f"DETNAS.SEARCH.RACING.MARGIN must be >= 0, got {self.racing_margin}")
 
     @property
     def budget(self) -> int:
@@ -71,6 +82,7 @@ class ScoringSettings:
     eval_dataset: str
     eval_images: int
     eval_batch_size: int
+    eval_min_size: int  # test-time shorter side while scoring; 0: INPUT.MIN_SIZE_TEST
     cache_mb: float
     dist_mode: str
     seed: int
@@ -87,9 +99,16 @@ class ScoringSettings:
             raise ValueError(
                 "Set DETNAS.SEARCH.EVAL_DATASET (a held-out split) or DATASETS.TEST: candidates are scored on it"
             )
+        task = get_task(cfg)
+        if s.EVAL_MIN_SIZE < 0 or (s.EVAL_MIN_SIZE and task.name != "detection"):
+            raise ValueError(
+                f"DETNAS.SEARCH.EVAL_MIN_SIZE={s.EVAL_MIN_SIZE}: a detector's test-time shorter side (> 0) or 0 "
+                "(the model's own); a classifier's test size is INPUT.CLS.TEST_RESIZE / TEST_CROP"
+            )
         return cls(
-            cfg.MODEL.WEIGHTS, cfg.MODEL.META_ARCHITECTURE, get_task(cfg).fitness, recalib, eval_dataset,
-            int(s.EVAL_IMAGES), int(s.EVAL_BATCH_SIZE), float(s.CACHE_MB), s.DIST_MODE, int(s.SEED),
+            cfg.MODEL.WEIGHTS, cfg.MODEL.META_ARCHITECTURE, task.fitness, recalib, eval_dataset,
+            int(s.EVAL_IMAGES), int(s.EVAL_BATCH_SIZE), int(s.EVAL_MIN_SIZE), float(s.CACHE_MB), s.DIST_MODE,
+            int(s.SEED),
         )
 
 
@@ -100,6 +119,8 @@ def search_fingerprint(settings: SearchSettings, space: SearchSpace, constraints
     fingerprint = {k: v for k, v in asdict(settings).items() if k not in ("max_candidates", "generations")}
     if not settings.predictor:  # searches without a predictor keep the fingerprint they always had
         fingerprint = {k: v for k, v in fingerprint.items() if not k.startswith("predictor")}
+    if not settings.racing_slices:  # the same for searches without racing
+        fingerprint = {k: v for k, v in fingerprint.items() if not k.startswith("racing")}
     fingerprint["space"] = [space.name, space.width_mult]
     fingerprint["constraints"] = [constraints.flops_min, constraints.flops_max, constraints.params_max]
     if constraints.latency is not None:
@@ -117,4 +138,6 @@ def search_fingerprint(settings: SearchSettings, space: SearchSpace, constraints
             "eval_images": scoring.eval_images,
             "eval_batch_size": scoring.eval_batch_size,
         })
+        if scoring.eval_min_size:  # searches at the model's own size keep their fingerprint
+            fingerprint["eval_min_size"] = scoring.eval_min_size
     return json.loads(json.dumps(fingerprint))  # as it reads back from the file

@@ -37,7 +37,8 @@ class SearchState:
     Fields: `fingerprint` (the settings that fix the search's sequence and scores), `generation`
     (the one in progress), `rng_state` (random.Random state at the start of that generation),
     `population` (that generation's candidates), `topk` (history indices of the best archs scored
-    before it), `history` (every scored candidate, in scoring order), `finished`.
+    before it), `history` (every scored candidate, in scoring order), `race` (racing: the slice results of
+    the generation in progress, by arch "0,1,..."), `finished`.
     """
 
     def __init__(self, fingerprint: Dict, seed: int):
@@ -47,6 +48,7 @@ class SearchState:
         self.population: List[Tuple[Arch, str]] = []
         self.topk: List[int] = []
         self.history: List[Dict] = []
+        self.race: Dict[str, List[Dict]] = {}
         self.finished = False
 
     def to_dict(self) -> Dict:
@@ -58,6 +60,7 @@ class SearchState:
             "population": [[list(arch), origin] for arch, origin in self.population],
             "topk": self.topk,
             "history": self.history,
+            "race": self.race,
             "finished": self.finished,
         }
 
@@ -75,6 +78,7 @@ class SearchState:
             record["arch"] = [int(a) for a in record["arch"]]
             record["generation"] = int(record["generation"])
             record["score"] = float(record["score"])
+        state.race = dict(data.get("race", {}))  # absent in files of searches before racing
         state.finished = bool(data["finished"])
         return state
 
