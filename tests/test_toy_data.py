@@ -178,6 +178,21 @@ def test_splits_are_disjoint(small_det):
 def test_split_sizes_are_validated(tmp_path):
     with pytest.raises(ValueError, match="split_sizes"):
         toy.ensure_toy_data("det", 0, {"train": 2, "val": 0, "search": 1}, root=str(tmp_path))
+    with pytest.raises(ValueError, match=r"some of \['search', 'train', 'val'\], got \{'test': 4\}"):
+        toy.ensure_toy_data("det", 0, {"test": 4}, root=str(tmp_path))
+
+
+def test_a_larger_search_split_extends_the_default_one(tmp_path, small_det):
+    """A dataset of the search split only, larger: a folder of its own whose first images (and their
+    annotations) are byte for byte those of the search split of the same seed."""
+    larger = toy.ensure_toy_data("det", 0, {"search": 12}, root=str(tmp_path))
+    assert os.path.basename(larger) == "det-v1-seed0-search12"
+    files, small = _files(larger), _files(small_det)
+    assert sorted(f for f in files if f.endswith(".jpg")) == [f"images/search/{i:06d}.jpg" for i in range(1, 13)]
+    assert all(files[f] == small[f] for f in small if f.startswith("images/search/"))
+    coco, first = json.loads(files["annotations/search.json"]), json.loads(small["annotations/search.json"])
+    assert coco["images"][:8] == first["images"] and len(coco["images"]) == 12
+    assert coco["annotations"][: len(first["annotations"])] == first["annotations"]
     with pytest.raises(ValueError, match="kind"):
         toy.toy_dir("seg", 0)
 
@@ -281,6 +296,11 @@ def test_registered_toy_detection(registered_root):
             assert all(0 <= a["category_id"] < len(toy.CATEGORIES) for a in d["annotations"])
     val = {os.path.basename(d["file_name"]) for d in DatasetCatalog.get("toy_det_val")}
     assert len(val) == toy.DET_SPLIT_SIZES["val"]
+    large = DatasetCatalog.get("toy_det_search_large")
+    assert len(large) == toy.DET_LARGE_SEARCH_IMAGES
+    assert os.path.dirname(MetadataCatalog.get("toy_det_search_large").json_file) == os.path.join(
+        registered_root, f"det-v1-seed0-search{toy.DET_LARGE_SEARCH_IMAGES}", "annotations")
+    assert os.listdir(folder + f"-search{toy.DET_LARGE_SEARCH_IMAGES}/images") == ["search"]
 
 
 def test_registered_toy_classification(registered_root):

@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Generate the toy datasets ahead of time (they are otherwise generated on first use).
 
-    python tools/make_toy_data.py [--root DIR] [--seed 0] [--kind det cls]
+    python tools/make_toy_data.py [--root DIR] [--seed 0] [--kind det cls] [--large-search 512]
 
 --root defaults to $DETNAS_TOY_ROOT or ~/.cache/detnas-d2/toy. Prints the folder of each dataset.
+With det, also the larger detection search split (toy_det_search_large) of --large-search images (0: not).
 An existing complete folder is checked against its manifest and left as it is.
 """
 import argparse
@@ -24,12 +25,18 @@ def main():
     parser.add_argument("--root", help="cache folder (default: $DETNAS_TOY_ROOT or ~/.cache/detnas-d2/toy)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kind", nargs="+", choices=("det", "cls"), default=["det", "cls"])
+    parser.add_argument("--large-search", type=int, default=toy.DET_LARGE_SEARCH_IMAGES,
+                        help="images of the larger detection search split (0: do not make it)")
     args = parser.parse_args()
     setup_logger(name="detnas_d2")
     for kind in args.kind:
         start = time.perf_counter()
         path = toy.ensure_toy_data(kind, args.seed, root=args.root)
         print(f"{kind}: {path} ({time.perf_counter() - start:.2f}s)")
+        if kind == "det" and args.large_search > 0:
+            start = time.perf_counter()
+            path = toy.ensure_toy_data("det", args.seed, {"search": args.large_search}, root=args.root)
+            print(f"det (search, {args.large_search} images): {path} ({time.perf_counter() - start:.2f}s)")
 
 
 if __name__ == "__main__":

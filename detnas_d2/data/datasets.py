@@ -1,7 +1,8 @@
 """Dataset registration: toy shapes (generated on first use) and ImageNet-layout folders.
 
 Registered at `import detnas_d2` (nothing is read or generated until a dataset is loaded):
-- toy_det_train, toy_det_val, toy_det_search: COCO-format detection (see detnas_d2/data/toy.py);
+- toy_det_train, toy_det_val, toy_det_search, toy_det_search_large (512 held-out images, the first 64 those
+  of toy_det_search: cheaper scoring protocols show their effect there): COCO-format detection (toy.py);
   metadata thing_classes, thing_dataset_id_to_contiguous_id, evaluator_type "coco", json_file, image_root.
   Reading json_file or image_root generates the data if needed, so a COCOEvaluator can be built before
   any data loader.
@@ -51,7 +52,7 @@ class _ToyMetadata(Metadata):
 
     @property
     def _folder(self):
-        return toy.ensure_toy_data(self.toy_kind, self.toy_seed)
+        return toy.ensure_toy_data(self.toy_kind, self.toy_seed, self.toy_split_sizes)
 
     @property
     def json_file(self):
@@ -87,21 +88,25 @@ def _load_toy_classification(name):
     ]
 
 
-def register_toy_datasets(seed=0, prefix="toy"):
-    """Register <prefix>_det_{train,val,search} and <prefix>_cls_{train,val,search} for a seed."""
-    for kind, loader in (("det", _load_toy_detection), ("cls", _load_toy_classification)):
-        for split in toy.DET_SPLIT_SIZES if kind == "det" else toy.CLS_SPLIT_SIZES:
-            name = f"{prefix}_{kind}_{split}"
-            DatasetCatalog.register(name, lambda name=name, loader=loader: loader(name))
-            meta = _ToyMetadata(name=name, toy_kind=kind, toy_split=split, toy_seed=int(seed))
-            meta.thing_classes = list(toy.CATEGORIES)
-            if kind == "det":
-                meta.thing_dataset_id_to_contiguous_id = {i + 1: i for i in range(len(toy.CATEGORIES))}
-                meta.evaluator_type = "coco"
-            else:
-                meta.classes = list(toy.CATEGORIES)
-                meta.evaluator_type = "classification"
-            MetadataCatalog[name] = meta
+def register_toy_datasets(seed=0, prefix="toy", large_search_images=toy.DET_LARGE_SEARCH_IMAGES):
+    """Register <prefix>_det_{train,val,search}, <prefix>_cls_{train,val,search} and <prefix>_det_search_large
+    (`large_search_images` held-out images, a folder of its own) for a seed."""
+    splits = [("det", split, split, None) for split in toy.DET_SPLIT_SIZES]
+    splits += [("cls", split, split, None) for split in toy.CLS_SPLIT_SIZES]
+    splits.append(("det", "search_large", "search", {"search": int(large_search_images)}))
+    for kind, suffix, split, sizes in splits:
+        loader = _load_toy_detection if kind == "det" else _load_toy_classification
+        name = f"{prefix}_{kind}_{suffix}"
+        DatasetCatalog.register(name, lambda name=name, loader=loader: loader(name))
+        meta = _ToyMetadata(name=name, toy_kind=kind, toy_split=split, toy_seed=int(seed), toy_split_sizes=sizes)
+        meta.thing_classes = list(toy.CATEGORIES)
+        if kind == "det":
+            meta.thing_dataset_id_to_contiguous_id = {i + 1: i for i in range(len(toy.CATEGORIES))}
+            meta.evaluator_type = "coco"
+        else:
+            meta.classes = list(toy.CATEGORIES)
+            meta.evaluator_type = "classification"
+        MetadataCatalog[name] = meta
 
 
 # ---- ImageNet layout --------------------------------------------------------------------------------

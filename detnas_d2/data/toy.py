@@ -18,6 +18,7 @@ collide:
     det-v1-seed0/manifest.json
     det-v1-seed0/annotations/{train,val,search}.json
     det-v1-seed0/images/{train,val,search}/000001.jpg
+    det-v1-seed0-search512/...  (a dataset of some splits only: the larger search split)
     cls-v2-seed0/manifest.json
     cls-v2-seed0/{train,val,search}/<class>/0000.jpg
 A folder only ever appears complete: it is written to a temporary sibling and renamed into place,
@@ -41,6 +42,7 @@ __all__ = [
     "CATEGORIES",
     "GENERATOR_VERSIONS",
     "DET_SPLIT_SIZES",
+    "DET_LARGE_SEARCH_IMAGES",
     "CLS_SPLIT_SIZES",
     "toy_root",
     "toy_dir",
@@ -62,6 +64,9 @@ CLS_IMAGE_SIZE = 64
 # above chance in a few hundred CPU iterations; 80 val images (~280 boxes) give a stable AP; the
 # held-out search split is kept small because search scores every candidate on it.
 DET_SPLIT_SIZES = {"train": 320, "val": 80, "search": 64}
+# A larger detection search split (toy_det_search_large, a dataset of its own), on which cheaper scoring
+# protocols can show their effect; its first 64 images are those of toy_det_search.
+DET_LARGE_SEARCH_IMAGES = 512
 # Classification: images per class and split (1500 / 200 / 200 images in all); 200 val images
 # measure top-1 to about +-3 points.
 CLS_SPLIT_SIZES = {"train": 300, "val": 40, "search": 40}
@@ -84,17 +89,18 @@ def _default_sizes(kind):
 
 
 def _check_sizes(kind, split_sizes):
+    """The split sizes of a dataset: all the kind's default splits, or the ones `split_sizes` names."""
     default = _default_sizes(kind)
     if split_sizes is None:
         return dict(default)
-    if set(split_sizes) != set(default) or any(
+    if not split_sizes or not set(split_sizes) <= set(default) or any(
         not isinstance(n, int) or n < 1 for n in split_sizes.values()
     ):
         raise ValueError(
-            f"split_sizes for toy {kind!r} must give a positive int for each of "
+            f"split_sizes for toy {kind!r} must give a positive int for each of the splits it makes, some of "
             f"{sorted(default)}, got {split_sizes}"
         )
-    return {split: split_sizes[split] for split in default}
+    return {split: split_sizes[split] for split in default if split in split_sizes}
 
 
 def toy_dir(kind, seed=0, split_sizes=None, root=None):
