@@ -454,6 +454,17 @@ def test_official_detector_gives_its_backbone(tmp_path):
         feats = net.backbone.bottom_up(seeded_input(OFFICIAL["seed"], "subnet_300M:stages", OFFICIAL["stages_input"]))
     for i in range(4):
         close(feats[f"res{i + 2}"], OFFICIAL["cases"]["subnet_300M"]["outputs"][f"stage{i}"], f"stage{i}")
+    # step 5 from the official ImageNet model: its backbone goes to backbone.bottom_up, its classifier is dropped
+    torch.save(official_state("subnet_300M", prefix=""), tmp_path / "COCO_FPN_300M.pkl")
+    net = model("configs/COCO-Detection/official_subnet_small_FPN_1x.yaml", *CPU_NORMS,
+                *arch_opts_from_weights(os.path.join(REPO, "configs/COCO-Detection/official_subnet_small_FPN_1x.yaml"),
+                                        ["MODEL.WEIGHTS", str(tmp_path / "COCO_FPN_300M.pkl")]))
+    with captured_log("fvcore.common.checkpoint") as log:
+        DetNASCheckpointer(net).load(str(tmp_path / "COCO_FPN_300M.pkl"))
+    assert "| backbone.layers.* | backbone.bottom_up.layers.* |" in log.getvalue() and "no place for: head.*" in log.getvalue()
+    with torch.no_grad():
+        feats = net.backbone.bottom_up(seeded_input(OFFICIAL["seed"], "subnet_300M:stages", OFFICIAL["stages_input"]))
+    close(feats["res5"], OFFICIAL["cases"]["subnet_300M"]["outputs"]["stage3"], "stage3 after the hand-off")
 
 
 def test_official_wrong_arch_or_style_is_an_error(tmp_path):
