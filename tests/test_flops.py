@@ -25,7 +25,7 @@ class _Classifier(nn.Module):
     def __init__(self, space, arch, num_classes):
         super().__init__()
         self.backbone = ShuffleNetV2Subnet(space, arch)
-        self.head = ClassifierHead(space.stage_out[-1], num_classes)
+        self.head = ClassifierHead(space.stage_out[-1], num_classes, conv_bias=space.official)
 
     def forward(self, x):
         return self.head(self.backbone(x)["res5"])
@@ -38,16 +38,17 @@ def _fvcore(space, arch, size, head="none", num_classes=1000):
 
 
 @pytest.mark.parametrize(
-    "name, width, size, head",
+    "name, width, size, head, style",
     [
-        ("small", 0.5, (64, 64), "none"),
-        ("small", 0.25, (48, 80), "classifier"),
-        ("large", 0.25, (64, 64), "none"),
-        ("large-wide", 0.25, (80, 48), "classifier"),
+        ("small", 0.5, (64, 64), "none", "mmrazor"),
+        ("small", 0.25, (48, 80), "classifier", "mmrazor"),
+        ("large", 0.25, (64, 64), "none", "mmrazor"),
+        ("large-wide", 0.25, (80, 48), "classifier", "mmrazor"),
+        ("small", 0.5, (64, 64), "classifier", "official"),  # Megvii's network: other stride-2 units, biases
     ],
 )
-def test_table_equals_fvcore_on_random_archs(name, width, size, head):
-    space = get_space(name, width)
+def test_table_equals_fvcore_on_random_archs(name, width, size, head, style):
+    space = get_space(name, width, style)
     table = get_flops_table(space, size, head=head, num_classes=10)
     rng = random.Random(name)
     archs = [space.random_arch(rng) for _ in range(2 if name == "small" else 1)]

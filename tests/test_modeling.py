@@ -365,3 +365,17 @@ def test_classifier_head():
 def test_arch_on_a_supernet_backbone_is_an_error():
     with pytest.raises(ValueError, match=r"MODEL.DETNAS.ARCH is set \(0,0.*builds a supernet"):
         build_backbone(_cfg("build_detnas_supernet_fpn_backbone", arch=",".join(["0"] * 20)))
+
+
+def test_block_style_errors_and_default():
+    assert get_space("small").block_style == "mmrazor" and not get_space("small").official
+    with pytest.raises(ValueError, match=r"unknown block style 'megvii'.*'official', 'official-shuffle1'"):
+        get_space("small", 1.0, "megvii")
+    with pytest.raises(ValueError, match=r"'official' needs every stage wider than its input .* layer 0"):
+        get_space("small", 0.05, "official")  # stem and stage 0 both round to 4 channels
+    official = ShuffleNetV2Subnet(get_space("small", 0.5, "official"), [0, 1, 2, 3] * 5)
+    ours = ShuffleNetV2Subnet(get_space("small", 0.5), [0, 1, 2, 3] * 5)
+    # the same parameter names; the stride-2 projection keeps its input channels there, halves the output here
+    assert official.state_dict().keys() - ours.state_dict().keys() == {"stem.conv.bias"}
+    assert official.layers[0].branch_proj[1].weight.shape[:2] == (8, 8)
+    assert ours.layers[0].branch_proj[1].weight.shape[:2] == (16, 8)
