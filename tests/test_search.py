@@ -487,16 +487,15 @@ def test_racing_scorer_slices_give_the_unsliced_scores(det_weights, tmp_path):
     cfg = make_cfg(DET_CONFIG, tmp_path, det_weights, EVAL_IMAGES=0, EVAL_BATCH_SIZE=8)
     whole = build_scorer(cfg)
     first_half = build_scorer(make_cfg(DET_CONFIG, tmp_path, det_weights, EVAL_IMAGES=32, EVAL_BATCH_SIZE=8))
-    racing = build_scorer(cfg, search=SearchSettings(population=4, racing_slices=(0.5,)))
+    racing = build_scorer(cfg, search=SearchSettings(population=4, racing_slices=(0.5, 0.99)))
     for arch in archs:
-        half, rest = racing.score(arch, 0.5), racing.score(arch, 1.0)
+        half, rest, last = racing.score(arch, 0.5), racing.score(arch, 0.99), racing.score(arch, 1.0)
         assert half["score"] == first_half.score(arch)["score"]
-        assert rest["score"] == whole.score(arch)["score"]
-        # the larger slice reuses the BN statistics and outputs of the first one
-        assert (half["images_recalib"], half["images_eval"], rest["images_recalib"], rest["images_eval"]) == (
-            18, 32, 0, 32)
+        assert rest["score"] == last["score"] == whole.score(arch)["score"]
+        # a larger slice reuses the BN statistics and outputs of the smaller one (0.99 rounds up to all 64)
+        assert [(r["images_recalib"], r["images_eval"]) for r in (half, rest, last)] == [(18, 32), (0, 32), (0, 0)]
     assert racing.score(archs[0], 1.0)["images_eval"] == 64, "a fully scored candidate is not held"
-    with pytest.raises(ValueError, match=r"No evaluation slice 0.3: the scorer has \[0.5, 1.0\]"):
+    with pytest.raises(ValueError, match=r"No evaluation slice 0.3: the scorer has \[0.5, 0.99, 1.0\]"):
         racing.score(archs[0], 0.3)
 
 

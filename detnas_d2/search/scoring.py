@@ -158,7 +158,7 @@ class CandidateScorer:
         self.evaluator.reset()
         for inputs, outputs in partial.outputs:
             self.evaluator.process(inputs, outputs)
-        keep = segments < len(self.eval_segments) and self._keep > 0
+        keep = fraction < 1.0 and self._keep > 0  # the search may ask for a larger slice next
         images_eval = 0
         for segment in self.eval_segments[partial.segments : segments]:
             for batch in segment:
