@@ -68,7 +68,8 @@ case "${1:-}" in
     for r in "${@:-a b c}"; do recipe "$r"; done ;;
   compare)
     sup=()
-    for f in "$HERE"/supernet_*.jsonl; do sup+=(--supernet "$f"); done
+    # the detection supernets, and each step-1 supernet's top-1 as a predictor of detection AP
+    for f in "$HERE"/supernet_*.jsonl "$HERE"/step1_top1_*.jsonl; do [ -f "$f" ] && sup+=(--supernet "$f"); done
     "$PY" tools/rank_audit.py compare "${sup[@]}" --standalone "$HERE/standalone.jsonl" --output-dir "$HERE" ;;
   *)
     sed -n '2,16p' "$0"; exit 2 ;;
