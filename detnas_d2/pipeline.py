@@ -60,20 +60,29 @@ class Step:
         return json.loads(done.read_text()) if done.exists() and self.artifact.exists() else None
 
     def run(self, num_gpus: int = 1, reuse: bool = False, log: Callable[[str], None] = print) -> float:
-        """Run the step (or reuse a finished one); returns its seconds. Raises StepFailed."""
+        """Run the step; returns its seconds. Raises StepFailed. With `reuse`, a step that finished with
+        this command is kept, and one that was stopped with this command continues (`--resume`: train_net.py
+        and search_net.py end as an uninterrupted run would); otherwise its folder is emptied first."""
+        cmd = self.command(num_gpus)
+        command_file = self.out_dir / "command.txt"
+        same = command_file.exists() and command_file.read_text() == " ".join(cmd) + "\n"
         previous = self.finished()
-        if reuse and previous:
+        if reuse and same and previous:
             log(f"[{self.name}] reusing {self.out_dir} (finished {previous['finished']})")
             return previous["seconds"]
-        if self.out_dir.exists():
+        resume = reuse and same and not self.eval_only and previous is None
+        if self.out_dir.exists() and not resume:
             log(f"[{self.name}] removing the previous output in {self.out_dir}")
             shutil.rmtree(self.out_dir)
-        self.out_dir.mkdir(parents=True)
-        cmd = self.command(num_gpus)
-        (self.out_dir / "command.txt").write_text(" ".join(cmd) + "\n")
-        log(f"[{self.name}] {self.title}\n  $ {' '.join(cmd)}")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        command_file.write_text(" ".join(cmd) + "\n")
+        if resume:
+            log(f"[{self.name}] {self.title}: continuing the stopped run in {self.out_dir}\n  $ {' '.join(cmd)} --resume")
+            cmd = cmd + ["--resume"]
+        else:
+            log(f"[{self.name}] {self.title}\n  $ {' '.join(cmd)}")
         start = time.time()
-        returncode = self._run_logged(cmd, log)
+        returncode = self._run_logged(cmd, log, append=resume)
         if returncode != 0 or not self.artifact.exists():
             tail = (self.out_dir / "stdout.txt").read_text().splitlines()[-25:]
             raise StepFailed(
@@ -86,11 +95,12 @@ class Step:
         log(f"[{self.name}] done in {seconds:.0f}s")
         return seconds
 
-    def _run_logged(self, cmd: List[str], log: Callable[[str], None]) -> int:
-        """Run `cmd` with its output in <folder>/stdout.txt; its progress lines (Detectron2's ETA lines,
-        the search's per-candidate lines) also go to `log`, so a running step shows it is alive.
-        Interrupted (Ctrl-C), the step's process is stopped (which stops its workers) before re-raising."""
-        with open(self.out_dir / "stdout.txt", "w") as f:
+    def _run_logged(self, cmd: List[str], log: Callable[[str], None], append: bool = False) -> int:
+        """Run `cmd` with its output in <folder>/stdout.txt (added to it with `append`); its progress lines
+        (Detectron2's ETA lines, the search's per-candidate lines) also go to `log`, so a running step shows
+        it is alive. Interrupted (Ctrl-C), the step's process is stopped (which stops its workers) before
+        re-raising."""
+        with open(self.out_dir / "stdout.txt", "a" if append else "w") as f:
             proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             try:
                 for line in proc.stdout:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from detnas_d2.arch_io import load_arch_record
-from detnas_d2.pipeline import Step
+from detnas_d2.pipeline import Step, StepFailed
 from detnas_d2.search_space import get_space
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,3 +117,41 @@ def test_step_shows_progress_and_keeps_the_full_output(tmp_path):
     assert progress == ["  [fake] eta: 0:00:09  iter: 19  total_loss: 1.6",
                         "  [fake] Generation 0 done (4 candidates, 4 in all)"]
     assert "Starting training" in (out / "stdout.txt").read_text()  # everything stays in the file
+
+
+def test_stopped_step_continues_with_resume_when_reused(tmp_path):
+    """A step stopped before its artifact: with `reuse` and the same command it continues (`--resume`,
+    its folder and log kept); with another command, or without `reuse`, it starts again in an emptied
+    folder; once finished, `reuse` keeps it."""
+    script = tmp_path / "fake_train.py"
+    script.write_text(
+        "import sys, pathlib\n"
+        "out = pathlib.Path(sys.argv[sys.argv.index('OUTPUT_DIR') + 1])\n"
+        "resumed = '--resume' in sys.argv\n"
+        "print('resumed' if resumed else 'fresh', 'checkpoint' if (out / 'ckpt').exists() else 'no checkpoint')\n"
+        "(out / 'ckpt').write_text('x')\n"
+        "if resumed or 'finish' in sys.argv:\n"
+        "    (out / 'model_final.pth').write_text('x')\n"
+        "else:\n"
+        "    sys.exit(1)  # stopped halfway\n"
+    )
+    out = tmp_path / "step"
+
+    def step(*opts):
+        return Step("fake", "a fake step", str(script), "unused.yaml", out, list(opts), out / "model_final.pth")
+
+    with pytest.raises(StepFailed):
+        step().run(reuse=True, log=lambda m: None)
+    lines = []
+    step().run(reuse=True, log=lines.append)
+    assert "continuing the stopped run" in lines[0] and lines[0].endswith("--resume")
+    assert (out / "stdout.txt").read_text().splitlines() == ["fresh no checkpoint", "resumed checkpoint"]
+    assert "--resume" not in (out / "command.txt").read_text()  # the command a later start compares
+    step().run(reuse=True, log=lines.append)
+    assert "reusing" in lines[-1]
+
+    step("finish").run(reuse=True, log=lines.append)  # another command: a new run, not this one's
+    assert (out / "stdout.txt").read_text().splitlines() == ["fresh no checkpoint"]
+    with pytest.raises(StepFailed):
+        step().run(reuse=False, log=lambda m: None)  # without reuse: from scratch even if stopped
+    assert (out / "stdout.txt").read_text().splitlines() == ["fresh no checkpoint"]

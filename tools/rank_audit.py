@@ -30,7 +30,8 @@ only takes lines of one protocol and settings), timings, top-1 of the stand-alon
 Both scoring parts resume: an arch (or (arch, seed)) with a line in the output is not scored again, so
 stopping a run (Ctrl-C, kill) and starting it again ends with the same lines (timings aside), in the
 order of the arch list. A line cut short by a kill is dropped on the next start. A stand-alone run that
-was stopped halfway starts again; its classification step is kept when it finished with the same command.
+was stopped halfway continues: a step that finished with the same command is kept, a training that was
+stopped resumes from its last checkpoint (train_net.py --resume, exact).
 """
 import argparse
 import json
@@ -391,10 +392,8 @@ def _stop_children():
 
 
 def _run_step(step: Step, num_gpus: int, logger=log) -> float:
-    """Run a step, or keep it when it finished earlier with the same command."""
-    command_file = step.out_dir / "command.txt"
-    same = command_file.exists() and command_file.read_text() == " ".join(step.command(num_gpus)) + "\n"
-    return step.run(num_gpus, reuse=bool(same and step.finished()), log=logger)
+    """Run a step; one that finished earlier with the same command is kept, one that was stopped continues."""
+    return step.run(num_gpus, reuse=True, log=logger)
 
 
 def cmd_standalone(args):

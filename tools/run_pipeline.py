@@ -7,7 +7,8 @@
 
 Every step is the `train_net.py` / `search_net.py` command a user would type (printed, and kept in
 <output-dir>/<n>_<step>/command.txt). A step folder from an earlier run is emptied and the step re-run,
-unless --reuse is given: then finished steps are reused, and the log says so. The run ends with one
+unless --reuse is given: then a step that finished with the same command is reused, and a stopped
+one continues from its last checkpoint (--resume); the log says which. The run ends with one
 table (also in summary.md and summary.json): every step, its folder, its metric, and the searched
 subnet's arch, FLOPs and params.
 """
@@ -97,7 +98,7 @@ def main(argv=None):
     parser.add_argument("--output-dir", default="output/pipeline")
     parser.add_argument("--num-gpus", type=int, default=1, help="processes per step (without CUDA: CPU, gloo)")
     parser.add_argument("--quick", action="store_true", help="a few iterations per step")
-    parser.add_argument("--reuse", action="store_true", help="reuse the steps that finished in an earlier run")
+    parser.add_argument("--reuse", action="store_true", help="reuse finished steps, continue the stopped one (same commands)")
     args = parser.parse_args(argv)
 
     output_dir = Path(args.output_dir).resolve()

@@ -13,7 +13,7 @@ scratch, step 5: detection from that, as in the pipeline) and compared by bbox A
 
 Writes <output-dir>/study.md (a table, with a one-sided permutation test of det-search against each other
 arch over the seeds) and study.json. Each training step is the user's command
-(see <output-dir>/<arch>/seed<k>/<step>/command.txt); --reuse keeps the steps that finished before.
+(see <output-dir>/<arch>/seed<k>/<step>/command.txt); --reuse keeps the steps that finished before and continues a stopped one.
 """
 import argparse
 import json
@@ -45,7 +45,7 @@ def main(argv=None):
     parser.add_argument("--pipeline-dir", required=True, help="output of tools/run_pipeline.py (steps 1-3)")
     parser.add_argument("--output-dir", default="output/study")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds per arch")
-    parser.add_argument("--reuse", action="store_true", help="keep the steps that finished before")
+    parser.add_argument("--reuse", action="store_true", help="keep the steps that finished before, continue a stopped one")
     parser.add_argument("--quick", action="store_true", help="a few iterations per step (a smoke test)")
     args = parser.parse_args(argv)
 
