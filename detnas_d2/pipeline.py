@@ -48,11 +48,13 @@ class Step:
         self.name, self.title, self.script, self.config = name, title, script, config
         self.out_dir, self.opts, self.artifact, self.eval_only = Path(out_dir), opts, Path(artifact), eval_only
 
-    def command(self, num_gpus: int) -> List[str]:
+    def command(self, num_gpus: int, resume: bool = False) -> List[str]:
         cmd = [sys.executable, str(ROOT / self.script), "--config-file", str(ROOT / self.config),
                "--num-gpus", str(num_gpus)]
         if self.eval_only:
             cmd.append("--eval-only")
+        if resume:  # a flag: before the KEY VALUE options, which take the rest of the command line
+            cmd.append("--resume")
         return cmd + [str(o) for o in self.opts] + ["OUTPUT_DIR", str(self.out_dir)]
 
     def finished(self) -> Optional[dict]:
@@ -77,8 +79,8 @@ class Step:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         command_file.write_text(" ".join(cmd) + "\n")
         if resume:
-            log(f"[{self.name}] {self.title}: continuing the stopped run in {self.out_dir}\n  $ {' '.join(cmd)} --resume")
-            cmd = cmd + ["--resume"]
+            cmd = self.command(num_gpus, resume=True)
+            log(f"[{self.name}] {self.title}: continuing the stopped run in {self.out_dir}\n  $ {' '.join(cmd)}")
         else:
             log(f"[{self.name}] {self.title}\n  $ {' '.join(cmd)}")
         start = time.time()

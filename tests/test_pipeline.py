@@ -124,13 +124,15 @@ def test_stopped_step_continues_with_resume_when_reused(tmp_path):
     its folder and log kept); with another command, or without `reuse`, it starts again in an emptied
     folder; once finished, `reuse` keeps it."""
     script = tmp_path / "fake_train.py"
-    script.write_text(
+    script.write_text(  # parses its command line as train_net.py does (Detectron2's argument parser)
         "import sys, pathlib\n"
-        "out = pathlib.Path(sys.argv[sys.argv.index('OUTPUT_DIR') + 1])\n"
-        "resumed = '--resume' in sys.argv\n"
+        "from detectron2.engine import default_argument_parser\n"
+        "args = default_argument_parser().parse_args()\n"
+        "out = pathlib.Path(args.opts[args.opts.index('OUTPUT_DIR') + 1])\n"
+        "resumed = args.resume\n"
         "print('resumed' if resumed else 'fresh', 'checkpoint' if (out / 'ckpt').exists() else 'no checkpoint')\n"
         "(out / 'ckpt').write_text('x')\n"
-        "if resumed or 'finish' in sys.argv:\n"
+        "if resumed or 'finish' in args.opts:\n"
         "    (out / 'model_final.pth').write_text('x')\n"
         "else:\n"
         "    sys.exit(1)  # stopped halfway\n"
@@ -144,7 +146,7 @@ def test_stopped_step_continues_with_resume_when_reused(tmp_path):
         step().run(reuse=True, log=lambda m: None)
     lines = []
     step().run(reuse=True, log=lines.append)
-    assert "continuing the stopped run" in lines[0] and lines[0].endswith("--resume")
+    assert "continuing the stopped run" in lines[0] and "--resume" in lines[0]
     assert (out / "stdout.txt").read_text().splitlines() == ["fresh no checkpoint", "resumed checkpoint"]
     assert "--resume" not in (out / "command.txt").read_text()  # the command a later start compares
     step().run(reuse=True, log=lines.append)
