@@ -1,11 +1,11 @@
 """Config loading: keys of the previous release renamed with a warning, arch options as YAML lists."""
-import logging
 import os
 
 import pytest
 
 import detnas_d2  # noqa: F401  (compat shims before detectron2 imports)
 from detnas_d2.config import RENAMED_KEYS, get_detnas_cfg
+from log_capture import captured_log
 
 OLD_SEARCH_CONFIG = """\
 _BASE_: "{base}"
@@ -23,18 +23,19 @@ SEARCH:
 """
 
 
-def test_old_keys_read_into_new_places_with_warnings(tmp_path, caplog):
+def test_old_keys_read_into_new_places_with_warnings(tmp_path):
     path = tmp_path / "old.yaml"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     path.write_text(OLD_SEARCH_CONFIG.format(base=os.path.join(root, "configs", "Toy", "det_supernet.yaml")))
-    with caplog.at_level(logging.WARNING, logger="detnas_d2.config"):
+    # not caplog: once another test ran Detectron2's setup_logger, detnas_d2 records no longer propagate
+    with captured_log("detnas_d2.config") as log:
         cfg = get_detnas_cfg(str(path), ["SEARCH.TOPK", "3", "TEST.BN_RECALIB_BATCH_SIZE", "4"])
     assert cfg.DETNAS.SEARCH.POPULATION == 7 and cfg.DETNAS.SEARCH.EVAL_IMAGES == 12
     assert cfg.DETNAS.SEARCH.TOPK == 3
     assert (cfg.DETNAS.BN_RECALIB.DATASET, cfg.DETNAS.BN_RECALIB.IMAGES) == ("toy_det_train", 96)
     assert cfg.DETNAS.BN_RECALIB.BATCH_SIZE == 4  # the command line comes last
     assert cfg.MODEL.DETNAS.ARCH == "0,1,2,3,0,1,2,3,0,1,2,3,0,1,2,3,0,1,2,3"  # a YAML list of ids
-    warnings = caplog.text
+    warnings = log.getvalue()
     assert "config key SEARCH.POPULATION is deprecated; use DETNAS.SEARCH.POPULATION" in warnings
     assert "command line: config key SEARCH.TOPK is deprecated; use DETNAS.SEARCH.TOPK" in warnings
     assert "SEARCH.FITNESS is deprecated; it is no longer used" in warnings
