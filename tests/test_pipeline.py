@@ -89,6 +89,8 @@ def test_study_retrains_four_archs_and_tabulates_them(pipeline, tmp_path):
     table = get_flops_table(get_space(best.space, cfg.MODEL.DETNAS.WIDTH_MULT), cfg.DETNAS.SEARCH.INPUT_SIZE)
     assert rows["cls-search"]["flops"] == table.flops(cls_best.arch) <= cfg.DETNAS.SEARCH.FLOPS_MAX
     assert abs(rows["random"]["flops"] - rows["det-search"]["flops"]) <= 0.02 * rows["det-search"]["flops"]
+    # ... and is none of the other three (the quick search's best arch is often the first random draw)
+    assert rows["random"]["ids"] not in {rows[n]["ids"] for n in ("det-search", "cls-search", "all-3x3")}
     for name, row in rows.items():
         assert 0.0 <= row["top1"] <= 100.0 and row["AP"] == row["AP"], name  # AP not NaN
         det_cmd = (tmp_path / name / "seed0/det_subnet/command.txt").read_text()

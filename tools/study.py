@@ -31,11 +31,12 @@ CLS_SEARCH = "configs/Toy/search_cls.yaml"
 DET_SEARCH = "configs/Toy/search_det.yaml"
 
 
-def similar_flops_arch(space, table, flops, seed, tolerance=0.02):
+def similar_flops_arch(space, table, flops, seed, exclude=(), tolerance=0.02):
+    """A random arch within `tolerance` of `flops`, none of `exclude` (the study's other archs)."""
     rng = random.Random(seed)
     for _ in range(100000):
         arch = space.random_arch(rng)
-        if abs(table.flops(arch) - flops) <= tolerance * flops:
+        if abs(table.flops(arch) - flops) <= tolerance * flops and arch not in exclude:
             return arch
     raise RuntimeError(f"no random arch within {tolerance:.0%} of {flops / 1e6:.2f}M FLOPs")
 
@@ -49,13 +50,10 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="a few iterations per step (a smoke test)")
     args = parser.parse_args(argv)
 
-    from tabulate import tabulate
-
     from detnas_d2.arch_io import load_arch_record, save_arch
     from detnas_d2.config import get_detnas_cfg
     from detnas_d2.flops import get_flops_table
-    from detnas_d2.rank_stats import permutation_test
-    from detnas_d2.search_space import arch_to_str, get_space
+    from detnas_d2.search_space import get_space
 
     pipeline, out = Path(args.pipeline_dir).resolve(), Path(args.output_dir).resolve()
     det_best = pipeline / "3_search/best_arch.yaml"
@@ -86,55 +84,71 @@ def main(argv=None):
         "det-search": det_record.arch,
         "cls-search": load_arch_record(str(cls_search.artifact)).arch,
         "all-3x3": space.default_arch(),
-        "random": similar_flops_arch(space, table, table.flops(det_record.arch), seed=0),
     }
-    rows = []
+    archs["random"] = similar_flops_arch(space, table, table.flops(det_record.arch), seed=0,
+                                         exclude=[tuple(a) for a in archs.values()])
+    arch_files = {}
     for name, arch in archs.items():
-        arch_file = out / name / "arch.yaml"
-        arch_file.parent.mkdir(parents=True, exist_ok=True)
-        save_arch(str(arch_file), arch, space, flops=table.flops(arch), params=table.params(arch))
-        results = []
-        for seed in args.seeds:
+        arch_files[name] = out / name / "arch.yaml"
+        arch_files[name].parent.mkdir(parents=True, exist_ok=True)
+        save_arch(str(arch_files[name]), arch, space, flops=table.flops(arch), params=table.params(arch))
+    # Seed by seed, so that a stopped study already has a table over all archs.
+    runs = {name: [] for name in archs}
+    for seed in args.seeds:
+        for name in archs:
             d = out / name / f"seed{seed}"
             cls = Step("cls_subnet", f"{name} seed {seed}: classification", "train_net.py", CLS_SUBNET,
-                       d / "cls_subnet", ["MODEL.DETNAS.ARCH", arch_file, "SEED", seed] + quick["cls_subnet"],
+                       d / "cls_subnet", ["MODEL.DETNAS.ARCH", arch_files[name], "SEED", seed] + quick["cls_subnet"],
                        d / "cls_subnet/model_final.pth")
             det = Step("det_subnet", f"{name} seed {seed}: detection", "train_net.py", DET_SUBNET,
-                       d / "det_subnet", ["MODEL.DETNAS.ARCH", arch_file, "MODEL.WEIGHTS", cls.artifact,
+                       d / "det_subnet", ["MODEL.DETNAS.ARCH", arch_files[name], "MODEL.WEIGHTS", cls.artifact,
                                           "SEED", seed] + quick["det_subnet"], d / "det_subnet/model_final.pth")
             try:
                 cls.run(reuse=args.reuse, log=log)
                 det.run(reuse=args.reuse, log=log)
             except StepFailed as e:
                 sys.exit(str(e))
-            results.append({"seed": seed, "top1": cls.metric()[1], "AP": det.metric()[1]})
-        aps = [r["AP"] for r in results]
+            runs[name].append({"seed": seed, "top1": cls.metric()[1], "AP": det.metric()[1]})
+        text = write_report(out, archs, runs, space, table, cfg.DETNAS.SEARCH.INPUT_SIZE)
+    print(text)
+
+
+def write_report(out: Path, archs, runs, space, table, input_size: int) -> str:
+    """study.json and study.md over the seeds done so far."""
+    from tabulate import tabulate
+
+    from detnas_d2.rank_stats import permutation_test
+    from detnas_d2.search_space import arch_to_str
+
+    rows = []
+    for name, arch in archs.items():
+        aps = [r["AP"] for r in runs[name]]
         rows.append({
             "arch": name, "ids": arch_to_str(arch), "flops": table.flops(arch), "params": table.params(arch),
-            "top1": statistics.mean(r["top1"] for r in results), "AP": statistics.mean(aps),
-            "AP_std": statistics.stdev(aps) if len(aps) > 1 else 0.0, "runs": results,
+            "top1": statistics.mean(r["top1"] for r in runs[name]), "AP": statistics.mean(aps),
+            "AP_std": statistics.stdev(aps) if len(aps) > 1 else 0.0, "runs": runs[name],
         })
-
+    seeds = len(rows[0]["runs"])
     det_aps = [r["AP"] for r in rows[0]["runs"]]
     for row in rows[1:]:
         # Does det-search beat this arch beyond seed noise? One-sided exact permutation test over seeds.
         row["p_det_search_better"] = (
-            permutation_test(det_aps, [r["AP"] for r in row["runs"]]) if len(args.seeds) > 1 else None
+            permutation_test(det_aps, [r["AP"] for r in row["runs"]]) if seeds > 1 else None
         )
     (out / "study.json").write_text(json.dumps(rows, indent=2))
     text = tabulate(
         [[r["arch"], f"{r['flops'] / 1e6:.2f}", f"{r['params'] / 1e6:.3f}", f"{r['top1']:.1f}",
-          f"{r['AP']:.2f}" + (f" ± {r['AP_std']:.2f}" if len(args.seeds) > 1 else ""),
+          f"{r['AP']:.2f}" + (f" ± {r['AP_std']:.2f}" if seeds > 1 else ""),
           "" if r.get("p_det_search_better") is None else f"{r['p_det_search_better']:.3f}", r["ids"]]
          for r in rows],
         headers=["arch", "MFLOPs", "Mparams", "cls top-1", "bbox AP", "p (det-search better)", "block ids"],
         tablefmt="pipe")
-    text += (f"\n\n{len(args.seeds)} training seed(s) per arch; FLOPs of the backbone at "
-             f"{cfg.DETNAS.SEARCH.INPUT_SIZE}x{cfg.DETNAS.SEARCH.INPUT_SIZE}. p: one-sided exact permutation "
+    text += (f"\n\n{seeds} training seed(s) per arch; FLOPs of the backbone at "
+             f"{input_size}x{input_size}. p: one-sided exact permutation "
              "test of det-search's mean AP over seeds against the arch's (needs >= 2 seeds; with 5 seeds "
              "each the smallest possible p is 1/252).\n")
     (out / "study.md").write_text(text)
-    print(text)
+    return text
 
 
 if __name__ == "__main__":

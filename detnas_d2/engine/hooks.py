@@ -54,6 +54,7 @@ class RandomPathHook(HookBase):
         self._flops_table = flops_table or get_flops_table(self.space, cfg.DETNAS.SAMPLER.INPUT_SIZE)
         self._sampler = sampler or build_path_sampler(cfg, self.space, self._flops_table)
         self.num_sampled = 0  # paths drawn so far (over resumes)
+        self._phase_references = {}  # rotating warm-up: phase -> its fixed layers' arch
         self.arch = None  # the path of the current iteration
         self._supernet = None
 
@@ -85,7 +86,9 @@ class RandomPathHook(HookBase):
             reference = self.reference
             if self.rotating:
                 phase = num_random_layers(iteration, self.progressive_iters, self.space.num_layers)
-                reference = warmup_reference(self._sampler, self.seed, phase)
+                if phase not in self._phase_references:  # a pure function of (seed, phase): drawn once
+                    self._phase_references[phase] = warmup_reference(self._sampler, self.seed, phase)
+                reference = self._phase_references[phase]
             arch = progressive_path(arch, reference, iteration, self.progressive_iters)
         return arch
 

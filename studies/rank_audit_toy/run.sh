@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Issue 17's ranking study at toy scale: does each supernet recipe rank archs as stand-alone training does?
 #
-#   bash studies/rank_audit_toy/run.sh standalone        # ground truth: steps 4-5 per arch and seed
+#   bash studies/rank_audit_toy/run.sh standalone        # ground truth: steps 4-5 per arch and seed (JOBS=2: two at once)
 #   bash studies/rank_audit_toy/run.sh recipes a b c     # steps 1-2 per recipe, then its supernet scores
 #   bash studies/rank_audit_toy/run.sh compare           # the figures, once both parts are done
+#   bash studies/rank_audit_toy/run.sh claim a 0 1 2 3 4 # tools/study.py on recipe a's supernets, 5 seeds
 #
 # Each recipe also scores the archs' top-1 on its step-1 classification supernet (step1_top1_<r>.jsonl):
 # does step 1 learn over paths other than its reference? Every part resumes: run the same command again after a stop and it continues where it was (training
@@ -37,9 +38,19 @@ recipe_opts() {
   esac
 }
 
+# Step 2's own options: (b)'s detection supernet diverged without clipping (NaN boxes at iteration 108,
+# as the learning rate warmed up to 0.04), so its gradients are clipped (norm 1 per parameter).
+det_opts() {
+  case "$1" in
+    b) echo "SOLVER.CLIP_GRADIENTS.ENABLED True SOLVER.CLIP_GRADIENTS.CLIP_TYPE norm SOLVER.CLIP_GRADIENTS.CLIP_VALUE 1.0" ;;
+    *) echo "" ;;
+  esac
+}
+
 recipe() {
-  local r=$1 opts
+  local r=$1 opts det_opts
   opts=$(recipe_opts "$r")
+  det_opts=$(det_opts "$r")
   local cls=$RUNS/recipe_$r/cls_supernet det=$RUNS/recipe_$r/det_supernet
   # shellcheck disable=SC2086
   [ -f "$cls/model_final.pth" ] || "$PY" train_net.py --config-file configs/Toy/cls_supernet.yaml --resume \
@@ -47,10 +58,28 @@ recipe() {
   # Step 1's own check: top-1 of each arch's path (BN recalibrated) on the classification supernet.
   "$PY" tools/rank_audit.py supernet --config-file configs/Toy/search_cls.yaml --archs "$HERE/archs.txt" \
     --protocol "recipe-$r-step1" --output "$HERE/step1_top1_$r.jsonl" MODEL.WEIGHTS "$cls/model_final.pth"
+  # shellcheck disable=SC2086
   [ -f "$det/model_final.pth" ] || "$PY" train_net.py --config-file configs/Toy/det_supernet.yaml --resume \
-    OUTPUT_DIR "$det" MODEL.WEIGHTS "$cls/model_final.pth"
+    OUTPUT_DIR "$det" MODEL.WEIGHTS "$cls/model_final.pth" $det_opts
   "$PY" tools/rank_audit.py supernet --archs "$HERE/archs.txt" --protocol "recipe-$r" \
     --output "$HERE/supernet_$r.jsonl" MODEL.WEIGHTS "$det/model_final.pth"
+}
+
+# DetNAS's claim (tools/study.py) on one recipe's supernets: step 3 searches its detection supernet, then
+# det-search, cls-search, all-3x3 and a random arch of equal FLOPs are retrained with the given seeds.
+claim() {
+  local r=$1 dir=$RUNS/recipe_$1
+  shift
+  recipe_opts "$r" >/dev/null
+  [ -f "$dir/search/best_arch.yaml" ] || "$PY" search_net.py --config-file configs/Toy/search_det.yaml --resume \
+    OUTPUT_DIR "$dir/search" MODEL.WEIGHTS "$dir/det_supernet/model_final.pth"
+  # the two folders tools/study.py reads, laid out as tools/run_pipeline.py writes them
+  mkdir -p "$dir/pipeline"
+  ln -sfn ../cls_supernet "$dir/pipeline/1_cls_supernet"
+  ln -sfn ../search "$dir/pipeline/3_search"
+  "$PY" tools/study.py --reuse --pipeline-dir "$dir/pipeline" --output-dir "$dir/study" --seeds "$@"
+  cp "$dir/study/study.md" "$HERE/claim_$r.md"
+  cp "$dir/study/study.json" "$HERE/claim_$r.json"
 }
 
 case "${1:-}" in
@@ -59,7 +88,7 @@ case "${1:-}" in
     # Seed 0 of every arch first: a partial file already ranks all archs.
     for seeds in 0 "0 1"; do
       # shellcheck disable=SC2086
-      "$PY" tools/rank_audit.py standalone --archs "$HERE/archs.txt" --seeds $seeds --jobs 1 --threads 1 \
+      "$PY" tools/rank_audit.py standalone --archs "$HERE/archs.txt" --seeds $seeds --jobs "${JOBS:-1}" --threads 1 \
         --work-dir "$RUNS/standalone" --output "$HERE/standalone.jsonl"
     done ;;
   recipes)
@@ -71,6 +100,9 @@ case "${1:-}" in
     # the detection supernets, and each step-1 supernet's top-1 as a predictor of detection AP
     for f in "$HERE"/supernet_*.jsonl "$HERE"/step1_top1_*.jsonl; do [ -f "$f" ] && sup+=(--supernet "$f"); done
     "$PY" tools/rank_audit.py compare "${sup[@]}" --standalone "$HERE/standalone.jsonl" --output-dir "$HERE" ;;
+  claim)
+    shift
+    claim "$@" ;;
   *)
-    sed -n '2,16p' "$0"; exit 2 ;;
+    sed -n '2,17p' "$0"; exit 2 ;;
 esac
