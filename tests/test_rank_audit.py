@@ -181,8 +181,8 @@ def _write_scores(path, records):
 
 
 def test_compare_report(toy, tmp_path):
-    """Twelve archs, three seeds: a supernet that ranks them perfectly, FLOPs that rank them backwards
-    inside the band; the report's figures, band, files."""
+    """Twelve archs, three seeds: a supernet that ranks them perfectly, FLOPs (and a second supernet that
+    follows FLOPs) that rank them backwards inside the band; the report's figures, band, files."""
     _, space, table = toy
     archs = ra.sample_stratified(space, table, 12, table.min_flops, table.max_flops, seed=0)
     flops = [table.flops(a) for a in archs]
@@ -191,6 +191,7 @@ def test_compare_report(toy, tmp_path):
     for a, f, t in zip(archs, flops, truth):
         base = {"arch": list(a), "arch_str": ra.arch_str(a), "flops": f, "params": table.params(a), "settings": {}}
         sn.append({**base, "kind": "supernet", "protocol": "recipe-a", "seed": 0, "score": t / 10, "seconds": 1.0})
+        sn.append({**base, "kind": "supernet", "protocol": "recipe-b", "seed": 0, "score": f, "seconds": 1.0})
         for seed, noise in enumerate((0.0, 0.01, -0.01)):
             st.append({**base, "kind": "standalone", "protocol": "standalone", "seed": seed, "score": t + noise,
                        "seconds": 1.0})
@@ -198,7 +199,8 @@ def test_compare_report(toy, tmp_path):
     _write_scores(tmp_path / "st.jsonl", st)
     hi = sorted(flops)[7] + 1  # 8 archs in the band
     assert ra.main(["compare", "--supernet", str(tmp_path / "sn.jsonl"), "--standalone", str(tmp_path / "st.jsonl"),
-                    "--flops-max", str(hi), "--bootstrap", "200", "--output-dir", str(tmp_path / "out")]) == 0
+                    "--flops-max", str(hi), "--bootstrap", "200", "--baseline", "recipe-a",
+                    "--output-dir", str(tmp_path / "out")]) == 0
     summary = json.loads((tmp_path / "out/compare.json").read_text())
     assert summary["seeds"] == [0, 1, 2] and summary["flops_band"] == [0.0, hi]
     for name, n in (("all", 12), ("band", 8)):
@@ -209,14 +211,20 @@ def test_compare_report(toy, tmp_path):
         assert sup["tau_ci"]["low"] == pytest.approx(1.0)
         assert sup["top"]["hits"] == sup["top"]["k"] == math.ceil(0.2 * n)
         assert by_flops["tau"] == pytest.approx(-1.0) and by_flops["top"]["hits"] == 0
-        assert sup["tau_minus_flops"] == pytest.approx(2.0)
+        assert sup["tau_gain"]["FLOPs"]["value"] == pytest.approx(2.0) and "recipe-a" not in sup["tau_gain"]
+        # --baseline recipe-a: the paired difference; recipe-b ranks as FLOPs do, so every resample gives -2
+        gain_b = sub["predictors"]["recipe-b"]["tau_gain"]["recipe-a"]
+        assert gain_b["value"] == pytest.approx(-2.0) and gain_b["ci"]["high"] == pytest.approx(-2.0)
         assert sub["noise"]["archs_with_2_seeds"] == n and sub["noise"]["std_max"] == pytest.approx(0.01)
         # the seed-0 vs seed-1 ranking: the +0.01 noise never reorders archs 0.05M FLOPs or more apart
         assert sub["noise"]["seed_pair"] == [0, 1]
     assert len(summary["archs"]) == 12 and sum(a["in_band"] for a in summary["archs"]) == 8
     md = (tmp_path / "out/compare.md").read_text()
     assert re.search(r"\|\s*all archs\s*\|\s*recipe-a\s*\|\s*12\s*\|\s*1\.00 \[1\.00, 1\.00\]", md)
-    assert f"FLOPs <= {hi / 1e6:.2f}M" in md
+    assert f"FLOPs <= {hi / 1e6:.2f}M" in md and "tau - tau(recipe-a) [95% CI]" in md
+    with pytest.raises(SystemExit, match="recipe-c"):
+        ra.main(["compare", "--supernet", str(tmp_path / "sn.jsonl"), "--standalone", str(tmp_path / "st.jsonl"),
+                 "--baseline", "recipe-c", "--output-dir", str(tmp_path / "out")])
     assert (tmp_path / "out/compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

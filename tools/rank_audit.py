@@ -521,10 +521,10 @@ def _nan_to_none(value):
     return value
 
 
-def predictor_figures(predicted, truth, fraction, samples, seed, baseline=None) -> Dict:
+def predictor_figures(predicted, truth, fraction, samples, seed, baselines=None) -> Dict:
     """tau-b, rho (with bootstrap intervals) and top-fraction precision of `predicted` against `truth`;
-    with `baseline` (another predictor's values), the interval of tau(predicted) - tau(baseline) over the
-    same resamples."""
+    for each of `baselines` ({name: another predictor's values}), tau(predicted) - tau(baseline) with its
+    interval over the same resamples (a paired comparison)."""
     import numpy as np
 
     from detnas_d2 import rank_stats as rs
@@ -537,15 +537,18 @@ def predictor_figures(predicted, truth, fraction, samples, seed, baseline=None) 
         "rho": rs.spearman_rho(predicted, truth),
         "rho_ci": rs.bootstrap_ci(rs.spearman_rho, predicted, truth, samples=samples, seed=seed),
         "top": rs.top_k_overlap(predicted, truth, fraction),
+        "tau_gain": {},
     }
-    if baseline is not None:
+
+    def gain(p, t, b):
+        return rs.kendall_tau_b(p, t) - rs.kendall_tau_b(b, t)
+
+    for name, baseline in (baselines or {}).items():
         baseline = np.asarray(baseline, dtype=float)
-
-        def gain(p, t, b):
-            return rs.kendall_tau_b(p, t) - rs.kendall_tau_b(b, t)
-
-        figures["tau_minus_flops"] = figures["tau"] - rs.kendall_tau_b(baseline, truth)
-        figures["tau_minus_flops_ci"] = rs.bootstrap_ci(gain, predicted, truth, baseline, samples=samples, seed=seed)
+        figures["tau_gain"][name] = {
+            "value": figures["tau"] - rs.kendall_tau_b(baseline, truth),
+            "ci": rs.bootstrap_ci(gain, predicted, truth, baseline, samples=samples, seed=seed),
+        }
     return figures
 
 
@@ -600,8 +603,11 @@ def _subset_figures(archs, predictors, truth, info, args) -> Dict:
     params = [info[a][1] for a in archs]
     figures = {}
     for label, scores in predictors.items():
+        baselines = {"FLOPs": flops}
+        if args.baseline and label != args.baseline:
+            baselines[args.baseline] = [predictors[args.baseline][a] for a in archs]
         figures[label] = predictor_figures([scores[a] for a in archs], mean, args.top_fraction, args.bootstrap,
-                                           args.seed, baseline=flops)
+                                           args.seed, baselines=baselines)
     figures["rank by FLOPs"] = predictor_figures(flops, mean, args.top_fraction, args.bootstrap, args.seed)
     figures["rank by params"] = predictor_figures(params, mean, args.top_fraction, args.bootstrap, args.seed)
     noise = rs.seed_noise([truth[a] for a in archs], args.bootstrap, args.seed)
@@ -649,6 +655,8 @@ def cmd_compare(args):
     from detnas_d2.file_io import atomic_write
 
     predictors, truth, info = load_compare_inputs(args.supernet, args.standalone)
+    if args.baseline and args.baseline not in predictors:
+        sys.exit(f"--baseline '{args.baseline}' is none of the supernet protocols {sorted(predictors)}")
     archs = [a for a in truth if all(a in p for p in predictors.values())]
     if len(archs) < len(truth):
         log(f"{len(truth) - len(archs)} of the {len(truth)} stand-alone archs have no supernet score: left out")
@@ -676,11 +684,13 @@ def cmd_compare(args):
     names = {"all": "all archs", "band": band_text}
     pct = f"top-{args.top_fraction:.0%}"
     rows, noise_rows = [], []
+    gain_columns = ["FLOPs"] + ([args.baseline] if args.baseline else [])
     for name, sub in summary["subsets"].items():
         for label, f in sub["predictors"].items():
-            gain = _fmt_ci(f["tau_minus_flops"], f["tau_minus_flops_ci"]) if "tau_minus_flops" in f else ""
+            gains = [_fmt_ci(f["tau_gain"][b]["value"], f["tau_gain"][b]["ci"]) if b in f["tau_gain"] else ""
+                     for b in gain_columns]
             rows.append([names[name], label, f["n"], _fmt_ci(f["tau"], f["tau_ci"]), _fmt_ci(f["rho"], f["rho_ci"]),
-                         f"{f['top']['hits']}/{f['top']['k']}", gain])
+                         f"{f['top']['hits']}/{f['top']['k']}"] + gains)
         nz = sub["noise"]
         pair = nz["seed_pair"]
         noise_rows.append([
@@ -690,7 +700,7 @@ def cmd_compare(args):
              + _fmt_ci(nz["tau_between_seeds"], nz["tau_between_seeds_ci"])) if pair else "n/a (one seed)",
         ])
     table = tabulate(rows, headers=["archs", "predictor", "n", "Kendall tau-b [95% CI]", "Spearman rho [95% CI]",
-                                    f"{pct} precision", "tau - tau(FLOPs) [95% CI]"],
+                                    f"{pct} precision"] + [f"tau - tau({b}) [95% CI]" for b in gain_columns],
                      tablefmt="pipe", disable_numparse=True)
     noise = tabulate(noise_rows, headers=["archs", "n", "with >= 2 seeds", "seed std per arch (mean / max)",
                                           "std of arch means", "Kendall tau between seeds [95% CI]"],
@@ -709,7 +719,8 @@ def cmd_compare(args):
         f"## Supernet ranking vs stand-alone training\n\n{table}\n\n"
         f"Predictors ranked against the stand-alone score averaged over seeds {seeds}. 95% intervals: "
         f"percentile bootstrap over archs ({args.bootstrap} resamples, seed {args.seed}; the same resamples "
-        f"for every predictor). {pct} precision: how many of the predictor's top {args.top_fraction:.0%} "
+        f"for every predictor, so tau - tau(...) is a paired difference). {pct} precision: how many of the "
+        f"predictor's top {args.top_fraction:.0%} "
         f"(ceil, at least 1) are in the stand-alone top {args.top_fraction:.0%}.\n\n"
         f"## Stand-alone seed noise\n\n{noise}\n\n"
         "The tau between two seeds is how well one training run ranks the archs as another does: a bound on "
@@ -889,6 +900,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flops-min", type=float, help="band (default: DETNAS.SEARCH.FLOPS_MIN; 0: none)")
     p.add_argument("--flops-max", type=float, help="band (default: DETNAS.SEARCH.FLOPS_MAX; 0: none)")
     p.add_argument("--top-fraction", type=float, default=0.2)
+    p.add_argument("--baseline", help="a supernet protocol label: every other one's tau minus its tau, with interval")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--output-dir",

@@ -99,7 +99,8 @@ case "${1:-}" in
     sup=()
     # the detection supernets, and each step-1 supernet's top-1 as a predictor of detection AP
     for f in "$HERE"/supernet_*.jsonl "$HERE"/step1_top1_*.jsonl; do [ -f "$f" ] && sup+=(--supernet "$f"); done
-    "$PY" tools/rank_audit.py compare "${sup[@]}" --standalone "$HERE/standalone.jsonl" --output-dir "$HERE" ;;
+    "$PY" tools/rank_audit.py compare "${sup[@]}" --standalone "$HERE/standalone.jsonl" --baseline recipe-a \
+      --output-dir "$HERE" ;;
   claim)
     shift
     claim "$@" ;;
