@@ -5,6 +5,7 @@
 - `bootstrap_ci`: percentile interval of any paired statistic over archs resampled with replacement;
 - `top_k_overlap`: how many of one ranking's top fraction are in the other's;
 - `seed_noise`: how much the ground truth itself moves between training seeds;
+- `arch_effect`: do the archs differ beyond seed noise at all (one-way random-effects ANOVA, permutation p);
 - `permutation_test`: is one arch's mean score over seeds higher than another's beyond seed noise.
 
 A statistic that is undefined (fewer than two archs, or one ranking constant) is NaN.
@@ -16,6 +17,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 __all__ = [
+    "arch_effect",
     "average_ranks",
     "bootstrap_ci",
     "kendall_tau_b",
@@ -164,6 +166,58 @@ def seed_noise(scores: Sequence[Dict[int, float]], bootstrap_samples: int = 2000
             out["tau_between_seeds"] = kendall_tau_b(xa, xb)
             out["tau_between_seeds_ci"] = bootstrap_ci(kendall_tau_b, xa, xb, samples=bootstrap_samples, seed=seed,
                                                          level=level)
+    return out
+
+
+def arch_effect(scores: Sequence[Dict[int, float]], samples: int = 10_000, seed: int = 0) -> Dict:
+    """How much of the ground truth is the arch's and how much the training seed's: a one-way random-effects
+    ANOVA over the archs with >= 2 seeds (`scores`: per arch, {training seed: score}).
+
+    - `seed_std`: the pooled within-arch std (sqrt MSW); `arch_std`: the estimated std of the archs' true
+      (infinitely-many-seed) scores, sqrt(max(0, (MSB - MSW) / n0)), n0 the ANOVA's mean group size;
+    - `icc`: ICC(1), the share of one run's variance that is the arch's; `reliability`: (MSB - MSW) / MSB,
+      that of an arch's mean over n0 seeds (Spearman-Brown); both can fall below 0 when the archs' means
+      spread less than seed noise alone would make them;
+    - `tau_ceiling`: the Kendall tau a perfect predictor of the true scores would reach against those means,
+      (2 / pi) asin(sqrt(reliability)) (their Pearson correlation is sqrt(reliability); normal scores);
+    - `p_value`: permutation test of F = MSB / MSW (scores relabelled across archs, group sizes kept;
+      `samples` random relabellings plus the observed one): the chance of archs this different if the arch
+      did not matter.
+    """
+    groups = [np.asarray(list(s.values()), dtype=float) for s in scores if len(s) >= 2]
+    out = {"archs": len(groups), "runs": int(sum(len(g) for g in groups)), "n0": float("nan"),
+           "seed_std": float("nan"), "arch_std": float("nan"), "icc": float("nan"), "reliability": float("nan"),
+           "tau_ceiling": float("nan"), "f": float("nan"), "p_value": float("nan")}
+    if len(groups) < 2:
+        return out
+    sizes = np.array([len(g) for g in groups])
+    pooled, k, total = np.concatenate(groups), len(groups), int(sizes.sum())
+    bounds = np.cumsum(sizes)[:-1]
+
+    def mean_squares(values: np.ndarray) -> Tuple[float, float]:
+        parts = np.split(values, bounds)
+        means = np.array([p.mean() for p in parts])
+        between = float(np.sum(sizes * (means - values.mean()) ** 2)) / (k - 1)
+        within = float(sum(np.sum((p - m) ** 2) for p, m in zip(parts, means))) / (total - k)
+        return between, within
+
+    msb, msw = mean_squares(pooled)
+    n0 = (total - float(np.sum(sizes ** 2)) / total) / (k - 1)
+    out.update(n0=n0, seed_std=math.sqrt(msw), arch_std=math.sqrt(max(0.0, (msb - msw) / n0)))
+    if msb + (n0 - 1) * msw > 0:
+        out["icc"] = (msb - msw) / (msb + (n0 - 1) * msw)
+    if msb > 0:
+        out["reliability"] = (msb - msw) / msb
+        out["tau_ceiling"] = 2 / math.pi * math.asin(math.sqrt(max(0.0, out["reliability"])))
+    if msw > 0:
+        out["f"] = msb / msw
+        rng = np.random.default_rng(seed)
+        eps = 1e-12 * out["f"]
+        hits = 0
+        for _ in range(samples):
+            b, w = mean_squares(pooled[rng.permutation(total)])
+            hits += w == 0 or b / w >= out["f"] - eps
+        out["p_value"] = (hits + 1) / (samples + 1)
     return out
 
 

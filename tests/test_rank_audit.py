@@ -110,6 +110,22 @@ def test_seed_noise_by_hand():
     assert swapped["tau_between_seeds"] == pytest.approx(-1.0)
 
 
+def test_arch_effect_by_hand():
+    # group means 2, 6, 10 (grand 6): MSB = 2 * (16 + 0 + 16) / 2 = 32, MSW = 6 / 3 = 2, n0 = 2
+    effect = rs.arch_effect([{0: 1.0, 1: 3.0}, {0: 5.0, 1: 7.0}, {0: 9.0, 1: 11.0}, {0: 4.0}], samples=20000)
+    assert effect["archs"] == 3 and effect["runs"] == 6 and effect["n0"] == pytest.approx(2.0)
+    assert effect["seed_std"] == pytest.approx(math.sqrt(2.0)) and effect["f"] == pytest.approx(16.0)
+    assert effect["arch_std"] == pytest.approx(math.sqrt((32 - 2) / 2))
+    assert effect["icc"] == pytest.approx(30 / 34) and effect["reliability"] == pytest.approx(30 / 32)
+    assert effect["tau_ceiling"] == pytest.approx(2 / math.pi * math.asin(math.sqrt(30 / 32)))
+    # 6 of the 90 ways to deal the six scores into three pairs keep {1, 3}, {5, 7}, {9, 11} together
+    assert effect["p_value"] == pytest.approx(6 / 90, abs=0.01)
+    # archs whose seeds spread more than the archs do: no arch effect
+    none = rs.arch_effect([{0: 1.0, 1: 3.0}, {0: 3.0, 1: 1.0}, {0: 1.1, 1: 2.9}], samples=500)
+    assert none["arch_std"] == 0.0 and none["icc"] < 0 and none["p_value"] > 0.5
+    assert math.isnan(rs.arch_effect([{0: 1.0, 1: 3.0}, {0: 5.0}])["icc"])  # one arch with 2 seeds: undefined
+
+
 def test_permutation_test_by_hand():
     # pooled (3, 4, 1, 2), groups of 2: the 6 splits give mean differences 2, -1, 0, 0, 1, -2
     assert rs.permutation_test([3, 4], [1, 2]) == pytest.approx(1 / 6)
@@ -218,6 +234,8 @@ def test_compare_report(toy, tmp_path):
         assert sub["noise"]["archs_with_2_seeds"] == n and sub["noise"]["std_max"] == pytest.approx(0.01)
         # the seed-0 vs seed-1 ranking: the +0.01 noise never reorders archs 0.05M FLOPs or more apart
         assert sub["noise"]["seed_pair"] == [0, 1]
+        # archs 0.05M FLOPs and more apart, seed noise 0.01: the arch is nearly all of the variance
+        assert sub["noise"]["arch_effect"]["reliability"] > 0.99 and sub["noise"]["arch_effect"]["p_value"] < 0.01
     assert len(summary["archs"]) == 12 and sum(a["in_band"] for a in summary["archs"]) == 8
     md = (tmp_path / "out/compare.md").read_text()
     assert re.search(r"\|\s*all archs\s*\|\s*recipe-a\s*\|\s*12\s*\|\s*1\.00 \[1\.00, 1\.00\]", md)

@@ -611,6 +611,7 @@ def _subset_figures(archs, predictors, truth, info, args) -> Dict:
     figures["rank by FLOPs"] = predictor_figures(flops, mean, args.top_fraction, args.bootstrap, args.seed)
     figures["rank by params"] = predictor_figures(params, mean, args.top_fraction, args.bootstrap, args.seed)
     noise = rs.seed_noise([truth[a] for a in archs], args.bootstrap, args.seed)
+    noise["arch_effect"] = rs.arch_effect([truth[a] for a in archs], seed=args.seed)
     return {"n": len(archs), "predictors": figures, "noise": noise}
 
 
@@ -692,18 +693,22 @@ def cmd_compare(args):
             rows.append([names[name], label, f["n"], _fmt_ci(f["tau"], f["tau_ci"]), _fmt_ci(f["rho"], f["rho_ci"]),
                          f"{f['top']['hits']}/{f['top']['k']}"] + gains)
         nz = sub["noise"]
-        pair = nz["seed_pair"]
+        pair, effect = nz["seed_pair"], nz["arch_effect"]
         noise_rows.append([
             names[name], sub["n"], nz["archs_with_2_seeds"], f"{_fmt(nz['std_mean'])} / {_fmt(nz['std_max'])}",
             _fmt(nz["between_arch_std"]),
             (f"seeds {pair[0]} vs {pair[1]} ({nz['archs_in_pair']} archs): "
              + _fmt_ci(nz["tau_between_seeds"], nz["tau_between_seeds_ci"])) if pair else "n/a (one seed)",
+            _fmt(effect["arch_std"]), _fmt(effect["icc"]), _fmt(effect["reliability"]), _fmt(effect["tau_ceiling"]),
+            _fmt(effect["p_value"], 4),
         ])
     table = tabulate(rows, headers=["archs", "predictor", "n", "Kendall tau-b [95% CI]", "Spearman rho [95% CI]",
                                     f"{pct} precision"] + [f"tau - tau({b}) [95% CI]" for b in gain_columns],
                      tablefmt="pipe", disable_numparse=True)
     noise = tabulate(noise_rows, headers=["archs", "n", "with >= 2 seeds", "seed std per arch (mean / max)",
-                                          "std of arch means", "Kendall tau between seeds [95% CI]"],
+                                          "std of arch means", "Kendall tau between seeds [95% CI]",
+                                          "true arch std (est.)", "ICC", "reliability of the mean", "tau ceiling",
+                                          "p (archs differ)"],
                      tablefmt="pipe", disable_numparse=True)
     per_arch = tabulate(
         [[arch_str(a), f"{info[a][0] / 1e6:.3f}", f"{info[a][1] / 1e6:.4f}",
@@ -724,7 +729,12 @@ def cmd_compare(args):
         f"(ceil, at least 1) are in the stand-alone top {args.top_fraction:.0%}.\n\n"
         f"## Stand-alone seed noise\n\n{noise}\n\n"
         "The tau between two seeds is how well one training run ranks the archs as another does: a bound on "
-        "what any predictor can reach against a single-seed ground truth (a mean over seeds is steadier).\n\n"
+        "what any predictor can reach against a single-seed ground truth (a mean over seeds is steadier). "
+        "The last five columns are a one-way random-effects ANOVA over the archs with >= 2 seeds: the "
+        "estimated std of the archs' true scores (free of seed noise), ICC (the share of one run's variance "
+        "that is the arch's), the reliability r of an arch's mean over its seeds, the tau that a perfect "
+        "predictor would reach against those means ((2 / pi) asin(sqrt(r)), normal scores), and a permutation "
+        "test of whether the archs differ at all beyond seed noise.\n\n"
         f"## Archs\n\n{per_arch}\n"
     )
     out = Path(args.output_dir) if args.output_dir else Path(args.standalone).resolve().parent
