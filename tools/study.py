@@ -12,7 +12,7 @@ scratch, step 5: detection from that, as in the pipeline) and compared by bbox A
     python tools/study.py --pipeline-dir output/pipeline --output-dir output/study [--seeds 0 1 2]
 
 Writes <output-dir>/study.md (a table, with a one-sided permutation test of det-search against each other
-arch over the seeds) and study.json. Each training step is the user's command
+arch over the seeds) and study.json, again after each seed (the archs are trained seed by seed). Each training step is the user's command
 (see <output-dir>/<arch>/seed<k>/<step>/command.txt); --reuse keeps the steps that finished before and continues a stopped one.
 """
 import argparse
