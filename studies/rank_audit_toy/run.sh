@@ -5,6 +5,8 @@
 #   bash studies/rank_audit_toy/run.sh recipes a b c     # steps 1-2 per recipe, then its supernet scores
 #   bash studies/rank_audit_toy/run.sh compare           # the figures, once both parts are done
 #   bash studies/rank_audit_toy/run.sh claim a 0 1 2 3 4 # tools/study.py on recipe a's supernets, 5 seeds
+#   python studies/rank_audit_toy/reevaluate.py           # the stand-alone detectors on 512 held-out images, then
+#   bash studies/rank_audit_toy/run.sh compare studies/rank_audit_toy/standalone_toy_det_search_large.jsonl studies/rank_audit_toy/eval512
 #
 # Each recipe also scores the archs' top-1 on its step-1 classification supernet (step1_top1_<r>.jsonl):
 # does step 1 learn over paths other than its reference? Every part resumes: run the same command again after a stop and it continues where it was (training
@@ -99,11 +101,12 @@ case "${1:-}" in
     sup=()
     # the detection supernets, and each step-1 supernet's top-1 as a predictor of detection AP
     for f in "$HERE"/supernet_*.jsonl "$HERE"/step1_top1_*.jsonl; do [ -f "$f" ] && sup+=(--supernet "$f"); done
-    "$PY" tools/rank_audit.py compare "${sup[@]}" --standalone "$HERE/standalone.jsonl" --baseline recipe-a \
-      --output-dir "$HERE" ;;
+    # optional: another ground truth (e.g. reevaluate.py's) and its output folder
+    "$PY" tools/rank_audit.py compare "${sup[@]}" --standalone "${2:-$HERE/standalone.jsonl}" --baseline recipe-a \
+      --output-dir "${3:-$HERE}" ;;
   claim)
     shift
     claim "$@" ;;
   *)
-    sed -n '2,17p' "$0"; exit 2 ;;
+    sed -n '2,19p' "$0"; exit 2 ;;
 esac
