@@ -12,8 +12,8 @@ scratch, step 5: detection from that, as in the pipeline) and compared by bbox A
     python tools/study.py --pipeline-dir output/pipeline --output-dir output/study [--seeds 0 1 2]
 
 Writes <output-dir>/study.md (a table, with a one-sided permutation test of det-search against each other
-arch over the seeds) and study.json, again after each seed (the archs are trained seed by seed). Each training step is the user's command
-(see <output-dir>/<arch>/seed<k>/<step>/command.txt); --reuse keeps the steps that finished before and continues a stopped one.
+arch over the seeds) and study.json, again after each seed (the archs are trained seed by seed). Each
+training step is the user's command (see <output-dir>/<arch>/seed<k>/<step>/command.txt); --reuse keeps the steps that finished before and continues a stopped one.
 """
 import argparse
 import json
@@ -109,11 +109,11 @@ def main(argv=None):
             except StepFailed as e:
                 sys.exit(str(e))
             runs[name].append({"seed": seed, "top1": cls.metric()[1], "AP": det.metric()[1]})
-        text = write_report(out, archs, runs, space, table, cfg.DETNAS.SEARCH.INPUT_SIZE)
+        text = write_report(out, archs, runs, table, cfg.DETNAS.SEARCH.INPUT_SIZE)
     print(text)
 
 
-def write_report(out: Path, archs, runs, space, table, input_size: int) -> str:
+def write_report(out: Path, archs, runs, table, input_size: int) -> str:
     """study.json and study.md over the seeds done so far."""
     from tabulate import tabulate
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT / "tools"))
+from rank_audit import append_score, read_scores  # noqa: E402  (score files as rank_audit.py writes them)
 
 
 def main():
@@ -28,10 +30,8 @@ def main():
     parser.add_argument("--output", help="default: standalone_<dataset>.jsonl beside --scores")
     args = parser.parse_args()
     output = Path(args.output or Path(args.scores).with_name(f"standalone_{args.dataset}.jsonl"))
-    done = set()
-    if output.exists():
-        done = {(tuple(r["arch"]), r["seed"]) for r in map(json.loads, output.read_text().splitlines())}
-    records = [json.loads(line) for line in Path(args.scores).read_text().splitlines() if line.strip()]
+    done = {(tuple(r["arch"]), r["seed"]) for r in read_scores(output, repair=True)}
+    records = read_scores(Path(args.scores))
     for i, r in enumerate(records, start=1):
         if (tuple(r["arch"]), r["seed"]) in done:
             continue
@@ -48,8 +48,7 @@ def main():
         bbox = json.loads((out_dir / "eval_results.json").read_text())["bbox"]
         record = {**r, "score": bbox["AP"], "AP50": bbox["AP50"], "protocol": f"standalone-{args.dataset}",
                   "seconds_eval": round(time.time() - start, 1)}
-        with open(output, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_score(output, record)
         print(f"[{i}/{len(records)}] {r['arch_str']} seed {r['seed']}: bbox AP {r['score']:.2f} on the "
               f"stand-alone val set, {bbox['AP']:.2f} on {args.dataset}", flush=True)
 
