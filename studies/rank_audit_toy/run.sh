@@ -124,5 +124,5 @@ case "${1:-}" in
     shift
     for seed in "${@:-0 1}"; do converged "$seed"; done ;;
   *)
-    sed -n '2,20p' "$0"; exit 2 ;;
+    sed -n '2,21p' "$0"; exit 2 ;;
 esac
