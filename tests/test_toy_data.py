@@ -301,6 +301,14 @@ def test_registered_toy_detection(registered_root):
     assert os.path.dirname(MetadataCatalog.get("toy_det_search_large").json_file) == os.path.join(
         registered_root, f"det-v1-seed0-search{toy.DET_LARGE_SEARCH_IMAGES}", "annotations")
     assert os.listdir(folder + f"-search{toy.DET_LARGE_SEARCH_IMAGES}/images") == ["search"]
+    large_train = DatasetCatalog.get("toy_det_train_large")
+    assert len(large_train) == toy.DET_LARGE_TRAIN_IMAGES
+    assert os.listdir(folder + f"-train{toy.DET_LARGE_TRAIN_IMAGES}/images") == ["train"]
+    # toy_det_train's images come first, box for box; the rest are new
+    train = [(os.path.basename(d["file_name"]), d["annotations"]) for d in DatasetCatalog.get("toy_det_train")]
+    large_train = [(os.path.basename(d["file_name"]), d["annotations"]) for d in large_train]
+    assert large_train[: len(train)] == train
+    assert all(d[1] not in [t[1] for t in train] for d in large_train[len(train):len(train) + 8])
 
 
 def test_registered_toy_classification(registered_root):

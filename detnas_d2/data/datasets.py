@@ -2,7 +2,8 @@
 
 Registered at `import detnas_d2` (nothing is read or generated until a dataset is loaded):
 - toy_det_train, toy_det_val, toy_det_search, toy_det_search_large (512 held-out images, the first 64 those
-  of toy_det_search: cheaper scoring protocols show their effect there): COCO-format detection (toy.py);
+  of toy_det_search: cheaper scoring protocols show their effect there), toy_det_train_large (1280 training
+  images, the first 320 those of toy_det_train): COCO-format detection (toy.py);
   metadata thing_classes, thing_dataset_id_to_contiguous_id, evaluator_type "coco", json_file, image_root.
   Reading json_file or image_root generates the data if needed, so a COCOEvaluator can be built before
   any data loader.
@@ -88,12 +89,19 @@ def _load_toy_classification(name):
     ]
 
 
-def register_toy_datasets(seed=0, prefix="toy", large_search_images=toy.DET_LARGE_SEARCH_IMAGES):
-    """Register <prefix>_det_{train,val,search}, <prefix>_cls_{train,val,search} and <prefix>_det_search_large
-    (`large_search_images` held-out images, a folder of its own) for a seed."""
+def register_toy_datasets(
+    seed=0,
+    prefix="toy",
+    large_search_images=toy.DET_LARGE_SEARCH_IMAGES,
+    large_train_images=toy.DET_LARGE_TRAIN_IMAGES,
+):
+    """Register <prefix>_det_{train,val,search}, <prefix>_cls_{train,val,search}, <prefix>_det_search_large
+    and <prefix>_det_train_large (`large_search_images` held-out and `large_train_images` training images,
+    each a folder of its own) for a seed."""
     splits = [("det", split, split, None) for split in toy.DET_SPLIT_SIZES]
     splits += [("cls", split, split, None) for split in toy.CLS_SPLIT_SIZES]
     splits.append(("det", "search_large", "search", {"search": int(large_search_images)}))
+    splits.append(("det", "train_large", "train", {"train": int(large_train_images)}))
     for kind, suffix, split, sizes in splits:
         loader = _load_toy_detection if kind == "det" else _load_toy_classification
         name = f"{prefix}_{kind}_{suffix}"

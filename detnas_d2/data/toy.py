@@ -19,6 +19,7 @@ collide:
     det-v1-seed0/annotations/{train,val,search}.json
     det-v1-seed0/images/{train,val,search}/000001.jpg
     det-v1-seed0-search512/...  (a dataset of some splits only: the larger search split)
+    det-v1-seed0-train1280/...  (the larger training split)
     cls-v2-seed0/manifest.json
     cls-v2-seed0/{train,val,search}/<class>/0000.jpg
 A folder only ever appears complete: it is written to a temporary sibling and renamed into place,
@@ -43,6 +44,7 @@ __all__ = [
     "GENERATOR_VERSIONS",
     "DET_SPLIT_SIZES",
     "DET_LARGE_SEARCH_IMAGES",
+    "DET_LARGE_TRAIN_IMAGES",
     "CLS_SPLIT_SIZES",
     "toy_root",
     "toy_dir",
@@ -67,6 +69,10 @@ DET_SPLIT_SIZES = {"train": 320, "val": 80, "search": 64}
 # A larger detection search split (toy_det_search_large, a dataset of its own), on which cheaper scoring
 # protocols can show their effect; its first 64 images are those of toy_det_search.
 DET_LARGE_SEARCH_IMAGES = 512
+# A larger detection training split (toy_det_train_large, a dataset of its own; its first 320 images are
+# toy_det_train's): 320 images are seen ~37 times in the toy step-5 schedule, and what a detector memorises
+# of them varies from seed to seed more than these archs differ (issue 17's ranking study).
+DET_LARGE_TRAIN_IMAGES = 1280
 # Classification: images per class and split (1500 / 200 / 200 images in all); 200 val images
 # measure top-1 to about +-3 points.
 CLS_SPLIT_SIZES = {"train": 300, "val": 40, "search": 40}

@@ -5,7 +5,8 @@
 #   bash studies/rank_audit_toy/run.sh recipes a b c     # steps 1-2 per recipe, then its supernet scores
 #   bash studies/rank_audit_toy/run.sh compare           # the figures, once both parts are done
 #   bash studies/rank_audit_toy/run.sh claim a 0 1 2 3 4 # tools/study.py on recipe a's supernets, 5 seeds
-#   bash studies/rank_audit_toy/run.sh converged 0 1     # pilot of a less noisy ground truth (below), given seeds
+#   bash studies/rank_audit_toy/run.sh converged 0 1     # pilots of a less noisy ground truth (below), given seeds
+#   bash studies/rank_audit_toy/run.sh converged-train1280 0 1
 #   python studies/rank_audit_toy/reevaluate.py           # the stand-alone detectors on 512 held-out images, then
 #   bash studies/rank_audit_toy/run.sh compare studies/rank_audit_toy/standalone_toy_det_search_large.jsonl studies/rank_audit_toy/eval512
 #
@@ -89,12 +90,17 @@ claim() {
 # ~1.3 from iteration 300 to the LR step at 1,300 (LR 0.04 is too high to make progress) and falls to ~1.0 only
 # in the last 200 iterations; step 4's top-1 of one arch ranges 48-98.5% over seeds. Here step 4 trains 4x
 # longer (1,600 iterations, ~3 min) and step 5 decays its LR by a cosine over the same 1,500 iterations: about
-# the same cost. Pilot on 6 archs (archs_pilot.txt); compare's seed-noise table says whether it separates them.
-converged() {
+# the same cost. converged-train1280 also trains step 5 on toy_det_train_large (1,280 images, 4x toy_det_train's
+# 320, which the shipped schedule sees ~37 times). Pilots on 6 archs (archs_pilot.txt); compare's seed-noise
+# table says whether they separate them.
+# Arch by arch (both seeds of an arch before the next): a stopped pilot already gives seed pairs.
+pilot() {
+  local name=$1 det_opts=$2
+  shift 2
   "$PY" tools/rank_audit.py standalone --archs "$HERE/archs_pilot.txt" --seeds "$@" --threads 1 \
-    --protocol standalone-converged --cls-opts "SOLVER.MAX_ITER 1600" \
-    --det-opts "SOLVER.LR_SCHEDULER_NAME WarmupCosineLR" \
-    --work-dir "$RUNS/standalone_converged" --output "$HERE/standalone_converged.jsonl"
+    --protocol "standalone-$name" --cls-opts "SOLVER.MAX_ITER 1600" \
+    --det-opts "SOLVER.LR_SCHEDULER_NAME WarmupCosineLR $det_opts" \
+    --work-dir "$RUNS/standalone_$name" --output "$HERE/standalone_$name.jsonl"
 }
 
 case "${1:-}" in
@@ -122,7 +128,10 @@ case "${1:-}" in
     claim "$@" ;;
   converged)
     shift
-    for seed in "${@:-0 1}"; do converged "$seed"; done ;;
+    pilot converged "" "${@:-0 1}" ;;
+  converged-train1280)
+    shift
+    pilot converged-train1280 "DATASETS.TRAIN '(\"toy_det_train_large\",)'" "${@:-0 1}" ;;
   *)
-    sed -n '2,21p' "$0"; exit 2 ;;
+    sed -n '2,22p' "$0"; exit 2 ;;
 esac
