@@ -7,6 +7,7 @@ finished. A folder from an earlier run is emptied before the step runs again, or
 """
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -36,6 +37,11 @@ QUICK_OVERRIDES = {
     "det_subnet": _TRAIN_QUICK,
     "eval": [],
 }
+
+
+def split_opts(chunks: Optional[List[str]]) -> List[str]:
+    """Repeatable "KEY VALUE ..." command-line arguments (shell-quoted) as one KEY VALUE list."""
+    return [token for chunk in chunks or [] for token in shlex.split(chunk)]
 
 
 class StepFailed(RuntimeError):

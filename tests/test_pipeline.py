@@ -73,7 +73,7 @@ def test_study_retrains_four_archs_and_tabulates_them(pipeline, tmp_path):
 
     out, _ = pipeline
     cmd = [sys.executable, str(ROOT / "tools/study.py"), "--quick", "--pipeline-dir", str(out),
-           "--output-dir", str(tmp_path)]
+           "--output-dir", str(tmp_path), "--cls-opts", "SOLVER.BASE_LR 0.05", "--det-opts", "SOLVER.BASE_LR 0.01"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
@@ -95,8 +95,13 @@ def test_study_retrains_four_archs_and_tabulates_them(pipeline, tmp_path):
         assert 0.0 <= row["top1"] <= 100.0 and row["AP"] == row["AP"], name  # AP not NaN
         det_cmd = (tmp_path / name / "seed0/det_subnet/command.txt").read_text()
         assert str(tmp_path / name / "arch.yaml") in det_cmd and "cls_subnet/model_final.pth" in det_cmd
+        # each step with its own options (--cls-opts / --det-opts), after the config's
+        cls_cmd = (tmp_path / name / "seed0/cls_subnet/command.txt").read_text()
+        assert "SOLVER.BASE_LR 0.05" in cls_cmd and "SOLVER.BASE_LR 0.01" not in cls_cmd
+        assert "SOLVER.BASE_LR 0.01" in det_cmd and "SOLVER.BASE_LR 0.05" not in det_cmd
     table_text = (tmp_path / "study.md").read_text()
     assert "bbox AP" in table_text and all(f"| {name}" in table_text for name in rows)
+    assert "step 4 with SOLVER.BASE_LR 0.05; step 5 with SOLVER.BASE_LR 0.01" in table_text
     # one seed: no significance test (it needs >= 2 seeds per arch)
     assert "p (det-search better)" in table_text
     assert [r.get("p_det_search_better") for r in rows.values()] == [None] * 4

@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from detnas_d2.outputs import EVAL_RESULTS_FILE  # noqa: E402
-from detnas_d2.pipeline import QUICK_OVERRIDES, Step, StepFailed  # noqa: E402
+from detnas_d2.pipeline import QUICK_OVERRIDES, Step, StepFailed, split_opts  # noqa: E402
 
 DEFAULT_SEARCH_CONFIG = "configs/Toy/search_det.yaml"
 DEFAULT_CLS_CONFIG = "configs/Toy/cls_subnet.yaml"
@@ -853,12 +853,6 @@ def cmd_protocols(args):
 # ---- command line ---------------------------------------------------------------------------------------
 
 
-def _split_opts(chunks: Optional[List[str]]) -> List[str]:
-    import shlex
-
-    return [token for chunk in chunks or [] for token in shlex.split(chunk)]
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -929,8 +923,8 @@ def main(argv=None) -> int:
     if args.command == "standalone":
         if args.jobs < 1:
             sys.exit(f"--jobs must be >= 1, got {args.jobs}")
-        args.opts, args.cls_opts, args.det_opts = (_split_opts(args.opts), _split_opts(args.cls_opts),
-                                                   _split_opts(args.det_opts))
+        args.opts, args.cls_opts, args.det_opts = (split_opts(args.opts), split_opts(args.cls_opts),
+                                                   split_opts(args.det_opts))
     commands = {"sample": cmd_sample, "supernet": cmd_supernet, "standalone": cmd_standalone, "compare": cmd_compare,
                 "protocols": cmd_protocols}
     try:

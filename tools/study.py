@@ -14,6 +14,7 @@ scratch, step 5: detection from that, as in the pipeline) and compared by bbox A
 Writes <output-dir>/study.md (a table, with a one-sided permutation test of det-search against each other
 arch over the seeds) and study.json, again after each seed (the archs are trained seed by seed). Each
 training step is the user's command (see <output-dir>/<arch>/seed<k>/<step>/command.txt); --reuse keeps the steps that finished before and continues a stopped one.
+--cls-opts / --det-opts "KEY VALUE ..." change steps 4 / 5 (e.g. a longer or less noisy schedule).
 """
 import argparse
 import json
@@ -23,7 +24,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from detnas_d2.pipeline import QUICK_OVERRIDES, Step, StepFailed  # noqa: E402
+from detnas_d2.pipeline import QUICK_OVERRIDES, Step, StepFailed, split_opts  # noqa: E402
 
 CLS_SUBNET = "configs/Toy/cls_subnet.yaml"
 DET_SUBNET = "configs/Toy/det_subnet.yaml"
@@ -47,8 +48,12 @@ def main(argv=None):
     parser.add_argument("--output-dir", default="output/study")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds per arch")
     parser.add_argument("--reuse", action="store_true", help="keep the steps that finished before, continue a stopped one")
+    parser.add_argument("--cls-opts", action="append", help='"KEY VALUE ..." options of every step 4 (repeatable)')
+    parser.add_argument("--det-opts", action="append", help='"KEY VALUE ..." options of every step 5 (repeatable)')
     parser.add_argument("--quick", action="store_true", help="a few iterations per step (a smoke test)")
     args = parser.parse_args(argv)
+    cls_opts, det_opts = split_opts(args.cls_opts), split_opts(args.det_opts)
+    protocol = "; ".join(f"step {k} with {' '.join(v)}" for k, v in ((4, cls_opts), (5, det_opts)) if v)
 
     from detnas_d2.arch_io import load_arch_record, save_arch
     from detnas_d2.config import get_detnas_cfg
@@ -98,23 +103,25 @@ def main(argv=None):
         for name in archs:
             d = out / name / f"seed{seed}"
             cls = Step("cls_subnet", f"{name} seed {seed}: classification", "train_net.py", CLS_SUBNET,
-                       d / "cls_subnet", ["MODEL.DETNAS.ARCH", arch_files[name], "SEED", seed] + quick["cls_subnet"],
+                       d / "cls_subnet",
+                       ["MODEL.DETNAS.ARCH", arch_files[name], "SEED", seed] + quick["cls_subnet"] + cls_opts,
                        d / "cls_subnet/model_final.pth")
             det = Step("det_subnet", f"{name} seed {seed}: detection", "train_net.py", DET_SUBNET,
                        d / "det_subnet", ["MODEL.DETNAS.ARCH", arch_files[name], "MODEL.WEIGHTS", cls.artifact,
-                                          "SEED", seed] + quick["det_subnet"], d / "det_subnet/model_final.pth")
+                                          "SEED", seed] + quick["det_subnet"] + det_opts,
+                       d / "det_subnet/model_final.pth")
             try:
                 cls.run(reuse=args.reuse, log=log)
                 det.run(reuse=args.reuse, log=log)
             except StepFailed as e:
                 sys.exit(str(e))
             runs[name].append({"seed": seed, "top1": cls.metric()[1], "AP": det.metric()[1]})
-        text = write_report(out, archs, runs, table, cfg.DETNAS.SEARCH.INPUT_SIZE)
+        text = write_report(out, archs, runs, table, cfg.DETNAS.SEARCH.INPUT_SIZE, protocol)
     print(text)
 
 
-def write_report(out: Path, archs, runs, table, input_size: int) -> str:
-    """study.json and study.md over the seeds done so far."""
+def write_report(out: Path, archs, runs, table, input_size: int, protocol: str = "") -> str:
+    """study.json and study.md over the seeds done so far; `protocol`: the steps' own options, if any."""
     from tabulate import tabulate
 
     from detnas_d2.rank_stats import permutation_test
@@ -146,7 +153,8 @@ def write_report(out: Path, archs, runs, table, input_size: int) -> str:
     text += (f"\n\n{seeds} training seed(s) per arch; FLOPs of the backbone at "
              f"{input_size}x{input_size}. p: one-sided exact permutation "
              "test of det-search's mean AP over seeds against the arch's (needs >= 2 seeds; with 5 seeds "
-             "each the smallest possible p is 1/252).\n")
+             "each the smallest possible p is 1/252)."
+             + (f" Retrained {protocol}." if protocol else "") + "\n")
     (out / "study.md").write_text(text)
     return text
 
