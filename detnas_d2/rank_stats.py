@@ -6,18 +6,21 @@
 - `top_k_overlap`: how many of one ranking's top fraction are in the other's;
 - `seed_noise`: how much the ground truth itself moves between training seeds;
 - `arch_effect`: do the archs differ beyond seed noise at all (one-way random-effects ANOVA, permutation p);
+- `arch_effect_seed_blocks`: the same with each training seed as a block shared by all archs (two-way ANOVA):
+  a seed's offset common to every arch (same data order, say) moves no ranking of seed means;
 - `permutation_test`: is one arch's mean score over seeds higher than another's beyond seed noise.
 
 A statistic that is undefined (fewer than two archs, or one ranking constant) is NaN.
 """
 import math
-from itertools import combinations
+from itertools import combinations, permutations, product
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 __all__ = [
     "arch_effect",
+    "arch_effect_seed_blocks",
     "average_ranks",
     "bootstrap_ci",
     "kendall_tau_b",
@@ -218,6 +221,63 @@ def arch_effect(scores: Sequence[Dict[int, float]], samples: int = 10_000, seed:
             b, w = mean_squares(pooled[rng.permutation(total)])
             hits += w == 0 or b / w >= out["f"] - eps
         out["p_value"] = (hits + 1) / (samples + 1)
+    return out
+
+
+def arch_effect_seed_blocks(scores: Sequence[Dict[int, float]], samples: int = 10_000, seed: int = 0) -> Dict:
+    """`arch_effect` for archs trained with the same seeds: a two-way ANOVA (arch x seed, one run per cell) over
+    the seeds that every arch with >= 2 seeds has. A seed's offset shared by all archs is a block, not noise:
+    it moves every arch's seed mean alike and so no ranking of them.
+
+    - `seeds`: the common seeds; `seed_block_std`: the estimated std of the seeds' shared offsets,
+      sqrt(max(0, (MS_seed - MS_res) / archs)); `seed_std`: what is left of seed noise (sqrt MS_res, the
+      arch x seed interaction); `arch_std`: sqrt(max(0, (MS_arch - MS_res) / seeds));
+    - `icc`, `reliability` ((MS_arch - MS_res) / MS_arch, that of the seed means for ranking), `tau_ceiling`
+      and `f` (MS_arch / MS_res) as in `arch_effect`;
+    - `p_value`: permutation test of F with the scores permuted across archs within each seed (every
+      arrangement when there are at most `samples`, else `samples` random ones plus the observed).
+    """
+    groups = [s for s in scores if len(s) >= 2]
+    common = sorted(set.intersection(*(set(s) for s in groups))) if groups else []
+    out = {"archs": len(groups), "seeds": common, "seed_block_std": float("nan"), "seed_std": float("nan"),
+           "arch_std": float("nan"), "icc": float("nan"), "reliability": float("nan"), "tau_ceiling": float("nan"),
+           "f": float("nan"), "p_value": float("nan")}
+    if len(groups) < 2 or len(common) < 2:
+        return out
+    x = np.array([[s[k] for k in common] for s in groups], dtype=float)
+    a, b = x.shape
+
+    def mean_squares(values: np.ndarray) -> Tuple[float, float, float]:
+        arch_means, seed_means, mean = values.mean(1), values.mean(0), values.mean()
+        residual = values - arch_means[:, None] - seed_means[None, :] + mean
+        return (b * float(np.sum((arch_means - mean) ** 2)) / (a - 1),
+                a * float(np.sum((seed_means - mean) ** 2)) / (b - 1),
+                float(np.sum(residual ** 2)) / ((a - 1) * (b - 1)))
+
+    msa, msb, mse = mean_squares(x)
+    out.update(seed_block_std=math.sqrt(max(0.0, (msb - mse) / a)), seed_std=math.sqrt(mse),
+               arch_std=math.sqrt(max(0.0, (msa - mse) / b)))
+    if msa + (b - 1) * mse > 0:
+        out["icc"] = (msa - mse) / (msa + (b - 1) * mse)
+    if msa > 0:
+        out["reliability"] = (msa - mse) / msa
+        out["tau_ceiling"] = 2 / math.pi * math.asin(math.sqrt(max(0.0, out["reliability"])))
+    if mse > 0:
+        out["f"] = msa / mse
+        eps = 1e-12 * out["f"]
+
+        def at_least(orders) -> bool:  # F of the scores with seeds 1.. reordered across archs (seed 0 kept)
+            values = np.column_stack([x[:, 0]] + [x[list(o), j + 1] for j, o in enumerate(orders)])
+            arch_ms, _, res_ms = mean_squares(values)
+            return res_ms == 0 or arch_ms / res_ms >= out["f"] - eps
+
+        if math.factorial(a) ** (b - 1) <= samples:
+            hits = [at_least(orders) for orders in product(permutations(range(a)), repeat=b - 1)]
+            out["p_value"] = sum(hits) / len(hits)
+        else:
+            rng = np.random.default_rng(seed)
+            hits = sum(at_least([rng.permutation(a) for _ in range(b - 1)]) for _ in range(samples))
+            out["p_value"] = (hits + 1) / (samples + 1)
     return out
 
 

@@ -126,6 +126,28 @@ def test_arch_effect_by_hand():
     assert math.isnan(rs.arch_effect([{0: 1.0, 1: 3.0}, {0: 5.0}])["icc"])  # one arch with 2 seeds: undefined
 
 
+def test_arch_effect_seed_blocks_by_hand():
+    # arch means 2.5, 3, 7; seed means 3, 16/3 (grand 25/6): MS_arch = 2 * 73/6 = 73/6 (df 2),
+    # MS_seed = 3 * 2 * (7/6)^2 = 49/6 (df 1), residuals +-1/3, +-1/6, +-1/6: MS_res = (1/3) / 2 = 1/6
+    scores = [{0: 1.0, 1: 4.0}, {0: 2.0, 1: 4.0}, {0: 6.0, 1: 8.0}, {1: 5.0}]  # the last: one seed, left out
+    effect = rs.arch_effect_seed_blocks(scores)
+    assert effect["archs"] == 3 and effect["seeds"] == [0, 1] and effect["f"] == pytest.approx(73.0)
+    assert effect["seed_std"] == pytest.approx(math.sqrt(1 / 6))
+    assert effect["seed_block_std"] == pytest.approx(math.sqrt((49 / 6 - 1 / 6) / 3))
+    assert effect["arch_std"] == pytest.approx(math.sqrt((73 / 6 - 1 / 6) / 2))
+    assert effect["icc"] == pytest.approx(12 / (73 / 6 + 1 / 6)) and effect["reliability"] == pytest.approx(72 / 73)
+    # seed 1's scores in each of its 3! orders against seed 0's: only the observed order and the one that swaps
+    # the two 4.0s reach F = 73
+    assert effect["p_value"] == pytest.approx(2 / 6)
+    # every arch 10 higher with seed 1 (+- 0.1): noise to the one-way ANOVA, a block here
+    shifted = [{0: float(i), 1: i + 10.0 + (0.1 if i % 2 else -0.1)} for i in range(6)]
+    assert rs.arch_effect(shifted, samples=500)["reliability"] < 0.2
+    blocked = rs.arch_effect_seed_blocks(shifted, samples=2000)
+    assert blocked["reliability"] > 0.99 and blocked["seed_block_std"] > 6 and blocked["p_value"] < 0.01
+    # no two seeds in common: undefined
+    assert math.isnan(rs.arch_effect_seed_blocks([{0: 1.0, 1: 2.0}, {2: 1.0, 3: 5.0}])["reliability"])
+
+
 def test_permutation_test_by_hand():
     # pooled (3, 4, 1, 2), groups of 2: the 6 splits give mean differences 2, -1, 0, 0, 1, -2
     assert rs.permutation_test([3, 4], [1, 2]) == pytest.approx(1 / 6)
@@ -236,10 +258,13 @@ def test_compare_report(toy, tmp_path):
         assert sub["noise"]["seed_pair"] == [0, 1]
         # archs 0.05M FLOPs and more apart, seed noise 0.01: the arch is nearly all of the variance
         assert sub["noise"]["arch_effect"]["reliability"] > 0.99 and sub["noise"]["arch_effect"]["p_value"] < 0.01
+        blocks = sub["noise"]["arch_effect_seed_blocks"]
+        assert blocks["seeds"] == [0, 1, 2] and blocks["reliability"] > 0.99 and blocks["p_value"] < 0.01
     assert len(summary["archs"]) == 12 and sum(a["in_band"] for a in summary["archs"]) == 8
     md = (tmp_path / "out/compare.md").read_text()
     assert re.search(r"\|\s*all archs\s*\|\s*recipe-a\s*\|\s*12\s*\|\s*1\.00 \[1\.00, 1\.00\]", md)
     assert f"FLOPs <= {hi / 1e6:.2f}M" in md and "tau - tau(recipe-a) [95% CI]" in md
+    assert re.search(r"\|\s*all archs\s*\|\s*12\s*\|\s*0 1 2\s*\|", md)  # the seed-blocks table
     with pytest.raises(SystemExit, match="recipe-c"):
         ra.main(["compare", "--supernet", str(tmp_path / "sn.jsonl"), "--standalone", str(tmp_path / "st.jsonl"),
                  "--baseline", "recipe-c", "--output-dir", str(tmp_path / "out")])

@@ -612,6 +612,7 @@ def _subset_figures(archs, predictors, truth, info, args) -> Dict:
     figures["rank by params"] = predictor_figures(params, mean, args.top_fraction, args.bootstrap, args.seed)
     noise = rs.seed_noise([truth[a] for a in archs], args.bootstrap, args.seed)
     noise["arch_effect"] = rs.arch_effect([truth[a] for a in archs], seed=args.seed)
+    noise["arch_effect_seed_blocks"] = rs.arch_effect_seed_blocks([truth[a] for a in archs], seed=args.seed)
     return {"n": len(archs), "predictors": figures, "noise": noise}
 
 
@@ -684,7 +685,7 @@ def cmd_compare(args):
         band_text = f"FLOPs >= {band[0] / 1e6:.2f}M"
     names = {"all": "all archs", "band": band_text}
     pct = f"top-{args.top_fraction:.0%}"
-    rows, noise_rows = [], []
+    rows, noise_rows, block_rows = [], [], []
     gain_columns = ["FLOPs"] + ([args.baseline] if args.baseline else [])
     for name, sub in summary["subsets"].items():
         for label, f in sub["predictors"].items():
@@ -702,6 +703,11 @@ def cmd_compare(args):
             _fmt(effect["arch_std"]), _fmt(effect["icc"]), _fmt(effect["reliability"]), _fmt(effect["tau_ceiling"]),
             _fmt(effect["p_value"], 4),
         ])
+        blocks = nz["arch_effect_seed_blocks"]
+        block_rows.append([names[name], blocks["archs"], " ".join(map(str, blocks["seeds"])) or "n/a",
+                           _fmt(blocks["seed_block_std"]), _fmt(blocks["seed_std"]), _fmt(blocks["arch_std"]),
+                           _fmt(blocks["icc"]), _fmt(blocks["reliability"]), _fmt(blocks["tau_ceiling"]),
+                           _fmt(blocks["p_value"], 4)])
     table = tabulate(rows, headers=["archs", "predictor", "n", "Kendall tau-b [95% CI]", "Spearman rho [95% CI]",
                                     f"{pct} precision"] + [f"tau - tau({b}) [95% CI]" for b in gain_columns],
                      tablefmt="pipe", disable_numparse=True)
@@ -710,6 +716,9 @@ def cmd_compare(args):
                                           "true arch std (est.)", "ICC", "reliability of the mean", "tau ceiling",
                                           "p (archs differ)"],
                      tablefmt="pipe", disable_numparse=True)
+    blocks = tabulate(block_rows, headers=["archs", "n", "common seeds", "seed offset std (shared)",
+                                           "seed std left", "true arch std (est.)", "ICC", "reliability of the mean",
+                                           "tau ceiling", "p (archs differ)"], tablefmt="pipe", disable_numparse=True)
     per_arch = tabulate(
         [[arch_str(a), f"{info[a][0] / 1e6:.3f}", f"{info[a][1] / 1e6:.4f}",
           "yes" if a in subsets["band"] else "no"]
@@ -735,6 +744,9 @@ def cmd_compare(args):
         "that is the arch's), the reliability r of an arch's mean over its seeds, the tau that a perfect "
         "predictor would reach against those means ((2 / pi) asin(sqrt(r)), normal scores), and a permutation "
         "test of whether the archs differ at all beyond seed noise.\n\n"
+        f"{blocks}\n\nThe same with each seed as a block (two-way ANOVA over the seeds every arch has): a seed's "
+        "offset shared by all archs (the same data order, say) moves every arch's mean alike and so no ranking; "
+        "what is left is the arch x seed interaction. The permutation test shuffles archs within each seed.\n\n"
         f"## Archs\n\n{per_arch}\n"
     )
     out = Path(args.output_dir) if args.output_dir else Path(args.standalone).resolve().parent

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
-from detnas_d2.rank_stats import arch_effect  # noqa: E402
+from detnas_d2.rank_stats import arch_effect, arch_effect_seed_blocks  # noqa: E402
 from rank_audit import read_scores  # noqa: E402  (score files as rank_audit.py writes them)
 
 
@@ -48,32 +48,37 @@ def main():
 
     rows, per_arch = [], {a: {} for a in archs}
     for name, runs in files.items():
-        effect = arch_effect([{s: r["score"] for s, r in runs[a].items()} for a in archs])
+        scores = [{s: r["score"] for s, r in runs[a].items()} for a in archs]
+        effect, blocks = arch_effect(scores), arch_effect_seed_blocks(scores)
         records = [r for a in archs for r in runs[a].values()]
         rows.append({
             "file": name, "protocol": records[0]["protocol"], "archs": len(archs), "runs": len(records),
             "mean_AP": float(np.mean([r["score"] for r in records])),
             "mean_top1": float(np.mean([r["top1"] for r in records])),
             "minutes_per_run": float(np.mean([r["seconds"] for r in records]) / 60),
-            "seed_df": effect["runs"] - effect["archs"], **effect,
+            "seed_df": effect["runs"] - effect["archs"], **effect, "seed_blocks": blocks,
         })
         for a in archs:
             per_arch[a][name] = {s: round(r["score"], 2) for s, r in sorted(runs[a].items())}
 
     lines = [f"## Stand-alone protocols on the same {len(archs)} archs (>= 2 seeds each)", "",
              "| score file | protocol | runs | mean AP | mean top-1 | min/run | seed std (df) | arch std | ICC "
-             "| tau ceiling | p (archs differ) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| tau ceiling | p (archs differ) | seed blocks: shared offset std, std left, arch std, tau ceiling, p |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['file']} | {r['protocol']} | {r['runs']} | {r['mean_AP']:.1f} | {r['mean_top1']:.1f} "
                      f"| {r['minutes_per_run']:.1f} | {r['seed_std']:.2f} ({r['seed_df']}) | {r['arch_std']:.2f} "
-                     f"| {r['icc']:.2f} | {r['tau_ceiling']:.2f} | {r['p_value']:.3f} |")
+                     f"| {r['icc']:.2f} | {r['tau_ceiling']:.2f} | {r['p_value']:.3f} | "
+                     + ", ".join(f"{r['seed_blocks'][k]:.2f}" for k in ("seed_block_std", "seed_std", "arch_std",
+                                                                        "tau_ceiling", "p_value")) + " |")
     lines += ["", "| arch | " + " | ".join(files) + " |", "|---|" + "---|" * len(files)]
     for a in archs:
         cells = [" / ".join(f"{v:.1f}" for v in per_arch[a][name].values()) for name in files]
         lines.append(f"| {a} | " + " | ".join(cells) + " |")
     lines += ["", "AP per seed (0 / 1 / ...). seed std: pooled within-arch std; arch std: estimated std of the "
               "archs' true AP; tau ceiling: what a perfect predictor could reach against the seed means "
-              "(detnas_d2.rank_stats.arch_effect). minutes: each run's own seconds, which depend on what else ran."]
+              "(detnas_d2.rank_stats.arch_effect); seed blocks: the same when a seed's offset shared by all "
+              "archs is not noise (arch_effect_seed_blocks). minutes: each run's own seconds, which depend on what else ran."]
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / "pilots.md").write_text("\n".join(lines) + "\n")
     (args.output_dir / "pilots.json").write_text(json.dumps({"protocols": rows, "ap": per_arch}, indent=1) + "\n")
