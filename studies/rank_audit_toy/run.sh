@@ -7,6 +7,8 @@
 #   bash studies/rank_audit_toy/run.sh claim a 0 1 2 3 4 # tools/study.py on recipe a's supernets, 5 seeds
 #   bash studies/rank_audit_toy/run.sh converged 0 1     # pilots of a less noisy ground truth (below), given seeds
 #   bash studies/rank_audit_toy/run.sh converged-train1280 0 1
+#   python studies/rank_audit_toy/pilots.py               # the pilots against the shipped protocol (pilots.md)
+#   bash studies/rank_audit_toy/decompose.sh              # is the seed noise step 4's or step 5's?
 #   python studies/rank_audit_toy/reevaluate.py           # the stand-alone detectors on 512 held-out images, then
 #   bash studies/rank_audit_toy/run.sh compare studies/rank_audit_toy/standalone_toy_det_search_large.jsonl studies/rank_audit_toy/eval512
 #
@@ -133,5 +135,5 @@ case "${1:-}" in
     shift
     pilot converged-train1280 "DATASETS.TRAIN '(\"toy_det_train_large\",)'" "${@:-0 1}" ;;
   *)
-    sed -n '2,22p' "$0"; exit 2 ;;
+    sed -n '2,24p' "$0"; exit 2 ;;
 esac
