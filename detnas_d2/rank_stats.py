@@ -172,6 +172,17 @@ def seed_noise(scores: Sequence[Dict[int, float]], bootstrap_samples: int = 2000
     return out
 
 
+def _variance_shares(out: Dict, between: float, noise: float, n: float):
+    """ICC, reliability of an n-seed mean, its tau ceiling and F, from the arch and noise mean squares."""
+    if between + (n - 1) * noise > 0:
+        out["icc"] = (between - noise) / (between + (n - 1) * noise)
+    if between > 0:
+        out["reliability"] = (between - noise) / between
+        out["tau_ceiling"] = 2 / math.pi * math.asin(math.sqrt(max(0.0, out["reliability"])))
+    if noise > 0:
+        out["f"] = between / noise
+
+
 def arch_effect(scores: Sequence[Dict[int, float]], samples: int = 10_000, seed: int = 0) -> Dict:
     """How much of the ground truth is the arch's and how much the training seed's: a one-way random-effects
     ANOVA over the archs with >= 2 seeds (`scores`: per arch, {training seed: score}).
@@ -207,13 +218,8 @@ def arch_effect(scores: Sequence[Dict[int, float]], samples: int = 10_000, seed:
     msb, msw = mean_squares(pooled)
     n0 = (total - float(np.sum(sizes ** 2)) / total) / (k - 1)
     out.update(n0=n0, seed_std=math.sqrt(msw), arch_std=math.sqrt(max(0.0, (msb - msw) / n0)))
-    if msb + (n0 - 1) * msw > 0:
-        out["icc"] = (msb - msw) / (msb + (n0 - 1) * msw)
-    if msb > 0:
-        out["reliability"] = (msb - msw) / msb
-        out["tau_ceiling"] = 2 / math.pi * math.asin(math.sqrt(max(0.0, out["reliability"])))
+    _variance_shares(out, msb, msw, n0)
     if msw > 0:
-        out["f"] = msb / msw
         rng = np.random.default_rng(seed)
         eps = 1e-12 * out["f"]
         hits = 0
@@ -257,13 +263,8 @@ def arch_effect_seed_blocks(scores: Sequence[Dict[int, float]], samples: int = 1
     msa, msb, mse = mean_squares(x)
     out.update(seed_block_std=math.sqrt(max(0.0, (msb - mse) / a)), seed_std=math.sqrt(mse),
                arch_std=math.sqrt(max(0.0, (msa - mse) / b)))
-    if msa + (b - 1) * mse > 0:
-        out["icc"] = (msa - mse) / (msa + (b - 1) * mse)
-    if msa > 0:
-        out["reliability"] = (msa - mse) / msa
-        out["tau_ceiling"] = 2 / math.pi * math.asin(math.sqrt(max(0.0, out["reliability"])))
+    _variance_shares(out, msa, mse, b)
     if mse > 0:
-        out["f"] = msa / mse
         eps = 1e-12 * out["f"]
 
         def at_least(orders) -> bool:  # F of the scores with seeds 1.. reordered across archs (seed 0 kept)
