@@ -89,12 +89,12 @@ claim() {
 }
 
 # A less noisy stand-alone protocol? In the shipped one (400 + 1,500 iterations) step 5's loss stays flat at
-# ~1.3 from iteration 300 to the LR step at 1,300 (LR 0.04 is too high to make progress) and falls to ~1.0 only
+# ~1.3 from iteration 300 to the LR step at 1,300 (no progress at LR 0.04) and falls to ~1.0 only
 # in the last 200 iterations; step 4's top-1 of one arch ranges 48-98.5% over seeds. Here step 4 trains 4x
 # longer (1,600 iterations, ~3 min) and step 5 decays its LR by a cosine over the same 1,500 iterations: about
 # the same cost. converged-train1280 also trains step 5 on toy_det_train_large (1,280 images, 4x toy_det_train's
-# 320, which the shipped schedule sees ~37 times). Pilots on 6 archs (archs_pilot.txt); compare's seed-noise
-# table says whether they separate them.
+# 320, which the shipped schedule sees ~37 times). Pilots on 6 archs (archs_pilot.txt); pilots.py says whether
+# they separate them.
 # Arch by arch (both seeds of an arch before the next): a stopped pilot already gives seed pairs.
 pilot() {
   local name=$1 det_opts=$2
@@ -117,7 +117,8 @@ case "${1:-}" in
   recipes)
     archs
     shift
-    for r in "${@:-a b c}"; do recipe "$r"; done ;;
+    [ $# -gt 0 ] || set -- a b c
+    for r in "$@"; do recipe "$r"; done ;;
   compare)
     sup=()
     # the detection supernets, and each step-1 supernet's top-1 as a predictor of detection AP
@@ -130,10 +131,12 @@ case "${1:-}" in
     claim "$@" ;;
   converged)
     shift
-    pilot converged "" "${@:-0 1}" ;;
+    [ $# -gt 0 ] || set -- 0 1
+    pilot converged "" "$@" ;;
   converged-train1280)
     shift
-    pilot converged-train1280 "DATASETS.TRAIN '(\"toy_det_train_large\",)'" "${@:-0 1}" ;;
+    [ $# -gt 0 ] || set -- 0 1
+    pilot converged-train1280 "DATASETS.TRAIN '(\"toy_det_train_large\",)'" "$@" ;;
   *)
     sed -n '2,24p' "$0"; exit 2 ;;
 esac
