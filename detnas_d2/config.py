@@ -32,6 +32,11 @@ def add_detnas_config(cfg):
     # Supernet only: the arch the supernet is set to for evaluation during training (periodic eval,
     # --eval-only). Empty: all `shuffle_3x3`.
     _C.MODEL.DETNAS.REFERENCE_ARCH = ""
+    # Paired initialisation: every backbone block's initial weights are drawn from its own generator, keyed
+    # by (SEED, layer, block id), and building the backbone leaves the global RNG as it was: runs of two
+    # archs with the same SEED start from the same weights for the blocks they share, the same heads and
+    # the same data order (common random numbers when archs are compared: tools/rank_audit.py standalone).
+    _C.MODEL.DETNAS.PAIRED_INIT = False
 
     # ---- classification form (ImageNet steps) -----------------------------------------------------
     _C.MODEL.CLASSIFIER = CN()

@@ -379,3 +379,54 @@ def test_block_style_errors_and_default():
     assert official.state_dict().keys() - ours.state_dict().keys() == {"stem.conv.bias"}
     assert official.layers[0].branch_proj[1].weight.shape[:2] == (8, 8)
     assert ours.layers[0].branch_proj[1].weight.shape[:2] == (16, 8)
+
+
+# ---- paired initialisation (MODEL.DETNAS.PAIRED_INIT) ------------------------------------------------
+
+
+def _paired(name, arch="", seed=0):
+    cfg = _cfg(name, arch=arch, PAIRED_INIT=True)
+    cfg.SEED = seed
+    torch.manual_seed(123)  # the global RNG, as default_setup seeds it
+    backbone = build_backbone(cfg)
+    after = torch.rand(4)  # what the next module built (a head) would draw
+    return (backbone.bottom_up if hasattr(backbone, "bottom_up") else backbone), backbone, after
+
+
+def test_paired_init_shares_the_blocks_archs_have_in_common():
+    a = (0,) * 20
+    b = (0,) * 10 + (1, 2, 3, 0) * 2 + (3, 3)
+    net_a, fpn_a, after_a = _paired("build_detnas_subnet_fpn_backbone", arch_to_str(a))
+    net_b, fpn_b, after_b = _paired("build_detnas_subnet_fpn_backbone", arch_to_str(b))
+    assert torch.equal(after_a, after_b)  # the global RNG does not depend on the arch
+    for name, p in net_a.stem.state_dict().items():
+        assert torch.equal(p, net_b.stem.state_dict()[name])
+    for i in range(20):
+        sa, sb = net_a.layers[i].state_dict(), net_b.layers[i].state_dict()
+        same = sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+        assert same == (a[i] == b[i]), f"layer {i}: blocks {a[i]}, {b[i]}"
+    fpn_only = lambda m: {k: v for k, v in m.state_dict().items() if not k.startswith("bottom_up.")}  # noqa: E731
+    assert all(torch.equal(v, fpn_only(fpn_b)[k]) for k, v in fpn_only(fpn_a).items())
+    # another seed: other weights; without pairing the global RNG draws them as before
+    other, _, _ = _paired("build_detnas_subnet_fpn_backbone", arch_to_str(a), seed=1)
+    assert not torch.equal(other.layers[0].branch_main[0].weight, net_a.layers[0].branch_main[0].weight)
+    torch.manual_seed(123)
+    plain = build_backbone(_cfg("build_detnas_subnet_backbone", arch=arch_to_str(a)))
+    assert not torch.equal(plain.layers[0].branch_main[0].weight, net_a.layers[0].branch_main[0].weight)
+
+
+def test_paired_init_supernet_blocks_start_as_the_subnets():
+    arch = get_space("small", 0.25).random_arch(random.Random(3))
+    supernet, _, after_super = _paired("build_detnas_supernet_backbone", seed=5)
+    subnet, _, after_sub = _paired("build_detnas_subnet_backbone", arch_to_str(arch), seed=5)
+    assert torch.equal(after_super, after_sub)
+    inherited = subnet_state_dict_from_supernet(supernet.state_dict(), supernet.space, arch)
+    assert inherited.keys() == subnet.state_dict().keys()
+    assert all(torch.equal(v, subnet.state_dict()[k]) for k, v in inherited.items())
+
+
+def test_paired_init_needs_a_fixed_seed():
+    cfg = _cfg("build_detnas_subnet_backbone", arch=arch_to_str((0,) * 20), PAIRED_INIT=True)
+    cfg.SEED = -1
+    with pytest.raises(ValueError, match="PAIRED_INIT.*set SEED to a non-negative integer"):
+        build_backbone(cfg)

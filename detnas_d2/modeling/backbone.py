@@ -4,6 +4,7 @@ Parameter names make weight inheritance a key mapping:
 supernet `layers.{i}.choices.{c}.<rest>` -> subnet `layers.{i}.<rest>` for the chosen block `c`;
 `stem.<rest>` is shared by both.
 """
+import contextlib
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -22,16 +23,42 @@ __all__ = [
     "find_detnas_backbone",
     "find_supernet",
     "set_model_arch",
+    "block_init_seed",
 ]
 
 STAGE_NAMES = ("res2", "res3", "res4", "res5")  # stage outputs at strides 4, 8, 16, 32
 FEATURE_NAMES = ("stem",) + STAGE_NAMES
 
 
-class _ShuffleNetV2Base(Backbone):
-    """Stem, feature bookkeeping, freezing and the stage-by-stage forward shared by both networks."""
+def block_init_seed(seed: int, layer: int, block: int) -> int:
+    """The seed of one block's initial weights under paired initialisation: one per (training seed, layer,
+    block id); the stem is layer -1."""
+    return (seed * 1_000_003 + (layer + 1) * NUM_CHOICES + block) % 2**63
 
-    def __init__(self, space: SearchSpace, norm, out_features, in_channels):
+
+@contextlib.contextmanager
+def _block_rng(init_seed: Optional[int], layer: int, block: int = 0):
+    """With `init_seed` (paired initialisation) the modules built inside draw their initial weights from
+    `block_init_seed(init_seed, layer, block)` and leave the global RNG as it was; without, nothing changes."""
+    if init_seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(block_init_seed(init_seed, layer, block))
+        yield
+
+
+class _ShuffleNetV2Base(Backbone):
+    """Stem, feature bookkeeping, freezing and the stage-by-stage forward shared by both networks.
+
+    `init_seed` (paired initialisation, MODEL.DETNAS.PAIRED_INIT): the stem's and every block's initial
+    weights depend only on (init_seed, layer, block id), and building the network leaves the global RNG
+    untouched, so two archs built with the same seed start from the same weights for the blocks they share,
+    and so do the modules built after them (FPN, heads). Trained with the same SEED, their comparison is
+    paired: common random numbers, the noise of the initialisation they share cancels.
+    """
+
+    def __init__(self, space: SearchSpace, norm, out_features, in_channels, init_seed: Optional[int] = None):
         super().__init__()
         out_features = list(out_features)
         unknown = [f for f in out_features if f not in FEATURE_NAMES]
@@ -46,7 +73,8 @@ class _ShuffleNetV2Base(Backbone):
         for s, name in enumerate(STAGE_NAMES):
             self._out_feature_channels[name] = space.stage_out[s]
             self._out_feature_strides[name] = stage_stride(s)
-        self.stem = Stem(in_channels, space.stem_out, norm, bias=space.official)
+        with _block_rng(init_seed, -1):
+            self.stem = Stem(in_channels, space.stem_out, norm, bias=space.official)
         self._stage_layers = [[] for _ in STAGE_NAMES]  # layer indices per stage
         for spec in space.layers():
             self._stage_layers[spec.stage].append(spec.index)
@@ -99,20 +127,22 @@ class ChoiceLayer(nn.Module):
     It has no forward: the supernet runs the chosen block directly.
     """
 
-    def __init__(self, in_channels, out_channels, stride, norm, style="mmrazor"):
+    def __init__(self, in_channels, out_channels, stride, norm, style="mmrazor", init_seed=None, layer=0):
         super().__init__()
-        self.choices = nn.ModuleList(
-            build_block(c, in_channels, out_channels, stride, norm, style) for c in range(NUM_CHOICES)
-        )
+        self.choices = nn.ModuleList()
+        for c in range(NUM_CHOICES):
+            with _block_rng(init_seed, layer, c):
+                self.choices.append(build_block(c, in_channels, out_channels, stride, norm, style))
 
 
 class ShuffleNetV2Supernet(_ShuffleNetV2Base):
     """The one-shot supernet. Call `set_arch(arch)` before forward; only the chosen blocks run."""
 
-    def __init__(self, space: SearchSpace, norm="BN", out_features=STAGE_NAMES, in_channels=3):
-        super().__init__(space, norm, out_features, in_channels)
+    def __init__(self, space: SearchSpace, norm="BN", out_features=STAGE_NAMES, in_channels=3,
+                 init_seed: Optional[int] = None):
+        super().__init__(space, norm, out_features, in_channels, init_seed)
         self.layers = nn.ModuleList(
-            ChoiceLayer(spec.in_channels, spec.out_channels, spec.stride, norm, space.block_style)
+            ChoiceLayer(spec.in_channels, spec.out_channels, spec.stride, norm, space.block_style, init_seed, spec.index)
             for spec in space.layers()
         )
         self.arch: Optional[Tuple[int, ...]] = None
@@ -156,13 +186,14 @@ class ShuffleNetV2Supernet(_ShuffleNetV2Base):
 class ShuffleNetV2Subnet(_ShuffleNetV2Base):
     """A plain ShuffleNetV2 made of the blocks of one arch: `layers[i]` is the chosen block of layer i."""
 
-    def __init__(self, space: SearchSpace, arch: Sequence[int], norm="BN", out_features=STAGE_NAMES, in_channels=3):
-        super().__init__(space, norm, out_features, in_channels)
+    def __init__(self, space: SearchSpace, arch: Sequence[int], norm="BN", out_features=STAGE_NAMES, in_channels=3,
+                 init_seed: Optional[int] = None):
+        super().__init__(space, norm, out_features, in_channels, init_seed)
         self.arch = space.validate(arch)
-        self.layers = nn.ModuleList(
-            build_block(c, spec.in_channels, spec.out_channels, spec.stride, norm, space.block_style)
-            for c, spec in zip(self.arch, space.layers())
-        )
+        self.layers = nn.ModuleList()
+        for c, spec in zip(self.arch, space.layers()):
+            with _block_rng(init_seed, spec.index, c):
+                self.layers.append(build_block(c, spec.in_channels, spec.out_channels, spec.stride, norm, space.block_style))
 
     def forward(self, x):
         x, outputs = self._start(x)

@@ -1,6 +1,6 @@
 """Backbone builders registered in Detectron2's BACKBONE_REGISTRY (set MODEL.BACKBONE.NAME to one).
 
-Options: MODEL.DETNAS.{SPACE, WIDTH_MULT, NORM, OUT_FEATURES}, MODEL.DETNAS.ARCH (subnets only),
+Options: MODEL.DETNAS.{SPACE, WIDTH_MULT, NORM, OUT_FEATURES, PAIRED_INIT}, MODEL.DETNAS.ARCH (subnets only),
 MODEL.BACKBONE.FREEZE_AT (0: train everything; Detectron2's default 2 freezes the stem and res2),
 MODEL.FPN.{IN_FEATURES, OUT_CHANNELS, NORM, FUSE_TYPE} for the FPN forms.
 
@@ -27,6 +27,18 @@ __all__ = [
 ]
 
 
+def _init_seed(cfg):
+    """The seed of MODEL.DETNAS.PAIRED_INIT (the run's SEED); None when it is off."""
+    if not cfg.MODEL.DETNAS.PAIRED_INIT:
+        return None
+    if cfg.SEED < 0:
+        raise ValueError(
+            f"MODEL.DETNAS.PAIRED_INIT draws the backbone's initial weights from SEED, but SEED is {cfg.SEED} "
+            "(a random seed per run): set SEED to a non-negative integer, the same for the runs to pair"
+        )
+    return cfg.SEED
+
+
 @BACKBONE_REGISTRY.register()
 def build_detnas_supernet_backbone(cfg, input_shape: ShapeSpec):
     """The supernet; no arch is selected (set_arch, RandomPathHook or the search select one)."""
@@ -37,7 +49,7 @@ def build_detnas_supernet_backbone(cfg, input_shape: ShapeSpec):
             "holds every arch: leave ARCH empty (MODEL.DETNAS.REFERENCE_ARCH sets the arch supernet "
             "evaluation runs), or train the subnet with a build_detnas_subnet_* backbone"
         )
-    backbone = ShuffleNetV2Supernet(space_from_cfg(cfg), d.NORM, d.OUT_FEATURES, input_shape.channels)
+    backbone = ShuffleNetV2Supernet(space_from_cfg(cfg), d.NORM, d.OUT_FEATURES, input_shape.channels, _init_seed(cfg))
     return backbone.freeze(cfg.MODEL.BACKBONE.FREEZE_AT)
 
 
@@ -52,7 +64,7 @@ def build_detnas_subnet_backbone(cfg, input_shape: ShapeSpec):
             "file (e.g. the result of search_net.py) or comma-separated block ids"
         )
     arch = load_arch(d.ARCH, space)
-    backbone = ShuffleNetV2Subnet(space, arch, d.NORM, d.OUT_FEATURES, input_shape.channels)
+    backbone = ShuffleNetV2Subnet(space, arch, d.NORM, d.OUT_FEATURES, input_shape.channels, _init_seed(cfg))
     return backbone.freeze(cfg.MODEL.BACKBONE.FREEZE_AT)
 
 

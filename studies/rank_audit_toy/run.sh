@@ -7,6 +7,7 @@
 #   bash studies/rank_audit_toy/run.sh claim a 0 1 2 3 4 # tools/study.py on recipe a's supernets, 5 seeds
 #   bash studies/rank_audit_toy/run.sh converged 0 1     # pilots of a less noisy ground truth (below), given seeds
 #   bash studies/rank_audit_toy/run.sh converged-train1280 0 1
+#   JOBS=2 bash studies/rank_audit_toy/run.sh paired 0 1   # the converged pilot with paired initialisation
 #   python studies/rank_audit_toy/pilots.py               # the pilots against the shipped protocol (pilots.md)
 #   bash studies/rank_audit_toy/decompose.sh              # is the seed noise step 4's or step 5's?
 #   python studies/rank_audit_toy/reevaluate.py           # the stand-alone detectors on 512 held-out images, then
@@ -97,10 +98,10 @@ claim() {
 # they separate them.
 # Arch by arch (both seeds of an arch before the next): a stopped pilot already gives seed pairs.
 pilot() {
-  local name=$1 det_opts=$2
-  shift 2
-  "$PY" tools/rank_audit.py standalone --archs "$HERE/archs_pilot.txt" --seeds "$@" --threads 1 \
-    --protocol "standalone-$name" --cls-opts "SOLVER.MAX_ITER 1600" \
+  local name=$1 cls_opts=$2 det_opts=$3
+  shift 3
+  "$PY" tools/rank_audit.py standalone --archs "${ARCHS:-$HERE/archs_pilot.txt}" --seeds "$@" --jobs "${JOBS:-1}" \
+    --threads 1 --protocol "standalone-$name" --cls-opts "SOLVER.MAX_ITER 1600 $cls_opts" \
     --det-opts "SOLVER.LR_SCHEDULER_NAME WarmupCosineLR $det_opts" \
     --work-dir "$RUNS/standalone_$name" --output "$HERE/standalone_$name.jsonl"
 }
@@ -132,11 +133,20 @@ case "${1:-}" in
   converged)
     shift
     [ $# -gt 0 ] || set -- 0 1
-    pilot converged "" "$@" ;;
+    pilot converged "" "" "$@" ;;
   converged-train1280)
     shift
     [ $# -gt 0 ] || set -- 0 1
-    pilot converged-train1280 "DATASETS.TRAIN '(\"toy_det_train_large\",)'" "$@" ;;
+    pilot converged-train1280 "" "DATASETS.TRAIN '(\"toy_det_train_large\",)'" "$@" ;;
+  paired)
+    # The converged protocol with paired initialisation (MODEL.DETNAS.PAIRED_INIT) in both steps: with one
+    # seed, every arch starts from the same stem, the same weights for the blocks it shares with another
+    # arch, the same heads and data order. The 6 pilot archs first, then the other 7 of archs.txt.
+    shift
+    [ $# -gt 0 ] || set -- 0 1
+    for a in "$HERE/archs_pilot.txt" "$HERE/archs.txt"; do
+      ARCHS=$a pilot paired "MODEL.DETNAS.PAIRED_INIT True" "MODEL.DETNAS.PAIRED_INIT True" "$@"
+    done ;;
   *)
     sed -n '2,24p' "$0"; exit 2 ;;
 esac
