@@ -8,7 +8,8 @@
 - `arch_effect`: do the archs differ beyond seed noise at all (one-way random-effects ANOVA, permutation p);
 - `arch_effect_seed_blocks`: the same with each training seed as a block shared by all archs (two-way ANOVA):
   a seed's offset common to every arch (same data order, say) moves no ranking of seed means;
-- `permutation_test`: is one arch's mean score over seeds higher than another's beyond seed noise.
+- `permutation_test`: is one arch's mean score over seeds higher than another's beyond seed noise;
+- `paired_permutation_test`: the same with the runs of one seed paired (sign flips of their differences).
 
 A statistic that is undefined (fewer than two archs, or one ranking constant) is NaN.
 """
@@ -24,6 +25,7 @@ __all__ = [
     "average_ranks",
     "bootstrap_ci",
     "kendall_tau_b",
+    "paired_permutation_test",
     "permutation_test",
     "seed_noise",
     "spearman_rho",
@@ -282,6 +284,23 @@ def arch_effect_seed_blocks(scores: Sequence[Dict[int, float]], samples: int = 1
     return out
 
 
+def _tail_p(diffs: np.ndarray, observed: float, alternative: str, extra: int, scale: float) -> float:
+    """The fraction of `diffs` (plus `extra` counts of the observed one) at least as extreme as `observed`."""
+    eps = 1e-12 * max(1.0, scale)
+    if alternative == "greater":
+        hits = np.sum(diffs >= observed - eps)
+    elif alternative == "less":
+        hits = np.sum(diffs <= observed + eps)
+    else:
+        hits = np.sum(np.abs(diffs) >= abs(observed) - eps)
+    return float((hits + extra) / (len(diffs) + extra))
+
+
+def _check_alternative(alternative: str):
+    if alternative not in ("greater", "less", "two-sided"):
+        raise ValueError(f"alternative must be 'greater', 'less' or 'two-sided', got {alternative!r}")
+
+
 def permutation_test(a: Sequence[float], b: Sequence[float], alternative: str = "greater",
                      max_exact: int = 200_000, samples: int = 100_000, seed: int = 0) -> float:
     """p-value of a two-sample permutation test of mean(a) - mean(b) (e.g. one arch's scores over
@@ -292,8 +311,7 @@ def permutation_test(a: Sequence[float], b: Sequence[float], alternative: str = 
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.ndim != 1 or b.ndim != 1 or len(a) < 1 or len(b) < 1:
         raise ValueError(f"expected two non-empty 1-d samples, got shapes {a.shape} and {b.shape}")
-    if alternative not in ("greater", "less", "two-sided"):
-        raise ValueError(f"alternative must be 'greater', 'less' or 'two-sided', got {alternative!r}")
+    _check_alternative(alternative)
     pooled, n = np.concatenate([a, b]), len(a)
     total = pooled.sum()
 
@@ -308,11 +326,25 @@ def permutation_test(a: Sequence[float], b: Sequence[float], alternative: str = 
         rng = np.random.default_rng(seed)
         sums = np.array([pooled[rng.permutation(len(pooled))[:n]].sum() for _ in range(samples)])
         diffs, extra = differences(sums), 1  # the observed labelling counts once (Phipson & Smyth)
-    eps = 1e-12 * max(1.0, float(np.abs(pooled).max()))
-    if alternative == "greater":
-        hits = np.sum(diffs >= observed - eps)
-    elif alternative == "less":
-        hits = np.sum(diffs <= observed + eps)
+    return _tail_p(diffs, observed, alternative, extra, float(np.abs(pooled).max()))
+
+
+def paired_permutation_test(a: Sequence[float], b: Sequence[float], alternative: str = "greater",
+                            max_exact: int = 2**16, samples: int = 100_000, seed: int = 0) -> float:
+    """p-value of a paired permutation test of mean(a - b), `a[i]` and `b[i]` being runs of one training
+    seed (e.g. two archs trained with MODEL.DETNAS.PAIRED_INIT, which share that seed's initial weights):
+    under "no difference" each pair's difference is as likely with either sign, so the p-value is the
+    fraction of the 2^n sign flips whose mean is at least the observed one ("greater"), at most it ("less"),
+    or at least as far from 0 ("two-sided"). Exact up to `max_exact` flips, else `samples` random ones
+    (seeded) plus the observed one. With n pairs the smallest possible p is 1/2^n."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.ndim != 1 or a.shape != b.shape or len(a) < 1:
+        raise ValueError(f"expected two non-empty 1-d samples of one length (paired by seed), got shapes "
+                         f"{a.shape} and {b.shape}")
+    _check_alternative(alternative)
+    d = a - b
+    if 2 ** len(d) <= max_exact:
+        signs, extra = np.array(list(product((1.0, -1.0), repeat=len(d)))), 0
     else:
-        hits = np.sum(np.abs(diffs) >= abs(observed) - eps)
-    return float((hits + extra) / (len(diffs) + extra))
+        signs, extra = np.random.default_rng(seed).choice((1.0, -1.0), size=(samples, len(d))), 1
+    return _tail_p(signs @ d / len(d), float(d.mean()), alternative, extra, float(np.abs(d).max()))

@@ -107,6 +107,26 @@ def test_study_retrains_four_archs_and_tabulates_them(pipeline, tmp_path):
     assert [r.get("p_det_search_better") for r in rows.values()] == [None] * 4
 
 
+def test_study_report_tests_det_search_unpaired_and_paired_by_seed(tmp_path):
+    import importlib.util
+
+    from detnas_d2.flops import get_flops_table
+
+    spec = importlib.util.spec_from_file_location("study_tool", ROOT / "tools/study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    space = get_space("small", 0.25)
+    archs = {"det-search": (1,) * 20, "all-3x3": (0,) * 20}
+    # det-search 1 AP above all-3x3 in each of 5 seeds, whose offsets (10, 20, ...) both share
+    runs = {"det-search": [{"seed": s, "top1": 90.0, "AP": 10.0 * s + 1} for s in range(1, 6)],
+            "all-3x3": [{"seed": s, "top1": 90.0, "AP": 10.0 * s} for s in range(1, 6)]}
+    text = study.write_report(tmp_path, archs, runs, get_flops_table(space, 128), 128)
+    row = json.loads((tmp_path / "study.json").read_text())[1]
+    assert row["p_det_search_better"] > 0.4  # unpaired: within the seeds' spread
+    assert row["p_det_search_better_paired"] == pytest.approx(1 / 32)  # paired: 5 of 5 seeds, 1 in 2^5
+    assert " 0.031 |" in text and "p paired by seed" in text
+
+
 def test_step_shows_progress_and_keeps_the_full_output(tmp_path):
     script = tmp_path / "fake_step.py"
     script.write_text(

@@ -165,6 +165,24 @@ def test_permutation_test_by_hand():
         rs.permutation_test([], [2])
 
 
+def test_paired_permutation_test_by_hand():
+    # differences (3, 1): the 4 sign flips give means 2, 1, -1, -2
+    assert rs.paired_permutation_test([5, 2], [2, 1]) == pytest.approx(1 / 4)
+    assert rs.paired_permutation_test([5, 2], [2, 1], alternative="less") == pytest.approx(1.0)
+    assert rs.paired_permutation_test([5, 2], [2, 1], alternative="two-sided") == pytest.approx(2 / 4)
+    # differences (2, -1, 1) -> flips' sums 4, 2, 0, 2, -2, 0, -2, -4 (of 8): >= 2 in 3 of them
+    assert rs.paired_permutation_test([3, 0, 2], [1, 1, 1]) == pytest.approx(3 / 8)
+    # a constant offset every seed shares: the unpaired test sees seed noise, the paired one does not
+    a, b = [10.0, 20.0, 30.0, 40.0, 50.0], [9.0, 19.0, 29.0, 39.0, 49.0]
+    assert rs.permutation_test(a, b) > 0.4
+    assert rs.paired_permutation_test(a, b) == pytest.approx(1 / 32)
+    assert rs.paired_permutation_test(a, b, max_exact=1, samples=20000) == pytest.approx(1 / 32, abs=0.005)
+    with pytest.raises(ValueError, match="paired by seed"):
+        rs.paired_permutation_test([1, 2], [1])
+    with pytest.raises(ValueError, match="alternative"):
+        rs.paired_permutation_test([1], [2], alternative="bigger")
+
+
 # ---- arch sets ----------------------------------------------------------------------------------------
 
 

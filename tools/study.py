@@ -11,8 +11,8 @@ scratch, step 5: detection from that, as in the pipeline) and compared by bbox A
     python tools/run_pipeline.py --output-dir output/pipeline      # if not done yet
     python tools/study.py --pipeline-dir output/pipeline --output-dir output/study [--seeds 0 1 2]
 
-Writes <output-dir>/study.md (a table, with a one-sided permutation test of det-search against each other
-arch over the seeds) and study.json, again after each seed (the archs are trained seed by seed). Each
+Writes <output-dir>/study.md (a table, with one-sided permutation tests of det-search against each other
+arch over the seeds, unpaired and paired by seed) and study.json, again after each seed (the archs are trained seed by seed). Each
 training step is the user's command (see <output-dir>/<arch>/seed<k>/<step>/command.txt); --reuse keeps the steps that finished before and continues a stopped one.
 --cls-opts / --det-opts "KEY VALUE ..." change steps 4 / 5 (e.g. a longer or less noisy schedule).
 """
@@ -124,7 +124,7 @@ def write_report(out: Path, archs, runs, table, input_size: int, protocol: str =
     """study.json and study.md over the seeds done so far; `protocol`: the steps' own options, if any."""
     from tabulate import tabulate
 
-    from detnas_d2.rank_stats import permutation_test
+    from detnas_d2.rank_stats import paired_permutation_test, permutation_test
     from detnas_d2.search_space import arch_to_str
 
     rows = []
@@ -139,21 +139,27 @@ def write_report(out: Path, archs, runs, table, input_size: int, protocol: str =
     det_aps = [r["AP"] for r in rows[0]["runs"]]
     for row in rows[1:]:
         # Does det-search beat this arch beyond seed noise? One-sided exact permutation test over seeds.
-        row["p_det_search_better"] = (
-            permutation_test(det_aps, [r["AP"] for r in row["runs"]]) if seeds > 1 else None
-        )
+        aps = [r["AP"] for r in row["runs"]]
+        row["p_det_search_better"] = permutation_test(det_aps, aps) if seeds > 1 else None
+        # The same with each seed's two runs paired (they share that seed's data order, and with
+        # MODEL.DETNAS.PAIRED_INIT the initial weights of the blocks both archs have).
+        row["p_det_search_better_paired"] = paired_permutation_test(det_aps, aps) if seeds > 1 else None
     (out / "study.json").write_text(json.dumps(rows, indent=2))
     text = tabulate(
         [[r["arch"], f"{r['flops'] / 1e6:.2f}", f"{r['params'] / 1e6:.3f}", f"{r['top1']:.1f}",
           f"{r['AP']:.2f}" + (f" ± {r['AP_std']:.2f}" if seeds > 1 else ""),
-          "" if r.get("p_det_search_better") is None else f"{r['p_det_search_better']:.3f}", r["ids"]]
+          *("" if r.get(k) is None else f"{r[k]:.3f}" for k in ("p_det_search_better", "p_det_search_better_paired")),
+          r["ids"]]
          for r in rows],
-        headers=["arch", "MFLOPs", "Mparams", "cls top-1", "bbox AP", "p (det-search better)", "block ids"],
+        headers=["arch", "MFLOPs", "Mparams", "cls top-1", "bbox AP", "p (det-search better)", "p paired by seed",
+                 "block ids"],
         tablefmt="pipe")
     text += (f"\n\n{seeds} training seed(s) per arch; FLOPs of the backbone at "
              f"{input_size}x{input_size}. p: one-sided exact permutation "
              "test of det-search's mean AP over seeds against the arch's (needs >= 2 seeds; with 5 seeds "
-             "each the smallest possible p is 1/252)."
+             "each the smallest possible p is 1/252); p paired by seed: one-sided exact sign-flip test of the "
+             "per-seed differences (the runs of one seed share its data order, and with "
+             "MODEL.DETNAS.PAIRED_INIT the initial weights of the blocks both archs have; smallest p 1/2^seeds)."
              + (f" Retrained {protocol}." if protocol else "") + "\n")
     (out / "study.md").write_text(text)
     return text
