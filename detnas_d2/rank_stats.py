@@ -8,6 +8,7 @@
 - `arch_effect`: do the archs differ beyond seed noise at all (one-way random-effects ANOVA, permutation p);
 - `arch_effect_seed_blocks`: the same with each training seed as a block shared by all archs (two-way ANOVA):
   a seed's offset common to every arch (same data order, say) moves no ranking of seed means;
+- `seeds_needed`: how many seeds per arch a ground truth of that ICC needs to allow a given tau;
 - `permutation_test`: is one arch's mean score over seeds higher than another's beyond seed noise;
 - `paired_permutation_test`: the same with the runs of one seed paired (sign flips of their differences).
 
@@ -28,6 +29,7 @@ __all__ = [
     "paired_permutation_test",
     "permutation_test",
     "seed_noise",
+    "seeds_needed",
     "spearman_rho",
     "top_k",
     "top_k_overlap",
@@ -174,10 +176,26 @@ def seed_noise(scores: Sequence[Dict[int, float]], bootstrap_samples: int = 2000
     return out
 
 
+def seeds_needed(icc: float, tau: float = 0.7) -> float:
+    """Seeds per arch whose mean scores would let a perfect predictor reach Kendall `tau` against them (the
+    inverse of the tau ceiling: reliability r = sin(pi tau / 2)^2, then Spearman-Brown: n = r (1 - icc) /
+    ((1 - r) icc)); inf when the ICC is <= 0 (no number of seeds separates archs that do not differ)."""
+    if not 0 < tau < 1:
+        raise ValueError(f"tau must be in (0, 1), got {tau}")
+    if math.isnan(icc):
+        return float("nan")
+    if icc <= 0:
+        return float("inf")
+    r = math.sin(math.pi * tau / 2) ** 2
+    return r * (1 - icc) / ((1 - r) * icc)
+
+
 def _variance_shares(out: Dict, between: float, noise: float, n: float):
-    """ICC, reliability of an n-seed mean, its tau ceiling and F, from the arch and noise mean squares."""
+    """ICC, reliability of an n-seed mean, its tau ceiling, the seeds a tau of 0.7 needs (`seeds_for_tau_07`,
+    issue 17's goal) and F, from the arch and noise mean squares."""
     if between + (n - 1) * noise > 0:
         out["icc"] = (between - noise) / (between + (n - 1) * noise)
+        out["seeds_for_tau_07"] = seeds_needed(out["icc"])
     if between > 0:
         out["reliability"] = (between - noise) / between
         out["tau_ceiling"] = 2 / math.pi * math.asin(math.sqrt(max(0.0, out["reliability"])))
@@ -196,6 +214,7 @@ def arch_effect(scores: Sequence[Dict[int, float]], samples: int = 10_000, seed:
       spread less than seed noise alone would make them;
     - `tau_ceiling`: the Kendall tau a perfect predictor of the true scores would reach against those means,
       (2 / pi) asin(sqrt(reliability)) (their Pearson correlation is sqrt(reliability); normal scores);
+      `seeds_for_tau_07`: the seeds per arch a ceiling of 0.7 needs (`seeds_needed(icc)`);
     - `p_value`: permutation test of F = MSB / MSW (scores relabelled across archs, group sizes kept;
       `samples` random relabellings plus the observed one): the chance of archs this different if the arch
       did not matter.
@@ -203,7 +222,7 @@ def arch_effect(scores: Sequence[Dict[int, float]], samples: int = 10_000, seed:
     groups = [np.asarray(list(s.values()), dtype=float) for s in scores if len(s) >= 2]
     out = {"archs": len(groups), "runs": int(sum(len(g) for g in groups)), "n0": float("nan"),
            "seed_std": float("nan"), "arch_std": float("nan"), "icc": float("nan"), "reliability": float("nan"),
-           "tau_ceiling": float("nan"), "f": float("nan"), "p_value": float("nan")}
+           "tau_ceiling": float("nan"), "seeds_for_tau_07": float("nan"), "f": float("nan"), "p_value": float("nan")}
     if len(groups) < 2:
         return out
     sizes = np.array([len(g) for g in groups])
@@ -240,8 +259,8 @@ def arch_effect_seed_blocks(scores: Sequence[Dict[int, float]], samples: int = 1
     - `seeds`: the common seeds; `seed_block_std`: the estimated std of the seeds' shared offsets,
       sqrt(max(0, (MS_seed - MS_res) / archs)); `seed_std`: what is left of seed noise (sqrt MS_res, the
       arch x seed interaction); `arch_std`: sqrt(max(0, (MS_arch - MS_res) / seeds));
-    - `icc`, `reliability` ((MS_arch - MS_res) / MS_arch, that of the seed means for ranking), `tau_ceiling`
-      and `f` (MS_arch / MS_res) as in `arch_effect`;
+    - `icc`, `reliability` ((MS_arch - MS_res) / MS_arch, that of the seed means for ranking), `tau_ceiling`,
+      `seeds_for_tau_07` and `f` (MS_arch / MS_res) as in `arch_effect`;
     - `p_value`: permutation test of F with the scores permuted across archs within each seed (every
       arrangement when there are at most `samples`, else `samples` random ones plus the observed).
     """
@@ -249,7 +268,7 @@ def arch_effect_seed_blocks(scores: Sequence[Dict[int, float]], samples: int = 1
     common = sorted(set.intersection(*(set(s) for s in groups))) if groups else []
     out = {"archs": len(groups), "seeds": common, "seed_block_std": float("nan"), "seed_std": float("nan"),
            "arch_std": float("nan"), "icc": float("nan"), "reliability": float("nan"), "tau_ceiling": float("nan"),
-           "f": float("nan"), "p_value": float("nan")}
+           "seeds_for_tau_07": float("nan"), "f": float("nan"), "p_value": float("nan")}
     if len(groups) < 2 or len(common) < 2:
         return out
     x = np.array([[s[k] for k in common] for s in groups], dtype=float)

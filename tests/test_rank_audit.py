@@ -118,12 +118,29 @@ def test_arch_effect_by_hand():
     assert effect["arch_std"] == pytest.approx(math.sqrt((32 - 2) / 2))
     assert effect["icc"] == pytest.approx(30 / 34) and effect["reliability"] == pytest.approx(30 / 32)
     assert effect["tau_ceiling"] == pytest.approx(2 / math.pi * math.asin(math.sqrt(30 / 32)))
+    assert effect["seeds_for_tau_07"] == pytest.approx(rs.seeds_needed(30 / 34))
     # 6 of the 90 ways to deal the six scores into three pairs keep {1, 3}, {5, 7}, {9, 11} together
     assert effect["p_value"] == pytest.approx(6 / 90, abs=0.01)
     # archs whose seeds spread more than the archs do: no arch effect
     none = rs.arch_effect([{0: 1.0, 1: 3.0}, {0: 3.0, 1: 1.0}, {0: 1.1, 1: 2.9}], samples=500)
     assert none["arch_std"] == 0.0 and none["icc"] < 0 and none["p_value"] > 0.5
     assert math.isnan(rs.arch_effect([{0: 1.0, 1: 3.0}, {0: 5.0}])["icc"])  # one arch with 2 seeds: undefined
+
+
+def test_seeds_needed_by_hand():
+    r = math.sin(math.pi * 0.7 / 2) ** 2  # the reliability whose tau ceiling is 0.7: 0.794
+    assert r == pytest.approx(0.7939, abs=1e-4)
+    assert rs.seeds_needed(0.5) == pytest.approx(r / (1 - r))  # 3.85 seeds when half a run's variance is the arch's
+    assert rs.seeds_needed(0.13) == pytest.approx(r / (1 - r) * 0.87 / 0.13)  # 25.8
+    # the inverse of the tau ceiling: that many seeds give a mean of reliability r (Spearman-Brown), tau 0.7
+    for icc in (0.05, 0.3, 0.9):
+        n = rs.seeds_needed(icc, tau=0.7)
+        reliability = n * icc / (1 + (n - 1) * icc)
+        assert 2 / math.pi * math.asin(math.sqrt(reliability)) == pytest.approx(0.7)
+    assert rs.seeds_needed(0.0) == math.inf and rs.seeds_needed(-0.1) == math.inf
+    assert math.isnan(rs.seeds_needed(float("nan")))
+    with pytest.raises(ValueError, match="tau"):
+        rs.seeds_needed(0.5, tau=1.0)
 
 
 def test_arch_effect_seed_blocks_by_hand():

@@ -511,13 +511,16 @@ def _fmt_ci(point, ci, digits=2):
     return f"{_fmt(point, digits)} [{_fmt(ci['low'], digits)}, {_fmt(ci['high'], digits)}]"
 
 
-def _nan_to_none(value):
+def json_safe(value):
+    """Strict JSON: NaN (undefined) -> null, infinity (e.g. no number of seeds suffices) -> "inf"."""
     if isinstance(value, float) and math.isnan(value):
         return None
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
     if isinstance(value, dict):
-        return {k: _nan_to_none(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_nan_to_none(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -701,24 +704,25 @@ def cmd_compare(args):
             (f"seeds {pair[0]} vs {pair[1]} ({nz['archs_in_pair']} archs): "
              + _fmt_ci(nz["tau_between_seeds"], nz["tau_between_seeds_ci"])) if pair else "n/a (one seed)",
             _fmt(effect["arch_std"]), _fmt(effect["icc"]), _fmt(effect["reliability"]), _fmt(effect["tau_ceiling"]),
-            _fmt(effect["p_value"], 4),
+            _fmt(effect["seeds_for_tau_07"], 1), _fmt(effect["p_value"], 4),
         ])
         blocks = nz["arch_effect_seed_blocks"]
         block_rows.append([names[name], blocks["archs"], " ".join(map(str, blocks["seeds"])) or "n/a",
                            _fmt(blocks["seed_block_std"]), _fmt(blocks["seed_std"]), _fmt(blocks["arch_std"]),
                            _fmt(blocks["icc"]), _fmt(blocks["reliability"]), _fmt(blocks["tau_ceiling"]),
-                           _fmt(blocks["p_value"], 4)])
+                           _fmt(blocks["seeds_for_tau_07"], 1), _fmt(blocks["p_value"], 4)])
     table = tabulate(rows, headers=["archs", "predictor", "n", "Kendall tau-b [95% CI]", "Spearman rho [95% CI]",
                                     f"{pct} precision"] + [f"tau - tau({b}) [95% CI]" for b in gain_columns],
                      tablefmt="pipe", disable_numparse=True)
     noise = tabulate(noise_rows, headers=["archs", "n", "with >= 2 seeds", "seed std per arch (mean / max)",
                                           "std of arch means", "Kendall tau between seeds [95% CI]",
                                           "true arch std (est.)", "ICC", "reliability of the mean", "tau ceiling",
-                                          "p (archs differ)"],
+                                          "seeds for tau 0.7", "p (archs differ)"],
                      tablefmt="pipe", disable_numparse=True)
     blocks = tabulate(block_rows, headers=["archs", "n", "common seeds", "seed offset std (shared)",
                                            "seed std left", "true arch std (est.)", "ICC", "reliability of the mean",
-                                           "tau ceiling", "p (archs differ)"], tablefmt="pipe", disable_numparse=True)
+                                           "tau ceiling", "seeds for tau 0.7", "p (archs differ)"], tablefmt="pipe",
+                     disable_numparse=True)
     per_arch = tabulate(
         [[arch_str(a), f"{info[a][0] / 1e6:.3f}", f"{info[a][1] / 1e6:.4f}",
           "yes" if a in subsets["band"] else "no"]
@@ -739,11 +743,12 @@ def cmd_compare(args):
         f"## Stand-alone seed noise\n\n{noise}\n\n"
         "The tau between two seeds is how well one training run ranks the archs as another does: a bound on "
         "what any predictor can reach against a single-seed ground truth (a mean over seeds is steadier). "
-        "The last five columns are a one-way random-effects ANOVA over the archs with >= 2 seeds: the "
+        "The last six columns are a one-way random-effects ANOVA over the archs with >= 2 seeds: the "
         "estimated std of the archs' true scores (free of seed noise), ICC (the share of one run's variance "
         "that is the arch's), the reliability r of an arch's mean over its seeds, the tau that a perfect "
-        "predictor would reach against those means ((2 / pi) asin(sqrt(r)), normal scores), and a permutation "
-        "test of whether the archs differ at all beyond seed noise.\n\n"
+        "predictor would reach against those means ((2 / pi) asin(sqrt(r)), normal scores), the seeds per "
+        "arch whose mean would allow a tau of 0.7 (Spearman-Brown from the ICC; inf: the archs do not differ "
+        "measurably), and a permutation test of whether the archs differ at all beyond seed noise.\n\n"
         f"{blocks}\n\nThe same with each seed as a block (two-way ANOVA over the seeds every arch has): a seed's "
         "offset shared by all archs (the same data order, say) moves every arch's mean alike and so no ranking; "
         "what is left is the arch x seed interaction. The permutation test shuffles archs within each seed.\n\n"
@@ -758,7 +763,7 @@ def cmd_compare(args):
          "standalone": {str(s): v for s, v in truth[a].items()}}
         for a in archs
     ]
-    atomic_write(str(out / "compare.json"), json.dumps(_nan_to_none(summary), indent=2) + "\n")
+    atomic_write(str(out / "compare.json"), json.dumps(json_safe(summary), indent=2) + "\n")
     plot_compare(out / "compare.png", predictors, archs, truth, info, band, summary)
     print(text)
     log(f"written: {out / 'compare.md'}, {out / 'compare.json'}, {out / 'compare.png'}")
@@ -856,7 +861,7 @@ def cmd_protocols(args):
             + tabulate(rows, headers=["", "value"], tablefmt="pipe", disable_numparse=True) + "\n")
     print(text)
     if args.output:
-        atomic_write(args.output, json.dumps(_nan_to_none(
+        atomic_write(args.output, json.dumps(json_safe(
             dict(figures, reference_file=args.reference, cheap_file=args.cheap)), indent=2) + "\n")
         log(f"written: {args.output}")
     return 0
