@@ -73,7 +73,8 @@ recipe() {
 }
 
 # DetNAS's claim (tools/study.py) on one recipe's supernets: step 3 searches its detection supernet, then
-# det-search, cls-search, all-3x3 and a random arch of equal FLOPs are retrained with the given seeds.
+# det-search, cls-search, all-3x3 and a random arch of equal FLOPs are retrained with the given seeds, under
+# the paired protocol (PAIRED_CLS / PAIRED_DET below: its p paired by seed is a fair test).
 claim() {
   local r=$1 dir=$RUNS/recipe_$1
   shift
@@ -84,9 +85,10 @@ claim() {
   mkdir -p "$dir/pipeline"
   ln -sfn ../cls_supernet "$dir/pipeline/1_cls_supernet"
   ln -sfn ../search "$dir/pipeline/3_search"
-  "$PY" tools/study.py --reuse --pipeline-dir "$dir/pipeline" --output-dir "$dir/study" --seeds "$@"
-  cp "$dir/study/study.md" "$HERE/claim_$r.md"
-  cp "$dir/study/study.json" "$HERE/claim_$r.json"
+  "$PY" tools/study.py --reuse --pipeline-dir "$dir/pipeline" --output-dir "$dir/study_paired" --seeds "$@" \
+    --cls-opts "$PAIRED_CLS" --det-opts "$PAIRED_DET"
+  cp "$dir/study_paired/study.md" "$HERE/claim_$r.md"
+  cp "$dir/study_paired/study.json" "$HERE/claim_$r.json"
 }
 
 # A less noisy stand-alone protocol? In the shipped one (400 + 1,500 iterations) step 5's loss stays flat at
@@ -96,7 +98,12 @@ claim() {
 # the same cost. converged-train1280 also trains step 5 on toy_det_train_large (1,280 images, 4x toy_det_train's
 # 320, which the shipped schedule sees ~37 times). Pilots on 6 archs (archs_pilot.txt); pilots.py says whether
 # they separate them.
+# *paired*: the converged protocol with paired initialisation (MODEL.DETNAS.PAIRED_INIT) in both steps: with
+# one seed, every arch starts from the same stem, the same weights for the blocks it shares with another arch,
+# the same heads and data order (common random numbers).
 # Arch by arch (both seeds of an arch before the next): a stopped pilot already gives seed pairs.
+PAIRED_CLS="SOLVER.MAX_ITER 1600 MODEL.DETNAS.PAIRED_INIT True"
+PAIRED_DET="SOLVER.LR_SCHEDULER_NAME WarmupCosineLR MODEL.DETNAS.PAIRED_INIT True"
 pilot() {
   local name=$1 cls_opts=$2 det_opts=$3
   shift 3
@@ -139,9 +146,7 @@ case "${1:-}" in
     [ $# -gt 0 ] || set -- 0 1
     pilot converged-train1280 "" "DATASETS.TRAIN '(\"toy_det_train_large\",)'" "$@" ;;
   paired)
-    # The converged protocol with paired initialisation (MODEL.DETNAS.PAIRED_INIT) in both steps: with one
-    # seed, every arch starts from the same stem, the same weights for the blocks it shares with another
-    # arch, the same heads and data order. The 6 pilot archs first, then the other 7 of archs.txt.
+    # The 6 pilot archs first, then the other 7 of archs.txt.
     shift
     [ $# -gt 0 ] || set -- 0 1
     for a in "$HERE/archs_pilot.txt" "$HERE/archs.txt"; do
