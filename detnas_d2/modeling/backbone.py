@@ -43,8 +43,10 @@ def _block_rng(init_seed: Optional[int], layer: int, block: int = 0):
     if init_seed is None:
         yield
         return
+    # The CPU generator only (modules are built on the CPU): torch.manual_seed would also reseed the CUDA
+    # generators, which fork_rng(devices=[]) does not restore.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(block_init_seed(init_seed, layer, block))
+        torch.default_generator.manual_seed(block_init_seed(init_seed, layer, block))
         yield
 
 

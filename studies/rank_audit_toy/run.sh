@@ -8,7 +8,8 @@
 #   bash studies/rank_audit_toy/run.sh converged 0 1     # pilots of a less noisy ground truth (below), given seeds
 #   bash studies/rank_audit_toy/run.sh converged-train1280 0 1
 #   JOBS=2 bash studies/rank_audit_toy/run.sh paired 0 1   # the converged pilot with paired initialisation
-#   python studies/rank_audit_toy/pilots.py               # the pilots against the shipped protocol (pilots.md)
+#   python studies/rank_audit_toy/pilots.py --scores ...  # the pilots against the shipped protocol (pilots.md)
+#   python studies/rank_audit_toy/bn_probe.py --scores studies/rank_audit_toy/standalone_paired.jsonl
 #   bash studies/rank_audit_toy/decompose.sh              # is the seed noise step 4's or step 5's?
 #   python studies/rank_audit_toy/reevaluate.py           # the stand-alone detectors on 512 held-out images, then
 #   bash studies/rank_audit_toy/run.sh compare studies/rank_audit_toy/standalone_toy_det_search_large.jsonl studies/rank_audit_toy/eval512
@@ -153,5 +154,5 @@ case "${1:-}" in
       ARCHS=$a pilot paired "MODEL.DETNAS.PAIRED_INIT True" "MODEL.DETNAS.PAIRED_INIT True" "$@"
     done ;;
   *)
-    sed -n '2,24p' "$0"; exit 2 ;;
+    sed -n '2,26p' "$0"; exit 2 ;;
 esac
