@@ -125,6 +125,7 @@ def test_study_report_tests_det_search_unpaired_and_paired_by_seed(tmp_path):
     assert row["p_det_search_better"] > 0.4  # unpaired: within the seeds' spread
     assert row["p_det_search_better_paired"] == pytest.approx(1 / 32)  # paired: 5 of 5 seeds, 1 in 2^5
     assert " 0.031 |" in text and "p paired by seed" in text
+    assert row["p_det_search_worse_paired"] == pytest.approx(1.0) and row["p_det_search_worse"] > 0.4
 
 
 def test_step_shows_progress_and_keeps_the_full_output(tmp_path):

@@ -120,6 +120,9 @@ def main(argv=None):
     print(text)
 
 
+P_COLUMNS = ("p_det_search_better", "p_det_search_better_paired", "p_det_search_worse", "p_det_search_worse_paired")
+
+
 def write_report(out: Path, archs, runs, table, input_size: int, protocol: str = "") -> str:
     """study.json and study.md over the seeds done so far; `protocol`: the steps' own options, if any."""
     from tabulate import tabulate
@@ -144,22 +147,26 @@ def write_report(out: Path, archs, runs, table, input_size: int, protocol: str =
         # The same with each seed's two runs paired (they share that seed's data order, and with
         # MODEL.DETNAS.PAIRED_INIT the initial weights of the blocks both archs have).
         row["p_det_search_better_paired"] = paired_permutation_test(det_aps, aps) if seeds > 1 else None
+        # ... and the other way: does this arch beat det-search?
+        row["p_det_search_worse"] = permutation_test(aps, det_aps) if seeds > 1 else None
+        row["p_det_search_worse_paired"] = paired_permutation_test(aps, det_aps) if seeds > 1 else None
     (out / "study.json").write_text(json.dumps(rows, indent=2))
     text = tabulate(
         [[r["arch"], f"{r['flops'] / 1e6:.2f}", f"{r['params'] / 1e6:.3f}", f"{r['top1']:.1f}",
           f"{r['AP']:.2f}" + (f" ± {r['AP_std']:.2f}" if seeds > 1 else ""),
-          *("" if r.get(k) is None else f"{r[k]:.3f}" for k in ("p_det_search_better", "p_det_search_better_paired")),
+          *("" if r.get(k) is None else f"{r[k]:.3f}" for k in P_COLUMNS),
           r["ids"]]
          for r in rows],
         headers=["arch", "MFLOPs", "Mparams", "cls top-1", "bbox AP", "p (det-search better)", "p paired by seed",
-                 "block ids"],
+                 "p (det-search worse)", "p worse, paired", "block ids"],
         tablefmt="pipe")
     text += (f"\n\n{seeds} training seed(s) per arch; FLOPs of the backbone at "
              f"{input_size}x{input_size}. p: one-sided exact permutation "
              "test of det-search's mean AP over seeds against the arch's (needs >= 2 seeds; with 5 seeds "
              "each the smallest possible p is 1/252); p paired by seed: one-sided exact sign-flip test of the "
              "per-seed differences (the runs of one seed share its data order, and with "
-             "MODEL.DETNAS.PAIRED_INIT the initial weights of the blocks both archs have; smallest p 1/2^seeds)."
+             "MODEL.DETNAS.PAIRED_INIT the initial weights of the blocks both archs have; smallest p 1/2^seeds); "
+             "worse: the same tests the other way (the arch beats det-search)."
              + (f" Retrained {protocol}." if protocol else "") + "\n")
     (out / "study.md").write_text(text)
     return text
