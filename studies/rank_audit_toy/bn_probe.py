@@ -24,7 +24,7 @@ from detectron2.modeling import build_model  # noqa: E402
 from detnas_d2.checkpoint import DetNASCheckpointer  # noqa: E402
 from detnas_d2.config import get_detnas_cfg  # noqa: E402
 from detnas_d2.engine.trainer import DetNASTrainer  # noqa: E402
-from detnas_d2.recalibration import recalibrate_bn, recalibration_batches  # noqa: E402
+from detnas_d2.recalibration import RecalibrationSettings, recalibrate_bn, recalibration_batches  # noqa: E402
 from detnas_d2.tasks import get_task  # noqa: E402
 from rank_audit import read_scores  # noqa: E402
 
@@ -46,8 +46,10 @@ def main():
         model.eval()
         trained = DetNASTrainer.test(cfg, model)["bbox"]["AP"]
         task = get_task(cfg)
-        batches = recalibration_batches(cfg.DATASETS.TRAIN[0], args.images, 16, 0, task.mapper(cfg, False),
-                                        shard=False, num_workers=0)
+        # the dataset and batch size supernet paths are recalibrated with (DETNAS.BN_RECALIB)
+        settings = RecalibrationSettings.from_cfg(cfg)
+        batches = recalibration_batches(settings.require_dataset(), args.images, settings.batch_size, 0,
+                                        task.mapper(cfg, False), shard=False, num_workers=0)
         with torch.no_grad():
             recalibrate_bn(model, batches, task.recalibration_forward(model))
         recalibrated = DetNASTrainer.test(cfg, model)["bbox"]["AP"]
