@@ -5,6 +5,7 @@
 #   bash studies/rank_audit_toy/run.sh recipes a b c     # steps 1-2 per recipe, then its supernet scores
 #   bash studies/rank_audit_toy/run.sh compare           # the figures, once both parts are done
 #   bash studies/rank_audit_toy/run.sh claim a 0 1 2 3 4 # tools/study.py on recipe a's supernets, 5 seeds
+#   bash studies/rank_audit_toy/run.sh supernet-seeds 0 1 2 # recipe a trained with 3 seeds: its ranking's noise
 #   bash studies/rank_audit_toy/run.sh converged 0 1     # pilots of a less noisy ground truth (below), given seeds
 #   bash studies/rank_audit_toy/run.sh converged-train1280 0 1
 #   JOBS=2 bash studies/rank_audit_toy/run.sh paired 0 1   # the converged pilot with paired initialisation
@@ -55,22 +56,45 @@ det_opts() {
   esac
 }
 
-recipe() {
-  local r=$1 opts det_opts
+# Steps 1-2 of recipe $1 into folder $2 (extra options of both steps: $6), then the 13 archs' scores: step-1
+# top-1 (protocol "$3-step1", file $5) and step-2 bbox AP (protocol $3, file $4).
+supernets() {
+  local r=$1 dir=$2 label=$3 det_scores=$4 cls_scores=$5 extra=${6:-} opts det_opts
   opts=$(recipe_opts "$r")
   det_opts=$(det_opts "$r")
-  local cls=$RUNS/recipe_$r/cls_supernet det=$RUNS/recipe_$r/det_supernet
+  local cls=$dir/cls_supernet det=$dir/det_supernet
   # shellcheck disable=SC2086
   [ -f "$cls/model_final.pth" ] || "$PY" train_net.py --config-file configs/Toy/cls_supernet.yaml --resume \
-    OUTPUT_DIR "$cls" $opts
+    OUTPUT_DIR "$cls" $opts $extra
   # Step 1's own check: top-1 of each arch's path (BN recalibrated) on the classification supernet.
   "$PY" tools/rank_audit.py supernet --config-file configs/Toy/search_cls.yaml --archs "$HERE/archs.txt" \
-    --protocol "recipe-$r-step1" --output "$HERE/step1_top1_$r.jsonl" MODEL.WEIGHTS "$cls/model_final.pth"
+    --protocol "$label-step1" --output "$cls_scores" MODEL.WEIGHTS "$cls/model_final.pth"
   # shellcheck disable=SC2086
   [ -f "$det/model_final.pth" ] || "$PY" train_net.py --config-file configs/Toy/det_supernet.yaml --resume \
-    OUTPUT_DIR "$det" MODEL.WEIGHTS "$cls/model_final.pth" $det_opts
-  "$PY" tools/rank_audit.py supernet --archs "$HERE/archs.txt" --protocol "recipe-$r" \
-    --output "$HERE/supernet_$r.jsonl" MODEL.WEIGHTS "$det/model_final.pth"
+    OUTPUT_DIR "$det" MODEL.WEIGHTS "$cls/model_final.pth" $det_opts $extra
+  "$PY" tools/rank_audit.py supernet --archs "$HERE/archs.txt" --protocol "$label" \
+    --output "$det_scores" MODEL.WEIGHTS "$det/model_final.pth"
+}
+
+recipe() {
+  supernets "$1" "$RUNS/recipe_$1" "recipe-$1" "$HERE/supernet_$1.jsonl" "$HERE/step1_top1_$1.jsonl"
+}
+
+# How reproducible is a supernet's ranking? Recipe (a) trained with the given seeds (SEED and
+# DETNAS.SAMPLER.SEED; seed 0 is the shipped config), each scoring the 13 archs as the search does (64 images of
+# toy_det_search), on 512 held-out images (toy_det_search_large, whose first 64 are those: scoring noise) and by
+# its step-1 top-1; supernet_noise.py then writes supernet_noise.md.
+supernet_seeds() {
+  local s out=$HERE/supernet_noise
+  mkdir -p "$out"
+  for s in "$@"; do
+    supernets a "$RUNS/supernet_noise/seed$s" "a-seed$s" "$out/a_seed$s.jsonl" "$out/a_seed${s}_step1.jsonl" \
+      "SEED $s DETNAS.SAMPLER.SEED $s"
+    "$PY" tools/rank_audit.py supernet --archs "$HERE/archs.txt" --protocol "a-seed$s-eval512" \
+      --output "$out/a_seed${s}_eval512.jsonl" MODEL.WEIGHTS "$RUNS/supernet_noise/seed$s/det_supernet/model_final.pth" \
+      DETNAS.SEARCH.EVAL_DATASET toy_det_search_large
+  done
+  "$PY" "$HERE/supernet_noise.py"
 }
 
 # DetNAS's claim (tools/study.py) on one recipe's supernets: step 3 searches its detection supernet, then
@@ -138,6 +162,10 @@ case "${1:-}" in
   claim)
     shift
     claim "$@" ;;
+  supernet-seeds)
+    shift
+    [ $# -gt 0 ] || set -- 0 1 2
+    supernet_seeds "$@" ;;
   converged)
     shift
     [ $# -gt 0 ] || set -- 0 1
@@ -154,5 +182,5 @@ case "${1:-}" in
       ARCHS=$a pilot paired "MODEL.DETNAS.PAIRED_INIT True" "MODEL.DETNAS.PAIRED_INIT True" "$@"
     done ;;
   *)
-    sed -n '2,26p' "$0"; exit 2 ;;
+    sed -n '2,27p' "$0"; exit 2 ;;
 esac

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""How reproducible is the supernet's ranking? The report of supernet_noise.sh (supernet_noise.md).
+"""How reproducible is the supernet's ranking? The report of `run.sh supernet-seeds` (supernet_noise.md).
 
 For each scoring protocol of supernet_noise/ (the search's: 64 images of toy_det_search; eval512: 512
 held-out images; step1: the step-1 supernet's top-1) and each supernet seed: Kendall tau against the
