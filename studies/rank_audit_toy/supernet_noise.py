@@ -33,6 +33,11 @@ def tau_ci(x, y):
     return rs.kendall_tau_b(x, y), (ci["low"], ci["high"])
 
 
+def ceiling(reliability):
+    """The Kendall tau of scores of this reliability against exact true scores (normal scores)."""
+    return 2 / np.pi * np.arcsin(np.sqrt(max(0.0, reliability)))
+
+
 def fmt(tau, ci=None):
     return f"{tau:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
 
@@ -40,7 +45,6 @@ def fmt(tau, ci=None):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--standalone", default=str(HERE / "standalone_paired.jsonl"))
-    parser.add_argument("--dir", default=str(HERE / "supernet_noise"))
     args = parser.parse_args()
     truth = {}
     for r in read_scores(Path(args.standalone)):
@@ -48,26 +52,27 @@ def main():
     archs = sorted(truth)
     gt = [np.mean(list(truth[a].values())) for a in archs]
     gt_noise = rs.arch_effect([truth[a] for a in archs])
-    lines = [f"## Supernet ranking noise: recipe (a) trained with several seeds, scored by several protocols\n",
+    lines = ["## Supernet ranking noise: recipe (a) trained with several seeds, scored by several protocols\n",
              f"Ground truth: {Path(args.standalone).name}, {len(archs)} archs, seeds per arch "
              f"{min(map(len, truth.values()))}-{max(map(len, truth.values()))}; its ICC {gt_noise['icc']:.2f}, "
              f"reliability of the mean {gt_noise['reliability']:.2f}, tau ceiling {gt_noise['tau_ceiling']:.2f}, "
              f"p (archs differ) {gt_noise['p_value']:.3f}.\n",
              "| protocol | supernet seed | Kendall tau vs ground truth [95% CI] |", "|---|---|---|"]
     scores = {}  # protocol -> {seed: {arch: score}}
-    for path in sorted(Path(args.dir).glob("a_seed*.jsonl")):
+    for path in sorted((HERE / "supernet_noise").glob("a_seed*.jsonl")):
         seed, protocol = re.fullmatch(r"a_seed(\d+)(.*)", path.stem).groups()
         scores.setdefault(protocol, {})[int(seed)] = {tuple(r["arch"]): r["score"] for r in read_scores(path)}
     summary = ["", "| protocol | supernet seeds | tau between seeds | ICC over supernet seeds | "
-               "reliability of the mean | p (archs differ) | tau if both rankings were one, but noisy | "
-               "mean over seeds: tau vs ground truth [95% CI] |", "|---|---|---|---|---|---|---|---|"]
+               "one supernet's tau ceiling | reliability of the mean | p (archs differ) | "
+               "tau if both rankings were one, but noisy | mean over seeds: tau vs ground truth [95% CI] |",
+               "|---|---|---|---|---|---|---|---|---|"]
     for protocol, label in PROTOCOLS.items():
         by_seed = {s: v for s, v in scores.get(protocol, {}).items() if all(a in v for a in archs)}
         for s, v in sorted(by_seed.items()):
             lines.append(f"| {label} | {s} | {fmt(*tau_ci([v[a] for a in archs], gt))} |")
         if len(by_seed) < 2:
             continue
-        pairs = [fmt(rs.kendall_tau_b([by_seed[s][a] for a in archs], [by_seed[t][a] for a in archs])) + f" ({s} vs {t})"
+        pairs = [f"{rs.kendall_tau_b([by_seed[s][a] for a in archs], [by_seed[t][a] for a in archs]):.2f} ({s} vs {t})"
                  for s, t in itertools.combinations(sorted(by_seed), 2)]
         # seed blocks: a supernet's level shared by all archs (AP 9 or 13) moves no ranking
         effect = rs.arch_effect_seed_blocks([{s: by_seed[s][a] for s in by_seed} for a in archs])
@@ -75,19 +80,23 @@ def main():
         # the attenuation bound: true scores in the same order, both means noisy (normal scores)
         both = max(0.0, effect["reliability"]) * max(0.0, gt_noise["reliability"])
         summary.append(f"| {label} | {' '.join(map(str, sorted(by_seed)))} | {'; '.join(pairs)} | "
-                       f"{effect['icc']:.2f} | {effect['reliability']:.2f} | {effect['p_value']:.3f} | "
-                       f"{2 / np.pi * np.arcsin(np.sqrt(both)):.2f} | {fmt(*tau_ci(mean, gt))} |")
+                       f"{effect['icc']:.2f} | {ceiling(effect['icc']):.2f} | {effect['reliability']:.2f} | "
+                       f"{effect['p_value']:.3f} | "
+                       f"{ceiling(both):.2f} | {fmt(*tau_ci(mean, gt))} |")
     seeds_both = sorted(set(scores.get("", {})) & set(scores.get("_eval512", {})))
     scoring = [fmt(rs.kendall_tau_b([scores[""][s][a] for a in archs], [scores["_eval512"][s][a] for a in archs]))
                + f" (seed {s})" for s in seeds_both]
     text = "\n".join(lines + summary) + (
         f"\n\nThe same supernet scored on 64 against 512 images (scoring noise): tau {'; '.join(scoring)}.\n"
         if scoring else "\n") + (
-        "\nICC over supernet seeds: the share of one supernet's score variance that is the arch's (the rest is "
-        "which supernet, i.e. its training seed, and scoring noise); reliability: that of the mean over the "
-        "supernet seeds; tau if both rankings were one: the Kendall tau that mean would reach against the "
-        "ground truth's means if the archs' true supernet scores ranked them exactly as their true stand-alone "
-        "scores (both reliabilities, normal scores): a tau well below it is the supernet's bias, not noise.\n")
+        "\nICC over supernet seeds: the share of one supernet's score variance that is the arch's; the rest is "
+        "the arch x supernet interaction (which supernet, i.e. its training seed, and scoring noise), a level "
+        "shared by all archs left out as it moves no ranking (rank_stats.arch_effect_seed_blocks). One "
+        "supernet's tau ceiling: the tau of one supernet's scores against the archs' exact stand-alone scores "
+        "if its true ranking were theirs, (2 / pi) asin(sqrt(ICC)). Reliability: that of the mean over the "
+        "supernet seeds. Tau if both rankings were one: the tau that mean would reach against the ground "
+        "truth's means if the archs' true supernet scores ranked them exactly as their true stand-alone scores "
+        "(both reliabilities, normal scores): a tau well below it is the supernet's bias, not noise.\n")
     (HERE / "supernet_noise.md").write_text(text)
     print(text)
 
