@@ -81,7 +81,7 @@ def main():
         both = max(0.0, effect["reliability"]) * max(0.0, gt_noise["reliability"])
         summary.append(f"| {label} | {' '.join(map(str, sorted(by_seed)))} | {'; '.join(pairs)} | "
                        f"{effect['icc']:.2f} | {ceiling(effect['icc']):.2f} | {effect['reliability']:.2f} | "
-                       f"{effect['p_value']:.3f} | "
+                       f"{effect['p_value']:.4f} | "
                        f"{ceiling(both):.2f} | {fmt(*tau_ci(mean, gt))} |")
     seeds_both = sorted(set(scores.get("", {})) & set(scores.get("_eval512", {})))
     scoring = [fmt(rs.kendall_tau_b([scores[""][s][a] for a in archs], [scores["_eval512"][s][a] for a in archs]))
