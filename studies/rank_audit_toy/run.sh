@@ -83,7 +83,8 @@ recipe() {
 # How reproducible is a supernet's ranking? Recipe (a) trained with the given seeds (SEED and
 # DETNAS.SAMPLER.SEED; seed 0 is the shipped config), each scoring the 13 archs as the search does (64 images of
 # toy_det_search), on 512 held-out images (toy_det_search_large, whose first 64 are those: scoring noise) and by
-# its step-1 top-1; supernet_noise.py then writes supernet_noise.md.
+# its step-1 top-1; supernet_noise.py then writes supernet_noise.md, and compare supernet_noise/compare.md
+# against the paired ground truth.
 supernet_seeds() {
   local s out=$HERE/supernet_noise
   mkdir -p "$out"
@@ -95,6 +96,11 @@ supernet_seeds() {
       DETNAS.SEARCH.EVAL_DATASET toy_det_search_large
   done
   "$PY" "$HERE/supernet_noise.py"
+  # the same supernets in compare's terms: bootstrap intervals, gains over FLOPs and over the shipped seed
+  local sup=()
+  for f in "$out"/a_seed*.jsonl; do sup+=(--supernet "$f"); done
+  "$PY" tools/rank_audit.py compare "${sup[@]}" --standalone "$HERE/standalone_paired.jsonl" --baseline a-seed0 \
+    --output-dir "$out"
 }
 
 # DetNAS's claim (tools/study.py) on one recipe's supernets: step 3 searches its detection supernet, then
