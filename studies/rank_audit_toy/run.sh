@@ -5,7 +5,7 @@
 #   bash studies/rank_audit_toy/run.sh recipes a b c     # steps 1-2 per recipe, then its supernet scores
 #   bash studies/rank_audit_toy/run.sh compare           # the figures, once both parts are done
 #   bash studies/rank_audit_toy/run.sh claim a 0 1 2 3 4 # tools/study.py on recipe a's supernets, 5 seeds
-#   bash studies/rank_audit_toy/run.sh supernet-seeds 0 1 2 # recipe a trained with 3 seeds: its ranking's noise
+#   bash studies/rank_audit_toy/run.sh supernet-seeds 0 1 2 3 4 # recipe a, 5 supernet seeds: its ranking noise
 #   bash studies/rank_audit_toy/run.sh converged 0 1     # pilots of a less noisy ground truth (below), given seeds
 #   bash studies/rank_audit_toy/run.sh converged-train1280 0 1
 #   JOBS=2 bash studies/rank_audit_toy/run.sh paired 0 1   # the converged pilot with paired initialisation
@@ -170,7 +170,7 @@ case "${1:-}" in
     claim "$@" ;;
   supernet-seeds)
     shift
-    [ $# -gt 0 ] || set -- 0 1 2
+    [ $# -gt 0 ] || set -- 0 1 2 3 4
     supernet_seeds "$@" ;;
   converged)
     shift
