@@ -56,7 +56,7 @@ def main():
              f"Ground truth: {Path(args.standalone).name}, {len(archs)} archs, seeds per arch "
              f"{min(map(len, truth.values()))}-{max(map(len, truth.values()))}; its ICC {gt_noise['icc']:.2f}, "
              f"reliability of the mean {gt_noise['reliability']:.2f}, tau ceiling {gt_noise['tau_ceiling']:.2f}, "
-             f"p (archs differ) {gt_noise['p_value']:.3f}.\n",
+             f"p (archs differ) {gt_noise['p_value']:.4f}.\n",
              "| protocol | supernet seed | Kendall tau vs ground truth [95% CI] |", "|---|---|---|"]
     scores = {}  # protocol -> {seed: {arch: score}}
     for path in sorted((HERE / "supernet_noise").glob("a_seed*.jsonl")):
