@@ -176,6 +176,12 @@ def seed_noise(scores: Sequence[Dict[int, float]], bootstrap_samples: int = 2000
     return out
 
 
+def tau_ceiling(reliability: float) -> float:
+    """The Kendall tau that scores of this reliability reach against the exact true scores they measure:
+    (2 / pi) asin(sqrt(r)), their Pearson correlation being sqrt(r) (normal scores); 0 for r <= 0."""
+    return 2 / math.pi * math.asin(math.sqrt(max(0.0, reliability)))
+
+
 def seeds_needed(icc: float, tau: float = 0.7) -> float:
     """Seeds per arch whose mean scores would let a perfect predictor reach Kendall `tau` against them (the
     inverse of the tau ceiling: reliability r = sin(pi tau / 2)^2, then Spearman-Brown: n = r (1 - icc) /
@@ -198,7 +204,7 @@ def _variance_shares(out: Dict, between: float, noise: float, n: float):
         out["seeds_for_tau_07"] = seeds_needed(out["icc"])
     if between > 0:
         out["reliability"] = (between - noise) / between
-        out["tau_ceiling"] = 2 / math.pi * math.asin(math.sqrt(max(0.0, out["reliability"])))
+        out["tau_ceiling"] = tau_ceiling(out["reliability"])
     if noise > 0:
         out["f"] = between / noise
 

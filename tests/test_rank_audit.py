@@ -130,6 +130,8 @@ def test_arch_effect_by_hand():
 def test_seeds_needed_by_hand():
     r = math.sin(math.pi * 0.7 / 2) ** 2  # the reliability whose tau ceiling is 0.7: 0.794
     assert r == pytest.approx(0.7939, abs=1e-4)
+    assert rs.tau_ceiling(r) == pytest.approx(0.7) and rs.tau_ceiling(1.0) == pytest.approx(1.0)
+    assert rs.tau_ceiling(0.0) == 0.0 and rs.tau_ceiling(-0.3) == 0.0  # archs spread less than noise: no ranking
     assert rs.seeds_needed(0.5) == pytest.approx(r / (1 - r))  # 3.85 seeds when half a run's variance is the arch's
     assert rs.seeds_needed(0.13) == pytest.approx(r / (1 - r) * 0.87 / 0.13)  # 25.8
     # the inverse of the tau ceiling: that many seeds give a mean of reliability r (Spearman-Brown), tau 0.7

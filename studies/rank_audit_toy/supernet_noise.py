@@ -33,11 +33,6 @@ def tau_ci(x, y):
     return rs.kendall_tau_b(x, y), (ci["low"], ci["high"])
 
 
-def ceiling(reliability):
-    """The Kendall tau of scores of this reliability against exact true scores (normal scores)."""
-    return 2 / np.pi * np.arcsin(np.sqrt(max(0.0, reliability)))
-
-
 def fmt(tau, ci=None):
     return f"{tau:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
 
@@ -80,9 +75,9 @@ def main():
         # the attenuation bound: true scores in the same order, both means noisy (normal scores)
         both = max(0.0, effect["reliability"]) * max(0.0, gt_noise["reliability"])
         summary.append(f"| {label} | {' '.join(map(str, sorted(by_seed)))} | {'; '.join(pairs)} | "
-                       f"{effect['icc']:.2f} | {ceiling(effect['icc']):.2f} | {effect['reliability']:.2f} | "
+                       f"{effect['icc']:.2f} | {rs.tau_ceiling(effect['icc']):.2f} | {effect['reliability']:.2f} | "
                        f"{effect['p_value']:.4f} | "
-                       f"{ceiling(both):.2f} | {fmt(*tau_ci(mean, gt))} |")
+                       f"{rs.tau_ceiling(both):.2f} | {fmt(*tau_ci(mean, gt))} |")
     seeds_both = sorted(set(scores.get("", {})) & set(scores.get("_eval512", {})))
     scoring = [fmt(rs.kendall_tau_b([scores[""][s][a] for a in archs], [scores["_eval512"][s][a] for a in archs]))
                + f" (seed {s})" for s in seeds_both]
