@@ -86,13 +86,13 @@ recipe() {
 # its step-1 top-1; supernet_noise.py then writes supernet_noise.md, and compare supernet_noise/compare.md
 # against the paired ground truth.
 supernet_seeds() {
-  local s out=$HERE/supernet_noise
+  local s dir out=$HERE/supernet_noise
   mkdir -p "$out"
   for s in "$@"; do
-    supernets a "$RUNS/supernet_noise/seed$s" "a-seed$s" "$out/a_seed$s.jsonl" "$out/a_seed${s}_step1.jsonl" \
-      "SEED $s DETNAS.SAMPLER.SEED $s"
+    dir=$RUNS/supernet_noise/seed$s
+    supernets a "$dir" "a-seed$s" "$out/a_seed$s.jsonl" "$out/a_seed${s}_step1.jsonl" "SEED $s DETNAS.SAMPLER.SEED $s"
     "$PY" tools/rank_audit.py supernet --archs "$HERE/archs.txt" --protocol "a-seed$s-eval512" \
-      --output "$out/a_seed${s}_eval512.jsonl" MODEL.WEIGHTS "$RUNS/supernet_noise/seed$s/det_supernet/model_final.pth" \
+      --output "$out/a_seed${s}_eval512.jsonl" MODEL.WEIGHTS "$dir/det_supernet/model_final.pth" \
       DETNAS.SEARCH.EVAL_DATASET toy_det_search_large
   done
   "$PY" "$HERE/supernet_noise.py"
