@@ -14,18 +14,36 @@ of the whole `ShuffleNetV2Subnet` (plus `ClassifierHead`) exactly, at the cost o
 Tables are built once per (space, width, input size, head) and kept in memory; with a cache folder
 (argument `cache_dir` or environment variable DETNAS_FLOPS_CACHE_DIR) they are also kept on disk, keyed
 by everything that determines them (the source of the block and head modules included).
+
+Bands. FLOPs, params and a latency table's prediction all add up over layers (`AdditiveCost`), so the
+archs whose cost lies in a band [lo, hi] are counted exactly by dynamic programming over the layers
+(`CostBand`): `ways[l][t]`, the number of choices of the blocks of layers l.. that, from a partial sum
+t of the earlier layers, end inside the band. The sums live on a grid of step q: for integer costs
+(FLOPs, params) q is the gcd of the layers' offsets from their cheapest block, so a grid point is one
+exact cost and counts, feasibility and the nearest achievable costs are exact (the spaces here need at
+most 1.3e5 points). A float cost (latency), or a grid that would need more than GRID_BUCKETS points,
+has each offset rounded down to the grid: a sum then undercounts the cost by less than one step per
+layer, the band is widened by that much, and whoever samples verifies the exact cost.
+
+Sampling (`CostBand.sample`) walks the layers choosing each block with probability proportional to
+the number of completions that end in the band: every arch of the band has probability 1/count (the
+ratios telescope), i.e. the draw is uniform over the band, up to the float64 rounding of the counts
+(relative 1e-16), and takes one pass over the layers, however narrow the band.
 """
 import functools
 import hashlib
 import inspect
 import json
 import logging
+import math
 import os
+import random
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import fvcore
+import numpy as np
 import torch
 from fvcore.nn import FlopCountAnalysis
 from torch import nn
@@ -35,7 +53,9 @@ from .modeling import heads as heads_module
 from .file_io import atomic_write
 from .search_space import NUM_CHOICES, SearchSpace
 
-__all__ = ["FlopsTable", "get_flops_table", "count_flops", "HEADS"]
+__all__ = [
+    "AdditiveCost", "CostBand", "FlopsTable", "GRID_BUCKETS", "cost_str", "get_flops_table", "count_flops", "HEADS",
+]
 
 HEADS = ("none", "classifier")
 CACHE_ENV = "DETNAS_FLOPS_CACHE_DIR"
@@ -89,6 +109,130 @@ class FlopsTable:
     @property
     def max_params(self) -> int:
         return self.fixed_params + sum(max(row) for row in self.layer_params)
+
+    def flops_cost(self) -> "AdditiveCost":
+        return AdditiveCost("FLOPs", self.fixed_flops, self.layer_flops)
+
+    def params_cost(self) -> "AdditiveCost":
+        return AdditiveCost("params", self.fixed_params, self.layer_params)
+
+
+# ---- bands of additive costs (module doc) ----------------------------------------------------------
+
+GRID_BUCKETS = 1 << 16  # the most grid points of a summed cost (memory: 8 bytes x points x layers)
+
+
+@dataclass(frozen=True)
+class AdditiveCost:
+    """A cost that adds up over an arch's layers: `fixed` plus `rows[layer][block]` of each chosen block."""
+
+    name: str
+    fixed: float
+    rows: Tuple[Tuple[float, ...], ...]
+
+    @property
+    def min(self) -> float:
+        return self.fixed + sum(min(row) for row in self.rows)
+
+    @property
+    def max(self) -> float:
+        return self.fixed + sum(max(row) for row in self.rows)
+
+    def of(self, arch: Sequence[int]) -> float:
+        return self.fixed + sum(row[c] for row, c in zip(self.rows, arch))
+
+
+class CostBand:
+    """The archs whose `cost` lies in [lo, hi] (None: no bound on that side), counted and sampled exactly
+    (module doc). `count`: how many there are (with an inexact grid: an upper bound, the archs within
+    one grid step per layer of the band included); `exact`: whether the grid is exact."""
+
+    def __init__(self, cost: AdditiveCost, lo: Optional[float] = None, hi: Optional[float] = None,
+                 grid_buckets: int = GRID_BUCKETS):
+        self.cost, self.lo, self.hi = cost, lo, hi
+        offsets = [[v - min(row) for v in row] for row in cost.rows]
+        span = sum(max(row) for row in offsets)
+        if all(float(v).is_integer() for row in offsets for v in row):
+            step = math.gcd(*(int(v) for row in offsets for v in row)) or 1
+            step *= max(1, math.ceil(span / (step * grid_buckets)))
+        else:
+            step = span / grid_buckets or 1.0
+        self.step = step
+        self._steps = [[int(v // step) for v in row] for row in offsets]
+        self.exact = all(k * step == v for ks, row in zip(self._steps, offsets) for k, v in zip(ks, row))
+        self._points = sum(max(ks) for ks in self._steps) + 1
+        slack = 0 if self.exact else len(offsets) + 1  # rounding down loses < 1 step per layer
+        base = cost.min
+        self._first = 0 if lo is None else max(0, math.ceil((lo - base) / step) - slack)
+        self._last = self._points - 1 if hi is None else min(self._points - 1, math.floor((hi - base) / step))
+        layers = len(offsets)
+        self._ways = np.zeros((layers + 1, self._points))
+        if self._first <= self._last:
+            self._ways[layers, self._first : self._last + 1] = 1.0
+        for layer in reversed(range(layers)):
+            for k in self._steps[layer]:
+                self._ways[layer, : self._points - k] += self._ways[layer + 1, k:]
+        self.count = float(self._ways[0, 0])
+
+    def _reachable(self) -> np.ndarray:
+        """Which grid points some arch's summed cost falls on."""
+        reach = np.zeros(self._points, dtype=bool)
+        reach[0] = True
+        for ks in self._steps:
+            new = np.zeros_like(reach)
+            for k in ks:
+                new[k:] |= reach[: self._points - k]
+            reach = new
+        return reach
+
+    def nearest(self) -> Tuple[Optional[float], Optional[float]]:
+        """The achievable costs nearest below and above the band (None: none on that side); exact on an
+        exact grid, else the grid's lower bounds."""
+        points = np.flatnonzero(self._reachable())
+        below, above = points[points < self._first], points[points > self._last]
+        value = lambda s: self.cost.min + int(s) * self.step  # noqa: E731
+        return (value(below[-1]) if len(below) else None), (value(above[0]) if len(above) else None)
+
+    def least(self, other: AdditiveCost) -> float:
+        """The least `other` cost of the archs in the band (inf: none), by a min-plus pass over the layers."""
+        least = np.full(self._points, np.inf)
+        least[0] = 0.0
+        for ks, row in zip(self._steps, other.rows):
+            new = np.full(self._points, np.inf)
+            for k, v in zip(ks, row):
+                np.minimum(new[k:], least[: self._points - k] + v, out=new[k:])
+            least = new
+        return other.fixed + float(least[self._first : self._last + 1].min(initial=np.inf))
+
+    def sample(self, rng: random.Random) -> Tuple[int, ...]:
+        """An arch drawn uniformly among those of the band (module doc); one `rng.random()` per layer."""
+        if not self.count:
+            raise ValueError(f"no arch has {self.cost.name} in {self.describe()}")
+        arch: List[int] = []
+        partial = 0
+        for layer, ks in enumerate(self._steps):
+            ways = self._ways[layer + 1]
+            weights = [float(ways[partial + k]) if partial + k < self._points else 0.0 for k in ks]
+            u = rng.random() * sum(weights)
+            choice = max(i for i, w in enumerate(weights) if w > 0)  # u rounded up to the total
+            for i, w in enumerate(weights):
+                if w > 0 and u < w:
+                    choice = i
+                    break
+                u -= w
+            arch.append(choice)
+            partial += ks[choice]
+        return tuple(arch)
+
+    def describe(self) -> str:
+        lo = "-inf" if self.lo is None else cost_str(self.lo)
+        hi = "inf" if self.hi is None else cost_str(self.hi)
+        return f"[{lo}, {hi}]"
+
+
+def cost_str(value: float) -> str:
+    """A cost as a config value that reads back exactly: an integer as one, a float as its repr."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 def get_flops_table(

@@ -1,28 +1,30 @@
-"""One generation's candidate list: mutations and crossovers of the top-k, filled with random archs."""
+"""One generation's candidate list: mutations and crossovers of the top-k, filled with random archs drawn
+uniformly among those that meet the constraints (constraints.py: exact, however narrow the band)."""
 import random
-from typing import Callable, List, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
-from detnas_d2.search_space import NUM_CHOICES, SearchSpace
+from detnas_d2.search_space import NUM_CHOICES
 
+from .constraints import ArchConstraints
 from .settings import SearchSettings
 
 __all__ = ["Arch", "generate_candidates"]
 
 Arch = Tuple[int, ...]
 
-# Bounded retries: a mutation or crossover is tried at most this many times per wanted child,
-# a random arch at most RANDOM_ATTEMPTS times per wanted arch.
+# Bounded retries: a mutation or crossover is tried at most this many times per wanted child (children
+# outside the constraints or seen before are dropped), a random arch (which meets the constraints) at
+# most RANDOM_ATTEMPTS times per wanted arch (draws of an arch seen before are dropped).
 MUTATION_ATTEMPTS = 10
 RANDOM_ATTEMPTS = 1000
 
 
 def generate_candidates(
     rng: random.Random,
-    space: SearchSpace,
     settings: SearchSettings,
     generation: int,
     parents: Sequence[Arch],
-    accept: Callable[[Arch], bool],
+    constraints: ArchConstraints,
     seen: set,
 ) -> List[Tuple[Arch, str]]:
     """The candidate list of one generation as (arch, origin) pairs, all unseen and accepted.
@@ -33,7 +35,7 @@ def generate_candidates(
     taken = set(seen)
 
     def try_add(arch, origin):
-        if arch in taken or not accept(arch):
+        if arch in taken or not constraints(arch):
             return False
         taken.add(arch)
         out.append((arch, origin))
@@ -62,5 +64,5 @@ def generate_candidates(
     for _ in range(wanted * RANDOM_ATTEMPTS):
         if len(out) == settings.population:
             break
-        try_add(space.random_arch(rng), "random")
+        try_add(constraints.sample(rng), "random")
     return out

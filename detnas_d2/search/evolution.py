@@ -111,9 +111,7 @@ class EvolutionSearch:
         rng.setstate(self.state.rng_state)
         seen = {tuple(r["arch"]) for r in self.history if r["generation"] < g}
         parents = [tuple(self.history[i]["arch"]) for i in self.state.topk]
-        population = generate_candidates(
-            rng, self.space, self.settings, g, parents, self.constraints, seen
-        )
+        population = generate_candidates(rng, self.settings, g, parents, self.constraints, seen)
         predicted = {}
         earlier = [r for r in self.history if r["generation"] < g and is_full(r)]  # what the generation started with
         if self.settings.predictor and g > 0 and len(earlier) >= self.settings.predictor_min_scored:
