@@ -2,7 +2,7 @@
 
 1. Predicted (latency-table sum: stem + every layer's chosen block) vs measured end-to-end backbone
    latency of `--archs` random archs. Goal on CPU: mean absolute error <= 5%, worst <= 10%.
-2. The same backbones with BatchNorms folded into the convs (detnas_d2.export.fold_batchnorm) vs
+2. The same backbones with BatchNorms folded into the convs (detnas_d2.modeling.bn_fold) vs
    unfolded, eval mode: speed ratio unfolded / folded.
 
 Every module and every backbone (folded and unfolded) is timed in one round-robin (one timing of each
@@ -21,19 +21,18 @@ import time
 import torch
 
 import detnas_d2  # noqa: F401  (compat shims)
-from detnas_d2.export import fold_batchnorm
-from detnas_d2.latency import (
-    NUM_CHOICES,
-    LatencyTable,
-    _blocks_and_inputs,
-    _meta,
+from detnas_d2.input_size import parse_input_size
+from detnas_d2.latency import LatencyTable
+from detnas_d2.latency.timing import (
+    blocks_and_inputs,
     default_min_repeat_ms,
     device_name,
     measure_clocks,
-    parse_input_size,
+    table_meta,
 )
 from detnas_d2.modeling import ShuffleNetV2Subnet
-from detnas_d2.search_space import arch_to_str, get_space
+from detnas_d2.modeling.bn_fold import fold_batchnorm
+from detnas_d2.search_space import NUM_CHOICES, arch_to_str, get_space
 
 
 def kendall_tau(a, b):
@@ -67,7 +66,7 @@ def main():
     clocks = ["wall"] + (["cpu"] if device.type == "cpu" and torch.get_num_threads() == 1 else [])
     min_repeat_ms = default_min_repeat_ms(device)
 
-    image, stem, blocks, inputs, _ = _blocks_and_inputs(space, size, args.batch, device, "BN", True, args.seed)
+    image, stem, blocks, inputs, _ = blocks_and_inputs(space, size, args.batch, device, "BN", True, args.seed)
     entries = [(stem, image)] + [(b, inputs[i]) for i, choices in enumerate(blocks) for b in choices]
     rng = random.Random(args.seed)
     archs = [space.random_arch(rng) for _ in range(args.archs)]
@@ -95,8 +94,8 @@ def main():
     summary = {}
     for clock in clocks:
         times = results[clock]
-        meta = _meta(space, size, args.batch, device, "BN", True, args.warmup, args.repeats, "none", clock,
-                     min_repeat_ms)
+        meta = table_meta(space, size, args.batch, device, "BN", True, args.warmup, args.repeats, "none",
+                          clock, min_repeat_ms)
         table = LatencyTable(meta, times[0], [times[1 + NUM_CHOICES * i: 1 + NUM_CHOICES * (i + 1)]
                                              for i in range(space.num_layers)])
         predicted = [table.predict(a) for a in archs]

@@ -11,13 +11,13 @@ FLOPs are multiply-accumulates as fvcore counts them (see `detnas_d2.flops`).
 """
 import argparse
 import json
-import re
 import sys
 
 from tabulate import tabulate
 
 from .arch_io import load_arch_record
 from .flops import HEADS, get_flops_table
+from .input_size import parse_input_size
 from .latency import LatencyTable
 from .modeling.backbone import STAGE_NAMES
 from .search_space import BLOCKS, SPACES, get_space, stage_stride
@@ -34,11 +34,10 @@ def human(count: float) -> str:
 
 
 def _input_size(text: str):
-    match = re.fullmatch(r"\s*(\d+)\s*(?:[x,]\s*(\d+)\s*)?", text)
-    if not match or int(match.group(1)) == 0 or match.group(2) == "0":
-        raise argparse.ArgumentTypeError(f"expected a positive size like 224 or 800x1333, got '{text}'")
-    height = int(match.group(1))
-    return (height, int(match.group(2) or height))
+    try:
+        return parse_input_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _positive_float(text: str) -> float:

@@ -1,4 +1,4 @@
-"""MMRazor / MMDetection / official checkpoints in detnas-d2 (checkpoint_formats, DetNASCheckpointer,
+"""MMRazor / MMDetection / official checkpoints in detnas-d2 (detnas_d2/checkpoint/, DetNASCheckpointer,
 tools/convert_checkpoint.py), and parity with MMRazor's, MMDetection's and the official code.
 
 tests/fixtures/mmrazor_parity.pt was made by tools/make_parity_fixtures.py with MMRazor 1.0.0, mmcls
@@ -19,7 +19,6 @@ import detnas_d2  # noqa: F401  (first: compat shims, registrations)
 from detectron2.modeling import build_model
 from detectron2.modeling.poolers import assign_boxes_to_levels
 from detectron2.structures import Boxes
-from detnas_d2 import checkpoint_formats as cf
 from log_capture import captured_log
 from detnas_d2.checkpoint import (
     ALLOW_PICKLE_ENV,
@@ -29,6 +28,10 @@ from detnas_d2.checkpoint import (
     read_checkpoint,
     weights_arch,
 )
+from detnas_d2.checkpoint.convert import to_detnas
+from detnas_d2.checkpoint.layouts import detect_format
+from detnas_d2.checkpoint.mmrazor import to_mmrazor
+from detnas_d2.checkpoint.official import MegviiLayoutError
 from detnas_d2.arch_io import load_arch
 from detnas_d2.config import get_detnas_cfg
 from detnas_d2.search_space import BLOCK_IDS, space_from_cfg
@@ -165,11 +168,11 @@ def test_mmrazor_0x_layout_converts_to_the_same_weights():
     state = mmrazor_state(case)
     v0 = {k.replace("architecture.", "architecture.model.").replace("._candidates.", ".choices."): v
           for k, v in state.items()}
-    one, zero = cf.to_detnas(state), cf.to_detnas(v0)
+    one, zero = to_detnas(state), to_detnas(v0)
     assert (one.format, zero.format) == ("mmrazor-1.x", "mmrazor-0.x")
     assert zero.prefix == "architecture.model." and zero.arch == one.arch
     assert zero.state.keys() == one.state.keys() and all(torch.equal(zero.state[k], one.state[k]) for k in one.state)
-    assert cf.to_mmrazor(one.state, version="0.x", prefix="architecture.model.").keys() == v0.keys()
+    assert to_mmrazor(one.state, version="0.x", prefix="architecture.model.").keys() == v0.keys()
 
 
 def test_bgr_model_gets_the_stem_flipped(tmp_path):
@@ -259,9 +262,9 @@ def test_official_oneshot_checkpoint_is_refused_naming_its_channels():
              "module.features.0.branch_main.0.weight": torch.zeros(38, 16, 1, 1),
              "module.features.1.branch_main.0.weight": torch.zeros(19, 32, 1, 1),
              "module.classifier.0.weight": torch.zeros(1000, 1024)}
-    assert cf.detect_format(state) == "official-oneshot"
-    with pytest.raises(cf.MegviiLayoutError, match=r"One-Shot .* mid channels .* by layer: \[38, 19\]"):
-        cf.to_detnas(state)
+    assert detect_format(state) == "official-oneshot"
+    with pytest.raises(MegviiLayoutError, match=r"One-Shot .* mid channels .* by layer: \[38, 19\]"):
+        to_detnas(state)
 
 
 def test_pickle_needs_opt_in_and_zero_matches_is_an_error(tmp_path, monkeypatch):
@@ -348,7 +351,7 @@ def test_mmdet_retinanet_gives_its_backbone_only():
     counterpart, so only the backbone converts; the rest is listed as dropped."""
     state = {k: v for k, v in mmrazor_state(CASES["detector_subnet"]).items() if ".roi_head." not in k}
     state = {k.replace(".rpn_head.rpn_", ".bbox_head.retina_"): v for k, v in state.items()}
-    conversion = cf.to_detnas(state)
+    conversion = to_detnas(state)
     assert conversion.form == "detector" and conversion.arch is not None
     assert all(k.startswith("backbone.bottom_up.") for k in conversion.state)
     assert {"neck.lateral_convs.*", "neck.fpn_convs.*", "bbox_head.retina_conv.*"} <= set(conversion.dropped)
@@ -442,7 +445,7 @@ def test_official_detector_gives_its_backbone(tmp_path):
              if not k.startswith(("module.last_conv.", "module.fc."))}
     state["module.backbone.fpn.fpn_inner1.weight"] = torch.zeros(256, 64, 1, 1)
     state["module.rpn.head.conv.weight"] = torch.zeros(256, 256, 3, 3)
-    conversion = cf.to_detnas(state)
+    conversion = to_detnas(state)
     assert (conversion.format, conversion.form, conversion.prefix) == ("official-detnas", "detector", "module.backbone.body.")
     assert set(conversion.dropped) == {"module.backbone.fpn.*", "module.rpn.head.*"}
     path = str(tmp_path / "model_final.pth")
@@ -470,7 +473,7 @@ def test_official_detector_gives_its_backbone(tmp_path):
 def test_official_wrong_arch_or_style_is_an_error(tmp_path):
     path = str(tmp_path / "official_300M.pth")
     torch.save({"state_dict": official_state("subnet_300M")}, path)
-    arch = list(cf.to_detnas(official_state("subnet_300M")).arch)  # 2,1,2,0,2,...
+    arch = list(to_detnas(official_state("subnet_300M")).arch)  # 2,1,2,0,2,...
     arch[6] = 0  # shuffle_5x5 in the file
     wrong = ",".join(map(str, arch))
     config = os.path.join(REPO, OFFICIAL_CONFIGS["subnet_300M"])
@@ -486,7 +489,7 @@ def test_official_wrong_arch_or_style_is_an_error(tmp_path):
 def test_official_weights_warn_a_normalising_model(tmp_path):
     path = str(tmp_path / "official_300M.pth")
     torch.save({"state_dict": official_state("subnet_300M")}, path)
-    arch = ",".join(map(str, cf.to_detnas(official_state("subnet_300M")).arch))
+    arch = ",".join(map(str, to_detnas(official_state("subnet_300M")).arch))
     net = classifier("MODEL.DETNAS.BLOCK_STYLE", "official", "MODEL.DETNAS.ARCH", arch)  # ImageNet mean/std
     with captured_log("fvcore.common.checkpoint") as log:
         DetNASCheckpointer(net).load(path)

@@ -1,6 +1,7 @@
-"""Deployment export (tools/export_model.py, detnas_d2/export.py): BN folding, TorchScript/ONNX export
-of the toy subnet detectors (Faster R-CNN FPN, RetinaNet), classifier and backbone, parity against
-PyTorch on toy images (onnxruntime on CPU), and clear errors for bad inputs."""
+"""Deployment export (tools/export_model.py, detnas_d2/export/, detnas_d2/modeling/bn_fold.py): BN
+folding, TorchScript/ONNX export of the toy subnet detectors (Faster R-CNN FPN, RetinaNet), classifier
+and backbone, parity against PyTorch on toy images (onnxruntime on CPU), and clear errors for bad
+inputs."""
 import importlib.util
 import json
 import os
@@ -14,8 +15,9 @@ from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 
 from detnas_d2.config import get_detnas_cfg
-from detnas_d2.export import compare_outputs, count_batchnorms, fold_batchnorm
+from detnas_d2.export import compare_outputs
 from detnas_d2.modeling import ClassifierHead, ShuffleNetV2Subnet
+from detnas_d2.modeling.bn_fold import count_batchnorms, fold_batchnorm
 from detnas_d2.search_space import get_space
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,14 +1,20 @@
-"""Latency lookup tables (detnas_d2/latency.py): prediction = table sum, refusal of a table of another
-device or input size, and a tiny table build (width 0.25, 32x32, 2 repeats) through the command line."""
+"""Latency lookup tables (detnas_d2/latency/): prediction = table sum, refusal of a table of another
+device or input size, a tiny table build (width 0.25, 32x32, 2 repeats) through the command line, and
+a table read without loading the timing harness."""
 import json
 import random
+import subprocess
+import sys
 import time
 
 import pytest
 import torch
 
 import detnas_d2  # noqa: F401
-from detnas_d2.latency import LatencyTable, LatencyTableMismatch, build_table, main, parse_input_size
+from detnas_d2.input_size import parse_input_size
+from detnas_d2.latency import LatencyTable, LatencyTableMismatch
+from detnas_d2.latency.cli import main
+from detnas_d2.latency.timing import build_table
 from detnas_d2.search_space import BLOCKS, get_space
 
 
@@ -117,3 +123,29 @@ def test_command_line_errors(tmp_path, capsys):
         assert "one thread" in capsys.readouterr().err
     finally:
         torch.set_num_threads(threads)
+
+
+def test_reading_a_table_loads_neither_the_timing_harness_nor_export(tmp_path):
+    path = str(tmp_path / "t.json")
+    _table().save(path)
+    code = (
+        "import sys\n"
+        "from detnas_d2.latency import LatencyTable\n"
+        f"assert LatencyTable.load({path!r}, expect_input_size='32x32').predict([0] * 20) > 0\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('detnas_d2'))))\n"
+    )
+    command = [sys.executable, "-c", code]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    loaded = result.stdout.split()
+    assert "detnas_d2.latency.table" in loaded
+    heavy = ("detnas_d2.latency.timing", "detnas_d2.export", "detnas_d2.checkpoint",
+             "detnas_d2.modeling.bn_fold")
+    assert not [m for m in loaded if m.startswith(heavy)]
+
+
+def test_module_command_line_help():
+    command = [sys.executable, "-m", "detnas_d2.latency", "--help"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--input-size" in result.stdout and "--clock" in result.stdout

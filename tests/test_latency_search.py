@@ -12,7 +12,8 @@ from detnas_d2.arch_io import save_arch
 from detnas_d2.config import get_detnas_cfg
 from detnas_d2.engine.sampling import build_path_sampler, path_rng
 from detnas_d2.flops import get_flops_table
-from detnas_d2.latency import LatencyTable, LatencyTableMismatch, build_table
+from detnas_d2.latency import LatencyTable, LatencyTableMismatch
+from detnas_d2.latency.timing import build_table
 from detnas_d2.search import ArchConstraints, EvolutionSearch, SearchSettings
 from detnas_d2.search_space import NUM_CHOICES, get_space
 

@@ -41,21 +41,16 @@ from detnas_d2.checkpoint import (  # noqa: E402
     convert_checkpoint,
     read_checkpoint,
 )
-from detnas_d2.checkpoint_formats import (  # noqa: E402
+from detnas_d2.checkpoint.backbone_keys import arch_difference, flip_stem_channels, infer_space  # noqa: E402
+from detnas_d2.checkpoint.layouts import DETNAS_STEM, UnknownLayoutError, stem_key  # noqa: E402
+from detnas_d2.checkpoint.mmrazor import MMRAZOR_INPUT_FORMAT, to_mmrazor  # noqa: E402
+from detnas_d2.checkpoint.official import (  # noqa: E402
+    OFFICIAL_INPUT_FORMAT,
     MegviiLayoutError,
-    UnknownLayoutError,
-    arch_difference,
-    flip_stem_channels,
-    infer_space,
-    stem_key,
-    to_mmrazor,
     to_official,
 )
 from detnas_d2.modeling.backbone import subnet_state_dict_from_supernet  # noqa: E402
 from detnas_d2.search_space import arch_to_str  # noqa: E402
-
-MMRAZOR_INPUT_FORMAT = "RGB"
-OFFICIAL_INPUT_FORMAT = "BGR"
 
 
 def parse_args(argv=None):
@@ -76,7 +71,7 @@ def parse_args(argv=None):
 
 def _backbone_prefix(state):
     key = stem_key(state)
-    return key[: -len("stem.conv.weight")]
+    return key[: -len(DETNAS_STEM)]
 
 
 def _apply_arch(state, arch_spec, conversion):

@@ -4,7 +4,7 @@
 The fixture holds no weights: every tensor is `tests/fixtures/parity_weights.seeded_tensor(seed, key,
 shape)`, so it stores the keys and shapes of MMRazor's state dicts, the seed, and the reference outputs of
 MMRazor's / MMDetection's modules on seeded inputs. tests/test_checkpoint_formats.py regenerates the same
-state dicts, converts them with detnas_d2.checkpoint_formats and runs detnas-d2 / Detectron2 on the same
+state dicts, converts them with detnas_d2.checkpoint and runs detnas-d2 / Detectron2 on the same
 inputs. Cases (small search space at full width, 64x64 inputs):
 
 - ``classifier_subnet``: MMRazor 1.0.0 ``SearchableShuffleNetV2`` fixed to the arch of MMRazor's

@@ -1,22 +1,16 @@
-"""Reading checkpoints safely, converting the anchors' layouts, and the hand-off between pipeline steps.
+"""`DetNASCheckpointer`, Detectron2's `DetectionCheckpointer` with three additions, and the arch of a
+subnet checkpoint (`weights_arch`, `arch_opts_from_weights`):
 
-`DetNASCheckpointer` is Detectron2's `DetectionCheckpointer` with three additions:
-
-- **safe reading**: every file is read with `torch.load(weights_only=True)`; the types that MMRazor /
-  mmengine / mmcv files need besides tensors (numpy scalars, arrays and dtypes; mmengine's
-  `HistoryBuffer`, read as an inert placeholder) are an explicit allow-list, and a file that asks for
-  anything else is refused with the names of the types it asked for. Pickle `.pkl` files (Detectron2 /
-  Caffe2 model zoo) are read only with `DETNAS_ALLOW_PICKLE=1`, and then with an unpickler that builds
-  numpy arrays and nothing else.
-- **the anchors' layouts** (`checkpoint_formats`): MMRazor 1.x / 0.x DetNAS and SPOS checkpoints (supernet or
-  subnet; classifier or MMDetection Faster R-CNN FPN detector) are detected from their keys and converted to
-  ours, with a table of what was converted and dropped; MMRazor's RGB stem is flipped for a model whose
-  PIXEL_MEAN is in BGR order. Official (Megvii) DetNAS checkpoints (ShuffleNet-Series, the DetNAS repository's
-  ImageNet models, supernet and maskrcnn_benchmark detectors; `.pkl` files written by torch.save are read
-  as such) load into a model of MODEL.DETNAS.BLOCK_STYLE official, whose input is theirs: BGR 0-255 without
-  normalisation (a model that normalises is warned about). A file for another block style than the model's
-  is an error naming the setting. A file matching no layout, or of which no tensor fits the model, is an
-  error naming the layouts tried.
+- **safe reading** (`safe_read`): no file runs code when it is read;
+- **MMRazor's and the official DetNAS code's layouts** (`convert`): MMRazor 1.x / 0.x DetNAS and SPOS
+  checkpoints (supernet or subnet; classifier or MMDetection Faster R-CNN FPN detector) are detected from
+  their keys and converted to ours, with a table of what was converted and dropped; MMRazor's RGB stem is
+  flipped for a model whose PIXEL_MEAN is in BGR order. Official (Megvii) DetNAS checkpoints
+  (ShuffleNet-Series, the DetNAS repository's ImageNet models, supernet and maskrcnn_benchmark detectors)
+  load into a model of MODEL.DETNAS.BLOCK_STYLE official, whose input is theirs: BGR 0-255 without
+  normalisation (a model that normalises is warned about). A file for another block style than the
+  model's is an error naming the setting. A file matching no layout, or of which no tensor fits the
+  model, is an error naming the layouts tried.
 - **the backbone hand-off** between model forms:
   - step 1 -> 2 and 4 -> 5: a DetNASClassifier checkpoint (`backbone.*`, `head.*`) into a detector
     (`backbone.bottom_up.*` for FPN models, `backbone.*` for a plain backbone); `head.*` is dropped;
@@ -24,21 +18,16 @@
     the chosen path's blocks (`subnet_state_dict_from_supernet`), detector parts of the same name too.
   The mapping is logged as a table, keys that have no place in the model are listed as dropped. A
   checkpoint of another space or width, a subnet checkpoint for a supernet, or a subnet of another arch
-  (naming the first layer that differs) raises ValueError. Same-form checkpoints (resume, eval) load unchanged.
-
-`weights_arch(path)` reads the arch of a subnet checkpoint (from its block names or its tensors), and
-`arch_opts_from_weights` fills an empty MODEL.DETNAS.ARCH of a subnet config from MODEL.WEIGHTS.
+  (naming the first layer that differs) raises ValueError. Same-form checkpoints (resume, eval) load
+  unchanged.
 """
-import collections
-import importlib
+
 import io
 import logging
 import os
-import pickle
 from collections import Counter
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
@@ -46,157 +35,33 @@ from detectron2.utils.file_io import PathManager
 from fvcore.common.checkpoint import _strip_prefix_if_present
 from tabulate import tabulate
 
-from .checkpoint_formats import (
+from ..arch_io import load_arch
+from ..config import get_detnas_cfg
+from ..file_io import atomic_write
+from ..modeling.backbone import (
+    ShuffleNetV2Supernet,
+    find_detnas_backbone,
+    subnet_state_dict_from_supernet,
+)
+from ..search_space import arch_to_str, space_from_cfg
+from .backbone_keys import arch_difference, block_arch, flip_stem_channels
+from .convert import conversion_table, convert_checkpoint
+from .layouts import (
+    DETNAS_STEM,
     LAYOUTS_TRIED,
     Conversion,
     UnknownLayoutError,
-    arch_difference,
-    block_arch,
-    flip_stem_channels,
-    to_detnas,
+    key_group,
     unwrap_state_dict,
 )
-from .arch_io import load_arch
-from .config import get_detnas_cfg
-from .file_io import atomic_write
-from .modeling.backbone import ShuffleNetV2Supernet, find_detnas_backbone, subnet_state_dict_from_supernet
-from .search_space import arch_to_str, space_from_cfg
+from .safe_read import RefusedCheckpointError, read_checkpoint
 
-__all__ = [
-    "DetNASCheckpointer",
-    "RefusedCheckpointError",
-    "ALLOW_PICKLE_ENV",
-    "read_checkpoint",
-    "convert_checkpoint",
-    "conversion_table",
-    "weights_arch",
-    "arch_opts_from_weights",
-    "model_input_format",
-]
+__all__ = ["DetNASCheckpointer", "weights_arch", "arch_opts_from_weights", "model_input_format"]
 
 logger = logging.getLogger(__name__)
 
-_STEM_KEY = "stem.conv.weight"
-ALLOW_PICKLE_ENV = "DETNAS_ALLOW_PICKLE"
-# ImageNet mean in 0-255 units, the anchors' (RGB) and this project's configs' (BGR) channel order.
+# ImageNet mean in 0-255 units, in MMRazor's (RGB) and this project's configs' (BGR) channel order.
 IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
-_MMRAZOR_INPUT_FORMAT = "RGB"  # MMRazor's mmcls / mmdet preprocessors convert BGR images to RGB
-# The official code feeds BGR pixels in 0-255 without mean or std (ShuffleNet-Series ToBGRTensor; the DetNAS
-# detector configs' PIXEL_MEAN [0, 0, 0] with maskrcnn_benchmark's PIXEL_STD [1, 1, 1]).
-_OFFICIAL_INPUT_FORMAT = "BGR"
-# A torch.save file: zip archive, or the legacy format that starts with a pickled magic number.
-_TORCH_FILE_STARTS = (b"PK\x03\x04", pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)[:-1])
-
-
-class RefusedCheckpointError(RuntimeError):
-    """A checkpoint that cannot be read without running code it names (or a pickle file not opted into)."""
-
-
-# ---- safe reading ----------------------------------------------------------------------------------
-
-_np_multiarray = importlib.import_module("numpy._core.multiarray" if hasattr(np, "_core") else "numpy.core.multiarray")
-
-
-class _InertObject:
-    """Stands in for a class of a training framework found in a checkpoint's bookkeeping (e.g. mmengine's
-    HistoryBuffer in `message_hub`): built without running any of that framework's code, never used."""
-
-    def __setstate__(self, state):
-        self.state = state
-
-
-def _numpy_globals():
-    """(object, name in the file) pairs that numpy arrays, scalars and dtypes pickle as, numpy 1.x and 2.x."""
-    pairs = []
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        pairs.append((_np_multiarray.scalar, f"{module}.scalar"))
-        pairs.append((_np_multiarray._reconstruct, f"{module}._reconstruct"))
-    pairs += [(np.ndarray, "numpy.ndarray"), (np.dtype, "numpy.dtype")]
-    for code in "?bBhHiIlLqQefdgFDG":
-        cls = type(np.dtype(code))
-        pairs.append((cls, f"{cls.__module__}.{cls.__qualname__}"))
-    return pairs
-
-
-# What a checkpoint may ask for besides tensors and plain containers. Nothing here runs code of the file:
-# numpy rebuilds arrays/scalars from bytes; _InertObject only stores its state.
-SAFE_GLOBALS = _numpy_globals() + [
-    (_InertObject, "mmengine.logging.history_buffer.HistoryBuffer"),
-]
-_PICKLE_GLOBALS = {name: obj for obj, name in SAFE_GLOBALS if obj is not _InertObject}
-_PICKLE_GLOBALS["collections.OrderedDict"] = collections.OrderedDict
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Reads a Detectron2 / Caffe2 model-zoo `.pkl` (dicts of numpy arrays) and nothing else."""
-
-    def __init__(self, file, filename):
-        super().__init__(file, encoding="latin1")
-        self._filename = filename
-
-    def find_class(self, module, name):
-        obj = _PICKLE_GLOBALS.get(f"{module}.{name}")
-        if obj is None:
-            raise RefusedCheckpointError(
-                f"{self._filename}: refused: the pickle asks for '{module}.{name}', which is not a numpy array "
-                f"type or plain container; reading it would run that code. Allowed: {sorted(_PICKLE_GLOBALS)}"
-            )
-        return obj
-
-
-def _pickle_allowed(allow_pickle: Optional[bool]) -> bool:
-    if allow_pickle is not None:
-        return allow_pickle
-    return os.environ.get(ALLOW_PICKLE_ENV, "").strip().lower() in ("1", "true", "yes")
-
-
-def _read_pickle(filename: str, allow_pickle: Optional[bool]):
-    if not _pickle_allowed(allow_pickle):
-        raise RefusedCheckpointError(
-            f"{filename} is a pickle file (.pkl, the Detectron2 / Caffe2 model-zoo format). Unpickling can run "
-            f"any code the file names, so detnas-d2 reads it only if you trust it and say so: set "
-            f"{ALLOW_PICKLE_ENV}=1. Even then only numpy arrays and plain containers are built. Weights saved "
-            "with torch.save need no such flag."
-        )
-    with PathManager.open(filename, "rb") as f:
-        return _NumpyOnlyUnpickler(f, filename).load()
-
-
-def _refusal(filename: str, data: bytes, error: Exception) -> RefusedCheckpointError:
-    try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            names = torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(data))
-    except Exception:  # an old-format file: the unpickler's message names the first one
-        names = []
-    allowed = {name for _, name in SAFE_GLOBALS}
-    names = [n for n in names if n not in allowed]
-    asked = ", ".join(f"'{n}'" for n in names) if names else f"a type not allowed ({error})"
-    return RefusedCheckpointError(
-        f"{filename}: refused: reading it would run code named in the file: it asks for {asked}. "
-        "Checkpoints are read with torch.load(weights_only=True): tensors, plain containers and numbers, plus "
-        "numpy arrays/scalars and mmengine's HistoryBuffer as data. If you trust the file, load it in its own "
-        "framework and save its state dict alone (torch.save(ckpt['state_dict'], path))."
-    )
-
-
-def read_checkpoint(filename: str, allow_pickle: Optional[bool] = None):
-    """The object in a checkpoint file, read without running code from it (module doc). `.pkl` files need
-    `allow_pickle` (default: the DETNAS_ALLOW_PICKLE environment variable), unless torch.save wrote them
-    (the official DetNAS ImageNet models are such files)."""
-    with PathManager.open(filename, "rb") as f:
-        data = f.read()
-    if filename.endswith(".pkl") and not data.startswith(_TORCH_FILE_STARTS):
-        return _read_pickle(filename, allow_pickle)
-    try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "global" in str(e).lower():  # a type the weights-only unpickler does not build
-            raise _refusal(filename, data, e) from None
-        raise
-
-
-# ---- conversion ------------------------------------------------------------------------------------
 
 
 def _holds_tensors(loaded) -> bool:
@@ -216,32 +81,6 @@ def _as_detectron2_pickle(data):
         data = data["blobs"]
     data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
     return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
-
-
-def convert_checkpoint(loaded) -> Tuple[dict, Conversion]:
-    """A loaded checkpoint in our form ({"model": state dict, ...}) and what was done. Our own checkpoints
-    come back whole (optimizer, iteration, ... for resume); the anchors' as {"model": converted}, with
-    "converted_from" describing the source. Raises UnknownLayoutError / MegviiLayoutError."""
-    state, container = unwrap_state_dict(loaded)
-    conversion = to_detnas(state)
-    if conversion.format == "detnas-d2":
-        checkpoint = dict(loaded) if container == "model" else {"model": state}
-        return checkpoint, conversion
-    source = {"format": conversion.format, "prefix": conversion.prefix, "container": container,
-              "block_style": conversion.block_style}
-    if conversion.format.startswith("official"):
-        source.update(input_format=_OFFICIAL_INPUT_FORMAT, pixel_mean=[0.0] * 3, pixel_std=[1.0] * 3)
-    else:
-        source["input_format"] = _MMRAZOR_INPUT_FORMAT
-    if isinstance(loaded, dict) and "meta" in loaded:
-        source["meta"] = loaded["meta"]
-    return {"model": conversion.state, "converted_from": source}, conversion
-
-
-def conversion_table(conversion: Conversion) -> str:
-    rows = [(src, dst, n) for src, dst, n in conversion.rows]
-    rows += [(src, "(dropped: no place in detnas-d2)", n) for src, n in sorted(conversion.dropped.items())]
-    return tabulate(rows, headers=[f"checkpoint ({conversion.format})", "detnas-d2", "tensors"], tablefmt="pipe")
 
 
 def model_input_format(model) -> Optional[str]:
@@ -273,16 +112,23 @@ def arch_opts_from_weights(config_file: str, opts: Sequence[str]) -> List[str]:
     opts = list(opts)
     cfg = get_detnas_cfg(config_file, opts)
     weights, arch = cfg.MODEL.WEIGHTS, cfg.MODEL.DETNAS.ARCH.strip()
-    if not weights or not _subnet_builder(cfg.MODEL.BACKBONE.NAME) or not PathManager.exists(weights):
+    if (
+        not weights
+        or not _subnet_builder(cfg.MODEL.BACKBONE.NAME)
+        or not PathManager.exists(weights)
+    ):
         return opts
     try:
         file_arch = weights_arch(weights)
-    except Exception:  # unreadable, refused or foreign: the checkpointer reports it when it loads the file
+    # unreadable, refused or foreign: the checkpointer reports it when it loads the file
+    except Exception:
         return opts
     if file_arch is None:
         return opts
     if not arch:
-        logger.warning(f"MODEL.DETNAS.ARCH is empty: using the arch of {weights}: {arch_to_str(file_arch)}")
+        logger.warning(
+            f"MODEL.DETNAS.ARCH is empty: using the arch of {weights}: {arch_to_str(file_arch)}"
+        )
         return opts + ["MODEL.DETNAS.ARCH", arch_to_str(file_arch)]
     space = space_from_cfg(cfg)
     difference = arch_difference(file_arch, load_arch(arch, space), space.stage_depths)
@@ -294,18 +140,17 @@ def arch_opts_from_weights(config_file: str, opts: Sequence[str]) -> List[str]:
     return opts
 
 
-# ---- the checkpointer ------------------------------------------------------------------------------
-
-
-def _group(key: str, depth: int) -> str:
-    return ".".join(key.split(".")[:depth]) + ".*"
-
-
 def _describe(backbone) -> str:
     space = backbone.space
-    kind = "supernet" if isinstance(backbone, ShuffleNetV2Supernet) else f"subnet {arch_to_str(backbone.arch)}"
+    kind = (
+        "supernet"
+        if isinstance(backbone, ShuffleNetV2Supernet)
+        else f"subnet {arch_to_str(backbone.arch)}"
+    )
     style = f", block style {space.block_style}" if space.official else ""
-    return f"space '{space.name}' (width {space.width_mult}, {space.num_layers} layers{style}), {kind}"
+    return (
+        f"space '{space.name}' (width {space.width_mult}, {space.num_layers} layers{style}), {kind}"
+    )
 
 
 def _is_supernet_state(state: Dict[str, torch.Tensor]) -> bool:
@@ -313,14 +158,20 @@ def _is_supernet_state(state: Dict[str, torch.Tensor]) -> bool:
 
 
 class DetNASCheckpointer(DetectionCheckpointer):
-    """DetectionCheckpointer that reads safely, converts the anchors' layouts and hands a ShuffleNetV2
-    backbone over between model forms (module doc). `allow_pickle`: read `.pkl` files (default: the
-    DETNAS_ALLOW_PICKLE environment variable)."""
+    """DetectionCheckpointer that reads safely, converts MMRazor's and the official DetNAS code's
+    layouts and hands a ShuffleNetV2 backbone over between model forms (module doc). `allow_pickle`:
+    read `.pkl` files (default: the DETNAS_ALLOW_PICKLE environment variable)."""
 
     _filename = "checkpoint"  # the file being loaded, for messages
 
     def __init__(
-        self, model, save_dir="", *, save_to_disk=None, allow_pickle: Optional[bool] = None, **checkpointables
+        self,
+        model,
+        save_dir="",
+        *,
+        save_to_disk=None,
+        allow_pickle: Optional[bool] = None,
+        **checkpointables,
     ):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.allow_pickle = allow_pickle
@@ -351,11 +202,18 @@ class DetNASCheckpointer(DetectionCheckpointer):
         except RefusedCheckpointError:
             raise
         except Exception as e:  # a truncated or foreign file fails anywhere inside the unpickler
-            raise RuntimeError(f"{filename} cannot be read as a checkpoint ({type(e).__name__}: {e}).{self._fallback_hint(filename)}") from e
+            raise RuntimeError(
+                f"{filename} cannot be read as a checkpoint ({type(e).__name__}: {e}).{self._fallback_hint(filename)}"
+            ) from e
         if filename.endswith(".pkl") and not _holds_tensors(loaded):
             return _as_detectron2_pickle(loaded)
-        if filename.endswith(".pyth") and isinstance(loaded, dict) and "model_state" in loaded:  # pycls
-            state = {k: v for k, v in loaded["model_state"].items() if not k.endswith("num_batches_tracked")}
+        # pycls
+        if filename.endswith(".pyth") and isinstance(loaded, dict) and "model_state" in loaded:
+            state = {
+                k: v
+                for k, v in loaded["model_state"].items()
+                if not k.endswith("num_batches_tracked")
+            }
             return {"model": state, "__author__": "pycls", "matching_heuristics": True}
         try:
             checkpoint, conversion = convert_checkpoint(loaded)
@@ -369,15 +227,22 @@ class DetNASCheckpointer(DetectionCheckpointer):
         if conversion.format != "detnas-d2":
             self.logger.info(
                 f"Converted {filename} from {conversion.format} ({conversion.form}, "
-                + ("supernet" if conversion.is_supernet else f"subnet {arch_to_str(conversion.arch or ())}")
+                + (
+                    "supernet"
+                    if conversion.is_supernet
+                    else f"subnet {arch_to_str(conversion.arch or ())}"
+                )
                 + (f", prefix '{conversion.prefix}'" if conversion.prefix else "")
-                + "):\n" + conversion_table(conversion)
+                + "):\n"
+                + conversion_table(conversion)
             )
         self._check_block_style(conversion, filename)
         source = checkpoint.get("converted_from") or {}
         if source.get("pixel_mean") is not None:
             self._check_raw_input(source, filename)
-        elif source.get("input_format") and source["input_format"] != model_input_format(self.model):
+        elif source.get("input_format") and source["input_format"] != model_input_format(
+            self.model
+        ):
             model_format = model_input_format(self.model)
             if model_format is None:
                 self.logger.warning(
@@ -406,7 +271,11 @@ class DetNASCheckpointer(DetectionCheckpointer):
             raise ValueError(
                 f"{what}, the model is MODEL.DETNAS.BLOCK_STYLE '{ours}': another network (search_space.py). Set "
                 f"MODEL.DETNAS.BLOCK_STYLE {theirs}"
-                + (" (configs/ImageNet/official_*.yaml, configs/COCO-Detection/official_*.yaml)" if theirs != "mmrazor" else "")
+                + (
+                    " (configs/ImageNet/official_*.yaml, configs/COCO-Detection/official_*.yaml)"
+                    if theirs != "mmrazor"
+                    else ""
+                )
             )
         self.logger.warning(
             f"{what} (the official {'supernet' if conversion.is_supernet else 'searched models'}' code splits a "
@@ -420,9 +289,9 @@ class DetNASCheckpointer(DetectionCheckpointer):
         mean, std = getattr(model, "pixel_mean", None), getattr(model, "pixel_std", None)
         if mean is None or std is None:
             return
-        if torch.allclose(mean.flatten().cpu(), torch.tensor(source["pixel_mean"])) and torch.allclose(
-            std.flatten().cpu(), torch.tensor(source["pixel_std"])
-        ):
+        if torch.allclose(
+            mean.flatten().cpu(), torch.tensor(source["pixel_mean"])
+        ) and torch.allclose(std.flatten().cpu(), torch.tensor(source["pixel_std"])):
             return
         self.logger.warning(
             f"{filename} holds {source.get('format')} weights for {source['input_format']} pixels in 0-255 "
@@ -434,10 +303,13 @@ class DetNASCheckpointer(DetectionCheckpointer):
 
     def _fallback_hint(self, filename: str) -> str:
         """For a file of this run's folder: how to resume from the checkpoint before it."""
-        if not self.save_dir or os.path.dirname(os.path.abspath(filename)) != os.path.abspath(self.save_dir):
+        if not self.save_dir or os.path.dirname(os.path.abspath(filename)) != os.path.abspath(
+            self.save_dir
+        ):
             return ""
         others = sorted(
-            f for f in os.listdir(self.save_dir)
+            f
+            for f in os.listdir(self.save_dir)
             if f.endswith(".pth") and f != os.path.basename(filename) and f != "model_final.pth"
         )
         if not others:
@@ -464,14 +336,20 @@ class DetNASCheckpointer(DetectionCheckpointer):
     def _require_some_tensor_fits(self, state):
         """Never a silent 0-of-N load."""
         model_state = self.model.state_dict()
-        fits = sum(1 for k, v in model_state.items() if k in state and tuple(state[k].shape) == tuple(v.shape))
+        fits = sum(
+            1
+            for k, v in model_state.items()
+            if k in state and tuple(state[k].shape) == tuple(v.shape)
+        )
         if fits or not model_state:
             return
         keys = list(state)
         raise ValueError(
             f"{self._filename}: none of its {len(keys)} tensors fits the model's {len(model_state)} (same name "
             f"and shape), e.g. '{keys[0] if keys else ''}' vs the model's '{next(iter(model_state))}'. Layouts "
-            "tried: " + "; ".join(LAYOUTS_TRIED) + ", and Detectron2's name matching for .pkl / .pyth files"
+            "tried: "
+            + "; ".join(LAYOUTS_TRIED)
+            + ", and Detectron2's name matching for .pkl / .pyth files"
         )
 
     def _hand_over_backbone(self, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -481,21 +359,32 @@ class DetNASCheckpointer(DetectionCheckpointer):
         source = self._filename
         state = dict(state)
         _strip_prefix_if_present(state, "module.")
-        stems = [k[: -len(_STEM_KEY)] for k in state if k == _STEM_KEY or k.endswith("." + _STEM_KEY)]
+        stems = [
+            k[: -len(DETNAS_STEM)]
+            for k in state
+            if k == DETNAS_STEM or k.endswith("." + DETNAS_STEM)
+        ]
         if len(stems) != 1:
             raise ValueError(
-                f"{source}: expected one ShuffleNetV2 backbone (a key '<prefix>{_STEM_KEY}') for the model's "
-                f"{_describe(backbone)}, found {len(stems)}: {stems}. Layouts tried: " + "; ".join(LAYOUTS_TRIED)
+                f"{source}: expected one ShuffleNetV2 backbone (a key '<prefix>{DETNAS_STEM}') for the model's "
+                f"{_describe(backbone)}, found {len(stems)}: {stems}. Layouts tried: "
+                + "; ".join(LAYOUTS_TRIED)
             )
         source_prefix = stems[0]
-        source_backbone = {k[len(source_prefix):]: v for k, v in state.items() if k.startswith(source_prefix)}
+        source_backbone = {
+            k[len(source_prefix) :]: v for k, v in state.items() if k.startswith(source_prefix)
+        }
         source_is_supernet = _is_supernet_state(source_backbone)
         target_is_supernet = isinstance(backbone, ShuffleNetV2Supernet)
         if source_is_supernet and not target_is_supernet:
             try:
-                source_backbone = subnet_state_dict_from_supernet(source_backbone, backbone.space, backbone.arch)
+                source_backbone = subnet_state_dict_from_supernet(
+                    source_backbone, backbone.space, backbone.arch
+                )
             except ValueError as e:
-                raise ValueError(f"{source}: supernet weights do not fit the model's {_describe(backbone)}: {e}")
+                raise ValueError(
+                    f"{source}: supernet weights do not fit the model's {_describe(backbone)}: {e}"
+                )
         elif target_is_supernet and not source_is_supernet:
             raise ValueError(
                 f"{source}: holds a subnet backbone (no 'layers.<i>.choices.<c>' keys under '{source_prefix}'), "
@@ -510,7 +399,8 @@ class DetNASCheckpointer(DetectionCheckpointer):
         model_state = self.model.state_dict()
         mapped = {target_prefix + k: v for k, v in source_backbone.items()}
         rows = Counter(
-            (source_prefix + _group(k, 1), target_prefix + _group(k, 1)) for k in source_backbone
+            (source_prefix + key_group(k, 1), target_prefix + key_group(k, 1))
+            for k in source_backbone
         )
         dropped_keys = []
         for key, value in state.items():
@@ -518,23 +408,31 @@ class DetNASCheckpointer(DetectionCheckpointer):
                 continue
             if key in model_state and key not in mapped:
                 mapped[key] = value
-                rows[(_group(key, 2), _group(key, 2))] += 1
+                rows[(key_group(key, 2), key_group(key, 2))] += 1
             else:
                 dropped_keys.append(key)
         # A top-level module dropped as a whole is one row ("head.*"), others are split one level down.
         dropped_set = set(dropped_keys)
         kept_tops = {k.split(".", 1)[0] for k in state if k not in dropped_set}
-        dropped = Counter(_group(k, 2 if k.split(".", 1)[0] in kept_tops else 1) for k in dropped_keys)
+        dropped = Counter(
+            key_group(k, 2 if k.split(".", 1)[0] in kept_tops else 1) for k in dropped_keys
+        )
         table = [(src, dst, n) for (src, dst), n in sorted(rows.items())]
         table += [(src, "(dropped: not in the model)", n) for src, n in sorted(dropped.items())]
-        path = f", path {arch_to_str(backbone.arch)}" if source_is_supernet and not target_is_supernet else ""
+        path = (
+            f", path {arch_to_str(backbone.arch)}"
+            if source_is_supernet and not target_is_supernet
+            else ""
+        )
         self.logger.info(
             f"Backbone hand-off from {source} ({'supernet' if source_is_supernet else 'subnet'}{path}):\n"
             + tabulate(table, headers=["checkpoint", "model", "tensors"], tablefmt="pipe")
         )
         if dropped:
-            self.logger.info(f"Dropped {sum(dropped.values())} checkpoint tensors the model has no place for: "
-                             + ", ".join(sorted(dropped)))
+            self.logger.info(
+                f"Dropped {sum(dropped.values())} checkpoint tensors the model has no place for: "
+                + ", ".join(sorted(dropped))
+            )
         return mapped
 
     @staticmethod
@@ -557,9 +455,17 @@ class DetNASCheckpointer(DetectionCheckpointer):
     @staticmethod
     def _check_backbone_fits(source_backbone, backbone, source):
         # BN step counters come and go with FrozenBN (MODEL.BACKBONE.FREEZE_AT); they carry no weights.
-        expected = {k: v.shape for k, v in backbone.state_dict().items() if not k.endswith("num_batches_tracked")}
+        expected = {
+            k: v.shape
+            for k, v in backbone.state_dict().items()
+            if not k.endswith("num_batches_tracked")
+        }
         missing = sorted(k for k in expected if k not in source_backbone)
-        extra = sorted(k for k in source_backbone if k not in expected and not k.endswith("num_batches_tracked"))
+        extra = sorted(
+            k
+            for k in source_backbone
+            if k not in expected and not k.endswith("num_batches_tracked")
+        )
         shapes = [
             (k, tuple(source_backbone[k].shape), tuple(expected[k]))
             for k in sorted(expected)
@@ -570,11 +476,15 @@ class DetNASCheckpointer(DetectionCheckpointer):
         problems = []
         if shapes:
             k, got, want = shapes[0]
-            problems.append(f"{len(shapes)} tensors differ in shape (first '{k}': checkpoint {got}, model {want})")
+            problems.append(
+                f"{len(shapes)} tensors differ in shape (first '{k}': checkpoint {got}, model {want})"
+            )
         if missing:
             problems.append(f"{len(missing)} model keys missing (first '{missing[0]}')")
         if extra:
-            problems.append(f"{len(extra)} checkpoint keys unknown to the model (first '{extra[0]}')")
+            problems.append(
+                f"{len(extra)} checkpoint keys unknown to the model (first '{extra[0]}')"
+            )
         raise ValueError(
             f"{source}: the backbone weights do not fit the model's {_describe(backbone)}: "
             + "; ".join(problems)
