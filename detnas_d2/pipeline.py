@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from .arch_io import load_arch_record
-from .outputs import EVAL_RESULTS_FILE
+from .output_files import EVAL_RESULTS_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 DONE_FILE = "step_done.json"

@@ -138,7 +138,7 @@ def main(out_dir, steps):
 
 if __name__ == "__main__":
     sys.path.insert(0, REPO)
-    from detnas_d2.engine.slurm import parse_args  # the launcher's command line, as train_net.py's
+    from detnas_d2.engine.command_line import parse_args  # the launcher's command line, as train_net.py's
 
     args = parse_args(["--num-gpus", "2"], env={{}})
     print("dist_url", args.dist_url, flush=True)

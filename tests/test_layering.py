@@ -11,7 +11,7 @@ PACKAGE = os.path.join(ROOT, "detnas_d2")
 # Bottom to top. A module (or a subpackage, for imports of it) may import only from lower rows; the
 # modules of one subpackage may also import each other (checked for loops separately).
 LAYERS = [
-    ["compat", "search_space", "file_io", "outputs", "config", "solver", "data", "evaluation", "rank_stats",
+    ["compat", "search_space", "file_io", "output_files", "config", "solver", "data", "evaluation", "rank_stats",
      "input_size"],
     ["arch_io"],
     ["modeling"],

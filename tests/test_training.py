@@ -20,7 +20,7 @@ from detectron2.utils.env import seed_all_rng
 from detnas_d2 import add_detnas_config
 from detnas_d2.engine import DetNASTrainer, FlopsBinSampler, RandomPathHook, build_path_sampler, path_rng
 from detnas_d2.engine.sampling import num_random_layers, progressive_path
-from detnas_d2.outputs import EVAL_RESULTS_FILE
+from detnas_d2.output_files import EVAL_RESULTS_FILE
 from detnas_d2.modeling import find_supernet
 from detnas_d2.search_space import SearchSpace, get_space
 

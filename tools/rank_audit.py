@@ -48,7 +48,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from detnas_d2.outputs import EVAL_RESULTS_FILE  # noqa: E402
+from detnas_d2.output_files import EVAL_RESULTS_FILE  # noqa: E402
 from detnas_d2.pipeline import QUICK_OVERRIDES, Step, StepFailed, split_opts  # noqa: E402
 
 DEFAULT_SEARCH_CONFIG = "configs/Toy/search_det.yaml"

@@ -1,8 +1,16 @@
 """Training: the trainer, random-path hook and samplers, launch (CPU/GPU, SLURM)."""
+
+from .command_line import parse_args
 from .hooks import RandomPathHook
 from .launch import create_ddp_model, launch
-from .sampling import FlopsBinSampler, UniformPathSampler, build_path_sampler, path_rng, reference_arch
-from .slurm import apply_slurm_env, expand_nodelist, parse_args, slurm_launch_args
+from .sampling import (
+    FlopsBinSampler,
+    UniformPathSampler,
+    build_path_sampler,
+    path_rng,
+    reference_arch,
+)
+from .slurm import apply_slurm_env, expand_nodelist, slurm_launch_args
 from .trainer import DetNASTrainer, evaluation_arch
 
 __all__ = [

@@ -1,18 +1,15 @@
-"""Launch arguments from SLURM's environment (one `srun` task per node, see tools/slurm_train.sbatch), and the
-command line of train_net.py / search_net.py.
+"""Launch arguments from SLURM's environment (one `srun` task per node, see tools/slurm_train.sbatch).
 
 Under `srun` (SLURM_JOB_ID and SLURM_PROCID set): num_machines = number of nodes of the step (or job),
 machine_rank = SLURM_NODEID, dist_url = tcp://<first host of the node list>:<port>, the port from
 MASTER_PORT or else derived from SLURM_JOB_ID (the same on every node, different for concurrent jobs).
 """
-import os
+
 import re
 import zlib
 from typing import Dict, List, Mapping, Optional
 
-from detectron2.engine import default_argument_parser
-
-__all__ = ["expand_nodelist", "slurm_launch_args", "apply_slurm_env", "parse_args"]
+__all__ = ["expand_nodelist", "slurm_launch_args", "apply_slurm_env"]
 
 _PORT_BASE, _PORT_SPAN = 20000, 20000
 
@@ -56,8 +53,12 @@ def _expand_host(pattern: str, nodelist: str) -> List[str]:
     m = re.search(r"\[([^\[\]]*)\]", pattern)
     if not m:
         return [pattern]
-    head, tail = pattern[: m.start()], pattern[m.end():]
-    return [h for mid in _expand_ranges(m.group(1), nodelist) for h in _expand_host(head + mid + tail, nodelist)]
+    head, tail = pattern[: m.start()], pattern[m.end() :]
+    return [
+        h
+        for mid in _expand_ranges(m.group(1), nodelist)
+        for h in _expand_host(head + mid + tail, nodelist)
+    ]
 
 
 def expand_nodelist(nodelist: str) -> List[str]:
@@ -96,10 +97,14 @@ def slurm_launch_args(env: Mapping[str, str]) -> Optional[Dict]:
             f"SLURM runs {num_tasks} tasks on {num_nodes} nodes, but train_net.py starts one process per "
             "GPU itself: run one task per node (srun --ntasks-per-node=1, see tools/slurm_train.sbatch)"
         )
-    nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env["SLURM_NODELIST"]
+    nodelist = (
+        env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env["SLURM_NODELIST"]
+    )
     hosts = expand_nodelist(nodelist)
     if len(hosts) != num_nodes:
-        raise ValueError(f"SLURM node list '{nodelist}' names {len(hosts)} hosts, SLURM says {num_nodes} nodes")
+        raise ValueError(
+            f"SLURM node list '{nodelist}' names {len(hosts)} hosts, SLURM says {num_nodes} nodes"
+        )
     return {
         "num_machines": num_nodes,
         "machine_rank": int(env.get("SLURM_NODEID", 0)),
@@ -115,28 +120,3 @@ def apply_slurm_env(args, env: Mapping[str, str], defaults: Mapping[str, object]
         if getattr(args, key) is None:
             setattr(args, key, slurm.get(key, defaults[key]))
     return args
-
-
-DIST_URL_HELP = (
-    "initialization URL of torch.distributed, e.g. tcp://<host of machine rank 0>:<port>. Default: under "
-    "SLURM's srun, tcp://<first host of the job>:<port from MASTER_PORT or the job id>; otherwise, on one "
-    "machine, 'auto' (a free port on 127.0.0.1, so concurrent runs on one machine do not collide); with "
-    "--num-machines > 1 give it explicitly"
-)
-
-
-def parse_args(argv=None, env: Optional[Mapping[str, str]] = None):
-    """Detectron2's command-line arguments (train_net.py, search_net.py); under `srun`, --num-machines,
-    --machine-rank and --dist-url default to SLURM's values, else to Detectron2's defaults, except that
-    --dist-url defaults to "auto" (a free local port, see `launch`) on one machine."""
-    parser = default_argument_parser()
-    defaults = {k: parser.get_default(k) for k in ("num_machines", "machine_rank", "dist_url")}
-    for action in parser._actions:
-        if action.dest == "dist_url":
-            action.help = DIST_URL_HELP
-    parser.set_defaults(num_machines=None, machine_rank=None, dist_url=None)
-    args = parser.parse_args(argv)
-    env = os.environ if env is None else env
-    if args.dist_url is None and slurm_launch_args(env) is None and (args.num_machines or 1) == 1:
-        args.dist_url = "auto"
-    return apply_slurm_env(args, env, defaults)

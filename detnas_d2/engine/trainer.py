@@ -27,7 +27,7 @@ from detectron2.utils.logger import setup_logger
 from .. import solver
 from ..checkpoint import DetNASCheckpointer
 from ..modeling import find_supernet
-from ..outputs import EVAL_RESULTS_FILE
+from ..output_files import EVAL_RESULTS_FILE
 from ..recalibration import recalibrated_bn
 from ..search_space import arch_to_str
 from ..tasks import get_task

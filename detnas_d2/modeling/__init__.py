@@ -1,4 +1,5 @@
 """DetNAS backbones (supernet, subnet, FPN forms registered in BACKBONE_REGISTRY) and heads."""
+
 from .backbone import (
     ShuffleNetV2Subnet,
     ShuffleNetV2Supernet,
@@ -7,9 +8,7 @@ from .backbone import (
     set_model_arch,
     subnet_state_dict_from_supernet,
 )
-from .blocks import Stem, build_block
-from .bn import bn_layers
-from .fpn import (
+from .backbone_builders import (
     build_detnas_subnet_backbone,
     build_detnas_subnet_fpn_backbone,
     build_detnas_subnet_retinanet_fpn_backbone,
@@ -17,8 +16,10 @@ from .fpn import (
     build_detnas_supernet_fpn_backbone,
     build_detnas_supernet_retinanet_fpn_backbone,
 )
-from .heads import ClassifierHead
+from .blocks import Stem, build_block
+from .bn import bn_layers
 from .classifier import DetNASClassifier
+from .heads import ClassifierHead
 
 __all__ = [
     "ClassifierHead",

@@ -9,6 +9,7 @@ MODEL.FPN.{IN_FEATURES, OUT_CHANNELS, NORM, FUSE_TYPE} for the FPN forms.
 - build_detnas_{supernet,subnet}_retinanet_fpn_backbone: FPN from FPN.IN_FEATURES (C3-C5) with P6/P7
   computed from res5, for RetinaNet.
 """
+
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool, LastLevelP6P7
@@ -49,7 +50,9 @@ def build_detnas_supernet_backbone(cfg, input_shape: ShapeSpec):
             "holds every arch: leave ARCH empty (MODEL.DETNAS.REFERENCE_ARCH sets the arch supernet "
             "evaluation runs), or train the subnet with a build_detnas_subnet_* backbone"
         )
-    backbone = ShuffleNetV2Supernet(space_from_cfg(cfg), d.NORM, d.OUT_FEATURES, input_shape.channels, _init_seed(cfg))
+    backbone = ShuffleNetV2Supernet(
+        space_from_cfg(cfg), d.NORM, d.OUT_FEATURES, input_shape.channels, _init_seed(cfg)
+    )
     return backbone.freeze(cfg.MODEL.BACKBONE.FREEZE_AT)
 
 
@@ -64,7 +67,9 @@ def build_detnas_subnet_backbone(cfg, input_shape: ShapeSpec):
             "file (e.g. the result of search_net.py) or comma-separated block ids"
         )
     arch = load_arch(d.ARCH, space)
-    backbone = ShuffleNetV2Subnet(space, arch, d.NORM, d.OUT_FEATURES, input_shape.channels, _init_seed(cfg))
+    backbone = ShuffleNetV2Subnet(
+        space, arch, d.NORM, d.OUT_FEATURES, input_shape.channels, _init_seed(cfg)
+    )
     return backbone.freeze(cfg.MODEL.BACKBONE.FREEZE_AT)
 
 
@@ -89,7 +94,9 @@ def _fpn(cfg, bottom_up, top_block):
 
 def _retinanet_fpn(cfg, bottom_up):
     if "res5" not in bottom_up.output_shape():
-        raise ValueError("a RetinaNet FPN computes P6/P7 from res5: add res5 to MODEL.DETNAS.OUT_FEATURES")
+        raise ValueError(
+            "a RetinaNet FPN computes P6/P7 from res5: add res5 to MODEL.DETNAS.OUT_FEATURES"
+        )
     top_block = LastLevelP6P7(bottom_up.output_shape()["res5"].channels, cfg.MODEL.FPN.OUT_CHANNELS)
     return _fpn(cfg, bottom_up, top_block)
 
