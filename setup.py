@@ -26,7 +26,15 @@ INSTALL_REQUIRES = [
 # ONNX export (tools/export_model.py --format onnx) and its check on onnxruntime (CPU). Literal lists:
 # tools/check_env.py reads them with ast.literal_eval.
 EXPORT_REQUIRES = ["onnx>=1.16,<2", "onnxruntime>=1.18,<2"]
-TEST_REQUIRES = ["pytest>=7", "pytest-timeout", "pytest-xdist>=3", "onnx>=1.16,<2", "onnxruntime>=1.18,<2"]
+# ruff pinned: lint and format results change between versions (pyproject.toml, .ci/run).
+TEST_REQUIRES = [
+    "pytest>=7",
+    "pytest-timeout",
+    "pytest-xdist>=3",
+    "onnx>=1.16,<2",
+    "onnxruntime>=1.18,<2",
+    "ruff==0.17.6",
+]
 
 setup(
     name="detnas-d2",
