@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""A whole toy search under a cheap scoring protocol against the same search under the full protocol (issue 13).
+"""A whole toy search under a cheap scoring protocol against the same search under the full protocol.
 
 Both searches run configs/Toy/search_det.yaml on a trained toy detection supernet, scoring on the larger
 held-out split toy_det_search_large. The full protocol: every candidate on all of it after BN recalibration
@@ -37,7 +37,7 @@ DEFAULT_WEIGHTS = os.path.join(ROOT, "output", "rank_audit_toy", "recipe_a", "de
 # Full scale, per candidate: the official DetNAS protocol (4,000 recalibration + 5,000 evaluation images at
 # the detector's resolution) and MMRazor's (5,000 evaluation images, train-mode BN: no recalibration), for up
 # to 1,000 candidates. GPU-seconds per image forward: MMRazor's DetNAS search scores a candidate in about 24 s
-# on 2 A6000 (shared/DESIGN.md), 2 x 24 / 5000 s an image; the same rate is used for every row.
+# on 2 A6000 GPUs, 2 x 24 / 5000 s an image; the same rate is used for every row.
 FULL_SCALE = {"candidates": 1000, "recalib": 4000, "eval": 5000, "gpu_seconds_per_image": 2 * 24 / 5000, "gpus": 8}
 
 

@@ -42,7 +42,8 @@ def add_detnas_config(cfg):
     _C.MODEL.CLASSIFIER = CN()
     _C.MODEL.CLASSIFIER.NUM_CLASSES = 1000
     _C.MODEL.CLASSIFIER.HEAD_CHANNELS = 1024  # 1x1 conv after the last stage
-    _C.MODEL.CLASSIFIER.DROPOUT = 0.0  # the anchors use 0.1 for subnets, 0 for supernets
+    # 0 for supernets; the subnet configs take 0.1, as Megvii's SPOS network (official DetNAS's: 0.2)
+    _C.MODEL.CLASSIFIER.DROPOUT = 0.0
     _C.MODEL.CLASSIFIER.LABEL_SMOOTHING = 0.1
 
     _C.INPUT.CLS = CN()
@@ -55,7 +56,8 @@ def add_detnas_config(cfg):
 
     # ---- solver additions -------------------------------------------------------------------------
     # LR_SCHEDULER_NAME also accepts "WarmupLinearDecay" (linear to 0 at MAX_ITER, after warm-up).
-    _C.SOLVER.WEIGHT_DECAY_DEPTHWISE = None  # None: same as SOLVER.WEIGHT_DECAY; the anchors use 0.0
+    # None: same as SOLVER.WEIGHT_DECAY; MMRazor's ImageNet recipe has 0.0 (`dwconv_decay_mult`)
+    _C.SOLVER.WEIGHT_DECAY_DEPTHWISE = None
 
     # ---- the method's options: path sampler, BN recalibration, search ----------------------------
     _C.DETNAS = CN()

@@ -198,7 +198,7 @@ def seeds_needed(icc: float, tau: float = 0.7) -> float:
 
 def _variance_shares(out: Dict, between: float, noise: float, n: float):
     """ICC, reliability of an n-seed mean, its tau ceiling, the seeds a tau of 0.7 needs (`seeds_for_tau_07`,
-    issue 17's goal) and F, from the arch and noise mean squares."""
+    the ranking audit's target agreement) and F, from the arch and noise mean squares."""
     if between + (n - 1) * noise > 0:
         out["icc"] = (between - noise) / (between + (n - 1) * noise)
         out["seeds_for_tau_07"] = seeds_needed(out["icc"])

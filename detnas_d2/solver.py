@@ -3,7 +3,7 @@
 `build_optimizer` is Detectron2's SGD with its parameter groups (SOLVER.WEIGHT_DECAY_NORM for the
 parameters of all norm layers, then SOLVER.WEIGHT_DECAY_BIAS / BIAS_LR_FACTOR, when set, for every bias,
 norm biases included) plus one more group: depthwise conv weights get SOLVER.WEIGHT_DECAY_DEPTHWISE
-(None: SOLVER.WEIGHT_DECAY), as in the anchors' recipe.
+(None: SOLVER.WEIGHT_DECAY); MMRazor's ImageNet recipe gives them none (`dwconv_decay_mult=0`).
 
 Supernets: the blocks that a path leaves out get no gradient (`p.grad is None`; the optimizer's
 `zero_grad()` sets grads to None). `torch.optim.SGD` skips such parameters entirely, weight decay and

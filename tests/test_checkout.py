@@ -13,8 +13,9 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = [["train_net.py", "--help"], ["search_net.py", "--help"]] + [
     [f"tools/{path.name}", *(["--only", "project"] if path.name == "check_env.py" else ["--help"])]
     for path in sorted((REPO / "tools").glob("*.py"))
-    # Not: the setup.py install.sh drops into Detectron2's sdist, and the fixture makers that run the anchors'
-    # code (MMRazor's in a side environment, Megvii's from a checkout): they never import detnas_d2.
+    # Not: the setup.py install.sh drops into Detectron2's sdist, and the fixture makers that run MMRazor's
+    # code (in a side environment) and the official DetNAS code (from a checkout): they never import
+    # detnas_d2.
     if path.name not in ("detectron2_python_setup.py", "make_parity_fixtures.py", "make_official_fixtures.py")
 ]
 MARKED_PACKAGE = 'import sys\nprint("detnas_d2 imported from", __file__, flush=True)\nsys.exit(17)\n'

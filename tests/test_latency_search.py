@@ -1,6 +1,6 @@
-"""Latency in the search (issue 14, part 3): the latency limit filters candidates before scoring, an
-impossible one fails with the space's latency range, records and best_arch.yaml carry the prediction,
-arch_info prints it per stage, and the latency-uniform path sampler bins over it."""
+"""Latency in the search: the latency limit filters candidates before scoring, an impossible one fails
+with the space's latency range, records and best_arch.yaml carry the prediction, arch_info prints it per
+stage, and the latency-uniform path sampler bins over it."""
 import json
 import random
 

@@ -56,7 +56,7 @@ def _cfg(name, width=0.25, arch="", freeze_at=0, **detnas):
 
 
 def test_full_width_small_space_channels():
-    # DESIGN.md: small space stage channels 64, 160, 320, 640 at strides 4..32.
+    # docs/design.md, "Search space": small space stage channels 64, 160, 320, 640 at strides 4..32.
     space = get_space("small")
     subnet = ShuffleNetV2Subnet(space, space.random_arch(random.Random(0))).eval()
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""Predictor-screened search (issue 13): the ridge predictor recovers an additive fitness's ranking, a
+"""Predictor-screened search (DETNAS.SEARCH.PREDICTOR): the ridge predictor recovers an additive fitness's ranking, a
 screened search scores only the kept fraction, logs predictions, never scores an arch twice and resumes
 exactly after a crash."""
 import json

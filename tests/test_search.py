@@ -390,7 +390,7 @@ def test_recalibration_image_count_must_be_positive():
         recalibration_batches("toy_det_train", 0, 4, 0, None, False)
 
 
-# ---- racing (issue 13) -------------------------------------------------------------------------
+# ---- racing (DETNAS.SEARCH.RACING) --------------------------------------------------------------
 
 RACE_IMAGES = 200
 RACE_NOISE = 1.0  # every per-image score lies within this of the arch's quality

@@ -71,7 +71,7 @@ DET_SPLIT_SIZES = {"train": 320, "val": 80, "search": 64}
 DET_LARGE_SEARCH_IMAGES = 512
 # A larger detection training split (toy_det_train_large, a dataset of its own; its first 320 images are
 # toy_det_train's): 320 images are seen ~37 times in the toy step-5 schedule, and what a detector memorises
-# of them varies from seed to seed more than these archs differ (issue 17's ranking study).
+# of them varies from seed to seed more than these archs differ (studies/rank_audit_toy).
 DET_LARGE_TRAIN_IMAGES = 1280
 # Classification: images per class and split (1500 / 200 / 200 images in all); 200 val images
 # measure top-1 to about +-3 points.

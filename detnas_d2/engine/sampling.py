@@ -18,9 +18,10 @@ Samplers (DETNAS.SAMPLER.NAME):
 Progressive path warm-up (DETNAS.SAMPLER.PROGRESSIVE_ITERS > 0, :func:`progressive_path`): during the
 first PROGRESSIVE_ITERS iterations only the last layers take the sampled blocks, the others keep the
 reference arch's; the random part grows linearly from the last layer to all of them. These mixed paths
-are not held to FLOPS_MIN/MAX. Off (0) in the anchors' recipes. With DETNAS.SAMPLER.PROGRESSIVE_REFERENCE
-``rotating``, the fixed layers take a new sampled arch (:func:`warmup_reference`) each time the random
-part grows, instead of the reference arch for the whole warm-up: the warm-up then favours no arch. On the toy data, a supernet with all 20
+are not held to FLOPS_MIN/MAX. Neither MMRazor nor the official DetNAS code has it; the full-scale
+configs keep it off (0). With DETNAS.SAMPLER.PROGRESSIVE_REFERENCE ``rotating``, the fixed layers take a
+new sampled arch (:func:`warmup_reference`) each time the random part grows, instead of the reference
+arch for the whole warm-up: the warm-up then favours no arch. On the toy data, a supernet with all 20
 layers random from the first iteration keeps its loss at chance for 2,000-5,000 iterations (when it
 takes off varies from run to run); with the warm-up it learns from the start and, once every layer is
 random, its random paths keep learning (README, "Status and known limits").

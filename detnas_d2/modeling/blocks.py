@@ -1,4 +1,4 @@
-"""The four candidate blocks of the DetNAS search space and the stem (see DESIGN.md, "Search space").
+"""The four candidate blocks of the DetNAS search space and the stem (docs/design.md, "Search space").
 
 Every block is a ShuffleNetV2 unit with output channels `out` and mid channels `out // 2`:
 
