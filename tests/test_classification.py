@@ -257,8 +257,8 @@ def test_classifier_inputs_and_outputs():
 # ---- toy training -----------------------------------------------------------------------------------
 # toy_cls (shapes, 1500 training images) needs the 400 iterations of configs/Toy/cls_base.yaml, too
 # many for a test's time budget. Training is tested on colours instead, in 100 iterations: 4 classes of
-# dominant hue (red, yellow-green, cyan, violet) under random saturation, brightness and stripes. Hue survives every augmentation of the
-# mapper (crops, flips, brightness/contrast/saturation jitter).
+# dominant hue (red, yellow-green, cyan, violet) under random saturation, brightness and stripes. Hue
+# survives every augmentation of the mapper (crops, flips, brightness/contrast/saturation jitter).
 
 HUE_CLASSES = ("red", "yellow-green", "cyan", "violet")
 

@@ -30,9 +30,10 @@ class RandomPathHook(HookBase):
     without communication, and the same after a resume as in an uninterrupted run. During a progressive
     warm-up (DETNAS.SAMPLER.PROGRESSIVE_ITERS), its first layers are then replaced by the reference arch's
     (`progressive_path`), or with DETNAS.SAMPLER.PROGRESSIVE_REFERENCE ``rotating`` by those of a new
-    sampled arch each time the random part grows (`warmup_reference`). Register it before hooks that run the model in `before_step`. Writes the path's
-    FLOPs (MACs at DETNAS.SAMPLER.INPUT_SIZE) to the EventStorage as "detnas/path_flops", and during a
-    warm-up the number of random layers as "detnas/random_layers".
+    sampled arch each time the random part grows (`warmup_reference`). Register it before hooks that run
+    the model in `before_step`. Writes the path's FLOPs (MACs at DETNAS.SAMPLER.INPUT_SIZE) to the
+    EventStorage as "detnas/path_flops", and during a warm-up the number of random layers as
+    "detnas/random_layers".
 
     Blocks outside the path do not run, so they get no gradient (`grad` stays None after the trainer's
     `zero_grad()`) and the optimizer skips them: no momentum, no weight decay.

@@ -166,7 +166,10 @@ class OfficialShuffleBlock(CNNBlockBase):
         if stride == 1 and in_channels != out_channels:
             raise ValueError(f"a stride-1 ShuffleNetV2 unit keeps its channels, got {in_channels} -> {out_channels}")
         if stride == 2 and out_channels <= in_channels:
-            raise ValueError(f"an official stride-2 unit needs out > in channels (main branch out - in), got {in_channels} -> {out_channels}")
+            raise ValueError(
+                "an official stride-2 unit needs out > in channels (main branch out - in), "
+                f"got {in_channels} -> {out_channels}"
+            )
         if out_channels % 4:  # their channel split asserts it
             raise ValueError(f"official ShuffleNetV2 unit output channels must be a multiple of 4, got {out_channels}")
         if split not in (1, 2):
@@ -174,7 +177,10 @@ class OfficialShuffleBlock(CNNBlockBase):
         self.split = split
         kernel = 3 if name == "shuffle_xception" else _SHUFFLE_KERNELS[name]
         main = ShuffleXceptionBlock if name == "shuffle_xception" else ShuffleBlock
-        main_in, main_out = (in_channels, out_channels - in_channels) if stride == 2 else (in_channels // 2, out_channels // 2)
+        if stride == 2:
+            main_in, main_out = in_channels, out_channels - in_channels
+        else:
+            main_in, main_out = in_channels // 2, out_channels // 2
         self.branch_main = main._main_branch(main_in, out_channels // 2, main_out, kernel, stride, norm)
         if stride == 2:
             self.branch_proj = nn.Sequential(
