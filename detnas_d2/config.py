@@ -120,6 +120,9 @@ def add_detnas_config(cfg):
     # The least safety margin (score units: AP points, top-1 %): a candidate goes on unless TOPK others beat
     # its slice score by more; it grows to twice the largest slice error measured on fully scored candidates.
     _C.DETNAS.SEARCH.RACING.MARGIN = 1.0
+    # offset: the slice error is measured from the candidates' common offset (a slice easier or harder than
+    # the whole set for all, which moves no ranking); absolute: from 0, a larger margin (search/racing.py).
+    _C.DETNAS.SEARCH.RACING.MARGIN_MODE = "offset"
     # Scoring
     _C.DETNAS.SEARCH.EVAL_DATASET = ""  # held-out split; empty: DATASETS.TEST[0]
     _C.DETNAS.SEARCH.EVAL_IMAGES = 0  # score on the first N images; 0: all
@@ -129,6 +132,19 @@ def add_detnas_config(cfg):
     _C.DETNAS.SEARCH.EVAL_MIN_SIZE = 0
     _C.DETNAS.SEARCH.DIST_MODE = "split_images"  # split_images | split_candidates
     _C.DETNAS.SEARCH.CACHE_MB = 4096  # per process: keep the mapped recalibration/eval inputs in memory up to this
+    # Several supernets (e.g. seeds, or the last snapshots of one run): each candidate's score is the mean of
+    # its scores on every one, each with its own BN recalibration. Empty: MODEL.WEIGHTS alone.
+    _C.DETNAS.SEARCH.ENSEMBLE_WEIGHTS = []
+    # Finalists (search/finalists.py): after the evolution the TOPK best candidates are scored again on the
+    # first EVAL_IMAGES images of the evaluation split (0: all) and on every supernet of WEIGHTS (empty: the
+    # search's), with a bootstrap interval over images and supernets; best_arch.yaml names the finalist of
+    # the best mean and those that cannot be told apart from it. TOPK 0: off.
+    _C.DETNAS.SEARCH.FINALISTS = CN()
+    _C.DETNAS.SEARCH.FINALISTS.TOPK = 0
+    _C.DETNAS.SEARCH.FINALISTS.EVAL_IMAGES = 0
+    _C.DETNAS.SEARCH.FINALISTS.WEIGHTS = []
+    _C.DETNAS.SEARCH.FINALISTS.BOOTSTRAP = 1000  # resamples
+    _C.DETNAS.SEARCH.FINALISTS.CONFIDENCE = 0.95
 
 
 # Keys of earlier releases, read for one release with a warning naming the new key (None: dropped).

@@ -48,9 +48,9 @@ import torch
 from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
+from .file_io import atomic_write
 from .modeling import blocks as blocks_module
 from .modeling import heads as heads_module
-from .file_io import atomic_write
 from .search_space import NUM_CHOICES, SearchSpace
 
 __all__ = [
@@ -321,7 +321,8 @@ def _build_table(space, size, head, num_classes, head_channels) -> FlopsTable:
         f"Building the FLOPs table of space {space.name} (width {space.width_mult}) at {size[0]}x{size[1]}, "
         f"head {head}: {space.num_layers} layers x {NUM_CHOICES} blocks"
     )
-    stem_flops, stem_params, shape = _measure(blocks_module.Stem(3, space.stem_out, "BN", bias=space.official), (1, 3) + size)
+    stem = blocks_module.Stem(3, space.stem_out, "BN", bias=space.official)
+    stem_flops, stem_params, shape = _measure(stem, (1, 3) + size)
     layer_flops, layer_params, layer_sizes = [], [], []
     # The layers after the first of a stage are alike (same block, channels, input shape): measure once.
     measured_blocks = {}
@@ -331,7 +332,9 @@ def _build_table(space, size, head, num_classes, head_channels) -> FlopsTable:
         if key not in measured_blocks:
             measured_blocks[key] = [
                 _measure(
-                    blocks_module.build_block(c, spec.in_channels, spec.out_channels, spec.stride, "BN", space.block_style),
+                    blocks_module.build_block(
+                        c, spec.in_channels, spec.out_channels, spec.stride, "BN", space.block_style
+                    ),
                     shape,
                 )
                 for c in range(NUM_CHOICES)
@@ -342,7 +345,9 @@ def _build_table(space, size, head, num_classes, head_channels) -> FlopsTable:
         shape = measured[0][2]
     head_flops = head_params = 0
     if head == "classifier":
-        classifier = heads_module.ClassifierHead(space.stage_out[-1], num_classes, head_channels, conv_bias=space.official)
+        classifier = heads_module.ClassifierHead(
+            space.stage_out[-1], num_classes, head_channels, conv_bias=space.official
+        )
         head_flops, head_params, _ = _measure(classifier, shape)
     return FlopsTable(
         space=space,

@@ -6,9 +6,10 @@ import random
 import time
 from collections import Counter
 
+import detnas_d2  # noqa: F401  (compat shims before detectron2 imports)
+
 import pytest
 
-import detnas_d2  # noqa: F401  (compat shims before detectron2 imports)
 from detnas_d2.flops import AdditiveCost, CostBand, get_flops_table
 from detnas_d2.search import ArchConstraints, EvolutionSearch, SearchSettings
 from detnas_d2.search_space import get_space

@@ -6,22 +6,24 @@ import os
 import random
 import re
 
+import detnas_d2  # noqa: F401  (compat shims, registrations)
+from detnas_d2 import add_detnas_config
+
 import pytest
 import torch
 import torch.nn.functional as F
-
-import detnas_d2  # noqa: F401  (compat shims, registrations)
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 from detectron2.utils import comm
 
-from detnas_d2 import add_detnas_config
 from detnas_d2.arch_info import describe
 from detnas_d2.arch_io import load_arch
 from detnas_d2.engine.launch import launch
 from detnas_d2.flops import get_flops_table
+from detnas_d2.modeling import bn_layers
+from detnas_d2.recalibration import recalibration_batches
 from detnas_d2.search import (
     DIST_MODES,
     ArchConstraints,
@@ -34,8 +36,6 @@ from detnas_d2.search import (
     build_scorer,
     run_search,
 )
-from detnas_d2.modeling import bn_layers
-from detnas_d2.recalibration import recalibration_batches
 from detnas_d2.search.racing import SLICE_SCORES, promoted, rung_margin
 from detnas_d2.search.scoring import scoring_cfg
 from detnas_d2.search_space import get_space
@@ -227,7 +227,7 @@ def test_impossible_constraints(table, tmp_path):
 def test_bn_recalibration_touches_only_the_active_path(det_weights, tmp_path):
     cfg = make_cfg(DET_CONFIG, tmp_path, det_weights)
     scorer = build_scorer(cfg)
-    supernet, model = scorer.supernet, scorer.model
+    supernet, model = scorer.supernets[0], scorer.models[0]
     arch = SPACE.random_arch(random.Random(1))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     result = scorer.score(arch)
@@ -266,7 +266,7 @@ def test_bn_recalibration_covers_fpn_and_box_head(tmp_path):
             "MODEL.ROI_BOX_HEAD.NORM", "SyncBN"]
     weights = save_random_supernet(DET_CONFIG, str(tmp_path / "syncbn.pth"), opts)
     scorer = build_scorer(make_cfg(DET_CONFIG, tmp_path, weights, opts, BN_RECALIB_IMAGES=8, EVAL_IMAGES=4))
-    model = scorer.model
+    model = scorer.models[0]
     heads = bn_layers(model.roi_heads) + [
         m for m in bn_layers(model.backbone) if m not in set(model.backbone.bottom_up.modules())
     ]
@@ -298,7 +298,7 @@ def _score_in_two_processes(cfg_text, archs, out_file):
         pool.stop()
         results[mode] = scores
         if mode == "split_images":  # every process recalibrated the last arch together
-            torch.save(_bn_state(scorer.model), out_file + ".bn")
+            torch.save(_bn_state(scorer.models[0]), out_file + ".bn")
     if comm.is_main_process():
         with open(out_file, "w") as f:
             json.dump(results, f)
@@ -311,7 +311,7 @@ def test_one_and_two_processes_give_the_same_scores(det_weights, tmp_path):
     scorer = build_scorer(cfg)
     single = [scorer.score(a)["score"] for a in archs]
     assert len(set(single)) > 1, f"the archs should score differently: {single}"
-    single_bn = _bn_state(scorer.model)
+    single_bn = _bn_state(scorer.models[0])
 
     out_file = str(tmp_path / "two.json")
     launch(_score_in_two_processes, 2, dist_url="auto", args=(cfg.dump(), archs, out_file))
@@ -329,7 +329,7 @@ def test_top1_fitness_scores_a_classifier(tmp_path):
     cfg = make_cfg(CLS_CONFIG, tmp_path, weights, BN_RECALIB_IMAGES=40, BN_RECALIB_BATCH_SIZE=20,
                    EVAL_IMAGES=0, EVAL_BATCH_SIZE=50)
     scorer = build_scorer(cfg)
-    head_bn = bn_layers(scorer.model.head)[0]
+    head_bn = bn_layers(scorer.models[0].head)[0]
     before = head_bn.running_mean.clone()
     result = scorer.score(SPACE.default_arch())
     assert 0.0 <= result["score"] <= 100.0
@@ -426,8 +426,62 @@ def test_racing_rule_never_drops_a_top_k_candidate():
     # The margin grows to twice the largest slice error measured on fully scored candidates.
     history = [{"score": 10.0, SLICE_SCORES: [9.0, 10.5]}, {"score": 5.0, SLICE_SCORES: [7.5], "full": False},
                {"score": 3.0}]
-    assert rung_margin(history, 0, 0.5) == 2.0 and rung_margin(history, 1, 0.5) == 1.0
-    assert rung_margin(history, 2, 0.5) == 0.5
+    assert rung_margin(history, 0, 0.5, "absolute") == 2.0 and rung_margin(history, 1, 0.5, "absolute") == 1.0
+    assert rung_margin(history, 2, 0.5, "absolute") == 0.5
+    # "offset": the spread of the slice errors about their common offset (one error: no spread)
+    assert rung_margin(history, 0, 0.5) == 0.5
+    history.append({"score": 4.0, SLICE_SCORES: [1.5]})  # errors -1.0 and -2.5
+    assert rung_margin(history, 0, 0.5) == 1.5 and rung_margin(history, 0, 0.5, "absolute") == 5.0
+
+
+def test_offset_margin_never_drops_a_top_k_candidate():
+    """Slice scores are the full ones plus an offset common to all candidates plus an error within d: the
+    "offset" margin (the spread of the candidates' slice errors) keeps every top-k candidate, like the
+    "absolute" one, which is larger by about twice the offset and races fewer out."""
+    rng = random.Random(1)
+    raced_out = {"offset": 0, "absolute": 0}
+    for _ in range(300):
+        k, d, offset = rng.randint(1, 5), rng.uniform(0.1, 2.0), rng.uniform(-5.0, 5.0)
+        truth = [rng.gauss(0, 2) for _ in range(rng.randint(2, 30))]
+        slices = [t + offset + rng.uniform(-d, d) for t in truth]
+        earlier_truth = [rng.gauss(0, 2) for _ in range(rng.randint(0, 20))]
+        history = [{"score": t, SLICE_SCORES: [t + offset + rng.uniform(-d, d)]} for t in earlier_truth]
+        # the margin measured on every candidate's slice error (the guarantee's premise)
+        measured = history + [{"score": t, SLICE_SCORES: [s]} for t, s in zip(truth, slices)]
+        ranked = sorted(truth + earlier_truth, reverse=True)
+        in_topk = [t >= ranked[min(k, len(ranked)) - 1] for t in truth]
+        for mode in raced_out:
+            go = promoted(slices, history, 0, k, rung_margin(measured, 0, 0.0, mode))
+            assert all(g for g, top in zip(go, in_topk) if top), f"{mode}: a top-k candidate was raced out"
+            raced_out[mode] += go.count(False)
+        assert rung_margin(measured, 0, 0.0) <= min(2 * d, rung_margin(measured, 0, 0.0, "absolute"))
+    assert raced_out["offset"] > 2 * raced_out["absolute"]
+
+
+def offset_race_score(archs, fraction=1.0):
+    """race_score with qualities 10x closer, on images of which the first tenth is 3 points easier for every
+    arch: the slices' scores are offset from the full ones alike."""
+    n = math.ceil(fraction * RACE_IMAGES)
+    out = []
+    for a in archs:
+        quality = fake_fitness(a)
+        values = [quality / 10 + v - quality + 3.0 * (j < RACE_IMAGES // 10) for j, v in enumerate(per_image_scores(a))]
+        out.append({"score": sum(values[:n]) / n, "images_eval": n})
+    return out
+
+
+def test_offset_margin_races_on_fewer_candidates_under_a_common_offset(table):
+    constraints = ArchConstraints(table, SPACE, INPUT_SIZE, flops_max=FLOPS_MAX)
+    full = EvolutionSearch(settings(), SPACE, constraints, None).run(offset_race_score)
+    images = {}
+    for mode in ("offset", "absolute"):
+        raced = EvolutionSearch(settings(racing_slices=(0.1, 0.3), racing_margin=RACE_NOISE,
+                                         racing_margin_mode=mode), SPACE, constraints, None).run(offset_race_score)
+        assert raced.topk == full.topk, f"{mode}: racing changed the top-k"
+        images[mode] = sum(r["images_eval"] for r in raced.history)
+    assert images["offset"] < 0.85 * images["absolute"], images
+    with pytest.raises(ValueError, match="RACING.MARGIN_MODE must be one of"):
+        settings(racing_margin_mode="relative").validate()
 
 
 def test_racing_search_keeps_the_full_protocols_top_k_at_a_fraction_of_the_images(table):

@@ -37,7 +37,9 @@ class ArchConstraints:
         self.latency = latency
         self.latency_max_ms = float(latency_max_ms)
         if self.latency_max_ms and latency is None:
-            raise ValueError("DETNAS.SEARCH.LATENCY_MAX_MS needs DETNAS.SEARCH.LATENCY_TABLE (python -m detnas_d2.latency)")
+            raise ValueError(
+                "DETNAS.SEARCH.LATENCY_MAX_MS needs DETNAS.SEARCH.LATENCY_TABLE (python -m detnas_d2.latency)"
+            )
         self._bands: Optional[List[Tuple[Tuple[str, str], CostBand]]] = None
 
     @classmethod

@@ -27,10 +27,10 @@ from .candidates import generate_candidates
 from .constraints import ArchConstraints
 from .predictor import screen_candidates
 from .racing import SLICE_SCORES, is_full, promoted, rung_margin
-from .settings import ScoringSettings, SearchSettings, search_fingerprint
+from .settings import FinalistSettings, ScoringSettings, SearchSettings, search_fingerprint
 from .state import SearchState, SearchStateError, diff_fingerprints
 
-__all__ = ["EvolutionSearch"]
+__all__ = ["EvolutionSearch", "top_candidates"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,13 +50,15 @@ class EvolutionSearch:
         state_path: Optional[str],
         scoring: Optional[ScoringSettings] = None,
         resume: bool = False,
+        finalists: Optional[FinalistSettings] = None,
     ):
         self.settings = settings
         self.space = space
         self.constraints = constraints
         self.state_path = state_path
         self._predicted: Dict = {}  # this generation's predicted scores (arch -> value), if screened
-        self.state = self._initial_state(search_fingerprint(settings, space, constraints, scoring), resume)
+        fingerprint = search_fingerprint(settings, space, constraints, scoring, finalists)
+        self.state = self._initial_state(fingerprint, resume)
 
     def _initial_state(self, fingerprint, resume) -> SearchState:
         path = self.state_path
@@ -91,15 +93,13 @@ class EvolutionSearch:
         return self.state.history
 
     def _select_topk(self) -> List[int]:
-        """The best fully scored candidates (a record raced out on a slice is not comparable)."""
-        full = [i for i, r in enumerate(self.history) if is_full(r)]
-        return sorted(full, key=lambda i: (-self.history[i]["score"], i))[: self.settings.topk]
+        return top_candidates(self.history, self.settings.topk)
 
     def best(self) -> Optional[Dict]:
         top = self._select_topk()
         return self.history[top[0]] if top else None
 
-    def _save(self):
+    def save(self):
         if self.state_path is not None:
             self.state.save(self.state_path)
 
@@ -146,7 +146,7 @@ class EvolutionSearch:
                 break
             if not state.population:
                 state.population = population
-                self._save()
+                self.save()
             scored = {tuple(r["arch"]) for r in self.history if r["generation"] == g}
             pending = [(a, o) for a, o in population if a not in scored]
             budget = s.max_candidates - len(self.history)
@@ -158,7 +158,7 @@ class EvolutionSearch:
                 for chunk, results in self._score_chunks(pending, chunk_size, score_fn):
                     records = [self._record(g, arch, origin, result) for (arch, origin), result in zip(chunk, results)]
                     self.history.extend(records)
-                    self._save()
+                    self.save()
                     _call_each(callbacks, "after_candidate", self, records)
             if not complete:
                 break  # the budget ends inside this generation; a larger budget resumes it here
@@ -166,10 +166,10 @@ class EvolutionSearch:
             state.rng_state = next_rng_state
             state.population = []
             state.topk = self._select_topk()
-            self._save()
+            self.save()
             _call(callbacks, "after_generation", self, g)
         state.finished = True
-        self._save()
+        self.save()
         return state
 
     def _score_chunks(self, candidates, chunk_size, score_fn, *fraction):
@@ -202,10 +202,10 @@ class EvolutionSearch:
             for chunk, results in self._score_chunks(todo, chunk_size, score_fn, fraction):
                 for (arch, _), result in zip(chunk, results):
                     race.setdefault(_key(arch), []).append(result)
-                self._save()
+                self.save()
             if rung == len(fractions) - 1:
                 break
-            margin = rung_margin(self.history, rung, s.racing_margin)
+            margin = rung_margin(self.history, rung, s.racing_margin, s.racing_margin_mode)
             scores = [race[_key(a)][rung]["score"] for a, _ in alive]
             alive = [c for c, go in zip(alive, promoted(scores, self.history, rung, s.topk, margin)) if go]
         records = []
@@ -222,8 +222,15 @@ class EvolutionSearch:
             records.append(record)
             self.history.append(record)
         race.clear()
-        self._save()
+        self.save()
         _call_each(callbacks, "after_candidate", self, records)
+
+
+def top_candidates(history: List[Dict], k: int) -> List[int]:
+    """History indices of the `k` best fully scored candidates (a record raced out on a slice is not
+    comparable), best first; ties: the earlier first."""
+    full = [i for i, r in enumerate(history) if is_full(r)]
+    return sorted(full, key=lambda i: (-history[i]["score"], i))[:k]
 
 
 def _key(arch) -> str:

@@ -8,7 +8,11 @@
   search/generation_max, search/topk_mean, search/generation per generation (step: the number of
   candidates scored when it ended);
 - search_scores.png: score against FLOPs coloured by generation, with the Pareto front;
-- best_arch.yaml: the best arch in our arch file format, with its score, FLOPs and params.
+- finalists.jsonl (with FINALISTS.TOPK): one JSON line per (finalist, supernet) scored (finalists.py),
+  rewritten from the state on resume; the finalists' table through the logger;
+- best_arch.yaml: the best arch in our arch file format, with its score, FLOPs and params: the search's
+  best candidate, or with finalists the finalist of the best mean (its score: that mean), the finalists'
+  table and those that cannot be told apart from it.
 """
 import datetime
 import json
@@ -26,6 +30,7 @@ from detnas_d2.file_io import atomic_write
 from detnas_d2.rank_stats import kendall_tau_b
 from detnas_d2.search_space import BLOCKS, arch_to_str
 
+from .finalists import FINALISTS_FILE, best_finalist, finalists_table
 from .racing import is_full
 
 __all__ = ["SearchOutputs", "pareto_front", "topk_table", "plot_search"]
@@ -168,14 +173,52 @@ class SearchOutputs:
             title=f"{self.fitness} of {len(search.history)} candidates ({self.space.name} space)",
         )
 
-    def finish(self, search, **metadata) -> Dict:
-        """Write best_arch.yaml and the final plot; returns the best record."""
+    # ---- finalists ------------------------------------------------------------------------------
+    def before_finalists(self, finalists):
+        path = os.path.join(self.output_dir, FINALISTS_FILE)
+        atomic_write(path, "".join(json.dumps(r) + "\n" for r in finalists.records))
+        s = finalists.settings
+        logger.info(
+            f"Finalists: the {len(finalists.indices)} best candidates, each on {len(s.weights)} supernet(s) "
+            f"({', '.join(s.weights)}), {'all' if not s.eval_images else s.eval_images} evaluation images, "
+            f"{s.bootstrap} bootstrap resamples; {len(finalists.pending())} of {len(finalists.plan)} to score."
+        )
+
+    def after_finalist(self, finalists, record):
+        with PathManager.open(os.path.join(self.output_dir, FINALISTS_FILE), "a") as f:
+            f.write(json.dumps(record) + "\n")
+        logger.info(
+            f"Finalist {record['finalist'] + 1} (candidate {record['candidate']}) on supernet {record['supernet']}: "
+            f"{self.fitness} {record['score']:.3f} (search score {record['search_score']:.3f}); "
+            f"{len(finalists.records)}/{len(finalists.plan)} scored"
+        )
+
+    def finish(self, search, finalists=None, **metadata) -> Dict:
+        """Write best_arch.yaml and the final plot; returns the best record (with finalists, the best
+        finalist's, its row under "finalist"). `finalists`: the finished `Finalists`, if any."""
         best = search.best()
+        score = best["score"]
+        if finalists is not None:
+            rows = finalists.summary()
+            row = best_finalist(rows)
+            best = dict(search.history[row["candidate"]], finalist=row)
+            score = row["mean"]
+            logger.info(f"Finalists ({self.fitness} on {len(finalists.settings.weights)} supernet(s)):\n"
+                        + finalists_table(rows, finalists.settings.confidence))
+            metadata.update(
+                search_score=best["score"], finalist_interval=row["interval"],
+                indistinguishable=[arch_to_str(r["arch"]) for r in rows if r["tied"]],
+                finalists=[
+                    {"candidate": r["candidate"], "arch": arch_to_str(r["arch"]), "search_score": r["search_score"],
+                     "mean": r["mean"], "interval": r["interval"], "tied": r["tied"]}
+                    for r in rows
+                ],
+            )
         path = os.path.join(self.output_dir, BEST_ARCH_FILE)
         if "latency_ms" in best:
             metadata["latency_ms"] = best["latency_ms"]
         save_arch(
-            path, best["arch"], self.space, score=best["score"], fitness=self.fitness, flops=best["flops"],
+            path, best["arch"], self.space, score=score, fitness=self.fitness, flops=best["flops"],
             params=best["params"], generation=best["generation"], candidate=best["index"],
             candidates_scored=len(search.history), **metadata,
         )
@@ -183,7 +226,7 @@ class SearchOutputs:
         self._writer.write()
         self._writer.close()
         logger.info(
-            f"Search done: {len(search.history)} candidates. Best {self.fitness} {best['score']:.3f} "
+            f"Search done: {len(search.history)} candidates. Best {self.fitness} {score:.3f} "
             f"({best['flops'] / 1e6:.2f} MFLOPs, {best['params'] / 1e6:.3f} M params): "
             f"{arch_to_str(best['arch'])} -> {path}"
         )

@@ -7,16 +7,22 @@ by more than the rung's margin; the others are "raced out": their record keeps t
 `"full": false`, and never enters the top-k. The competitors are this generation's candidates at rung r and
 every earlier candidate that was scored on slice r (their slice scores are in their records).
 
-Why no top-k arch is lost: if every slice score lies within `d` of the candidate's full score, a candidate
-beaten by more than 2d on the slice is beaten on the full set too, so a candidate raced out has TOPK better
-ones and was not in the top-k. The margin of rung r is max(RACING.MARGIN, 2 x the largest |slice - full|
-difference of the candidates fully scored so far): the search measures its own `d`.
+Why no top-k arch is lost. Suppose every candidate's slice score s_i lies within d of its full score f_i
+plus an offset c common to all candidates (a slice easier or harder than the whole set for everyone):
+|s_i - (f_i + c)| <= d. If s_j - s_i > 2d then f_j + c + d >= s_j > s_i + 2d >= f_i + c + d, so f_j > f_i:
+c cancels, and a candidate beaten by more than 2d on the slice by TOPK others is beaten by them on the full
+set, so it was not in the top-k. The search measures d on the candidates fully scored so far: with
+d_i = s_i - f_i, the best common offset is the midrange of the d_i and the margin of rung r is
+max(RACING.MARGIN, max d_i - min d_i) (MARGIN_MODE "offset", the default). MARGIN_MODE "absolute" takes
+c = 0: max(RACING.MARGIN, 2 max |d_i|), never smaller, and larger by twice the offset, which moves no
+ranking but made a biased slice race almost every candidate on.
 """
 from typing import Dict, List, Sequence
 
-__all__ = ["SLICE_SCORES", "is_full", "rung_margin", "promoted"]
+__all__ = ["MARGIN_MODES", "SLICE_SCORES", "is_full", "rung_margin", "promoted"]
 
 SLICE_SCORES = "slice_scores"  # record key: the scores on the slices the candidate was raced on
+MARGIN_MODES = ("offset", "absolute")
 
 
 def is_full(record: Dict) -> bool:
@@ -24,13 +30,18 @@ def is_full(record: Dict) -> bool:
     return record.get("full", True)
 
 
-def rung_margin(history: Sequence[Dict], rung: int, base: float) -> float:
-    """The safety margin of `rung`: at least `base`, and twice the largest slice error seen so far."""
+def rung_margin(history: Sequence[Dict], rung: int, base: float, mode: str = "offset") -> float:
+    """The safety margin of `rung`: at least `base`, and twice the largest slice error seen so far, the
+    error measured from the candidates' common offset ("offset") or from 0 ("absolute")."""
     errors = [
-        abs(r[SLICE_SCORES][rung] - r["score"])
+        r[SLICE_SCORES][rung] - r["score"]
         for r in history if is_full(r) and len(r.get(SLICE_SCORES, ())) > rung
     ]
-    return max([base] + [2.0 * e for e in errors])
+    if not errors:
+        return base
+    if mode == "absolute":
+        return max(base, 2.0 * max(abs(e) for e in errors))
+    return max(base, max(errors) - min(errors))
 
 
 def promoted(scores: Sequence[float], history: Sequence[Dict], rung: int, topk: int, margin: float) -> List[bool]:

@@ -6,11 +6,13 @@ to score to the other processes; DETNAS.SEARCH.DIST_MODE says how they share the
   (BN statistics all-reduced, COCO results gathered by COCOEvaluator);
 - split_candidates: each process scores its own candidate on all images; the results are gathered.
 Both give the same scores as one process (see scoring.py), so a search may be resumed with another
-number of processes or mode.
+number of processes or mode. The finalists (finalists.py) are scored the same way, after the search, by a
+scorer of their own (their evaluation images and supernets).
 """
+import dataclasses
 import logging
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from detectron2.modeling import build_model
 from detectron2.utils import comm
@@ -23,9 +25,10 @@ from detnas_d2.tasks import get_task
 
 from .constraints import ArchConstraints
 from .evolution import EvolutionSearch
+from .finalists import Finalists
 from .outputs import SearchOutputs
 from .scoring import CandidateScorer
-from .settings import ScoringSettings, SearchSettings
+from .settings import FinalistSettings, ScoringSettings, SearchSettings
 
 __all__ = ["run_search", "DistributedScoring", "STATE_FILE", "build_scorer"]
 
@@ -34,7 +37,7 @@ STATE_FILE = "search_state.json"
 
 
 class DistributedScoring:
-    """Spreads scoring over the processes. Rank 0 calls `score(archs)` (it returns the results);
+    """Spreads scoring over the processes. Rank 0 calls `score(archs, ...)` (it returns the results);
     the other processes call `serve()`, which returns once rank 0 calls `stop()`."""
 
     def __init__(self, scorer: CandidateScorer, mode: str):
@@ -43,18 +46,26 @@ class DistributedScoring:
         # Candidates scored between two state saves.
         self.chunk_size = comm.get_world_size() if self.split_candidates else 1
 
-    def _score_share(self, archs: Sequence, fraction: float) -> Optional[List[Dict]]:
+    def _score_share(self, archs: Sequence, fraction: float, supernets: Optional[Sequence[Optional[int]]],
+                     bootstrap: Optional[Tuple[int, int]]) -> Optional[List[Dict]]:
+        work = list(zip(archs, supernets or [None] * len(archs)))
         if not self.split_candidates:
-            return [self.scorer.score(a, fraction) for a in archs]
+            return [self.scorer.score(a, fraction, s, bootstrap) for a, s in work]
         rank = comm.get_rank()
-        mine = self.scorer.score(archs[rank], fraction) if rank < len(archs) else None
+        mine = None
+        if rank < len(work):
+            arch, supernet = work[rank]
+            mine = self.scorer.score(arch, fraction, supernet, bootstrap)
         gathered = comm.gather(mine, dst=0)
-        return gathered[: len(archs)] if comm.is_main_process() else None
+        return gathered[: len(work)] if comm.is_main_process() else None
 
-    def score(self, archs: Sequence, fraction: float = 1.0) -> List[Dict]:
-        """Scores on the first `fraction` of the evaluation images (racing; 1.0: all)."""
-        comm.all_gather((list(archs), fraction))  # hand the candidates to the other processes
-        return self._score_share(archs, fraction)
+    def score(self, archs: Sequence, fraction: float = 1.0, supernets: Optional[Sequence[Optional[int]]] = None,
+              bootstrap: Optional[Tuple[int, int]] = None) -> List[Dict]:
+        """Scores on the first `fraction` of the evaluation images (racing; 1.0: all); `supernets`, `bootstrap`:
+        CandidateScorer.score's, `supernets` one per arch."""
+        work = (list(archs), fraction, supernets, bootstrap)
+        comm.all_gather(work)  # hand the candidates to the other processes
+        return self._score_share(*work)
 
     def serve(self):
         while True:
@@ -68,56 +79,90 @@ class DistributedScoring:
             comm.all_gather(None)
 
 
-def build_scorer(cfg, scoring: Optional[ScoringSettings] = None, search: Optional[SearchSettings] = None
-                 ) -> CandidateScorer:
-    """The supernet model of `cfg` loaded from MODEL.WEIGHTS, and its CandidateScorer (with the racing
-    slices of `search`, holding a population's partial scores)."""
+def build_scorer(cfg, scoring: Optional[ScoringSettings] = None, search: Optional[SearchSettings] = None,
+                 weights: Sequence[str] = ()) -> CandidateScorer:
+    """The supernet model of `cfg` loaded from each of `weights` (default: the scoring's supernets,
+    MODEL.WEIGHTS or ENSEMBLE_WEIGHTS) and their CandidateScorer (with the racing slices of `search`,
+    holding a population's partial scores)."""
     scoring = scoring or ScoringSettings.from_cfg(cfg)
-    _check_weights(scoring.weights)
-    model = build_model(cfg)
-    DetNASCheckpointer(model).load(scoring.weights)
+    weights = tuple(weights) or scoring.supernets
+    models = []
+    for path in weights:
+        _check_weights(path)
+        models.append(build_model(cfg))
+        DetNASCheckpointer(models[-1]).load(path)
     slices, keep = (search.racing_slices, search.population) if search is not None else ((), 0)
     return CandidateScorer(
-        cfg, get_task(cfg), scoring, model, distributed=scoring.dist_mode == "split_images", slices=slices, keep=keep,
+        cfg, get_task(cfg), scoring, models, distributed=scoring.dist_mode == "split_images", slices=slices, keep=keep,
     )
 
 
-def _check_weights(weights: str):
+def _check_weights(weights: str, key: str = "MODEL.WEIGHTS"):
     if not weights:
-        raise ValueError("MODEL.WEIGHTS is empty: give the supernet checkpoint to search (pipeline step 2)")
+        raise ValueError(f"{key} is empty: give the supernet checkpoint to search (pipeline step 2)")
     if not PathManager.exists(weights):
-        raise FileNotFoundError(f"MODEL.WEIGHTS={weights}: no such supernet checkpoint")
+        raise FileNotFoundError(f"{key}={weights}: no such supernet checkpoint")
+
+
+def _finalist_pool(cfg, scoring: ScoringSettings, finalists: FinalistSettings) -> DistributedScoring:
+    """Every process: the scorer of the finalists (their images and supernets), spread like the search's."""
+    settings = dataclasses.replace(scoring, eval_images=finalists.eval_images)
+    return DistributedScoring(build_scorer(cfg, settings, weights=finalists.weights), scoring.dist_mode)
 
 
 def run_search(cfg, resume: bool = False) -> Optional[Dict]:
-    """Run (or with `resume`, continue) the search of `cfg` in OUTPUT_DIR. Returns the best candidate's
-    record on rank 0, None elsewhere. Settings and constraints are checked before anything is loaded."""
+    """Run (or with `resume`, continue) the search of `cfg` in OUTPUT_DIR, then its finalists. Returns the
+    best candidate's record on rank 0 (with finalists, the best finalist's), None elsewhere. Settings and
+    constraints are checked before anything is loaded."""
     space = space_from_cfg(cfg)
     settings = SearchSettings.from_cfg(cfg)
     constraints = ArchConstraints.from_cfg(cfg, space)
     constraints.check_feasible(settings.seed)
     scoring = ScoringSettings.from_cfg(cfg)
-    _check_weights(scoring.weights)
+    finalist_settings = FinalistSettings.from_cfg(cfg, scoring)
+    for key, paths in (("MODEL.WEIGHTS", () if scoring.ensemble_weights else (scoring.weights,)),
+                       ("DETNAS.SEARCH.ENSEMBLE_WEIGHTS", scoring.ensemble_weights),
+                       ("DETNAS.SEARCH.FINALISTS.WEIGHTS", cfg.DETNAS.SEARCH.FINALISTS.WEIGHTS)):
+        for path in paths:
+            _check_weights(path, key)
     search = None
     if comm.is_main_process():
         search = EvolutionSearch(
-            settings, space, constraints, os.path.join(cfg.OUTPUT_DIR, STATE_FILE), scoring=scoring, resume=resume
+            settings, space, constraints, os.path.join(cfg.OUTPUT_DIR, STATE_FILE), scoring=scoring, resume=resume,
+            finalists=finalist_settings,
         )
+        supernets = scoring.supernets
         logger.info(
             f"{settings.mode} search in space '{space.name}' (width {space.width_mult}, {space.num_layers} layers), "
             f"{constraints.describe()} at input {constraints.input_size}; budget {settings.budget} candidates; "
-            f"fitness {scoring.fitness}; {comm.get_world_size()} process(es), {scoring.dist_mode}."
+            f"fitness {scoring.fitness}"
+            + (f" (the mean over {len(supernets)} supernets)" if len(supernets) > 1 else "")
+            + f"; {comm.get_world_size()} process(es), {scoring.dist_mode}."
             + (f" Racing on slices {settings.racing_slices} of the evaluation images, margin >= "
-               f"{settings.racing_margin}." if settings.racing_slices else "")
+               f"{settings.racing_margin} ({settings.racing_margin_mode})." if settings.racing_slices else "")
         )
     pool = DistributedScoring(build_scorer(cfg, scoring, settings), scoring.dist_mode)
     if not comm.is_main_process():
         pool.serve()
+        del pool  # its models and cached inputs, before the finalists' are loaded
+        if comm.all_gather(None)[0]:
+            finalist_pool = _finalist_pool(cfg, scoring, finalist_settings)
+            finalist_pool.serve()
         return None
     outputs = SearchOutputs(cfg.OUTPUT_DIR, space, scoring.fitness, settings.budget, search.history)
     with EventStorage(len(search.history)):
         search.run(pool.score, pool.chunk_size, callbacks=[outputs])
         pool.stop()
+        del pool
+        finalists = Finalists(search, finalist_settings) if finalist_settings.topk and search.history else None
+        if comm.all_gather(finalists is not None and bool(finalists.pending()))[0]:  # the others build a scorer
+            finalist_pool = _finalist_pool(cfg, scoring, finalist_settings)
+            finalists.run(finalist_pool.score, finalist_pool.chunk_size, callbacks=[outputs])
+            finalist_pool.stop()
+        elif finalists is not None:  # all scored before a resume: the files and the table from the state
+            finalists.run(None, callbacks=[outputs])
         if not search.history:
             raise RuntimeError(f"No arch meets {constraints.describe()}: nothing was scored")
-        return outputs.finish(search, supernet=scoring.weights, input_size=constraints.input_size)
+        supernets = scoring.supernets
+        return outputs.finish(search, finalists=finalists, input_size=constraints.input_size,
+                              supernet=supernets[0] if len(supernets) == 1 else list(supernets))

@@ -8,8 +8,9 @@ from detnas_d2.search_space import SearchSpace
 from detnas_d2.tasks import get_task
 
 from .predictor import PREDICTORS
+from .racing import MARGIN_MODES
 
-__all__ = ["DIST_MODES", "ScoringSettings", "SearchSettings", "search_fingerprint"]
+__all__ = ["DIST_MODES", "FinalistSettings", "ScoringSettings", "SearchSettings", "search_fingerprint"]
 
 DIST_MODES = ("split_images", "split_candidates")
 
@@ -30,6 +31,7 @@ class SearchSettings:
     predictor_min_scored: int = 20  # candidates scored before the predictor screens
     racing_slices: Tuple[float, ...] = ()  # fractions of the evaluation images of the first rungs (racing.py)
     racing_margin: float = 1.0  # the least safety margin, in score units
+    racing_margin_mode: str = "offset"  # slice errors measured from the candidates' common offset, or from 0
 
     @classmethod
     def from_cfg(cls, cfg) -> "SearchSettings":
@@ -37,7 +39,7 @@ class SearchSettings:
         settings = cls(
             s.MODE, s.POPULATION, s.GENERATIONS, s.TOPK, s.NUM_MUTATION, s.MUTATION_PROB,
             s.NUM_CROSSOVER, s.MAX_CANDIDATES, s.SEED, s.PREDICTOR, s.PREDICTOR_KEEP, s.PREDICTOR_MIN_SCORED,
-            tuple(float(f) for f in s.RACING.SLICES), float(s.RACING.MARGIN),
+            tuple(float(f) for f in s.RACING.SLICES), float(s.RACING.MARGIN), s.RACING.MARGIN_MODE,
         )
         settings.validate()
         return settings
@@ -65,6 +67,10 @@ class SearchSettings:
             )
         if self.racing_margin < 0:
             raise ValueError(f"DETNAS.SEARCH.RACING.MARGIN must be >= 0, got {self.racing_margin}")
+        if self.racing_margin_mode not in MARGIN_MODES:
+            raise ValueError(
+                f"DETNAS.SEARCH.RACING.MARGIN_MODE must be one of {MARGIN_MODES}, got '{self.racing_margin_mode}'"
+            )
 
     @property
     def budget(self) -> int:
@@ -86,6 +92,12 @@ class ScoringSettings:
     cache_mb: float
     dist_mode: str
     seed: int
+    ensemble_weights: Tuple[str, ...] = ()  # several supernets: a candidate's score is the mean of theirs
+
+    @property
+    def supernets(self) -> Tuple[str, ...]:
+        """The checkpoints every candidate is scored on: ENSEMBLE_WEIGHTS, else MODEL.WEIGHTS."""
+        return self.ensemble_weights or (self.weights,)
 
     @classmethod
     def from_cfg(cls, cfg) -> "ScoringSettings":
@@ -108,26 +120,62 @@ class ScoringSettings:
         return cls(
             cfg.MODEL.WEIGHTS, cfg.MODEL.META_ARCHITECTURE, task.fitness, recalib, eval_dataset,
             int(s.EVAL_IMAGES), int(s.EVAL_BATCH_SIZE), int(s.EVAL_MIN_SIZE), float(s.CACHE_MB), s.DIST_MODE,
-            int(s.SEED),
+            int(s.SEED), tuple(s.ENSEMBLE_WEIGHTS),
         )
 
 
+@dataclass(frozen=True)
+class FinalistSettings:
+    """DETNAS.SEARCH.FINALISTS, read once (finalists.py)."""
+
+    topk: int = 0  # the best candidates scored again; 0: no finalists
+    eval_images: int = 0  # on the first N images of the evaluation split; 0: all
+    weights: Tuple[str, ...] = ()  # on each of these supernets (the search's own when empty)
+    bootstrap: int = 1000  # resamples of the images (and of the supernets) for the intervals
+    confidence: float = 0.95  # of the intervals
+    seed: int = 0
+
+    @classmethod
+    def from_cfg(cls, cfg, scoring: ScoringSettings) -> "FinalistSettings":
+        f = cfg.DETNAS.SEARCH.FINALISTS
+        settings = cls(int(f.TOPK), int(f.EVAL_IMAGES), tuple(f.WEIGHTS) or scoring.supernets, int(f.BOOTSTRAP),
+                       float(f.CONFIDENCE), int(cfg.DETNAS.SEARCH.SEED))
+        settings.validate()
+        return settings
+
+    def validate(self):
+        for key in ("topk", "eval_images"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"DETNAS.SEARCH.FINALISTS.{key.upper()} must be >= 0, got {getattr(self, key)}")
+        if self.bootstrap < 1:
+            raise ValueError(f"DETNAS.SEARCH.FINALISTS.BOOTSTRAP must be >= 1, got {self.bootstrap}")
+        if not 0.0 < self.confidence < 1.0:
+            raise ValueError(f"DETNAS.SEARCH.FINALISTS.CONFIDENCE must be in (0, 1), got {self.confidence}")
+
+
 def search_fingerprint(settings: SearchSettings, space: SearchSpace, constraints,
-                       scoring: Optional[ScoringSettings] = None) -> Dict:
-    """What fixes a search's candidate sequence and scores: a state file resumes only with the same.
-    MAX_CANDIDATES and GENERATIONS only say when to stop, so a resumed search may extend them."""
+                       scoring: Optional[ScoringSettings] = None, finalists: Optional[FinalistSettings] = None
+                       ) -> Dict:
+    """What fixes a search's candidate sequence and scores (and its finalists' records): a state file
+    resumes only with the same. MAX_CANDIDATES and GENERATIONS only say when to stop, so a resumed search
+    may extend them; FINALISTS.CONFIDENCE only how the records are summed up."""
     fingerprint = {k: v for k, v in asdict(settings).items() if k not in ("max_candidates", "generations")}
     if not settings.predictor:  # searches without a predictor keep the fingerprint they always had
         fingerprint = {k: v for k, v in fingerprint.items() if not k.startswith("predictor")}
     if not settings.racing_slices:  # the same for searches without racing
         fingerprint = {k: v for k, v in fingerprint.items() if not k.startswith("racing")}
+    if settings.racing_margin_mode == "absolute":  # the margin racing searches had before the modes
+        fingerprint.pop("racing_margin_mode", None)
+    if finalists is not None and finalists.topk:
+        fingerprint["finalists"] = {k: v for k, v in asdict(finalists).items() if k != "confidence"}
     fingerprint["space"] = [space.name, space.width_mult]
     fingerprint["constraints"] = [constraints.flops_min, constraints.flops_max, constraints.params_max]
     if constraints.latency is not None:
         fingerprint["latency"] = [constraints.latency_max_ms, constraints.latency.to_dict()]
     if scoring is not None:
+        supernets = scoring.supernets
         fingerprint.update({
-            "weights": scoring.weights,
+            "weights": supernets[0] if len(supernets) == 1 else list(supernets),
             "meta_architecture": scoring.meta_architecture,
             "fitness": scoring.fitness,
             "input_size": constraints.input_size,

@@ -38,7 +38,8 @@ class SearchState:
     (the one in progress), `rng_state` (random.Random state at the start of that generation),
     `population` (that generation's candidates), `topk` (history indices of the best archs scored
     before it), `history` (every scored candidate, in scoring order), `race` (racing: the slice results of
-    the generation in progress, by arch "0,1,..."), `finished`.
+    the generation in progress, by arch "0,1,..."), `finished`, `finalists` (finalists.py: one record per
+    finalist and supernet scored).
     """
 
     def __init__(self, fingerprint: Dict, seed: int):
@@ -50,6 +51,7 @@ class SearchState:
         self.history: List[Dict] = []
         self.race: Dict[str, List[Dict]] = {}
         self.finished = False
+        self.finalists: List[Dict] = []
 
     def to_dict(self) -> Dict:
         return {
@@ -62,6 +64,7 @@ class SearchState:
             "history": self.history,
             "race": self.race,
             "finished": self.finished,
+            "finalists": self.finalists,
         }
 
     @classmethod
@@ -80,6 +83,7 @@ class SearchState:
             record["score"] = float(record["score"])
         state.race = dict(data.get("race", {}))  # absent in files of searches before racing
         state.finished = bool(data["finished"])
+        state.finalists = list(data.get("finalists", []))  # absent in files of searches before finalists
         return state
 
     def save(self, path: str):
