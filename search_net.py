@@ -11,27 +11,10 @@
 
 Writes to OUTPUT_DIR: best_arch.yaml (for MODEL.DETNAS.ARCH of the retraining steps), candidates.jsonl,
 search_state.json (+ .bak), search_scores.png, TensorBoard events, log.txt. Without CUDA, --num-gpus N
-starts N CPU processes (gloo).
+starts N CPU processes (gloo). The command of detnas_d2.search_net (`python -m detnas_d2.search_net ...`
+runs the same from any folder).
 """
-import detnas_d2  # noqa: F401,I001  (first: applies the compat shims, registers backbones and datasets)
-
-from detnas_d2.config import setup_cfg
-from detnas_d2.engine import launch, parse_args
-from detnas_d2.search import run_search
-
-
-def main(args):
-    return run_search(setup_cfg(args), resume=args.resume)
-
+from detnas_d2.search_net import run
 
 if __name__ == "__main__":
-    args = parse_args()
-    print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    run()

@@ -3,7 +3,14 @@
 torch, torchvision and Detectron2 are not listed: like Detectron2 itself, we leave them to the
 environment. `bash tools/install.sh` installs a working set (and keeps one that already works).
 """
+
+import glob
+import os
+import shutil
+
 from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 INSTALL_REQUIRES = [
     "fvcore>=0.1.5,<0.1.6",
@@ -36,11 +43,34 @@ TEST_REQUIRES = [
     "ruff==0.17.6",
 ]
 
+
+def packaged_configs():
+    """Link (where links fail: copy) configs/ into the package as detnas_d2/configs, as Detectron2's
+    setup.py does for its model zoo, so that an install ships them and detnas_d2.config_files finds them
+    from any folder; returns them as package data."""
+    source, destination = os.path.join(HERE, "configs"), os.path.join(HERE, "detnas_d2", "configs")
+    if os.path.exists(source):  # a checkout (a source distribution holds the copy already)
+        if os.path.islink(destination):
+            os.unlink(destination)
+        elif os.path.isdir(destination):
+            shutil.rmtree(destination)
+        try:
+            os.symlink(source, destination)
+        except OSError:
+            shutil.copytree(source, destination)
+    package = os.path.join(HERE, "detnas_d2")
+    return [
+        os.path.relpath(path, package)
+        for path in glob.glob(os.path.join(destination, "**", "*.yaml"), recursive=True)
+    ]
+
+
 setup(
     name="detnas-d2",
     version="0.1.0",
     description="DetNAS (backbone search for object detection) for Detectron2",
     packages=find_packages(include=("detnas_d2", "detnas_d2.*")),
+    package_data={"detnas_d2": packaged_configs()},
     python_requires=">=3.8",
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES, "export": EXPORT_REQUIRES},

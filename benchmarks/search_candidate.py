@@ -14,7 +14,6 @@ gives each of two processes), so "vs 1 proc" is the gain of a second process wit
 second GPU would be.
 """
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -33,6 +32,7 @@ from tabulate import tabulate
 from detnas_d2 import add_detnas_config
 from detnas_d2.config import get_detnas_cfg
 from detnas_d2.engine.launch import launch
+from detnas_d2.file_io import read_json_lines
 from detnas_d2.search import run_search
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,8 +47,7 @@ def _search(cfg_text, threads):
 
 
 def _stats(out_dir, procs, split_candidates):
-    with open(os.path.join(out_dir, "candidates.jsonl")) as f:
-        records = [json.loads(line) for line in f][1:]  # the first one warms up
+    records = read_json_lines(os.path.join(out_dir, "candidates.jsonl"))[1:]  # the first one warms up
     mean = lambda key: statistics.mean(r[key] for r in records)  # noqa: E731
     recalib, inference, metric, wall = (mean(k) for k in ("seconds_recalib", "seconds_inference",
                                                            "seconds_metric", "seconds_wall"))

@@ -17,21 +17,22 @@ KEY VALUE options go to both searches (e.g. DETNAS.SEARCH.GENERATIONS 3). A fini
 is read back instead of run again (delete its folder to rerun it).
 """
 import argparse
-import importlib.util
 import json
 import os
 import sys
 import time
 
+import detnas_d2  # noqa: F401  (first: compat shims, registrations)
+
+from detectron2.utils.logger import setup_logger
+from tabulate import tabulate
+
+from detnas_d2.audit.protocols import protocol_figures, read_protocol
+from detnas_d2.config import get_detnas_cfg
+from detnas_d2.file_io import read_json_lines
+from detnas_d2.search import build_scorer, run_search
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import detnas_d2  # noqa: E402,F401  (first: compat shims, registrations)
-from detectron2.utils.logger import setup_logger  # noqa: E402
-from tabulate import tabulate  # noqa: E402
-
-from detnas_d2.config import get_detnas_cfg  # noqa: E402
-from detnas_d2.search import build_scorer, run_search  # noqa: E402
 
 DEFAULT_WEIGHTS = os.path.join(ROOT, "output", "rank_audit_toy", "recipe_a", "det_supernet", "model_final.pth")
 # Full scale, per candidate: the official DetNAS protocol (4,000 recalibration + 5,000 evaluation images at
@@ -41,29 +42,14 @@ DEFAULT_WEIGHTS = os.path.join(ROOT, "output", "rank_audit_toy", "recipe_a", "de
 FULL_SCALE = {"candidates": 1000, "recalib": 4000, "eval": 5000, "gpu_seconds_per_image": 2 * 24 / 5000, "gpus": 8}
 
 
-def _rank_audit():
-    spec = importlib.util.spec_from_file_location("rank_audit", os.path.join(ROOT, "tools", "rank_audit.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _read(path):
-    """The lines of a JSON-lines file ([] if there is none)."""
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def _search(cfg, label):
     """Run (or read back) one search; its records and wall seconds (None when read back)."""
     if os.path.exists(os.path.join(cfg.OUTPUT_DIR, "best_arch.yaml")):
         print(f"{label}: reading the finished search in {cfg.OUTPUT_DIR}", flush=True)
-        return _read(os.path.join(cfg.OUTPUT_DIR, "candidates.jsonl")), None
+        return read_json_lines(os.path.join(cfg.OUTPUT_DIR, "candidates.jsonl")), None
     start = time.perf_counter()
     run_search(cfg, resume=True)
-    return _read(os.path.join(cfg.OUTPUT_DIR, "candidates.jsonl")), time.perf_counter() - start
+    return read_json_lines(os.path.join(cfg.OUTPUT_DIR, "candidates.jsonl")), time.perf_counter() - start
 
 
 def _costs(records):
@@ -111,7 +97,7 @@ def main():
     reference = {tuple(r["arch"]): r for r in full_records}
     missing = [r["arch"] for r in cheap_records if r.get("full", True) and tuple(r["arch"]) not in reference]
     extra_path = os.path.join(args.output_dir, "full_protocol_extra.jsonl")
-    extra = {tuple(r["arch"]): r for r in _read(extra_path)}
+    extra = {tuple(r["arch"]): r for r in read_json_lines(extra_path)}
     missing = [a for a in missing if tuple(a) not in extra]
     if missing:
         print(f"Scoring {len(missing)} archs of the cheap search under the full protocol", flush=True)
@@ -127,9 +113,8 @@ def main():
         for r in list(full_records) + [r for a, r in extra.items() if a not in reference]:
             f.write(json.dumps(r) + "\n")
 
-    ra = _rank_audit()
     topk = int(base.DETNAS.SEARCH.TOPK)
-    ranking = ra.protocol_figures(ra.read_protocol(reference_path), ra.read_protocol(
+    ranking = protocol_figures(read_protocol(reference_path), read_protocol(
         os.path.join(cheap.OUTPUT_DIR, "candidates.jsonl")), topk)
     fc, cc = _costs(full_records), _costs(cheap_records)
     best_full = max(full_records, key=lambda r: r["score"])

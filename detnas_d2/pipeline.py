@@ -1,11 +1,16 @@
-"""Running pipeline steps as the commands a user would type (tools/run_pipeline.py, tools/study.py).
+"""Running pipeline steps as the commands a user would type (tools/run_pipeline.py, tools/study.py,
+tools/rank_audit.py standalone).
 
-A step is one `train_net.py` / `search_net.py` command with its own output folder. Its command line is
-kept in <folder>/command.txt and its output in <folder>/stdout.txt; <folder>/step_done.json marks it
-finished. A folder from an earlier run is emptied before the step runs again, or reused when asked
-(and the log says which).
+A step is one training or search command (`python -m detnas_d2.train_net` / `detnas_d2.search_net`, what
+train_net.py / search_net.py of a checkout run) with its own output folder, run from the current folder
+with the installed package, so also from a non-editable install. Its command line is kept in
+<folder>/command.txt and its output in <folder>/stdout.txt; <folder>/step_done.json marks it finished. A
+folder from an earlier run is emptied before the step runs again, or reused when asked (and the log says
+which). Stopped (Ctrl-C, SIGTERM), a step passes the signal on to its command and waits for it
+(detnas_d2.process); the command also dies with this process.
 """
 import json
+import os
 import re
 import shlex
 import shutil
@@ -16,9 +21,12 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from .arch_io import load_arch_record
+from .config_files import config_file
 from .output_files import EVAL_RESULTS_FILE
+from .process import STOP_GRACE_S, start_child, stop_processes, stop_signal_of
 
-ROOT = Path(__file__).resolve().parents[1]
+TRAIN = "detnas_d2.train_net"  # the modules a step runs (python -m)
+SEARCH = "detnas_d2.search_net"
 DONE_FILE = "step_done.json"
 # Lines of a step's output shown on the terminal: Detectron2's "eta: ... iter: ..." lines and the search's
 # "[generation g] candidate ... eta ..." and per-generation lines.
@@ -49,13 +57,16 @@ class StepFailed(RuntimeError):
 
 
 class Step:
-    def __init__(self, name: str, title: str, script: str, config: str, out_dir: Path, opts: List[str],
+    """`module` (TRAIN or SEARCH) with `config` (a path, or one of the package's configs: config_file)
+    and KEY VALUE `opts`, writing to `out_dir`; finished when `artifact` exists."""
+
+    def __init__(self, name: str, title: str, module: str, config: str, out_dir: Path, opts: List[str],
                  artifact: Path, eval_only: bool = False):
-        self.name, self.title, self.script, self.config = name, title, script, config
+        self.name, self.title, self.module, self.config = name, title, module, config
         self.out_dir, self.opts, self.artifact, self.eval_only = Path(out_dir), opts, Path(artifact), eval_only
 
     def command(self, num_gpus: int, resume: bool = False) -> List[str]:
-        cmd = [sys.executable, str(ROOT / self.script), "--config-file", str(ROOT / self.config),
+        cmd = [sys.executable, "-m", self.module, "--config-file", os.path.abspath(config_file(self.config)),
                "--num-gpus", str(num_gpus)]
         if self.eval_only:
             cmd.append("--eval-only")
@@ -69,8 +80,8 @@ class Step:
 
     def run(self, num_gpus: int = 1, reuse: bool = False, log: Callable[[str], None] = print) -> float:
         """Run the step; returns its seconds. Raises StepFailed. With `reuse`, a step that finished with
-        this command is kept, and one that was stopped with this command continues (`--resume`: train_net.py
-        and search_net.py end as an uninterrupted run would); otherwise its folder is emptied first."""
+        this command is kept, and one that was stopped with this command continues (`--resume`: training
+        and search end as an uninterrupted run would); otherwise its folder is emptied first."""
         cmd = self.command(num_gpus)
         command_file = self.out_dir / "command.txt"
         same = command_file.exists() and command_file.read_text() == " ".join(cmd) + "\n"
@@ -106,24 +117,23 @@ class Step:
     def _run_logged(self, cmd: List[str], log: Callable[[str], None], append: bool = False) -> int:
         """Run `cmd` with its output in <folder>/stdout.txt (added to it with `append`); its progress lines
         (Detectron2's ETA lines, the search's per-candidate lines) also go to `log`, so a running step shows
-        it is alive. Interrupted (Ctrl-C), the step's process is stopped (which stops its workers) before
-        re-raising."""
+        it is alive. Interrupted (Ctrl-C, or any error here), the command gets the signal (SIGTERM for an
+        error) and STOP_GRACE_S seconds to stop (its launcher stops its workers) before re-raising."""
         with open(self.out_dir / "stdout.txt", "a" if append else "w") as f:
-            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            proc = start_child(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             try:
                 for line in proc.stdout:
                     f.write(line)
                     if _PROGRESS.search(line):
                         log(f"  [{self.name}] {line.split(']: ', 1)[-1].strip()}")
                 return proc.wait()
-            except BaseException:
-                proc.terminate()
-                proc.wait()
+            except BaseException as error:
+                stop_processes([proc], STOP_GRACE_S, stop_signal_of(error))
                 raise
 
     def metric(self):
         """(name, value) of the step's headline metric: best search score, top-1 or bbox AP."""
-        if self.script == "search_net.py":
+        if self.module == SEARCH:
             return "best score", load_arch_record(str(self.artifact)).metadata.get("score")
         results = json.loads((self.out_dir / EVAL_RESULTS_FILE).read_text())
         if "classification" in results:

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import detnas_d2  # noqa: F401  (first: compat shims, registrations)
+from detnas_d2 import train_net
 from detectron2.modeling import build_model
 from detectron2.modeling.poolers import assign_boxes_to_levels
 from detectron2.structures import Boxes
@@ -35,11 +36,10 @@ from detnas_d2.checkpoint.official import MegviiLayoutError
 from detnas_d2.arch_io import load_arch
 from detnas_d2.config import get_detnas_cfg
 from detnas_d2.search_space import BLOCK_IDS, space_from_cfg
+from fixtures.parity_weights import seeded_input, seeded_state_dict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, "tests", "fixtures")
-sys.path.insert(0, FIXTURES)
-from parity_weights import seeded_input, seeded_state_dict  # noqa: E402
 
 FIXTURE = torch.load(os.path.join(FIXTURES, "mmrazor_parity.pt"), weights_only=True)
 SEED = FIXTURE["seed"]
@@ -315,9 +315,6 @@ def test_mmengine_bookkeeping_reads_as_data(tmp_path, monkeypatch):
 def test_train_net_fills_an_empty_arch_from_the_weights(tmp_path, monkeypatch):
     case = CASES["detector_subnet"]
     path = mmengine_file(tmp_path / "detnas_frcnn.pth", mmrazor_state(case))
-    spec = importlib.util.spec_from_file_location("train_net_16", os.path.join(REPO, "train_net.py"))
-    train_net = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_net)
     seen = {}
 
     def setup_cfg(args):

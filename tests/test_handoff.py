@@ -1,5 +1,4 @@
 """Checkpoint hand-off between pipeline steps (DetNASCheckpointer) and train_net.py's use of it."""
-import importlib.util
 import json
 import os
 import re
@@ -11,7 +10,7 @@ import detnas_d2  # noqa: F401  (first: compat shims, registrations)
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
-from detnas_d2 import add_detnas_config
+from detnas_d2 import add_detnas_config, train_net
 from log_capture import captured_log
 from detnas_d2.checkpoint import DetNASCheckpointer
 
@@ -138,9 +137,6 @@ def test_mismatched_checkpoint_fails_clearly(tmp_path, source_opts, target, mess
 
 
 def test_train_net_step1_weights_then_eval_only(tmp_path):
-    spec = importlib.util.spec_from_file_location("train_net", os.path.join(REPO, "train_net.py"))
-    train_net = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_net)
     weights = save(toy_model("Toy/cls_supernet.yaml"), tmp_path)
     config = os.path.join(REPO, "configs", "Toy", "det_supernet.yaml")
     out = tmp_path / "det"

@@ -111,14 +111,18 @@ def test_stopping_the_launcher_stops_its_workers(tmp_path, signum):
 
 
 # A launcher as train_net.py's (parse_args, then launch) whose workers only talk over gloo: start-up is
-# one torch import per worker (they load launch.py alone), so these cases take a fraction of a training run.
+# one torch import per worker (they load launch.py and what it imports, not the whole package), so these
+# cases take a fraction of a training run.
 LIGHT_LAUNCHER = """
-import importlib.util, os, sys, time
+import os, sys, time, types
 
+# detnas_d2 and detnas_d2.engine as bare packages of their folders (their __init__ not run): importing
+# detnas_d2.engine.launch loads launch.py and detnas_d2/process.py only. Workers run this part too.
 REPO = {repo!r}
-spec = importlib.util.spec_from_file_location("_launch_only", os.path.join(REPO, "detnas_d2/engine/launch.py"))
-launch_only = sys.modules["_launch_only"] = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(launch_only)
+for name in ("detnas_d2", "detnas_d2.engine"):
+    package = sys.modules[name] = types.ModuleType(name)
+    package.__path__ = [os.path.join(REPO, *name.split("."))]
+from detnas_d2.engine import launch as launch_only
 
 
 def main(out_dir, steps):
@@ -137,7 +141,6 @@ def main(out_dir, steps):
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, REPO)
     from detnas_d2.engine.command_line import parse_args  # the launcher's command line, as train_net.py's
 
     args = parse_args(["--num-gpus", "2"], env={{}})

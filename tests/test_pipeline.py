@@ -1,14 +1,19 @@
 """The six-step pipeline, shortened to a few iterations per step: every artifact passes from step to
-step, and each step's output exists and loads (tools/run_pipeline.py --quick)."""
+step, and each step's output exists and loads (tools/run_pipeline.py --quick); a step's command, stopped
+with the pipeline or left behind by it, stops too."""
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from detnas_d2.arch_io import load_arch_record
+from detnas_d2.audit.claim import write_report
 from detnas_d2.pipeline import Step, StepFailed
 from detnas_d2.search_space import get_space
 
@@ -108,19 +113,14 @@ def test_study_retrains_four_archs_and_tabulates_them(pipeline, tmp_path):
 
 
 def test_study_report_tests_det_search_unpaired_and_paired_by_seed(tmp_path):
-    import importlib.util
-
     from detnas_d2.flops import get_flops_table
 
-    spec = importlib.util.spec_from_file_location("study_tool", ROOT / "tools/study.py")
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
     space = get_space("small", 0.25)
     archs = {"det-search": (1,) * 20, "all-3x3": (0,) * 20}
     # det-search 1 AP above all-3x3 in each of 5 seeds, whose offsets (10, 20, ...) both share
     runs = {"det-search": [{"seed": s, "top1": 90.0, "AP": 10.0 * s + 1} for s in range(1, 6)],
             "all-3x3": [{"seed": s, "top1": 90.0, "AP": 10.0 * s} for s in range(1, 6)]}
-    text = study.write_report(tmp_path, archs, runs, get_flops_table(space, 128), 128)
+    text = write_report(tmp_path, archs, runs, get_flops_table(space, 128), 128)
     row = json.loads((tmp_path / "study.json").read_text())[1]
     assert row["p_det_search_better"] > 0.4  # unpaired: within the seeds' spread
     assert row["p_det_search_better_paired"] == pytest.approx(1 / 32)  # paired: 5 of 5 seeds, 1 in 2^5
@@ -128,7 +128,16 @@ def test_study_report_tests_det_search_unpaired_and_paired_by_seed(tmp_path):
     assert row["p_det_search_worse_paired"] == pytest.approx(1.0) and row["p_det_search_worse"] > 0.4
 
 
-def test_step_shows_progress_and_keeps_the_full_output(tmp_path):
+@pytest.fixture
+def step_folder(tmp_path, monkeypatch):
+    """A folder to run fake steps from: their modules (python -m) and an empty config."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "unused.yaml").write_text("")
+    return tmp_path
+
+
+def test_step_shows_progress_and_keeps_the_full_output(step_folder):
+    tmp_path = step_folder
     script = tmp_path / "fake_step.py"
     script.write_text(
         "import sys, pathlib\n"
@@ -138,7 +147,7 @@ def test_step_shows_progress_and_keeps_the_full_output(tmp_path):
         "pathlib.Path(sys.argv[-1], 'done.txt').write_text('x')\n"
     )
     out = tmp_path / "step"
-    step = Step("fake", "a fake step", str(script), "unused.yaml", out, [], out / "done.txt")
+    step = Step("fake", "a fake step", "fake_step", "unused.yaml", out, [], out / "done.txt")
     lines = []
     step.run(log=lines.append)
     progress = [line for line in lines if line.startswith("  [fake]")]
@@ -147,10 +156,11 @@ def test_step_shows_progress_and_keeps_the_full_output(tmp_path):
     assert "Starting training" in (out / "stdout.txt").read_text()  # everything stays in the file
 
 
-def test_stopped_step_continues_with_resume_when_reused(tmp_path):
+def test_stopped_step_continues_with_resume_when_reused(step_folder):
     """A step stopped before its artifact: with `reuse` and the same command it continues (`--resume`,
     its folder and log kept); with another command, or without `reuse`, it starts again in an emptied
     folder; once finished, `reuse` keeps it."""
+    tmp_path = step_folder
     script = tmp_path / "fake_train.py"
     script.write_text(  # parses its command line as train_net.py does (Detectron2's argument parser)
         "import sys, pathlib\n"
@@ -168,7 +178,7 @@ def test_stopped_step_continues_with_resume_when_reused(tmp_path):
     out = tmp_path / "step"
 
     def step(*opts):
-        return Step("fake", "a fake step", str(script), "unused.yaml", out, list(opts), out / "model_final.pth")
+        return Step("fake", "a fake step", "fake_train", "unused.yaml", out, list(opts), out / "model_final.pth")
 
     with pytest.raises(StepFailed):
         step().run(reuse=True, log=lambda m: None)
@@ -185,3 +195,79 @@ def test_stopped_step_continues_with_resume_when_reused(tmp_path):
     with pytest.raises(StepFailed):
         step().run(reuse=False, log=lambda m: None)  # without reuse: from scratch even if stopped
     assert (out / "stdout.txt").read_text().splitlines() == ["fresh no checkpoint"]
+
+
+# A pipeline as tools/run_pipeline.py runs one (stop signals raise, the step passes them on), with one step
+# that records the signal it gets and otherwise sleeps.
+RUNNER = """
+from detnas_d2.pipeline import Step
+from detnas_d2.process import Stopped, raising_stop_signals, resend_signal
+
+try:
+    with raising_stop_signals():
+        Step("slow", "a slow step", "slow_step", "unused.yaml", "out", [], "out/never").run()
+except Stopped as stop:
+    resend_signal(stop.signum)
+"""
+SLOW_STEP = """
+import os, pathlib, signal, sys, time
+
+out = pathlib.Path(sys.argv[-1])
+
+def stop(signum, frame):
+    (out / "stopped_by").write_text(str(signum))
+    sys.exit(1)
+
+signal.signal(signal.SIGTERM, stop)
+(out / "pid").write_text(str(os.getpid()))
+time.sleep(600)
+"""
+
+
+def _alive(pid):
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def _start_runner(folder):
+    (folder / "runner.py").write_text(RUNNER)
+    (folder / "slow_step.py").write_text(SLOW_STEP)
+    (folder / "unused.yaml").write_text("")
+    runner = subprocess.Popen([sys.executable, "runner.py"], cwd=folder, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (folder / "out/pid").exists():
+        assert runner.poll() is None and time.monotonic() < deadline, runner.stderr.read()[-3000:]
+        time.sleep(0.2)
+    time.sleep(0.2)  # the pid file is written: the step's handler is set
+    return runner, int((folder / "out/pid").read_text())
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds processes through Linux's /proc")
+def test_stopped_pipeline_passes_the_signal_to_its_step(tmp_path):
+    """SIGTERM to the pipeline: its step gets SIGTERM (in its own process group, it would not see a signal
+    sent to the pipeline's), ends, and the pipeline dies of the same signal."""
+    runner, step_pid = _start_runner(tmp_path)
+    assert os.getpgid(step_pid) == step_pid != os.getpgid(runner.pid)  # the step leads its own group
+    runner.send_signal(signal.SIGTERM)
+    assert runner.wait(timeout=60) == -signal.SIGTERM, runner.stderr.read()[-3000:]
+    assert (tmp_path / "out/stopped_by").read_text() == str(int(signal.SIGTERM))
+    assert not _alive(step_pid)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds processes through Linux's /proc")
+def test_step_dies_with_a_killed_pipeline(tmp_path):
+    """SIGKILL to the pipeline alone (nothing passes a signal on): its step dies with it."""
+    runner, step_pid = _start_runner(tmp_path)
+    runner.kill()
+    runner.wait(timeout=60)
+    deadline = time.monotonic() + 10
+    while _alive(step_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    alive = _alive(step_pid)
+    if alive:
+        os.kill(step_pid, signal.SIGKILL)
+    assert not alive, "the step outlived its pipeline"

@@ -1,7 +1,7 @@
-"""tools/rank_audit.py and detnas_d2/rank_stats.py: the ranking statistics against hand-computed values
-(ties included) and scipy, arch sets, the compare report, and both scoring parts resuming after an
-interruption (supernet: a random-init toy supernet; stand-alone: two tiny archs end to end, --quick)."""
-import importlib.util
+"""detnas_d2.audit (tools/rank_audit.py) and detnas_d2/rank_stats.py: the ranking statistics against
+hand-computed values (ties included) and scipy, arch sets, JSON-lines files, the compare report, and both
+scoring parts resuming after an interruption (supernet: a random-init toy supernet; stand-alone: two tiny
+archs end to end, --quick)."""
 import json
 import math
 import os
@@ -12,24 +12,26 @@ import sys
 import time
 from pathlib import Path
 
+from detnas_d2 import rank_stats as rs
+
 import numpy as np
 import pytest
 import torch
 
-from detnas_d2 import rank_stats as rs
+from detnas_d2.audit.archs import (
+    DEFAULT_SEARCH_CONFIG,
+    arch_str,
+    flops_band,
+    read_archs,
+    sample_stratified,
+    search_space_and_table,
+)
+from detnas_d2.audit.cli import main as rank_audit
+from detnas_d2.audit.protocols import protocol_figures, read_protocol
+from detnas_d2.file_io import read_json_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "rank_audit.py"
-
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("rank_audit", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ra = _load_tool()
 
 
 # ---- statistics, by hand -----------------------------------------------------------------------------
@@ -207,23 +209,23 @@ def test_paired_permutation_test_by_hand():
 
 @pytest.fixture(scope="module")
 def toy():
-    cfg, space, table = ra.search_space_and_table(ra.DEFAULT_SEARCH_CONFIG)
+    cfg, space, table = search_space_and_table(DEFAULT_SEARCH_CONFIG)
     return cfg, space, table
 
 
 def test_sample_is_stratified_in_the_band_and_seeded(toy, tmp_path):
     cfg, space, table = toy
-    lo, hi = ra.flops_band(cfg, table, None, None)
-    assert (lo, hi) == (table.min_flops, 9.0e6)  # the toy search's band: FLOPS_MIN 0 -> the space's min
-    archs = ra.sample_stratified(space, table, 12, lo, hi, seed=0)
+    lo, hi = flops_band(cfg, table, None, None)
+    assert (lo, hi) == (8.5e6, 9.0e6)  # the toy search's band
+    archs = sample_stratified(space, table, 12, lo, hi, seed=0)
     assert len(set(archs)) == 12
     width = (hi - lo) / 12
     assert [int((table.flops(a) - lo) // width) for a in archs] == list(range(12))  # one per stratum
-    assert archs == ra.sample_stratified(space, table, 12, lo, hi, seed=0)
-    assert archs != ra.sample_stratified(space, table, 12, lo, hi, seed=1)
+    assert archs == sample_stratified(space, table, 12, lo, hi, seed=0)
+    assert archs != sample_stratified(space, table, 12, lo, hi, seed=1)
     out = tmp_path / "archs.txt"
-    assert ra.main(["sample", "--num", "5", "--seed", "2", "--output", str(out), "--include", "0," * 19 + "0"]) == 0
-    listed = ra.read_archs([str(out)], space)
+    assert rank_audit(["sample", "--num", "5", "--seed", "2", "--output", str(out), "--include", "0," * 19 + "0"]) == 0
+    listed = read_archs([str(out)], space)
     assert len(listed) == 6 and listed[0] == (0,) * 20
 
 
@@ -239,13 +241,33 @@ def test_read_archs_formats(toy, tmp_path):
     from detnas_d2.arch_io import save_arch
 
     save_arch(str(tmp_path / "best_arch.yaml"), b, space)
-    assert ra.read_archs([str(text)], space) == [a, (1,) * 20]
-    assert ra.read_archs([str(yaml_list)], space) == [b, c, a]
-    assert ra.read_archs([str(jsonl), str(tmp_path / "best_arch.yaml"), "random:0"], space)[:2] == [c, b]
-    assert len(ra.read_archs([str(jsonl), str(tmp_path / "best_arch.yaml"), "random:0"], space)) == 3  # b once
+    assert read_archs([str(text)], space) == [a, (1,) * 20]
+    assert read_archs([str(yaml_list)], space) == [b, c, a]
+    assert read_archs([str(jsonl), str(tmp_path / "best_arch.yaml"), "random:0"], space)[:2] == [c, b]
+    assert len(read_archs([str(jsonl), str(tmp_path / "best_arch.yaml"), "random:0"], space)) == 3  # b once
     text.write_text("0,1,2\n")
     with pytest.raises(ValueError, match="line 1"):
-        ra.read_archs([str(text)], space)
+        read_archs([str(text)], space)
+
+
+# ---- JSON-lines files ------------------------------------------------------------------------------------
+
+
+def test_json_lines_drop_only_a_cut_last_line(tmp_path):
+    """A writer killed mid-line leaves a last line cut short: dropped (said), and with `repair` removed from
+    the file; a bad line before others is an error; blank lines are skipped."""
+    path = tmp_path / "scores.jsonl"
+    assert read_json_lines(path) == []
+    path.write_text('{"a": 1}\n\n{"a": 2}\n{"a": 3, "b"')
+    said = []
+    assert read_json_lines(path, log=said.append) == [{"a": 1}, {"a": 2}]
+    assert len(said) == 1 and "the last line was cut short" in said[0]
+    assert path.read_text().endswith('"b"')  # read only
+    assert read_json_lines(path, repair=True, log=said.append) == [{"a": 1}, {"a": 2}]
+    assert path.read_text() == '{"a": 1}\n{"a": 2}\n'
+    path.write_text('{"a": 1}\n{"a"\n{"a": 3}\n')
+    with pytest.raises(ValueError, match="line 2 is not JSON"):
+        read_json_lines(path)
 
 
 # ---- compare ------------------------------------------------------------------------------------------
@@ -259,12 +281,12 @@ def test_compare_report(toy, tmp_path):
     """Twelve archs, three seeds: a supernet that ranks them perfectly, FLOPs (and a second supernet that
     follows FLOPs) that rank them backwards inside the band; the report's figures, band, files."""
     _, space, table = toy
-    archs = ra.sample_stratified(space, table, 12, table.min_flops, table.max_flops, seed=0)
+    archs = sample_stratified(space, table, 12, table.min_flops, table.max_flops, seed=0)
     flops = [table.flops(a) for a in archs]
     truth = [-f / 1e6 for f in flops]  # smaller is better, so FLOPs rank backwards
     sn, st = [], []
     for a, f, t in zip(archs, flops, truth):
-        base = {"arch": list(a), "arch_str": ra.arch_str(a), "flops": f, "params": table.params(a), "settings": {}}
+        base = {"arch": list(a), "arch_str": arch_str(a), "flops": f, "params": table.params(a), "settings": {}}
         sn.append({**base, "kind": "supernet", "protocol": "recipe-a", "seed": 0, "score": t / 10, "seconds": 1.0})
         sn.append({**base, "kind": "supernet", "protocol": "recipe-b", "seed": 0, "score": f, "seconds": 1.0})
         for seed, noise in enumerate((0.0, 0.01, -0.01)):
@@ -273,8 +295,8 @@ def test_compare_report(toy, tmp_path):
     _write_scores(tmp_path / "sn.jsonl", sn)
     _write_scores(tmp_path / "st.jsonl", st)
     hi = sorted(flops)[7] + 1  # 8 archs in the band
-    assert ra.main(["compare", "--supernet", str(tmp_path / "sn.jsonl"), "--standalone", str(tmp_path / "st.jsonl"),
-                    "--flops-max", str(hi), "--bootstrap", "200", "--baseline", "recipe-a",
+    assert rank_audit(["compare", "--supernet", str(tmp_path / "sn.jsonl"), "--standalone", str(tmp_path / "st.jsonl"),
+                    "--flops-min", "0", "--flops-max", str(hi), "--bootstrap", "200", "--baseline", "recipe-a",
                     "--output-dir", str(tmp_path / "out")]) == 0
     summary = json.loads((tmp_path / "out/compare.json").read_text())
     assert summary["seeds"] == [0, 1, 2] and summary["flops_band"] == [0.0, hi]
@@ -303,7 +325,7 @@ def test_compare_report(toy, tmp_path):
     assert f"FLOPs <= {hi / 1e6:.2f}M" in md and "tau - tau(recipe-a) [95% CI]" in md
     assert re.search(r"\|\s*all archs\s*\|\s*12\s*\|\s*0 1 2\s*\|", md)  # the seed-blocks table
     with pytest.raises(SystemExit, match="recipe-c"):
-        ra.main(["compare", "--supernet", str(tmp_path / "sn.jsonl"), "--standalone", str(tmp_path / "st.jsonl"),
+        rank_audit(["compare", "--supernet", str(tmp_path / "sn.jsonl"), "--standalone", str(tmp_path / "st.jsonl"),
                  "--baseline", "recipe-c", "--output-dir", str(tmp_path / "out")])
     assert (tmp_path / "out/compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -340,7 +362,7 @@ def test_supernet_scores_resume_after_an_interruption(tmp_path, capsys):
                      "1,2,3,0,1,2,3,0,1,2,3,0,1,2,3,0,1,2,3,0\n")
 
     def run(out, *extra):
-        return ra.main(["supernet", "--config-file", CLS_SEARCH, "--archs", str(archs), "--output", str(out), *extra,
+        return rank_audit(["supernet", "--config-file", CLS_SEARCH, "--archs", str(archs), "--output", str(out), *extra,
                         "MODEL.WEIGHTS", str(weights), *TINY])
 
     whole, resumed = tmp_path / "whole.jsonl", tmp_path / "resumed.jsonl"
@@ -363,7 +385,7 @@ def test_supernet_scores_resume_after_an_interruption(tmp_path, capsys):
     assert "3 already scored" in capsys.readouterr().out
     # other settings into the same file are refused: another batch size, a checkpoint written again
     with pytest.raises(SystemExit, match="other settings.*eval_batch_size"):
-        ra.main(["supernet", "--config-file", CLS_SEARCH, "--archs", str(archs), "--output", str(resumed),
+        rank_audit(["supernet", "--config-file", CLS_SEARCH, "--archs", str(archs), "--output", str(resumed),
                  "MODEL.WEIGHTS", str(weights), *TINY[:-2], "DETNAS.SEARCH.EVAL_BATCH_SIZE", "12"])
     with open(weights, "ab") as f:
         f.write(b"\0")
@@ -407,7 +429,7 @@ def test_standalone_end_to_end_killed_and_resumed(tmp_path, monkeypatch, capsys)
     # the next starts run in this process (quicker than a new interpreter); OMP_NUM_THREADS is restored after
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("MKL_NUM_THREADS", "1")
-    assert ra.main(cmd[2:]) == 0
+    assert rank_audit(cmd[2:]) == 0
     second = capsys.readouterr()
     lines = out.read_text().splitlines()
     records = [json.loads(line) for line in lines]
@@ -425,7 +447,7 @@ def test_standalone_end_to_end_killed_and_resumed(tmp_path, monkeypatch, capsys)
         det_cmd = (run_dir / "det_subnet/command.txt").read_text()
         assert "cls_subnet/model_final.pth" in det_cmd and "SEED 0" in det_cmd and "arch.yaml" in det_cmd
 
-    assert ra.main(cmd[2:]) == 0
+    assert rank_audit(cmd[2:]) == 0
     assert "0 to train" in capsys.readouterr().out and out.read_text().splitlines() == lines
 
 
@@ -444,7 +466,7 @@ def test_protocols_report_by_hand(tmp_path, capsys):
     _write_scores(tmp_path / "reference.jsonl", reference)
     _write_scores(tmp_path / "candidates.jsonl", cheap)
     out = tmp_path / "protocols.json"
-    assert ra.main(["protocols", "--reference", str(tmp_path / "reference.jsonl"), "--cheap",
+    assert rank_audit(["protocols", "--reference", str(tmp_path / "reference.jsonl"), "--cheap",
                     str(tmp_path / "candidates.jsonl"), "--topk", "2", "--output", str(out)]) == 0
     f = json.loads(out.read_text())
     # 4 archs with both full scores, ranked 1 2 3 4 vs 1 3 2 4: one discordant pair of 6, sum d^2 = 2
@@ -459,9 +481,9 @@ def test_protocols_report_by_hand(tmp_path, capsys):
     # a reference that prefers b: the cheap best (a) disagrees, 1.0 below the reference best
     swapped = [dict(r, score=[4.0, 5.0, 3.0, 2.0, 1.0][i]) for i, r in enumerate(reference)]
     _write_scores(tmp_path / "swapped.jsonl", swapped)
-    f = ra.protocol_figures(ra.read_protocol(str(tmp_path / "swapped.jsonl")),
-                            ra.read_protocol(str(tmp_path / "candidates.jsonl")), 2)
+    f = protocol_figures(read_protocol(str(tmp_path / "swapped.jsonl")),
+                            read_protocol(str(tmp_path / "candidates.jsonl")), 2)
     assert not f["best_agrees"] and f["best_reference_score"] - f["best_cheap_reference_score"] == 1.0
     _write_scores(tmp_path / "twice.jsonl", reference + reference[:1])
     with pytest.raises(ValueError, match="scored twice"):
-        ra.read_protocol(str(tmp_path / "twice.jsonl"))
+        read_protocol(str(tmp_path / "twice.jsonl"))

@@ -1,5 +1,4 @@
 """Launch arguments from simulated SLURM environments, and train_net.py's command line under SLURM."""
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -7,6 +6,7 @@ import sys
 
 import pytest
 
+from detnas_d2 import train_net
 from detnas_d2.engine.slurm import expand_nodelist, slurm_launch_args
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,9 +70,6 @@ def test_outside_srun_and_bad_task_layout():
 
 
 def test_train_net_takes_slurm_values_unless_given():
-    spec = importlib.util.spec_from_file_location("train_net", os.path.join(REPO, "train_net.py"))
-    train_net = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_net)
     args = train_net.parse_args(["--num-gpus", "8", "--config-file", "x.yaml"], env=srun_env())
     assert (args.num_gpus, args.num_machines, args.machine_rank) == (8, 2, 1)
     assert args.dist_url.startswith("tcp://gpu07:")

@@ -1,21 +1,21 @@
-"""Check that the current Python environment runs detnas-d2; exit 1 naming what is missing.
+"""Check that the current Python environment runs this checkout's detnas-d2; exit 1 naming what is missing.
 
 Used by tools/install.sh (a complete environment is left untouched) and handy on its own:
     python tools/check_env.py [--only torch] [--quiet]
     python tools/check_env.py --detectron2-state   # missing | own | pb1 | pb1-unfixed (for install.sh)
+
+Runs before detnas_d2 is installed: the checkout is this file's, and everything but the project check
+works without the package (detnas_d2/compat.py is loaded on its own).
 """
 import argparse
 import ast
 import importlib
 import importlib.metadata as md
 import importlib.util
-import json
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# This checkout's detnas_d2 first, not whichever checkout the environment's editable install points at.
-sys.path.insert(0, str(ROOT))
 
 D2_MODULES = ("detectron2.modeling", "detectron2.engine", "detectron2.evaluation", "detectron2.data")
 
@@ -97,8 +97,7 @@ def check_detectron2():
             f"Detectron2 at {where} is pb1-detectron2 0.6 without install.sh's fixes (still needed: "
             f"{', '.join(unfixed)}), so it imports only after detnas_d2: rerun tools/install.sh"
         )
-    import detnas_d2  # noqa: F401  (applies detnas_d2.compat where needed)
-
+    _compat().apply()  # as `import detnas_d2` does, where this Detectron2 needs it
     for mod in D2_MODULES:
         importlib.import_module(mod)
     msg = f"detectron2 {detectron2.__version__} at {where}"
@@ -107,29 +106,21 @@ def check_detectron2():
     return msg
 
 
-def _installed_checkout():
-    """The checkout the environment's editable detnas-d2 install points at, or None."""
-    try:
-        direct_url = md.distribution("detnas-d2").read_text("direct_url.json")
-    except md.PackageNotFoundError:
-        return None
-    url = json.loads(direct_url or "{}").get("url", "")
-    return Path(url[len("file://"):]).resolve() if url.startswith("file://") else None
-
-
 def check_project():
-    import detnas_d2
-
-    where = Path(detnas_d2.__file__).resolve().parents[1]
-    if where != ROOT:
-        raise RuntimeError(f"detnas_d2 is imported from {where}, not from this checkout {ROOT}")
-    installed = _installed_checkout()
-    if installed is None:
-        return f"detnas_d2 at {where} (not installed in this environment: run tools/install.sh)"
-    if installed != ROOT:
-        return (f"detnas_d2 at {where} (this checkout, first on sys.path; the environment's editable "
-                f"install is the checkout {installed})")
-    return f"detnas_d2 (editable) at {where}"
+    """detnas_d2 is this checkout's (an editable install: the tools run the environment's package) and
+    holds its configs (detnas_d2/configs, linked by setup.py)."""
+    try:
+        import detnas_d2
+    except ImportError as e:
+        raise RuntimeError(f"detnas_d2 is not installed in this environment ({e}): run tools/install.sh") from None
+    package = Path(detnas_d2.__file__).resolve().parent
+    if package.parent != ROOT:
+        raise RuntimeError(f"detnas_d2 is imported from {package.parent}, not from this checkout {ROOT}, so this "
+                           "checkout's tools would run that code: run tools/install.sh in this checkout")
+    if not (package / "configs" / "Toy").is_dir():
+        raise RuntimeError(f"{package / 'configs'} (the package's configs) is missing: run tools/install.sh "
+                           "(installing the package links configs/ there)")
+    return f"detnas_d2 (editable) at {ROOT}"
 
 
 CHECKS = {

@@ -26,31 +26,28 @@ its own detector, maskrcnn_benchmark's). A subnet file whose blocks disagree wit
 the first layer that differs.
 """
 import argparse
-import os
 import sys
 from collections import OrderedDict
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout first
-
-from detnas_d2.arch_io import load_arch  # noqa: E402
-from detnas_d2.checkpoint import (  # noqa: E402
+from detnas_d2.arch_io import load_arch
+from detnas_d2.checkpoint import (
     RefusedCheckpointError,
     conversion_table,
     convert_checkpoint,
     read_checkpoint,
 )
-from detnas_d2.checkpoint.backbone_keys import arch_difference, flip_stem_channels, infer_space  # noqa: E402
-from detnas_d2.checkpoint.layouts import DETNAS_STEM, UnknownLayoutError, stem_key  # noqa: E402
-from detnas_d2.checkpoint.mmrazor import MMRAZOR_INPUT_FORMAT, to_mmrazor  # noqa: E402
-from detnas_d2.checkpoint.official import (  # noqa: E402
+from detnas_d2.checkpoint.backbone_keys import arch_difference, flip_stem_channels, infer_space
+from detnas_d2.checkpoint.layouts import DETNAS_STEM, UnknownLayoutError, stem_key
+from detnas_d2.checkpoint.mmrazor import MMRAZOR_INPUT_FORMAT, to_mmrazor
+from detnas_d2.checkpoint.official import (
     OFFICIAL_INPUT_FORMAT,
     MegviiLayoutError,
     to_official,
 )
-from detnas_d2.modeling.backbone import subnet_state_dict_from_supernet  # noqa: E402
-from detnas_d2.search_space import arch_to_str  # noqa: E402
+from detnas_d2.modeling.backbone import subnet_state_dict_from_supernet
+from detnas_d2.search_space import arch_to_str
 
 
 def parse_args(argv=None):

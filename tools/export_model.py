@@ -26,19 +26,17 @@ import time
 from typing import Dict, List, Sequence
 
 # run from a checkout
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import detnas_d2  # noqa: F401  (first: compat shims, registrations)
 
-import detnas_d2  # noqa: E402,F401  (first: compat shims, registrations)
+import torch
+from detectron2.data import DatasetCatalog, DatasetMapper
+from detectron2.modeling import build_model
+from torch import nn
 
-import torch  # noqa: E402
-from detectron2.data import DatasetCatalog, DatasetMapper  # noqa: E402
-from detectron2.modeling import build_model  # noqa: E402
-from torch import nn  # noqa: E402
-
-from detnas_d2.checkpoint import DetNASCheckpointer  # noqa: E402
-from detnas_d2.config import get_detnas_cfg  # noqa: E402
-from detnas_d2.data.classification import ClassificationDatasetMapper  # noqa: E402
-from detnas_d2.export import (  # noqa: E402
+from detnas_d2.checkpoint import DetNASCheckpointer
+from detnas_d2.config import get_detnas_cfg
+from detnas_d2.data.classification import ClassificationDatasetMapper
+from detnas_d2.export import (
     DEFAULT_OPSET,
     DEFAULT_RTOL,
     FORMATS,
@@ -55,8 +53,8 @@ from detnas_d2.export import (  # noqa: E402
     make_adapter,
     model_kind,
 )
-from detnas_d2.input_size import parse_input_size  # noqa: E402
-from detnas_d2.modeling.bn_fold import BatchNormFoldError, count_batchnorms, fold_batchnorm  # noqa: E402
+from detnas_d2.input_size import parse_input_size
+from detnas_d2.modeling.bn_fold import BatchNormFoldError, count_batchnorms, fold_batchnorm
 
 
 def build_export_model(cfg) -> nn.Module:

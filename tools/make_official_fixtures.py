@@ -27,8 +27,6 @@ import sys
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests", "fixtures"))
-from parity_weights import seeded_input, seeded_state_dict  # noqa: E402
 
 SEED = 16
 LOGITS_INPUT = (1, 3, 224, 224)
@@ -45,6 +43,12 @@ def _load(path, name, package=None):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+# The seeded weights the tests regenerate (plain torch, loaded by its path: this tool runs with the
+# official code, where detnas-d2 need not be installed).
+parity_weights = _load(os.path.join(ROOT, "tests", "fixtures", "parity_weights.py"), "parity_weights")
+seeded_input, seeded_state_dict = parity_weights.seeded_input, parity_weights.seeded_state_dict
 
 
 def _package(name, folder):
@@ -85,7 +89,7 @@ def main(argv=None):
     torch.manual_seed(0)  # their constructors initialise randomly; every tensor is then overwritten
 
     folder = os.path.join(args.shufflenet_series, "DetNAS")
-    sys.path.insert(0, folder)  # network.py does `from blocks import ...`
+    _load(os.path.join(folder, "blocks.py"), "blocks")  # network.py does `from blocks import ...`
     network = _load(os.path.join(folder, "network.py"), "official_detnas_network")
     cases = {}
     for case, size in SUBNETS.items():
@@ -94,7 +98,7 @@ def main(argv=None):
         depths = [8, 8, 16, 8] if len(net.features) == 40 else [4, 4, 8, 4]
         cases[case] = {"model_size": size, "source": "ShuffleNet-Series/DetNAS/network.py", "keys": keys,
                        "shapes": shapes, "outputs": _outputs(net, depths, net, lambda i, x: net.features[i](x), case)}
-    sys.path.remove(folder)
+    del sys.modules["blocks"]
 
     folder = os.path.join(args.detnas, "Supernet-ImageNet")
     _package("official_supernet", folder)

@@ -36,6 +36,7 @@ nothing: the RoIAlign of the RoI extractor is never called (the box head is fed 
 """
 import argparse
 import importlib.abc
+import importlib.util
 import importlib.machinery
 import os
 import sys
@@ -44,8 +45,19 @@ import types
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests", "fixtures"))
-from parity_weights import seeded_input, seeded_state_dict  # noqa: E402
+
+
+def _load_file(name, path):
+    """The module of file `path` (tests/fixtures/parity_weights.py: plain torch, loaded by its path, as
+    this tool runs in MMRazor's environment, where detnas-d2 is not installed)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+parity_weights = _load_file("parity_weights", os.path.join(ROOT, "tests", "fixtures", "parity_weights.py"))
+seeded_input, seeded_state_dict = parity_weights.seeded_input, parity_weights.seeded_state_dict
 
 # Packages whose __init__ is skipped (their submodules import as usual).
 SKIP_INIT = {

@@ -9,14 +9,11 @@ of --large-search and --large-train images (0: not).
 An existing complete folder is checked against its manifest and left as it is.
 """
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's detnas_d2, not another's
-from detectron2.utils.logger import setup_logger  # noqa: E402
+from detectron2.utils.logger import setup_logger
 
-from detnas_d2.data import toy  # noqa: E402
+from detnas_d2.data import toy
 
 
 def main():

@@ -5,8 +5,10 @@
     python tools/run_pipeline.py --quick                # a few iterations per step (CI smoke test)
     python tools/run_pipeline.py --preset coco-small --num-gpus 8 --output-dir output/detnas_small
 
-Every step is the `train_net.py` / `search_net.py` command a user would type (printed, and kept in
-<output-dir>/<n>_<step>/command.txt). A step folder from an earlier run is emptied and the step re-run,
+Every step is the training or search command a user would type (`python -m detnas_d2.train_net` /
+`detnas_d2.search_net`, as train_net.py / search_net.py; printed, and kept in
+<output-dir>/<n>_<step>/command.txt), run with the installed package from the current folder; the
+presets' configs are the package's (detnas_d2.config_files). A step folder from an earlier run is emptied and the step re-run,
 unless --reuse is given: then a step that finished with the same command is reused, and a stopped
 one continues from its last checkpoint (--resume); the log says which. The run ends with one
 table (also in summary.md and summary.json): every step, its folder, its metric, and the searched
@@ -18,8 +20,14 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from detnas_d2.pipeline import EVAL_RESULTS_FILE, QUICK_OVERRIDES, Step, StepFailed  # noqa: E402
+from tabulate import tabulate
+
+from detnas_d2.arch_io import load_arch_record
+from detnas_d2.data.toy import toy_root
+from detnas_d2.output_files import EVAL_RESULTS_FILE
+from detnas_d2.pipeline import QUICK_OVERRIDES, SEARCH, TRAIN, Step, StepFailed
+from detnas_d2.process import Stopped, raising_stop_signals, resend_signal
+from detnas_d2.search_space import arch_to_str
 
 PRESETS = {
     "toy": {
@@ -46,31 +54,26 @@ def build_steps(preset: str, output_dir: Path, quick: bool):
     arch = d["search"] / "best_arch.yaml"
     q = {name: QUICK_OVERRIDES[name] if quick else [] for name in names}
     return [
-        Step("cls_supernet", "1. ImageNet supernet (random path per iteration)", "train_net.py",
+        Step("cls_supernet", "1. ImageNet supernet (random path per iteration)", TRAIN,
              cfgs["cls_supernet"], d["cls_supernet"], q["cls_supernet"], final["cls_supernet"]),
-        Step("det_supernet", "2. detection fine-tuning of the supernet", "train_net.py", cfgs["det_supernet"],
+        Step("det_supernet", "2. detection fine-tuning of the supernet", TRAIN, cfgs["det_supernet"],
              d["det_supernet"], ["MODEL.WEIGHTS", final["cls_supernet"]] + q["det_supernet"],
              final["det_supernet"]),
-        Step("search", "3. evolutionary search (bbox AP under a FLOPs limit)", "search_net.py",
+        Step("search", "3. evolutionary search (bbox AP under a FLOPs limit)", SEARCH,
              cfgs["search"], d["search"], ["MODEL.WEIGHTS", final["det_supernet"]] + q["search"], arch),
-        Step("cls_subnet", "4. ImageNet retraining of the searched subnet", "train_net.py",
+        Step("cls_subnet", "4. ImageNet retraining of the searched subnet", TRAIN,
              cfgs["cls_subnet"], d["cls_subnet"], ["MODEL.DETNAS.ARCH", arch] + q["cls_subnet"],
              final["cls_subnet"]),
-        Step("det_subnet", "5. detection fine-tuning of the subnet", "train_net.py", cfgs["det_subnet"],
+        Step("det_subnet", "5. detection fine-tuning of the subnet", TRAIN, cfgs["det_subnet"],
              d["det_subnet"], ["MODEL.DETNAS.ARCH", arch, "MODEL.WEIGHTS", final["cls_subnet"]]
              + q["det_subnet"], final["det_subnet"]),
-        Step("eval", "6. evaluation of the subnet detector", "train_net.py", cfgs["det_subnet"], d["eval"],
+        Step("eval", "6. evaluation of the subnet detector", TRAIN, cfgs["det_subnet"], d["eval"],
              ["MODEL.DETNAS.ARCH", arch, "MODEL.WEIGHTS", final["det_subnet"]], d["eval"] / EVAL_RESULTS_FILE,
              eval_only=True),
     ]
 
 
 def summarize(steps, seconds, output_dir: Path) -> str:
-    from tabulate import tabulate
-
-    from detnas_d2.arch_io import load_arch_record
-    from detnas_d2.search_space import arch_to_str
-
     rows = []
     for step, secs in zip(steps, seconds):
         metric, value = step.metric()
@@ -104,15 +107,17 @@ def main(argv=None):
     output_dir = Path(args.output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     if args.preset == "toy":
-        from detnas_d2.data.toy import toy_root
-
         print(f"toy datasets: cache at {toy_root()} (generated on first use, reused afterwards)", flush=True)
     steps = build_steps(args.preset, output_dir, args.quick)
     start = time.time()
     try:
-        seconds = [step.run(args.num_gpus, args.reuse, log=lambda m: print(m, flush=True)) for step in steps]
+        with raising_stop_signals():  # SIGTERM too: the running step gets it and time to stop
+            seconds = [step.run(args.num_gpus, args.reuse, log=lambda m: print(m, flush=True)) for step in steps]
     except StepFailed as e:
         sys.exit(str(e))
+    except Stopped as stop:
+        print(f"stopped; the finished steps are kept in {output_dir} (--reuse continues)", flush=True)
+        resend_signal(stop.signum)
     print(f"\nDetNAS pipeline ({args.preset}{', quick' if args.quick else ''}) finished in "
           f"{time.time() - start:.0f}s\n")
     print(summarize(steps, seconds, output_dir))

@@ -17,29 +17,22 @@ training step is the user's command (see <output-dir>/<arch>/seed<k>/<step>/comm
 --cls-opts / --det-opts "KEY VALUE ..." change steps 4 / 5 (e.g. a longer or less noisy schedule).
 """
 import argparse
-import json
-import random
-import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from detnas_d2.pipeline import QUICK_OVERRIDES, Step, StepFailed, split_opts  # noqa: E402
+from detnas_d2.arch_io import load_arch_record, save_arch
+from detnas_d2.audit.claim import similar_flops_arch, write_report
+from detnas_d2.config import get_detnas_cfg
+from detnas_d2.config_files import config_file
+from detnas_d2.flops import get_flops_table
+from detnas_d2.pipeline import QUICK_OVERRIDES, SEARCH, TRAIN, Step, StepFailed, split_opts
+from detnas_d2.process import Stopped, raising_stop_signals, resend_signal
+from detnas_d2.search_space import get_space
 
 CLS_SUBNET = "configs/Toy/cls_subnet.yaml"
 DET_SUBNET = "configs/Toy/det_subnet.yaml"
 CLS_SEARCH = "configs/Toy/search_cls.yaml"
 DET_SEARCH = "configs/Toy/search_det.yaml"
-
-
-def similar_flops_arch(space, table, flops, seed, exclude=(), tolerance=0.02):
-    """A random arch within `tolerance` of `flops`, none of `exclude` (the study's other archs)."""
-    rng = random.Random(seed)
-    for _ in range(100000):
-        arch = space.random_arch(rng)
-        if abs(table.flops(arch) - flops) <= tolerance * flops and arch not in exclude:
-            return arch
-    raise RuntimeError(f"no random arch within {tolerance:.0%} of {flops / 1e6:.2f}M FLOPs")
 
 
 def main(argv=None):
@@ -54,12 +47,6 @@ def main(argv=None):
     args = parser.parse_args(argv)
     cls_opts, det_opts = split_opts(args.cls_opts), split_opts(args.det_opts)
     protocol = "; ".join(f"step {k} with {' '.join(v)}" for k, v in ((4, cls_opts), (5, det_opts)) if v)
-
-    from detnas_d2.arch_io import load_arch_record, save_arch
-    from detnas_d2.config import get_detnas_cfg
-    from detnas_d2.flops import get_flops_table
-    from detnas_d2.search_space import get_space
-
     pipeline, out = Path(args.pipeline_dir).resolve(), Path(args.output_dir).resolve()
     det_best = pipeline / "3_search/best_arch.yaml"
     for needed in (pipeline / "1_cls_supernet/model_final.pth", det_best):
@@ -70,12 +57,12 @@ def main(argv=None):
     log = lambda m: print(m, flush=True)  # noqa: E731
 
     # The classification search uses the detection search's FLOPs limit, measured the same way.
-    cfg = get_detnas_cfg(str(Path(__file__).resolve().parents[1] / DET_SEARCH))
+    cfg = get_detnas_cfg(config_file(DET_SEARCH))
     det_record = load_arch_record(str(det_best))
     space = get_space(det_record.space, cfg.MODEL.DETNAS.WIDTH_MULT)
     table = get_flops_table(space, cfg.DETNAS.SEARCH.INPUT_SIZE)
     cls_search = Step(
-        "cls_search", "search on classification top-1 (step-1 supernet)", "search_net.py", CLS_SEARCH,
+        "cls_search", "search on classification top-1 (step-1 supernet)", SEARCH, CLS_SEARCH,
         out / "cls_search",
         ["MODEL.WEIGHTS", pipeline / "1_cls_supernet/model_final.pth", "DETNAS.SEARCH.INPUT_SIZE", cfg.DETNAS.SEARCH.INPUT_SIZE,
          "DETNAS.SEARCH.FLOPS_MIN", cfg.DETNAS.SEARCH.FLOPS_MIN, "DETNAS.SEARCH.FLOPS_MAX", cfg.DETNAS.SEARCH.FLOPS_MAX] + quick["search"],
@@ -102,11 +89,11 @@ def main(argv=None):
     for seed in args.seeds:
         for name in archs:
             d = out / name / f"seed{seed}"
-            cls = Step("cls_subnet", f"{name} seed {seed}: classification", "train_net.py", CLS_SUBNET,
+            cls = Step("cls_subnet", f"{name} seed {seed}: classification", TRAIN, CLS_SUBNET,
                        d / "cls_subnet",
                        ["MODEL.DETNAS.ARCH", arch_files[name], "SEED", seed] + quick["cls_subnet"] + cls_opts,
                        d / "cls_subnet/model_final.pth")
-            det = Step("det_subnet", f"{name} seed {seed}: detection", "train_net.py", DET_SUBNET,
+            det = Step("det_subnet", f"{name} seed {seed}: detection", TRAIN, DET_SUBNET,
                        d / "det_subnet", ["MODEL.DETNAS.ARCH", arch_files[name], "MODEL.WEIGHTS", cls.artifact,
                                           "SEED", seed] + quick["det_subnet"] + det_opts,
                        d / "det_subnet/model_final.pth")
@@ -120,57 +107,9 @@ def main(argv=None):
     print(text)
 
 
-P_COLUMNS = ("p_det_search_better", "p_det_search_better_paired", "p_det_search_worse", "p_det_search_worse_paired")
-
-
-def write_report(out: Path, archs, runs, table, input_size: int, protocol: str = "") -> str:
-    """study.json and study.md over the seeds done so far; `protocol`: the steps' own options, if any."""
-    from tabulate import tabulate
-
-    from detnas_d2.rank_stats import paired_permutation_test, permutation_test
-    from detnas_d2.search_space import arch_to_str
-
-    rows = []
-    for name, arch in archs.items():
-        aps = [r["AP"] for r in runs[name]]
-        rows.append({
-            "arch": name, "ids": arch_to_str(arch), "flops": table.flops(arch), "params": table.params(arch),
-            "top1": statistics.mean(r["top1"] for r in runs[name]), "AP": statistics.mean(aps),
-            "AP_std": statistics.stdev(aps) if len(aps) > 1 else 0.0, "runs": runs[name],
-        })
-    seeds = len(rows[0]["runs"])
-    det_aps = [r["AP"] for r in rows[0]["runs"]]
-    for row in rows[1:]:
-        # Does det-search beat this arch beyond seed noise? One-sided exact permutation test over seeds.
-        aps = [r["AP"] for r in row["runs"]]
-        row["p_det_search_better"] = permutation_test(det_aps, aps) if seeds > 1 else None
-        # The same with each seed's two runs paired (they share that seed's data order, and with
-        # MODEL.DETNAS.PAIRED_INIT the initial weights of the blocks both archs have).
-        row["p_det_search_better_paired"] = paired_permutation_test(det_aps, aps) if seeds > 1 else None
-        # ... and the other way: does this arch beat det-search?
-        row["p_det_search_worse"] = permutation_test(aps, det_aps) if seeds > 1 else None
-        row["p_det_search_worse_paired"] = paired_permutation_test(aps, det_aps) if seeds > 1 else None
-    (out / "study.json").write_text(json.dumps(rows, indent=2))
-    text = tabulate(
-        [[r["arch"], f"{r['flops'] / 1e6:.2f}", f"{r['params'] / 1e6:.3f}", f"{r['top1']:.1f}",
-          f"{r['AP']:.2f}" + (f" ± {r['AP_std']:.2f}" if seeds > 1 else ""),
-          *("" if r.get(k) is None else f"{r[k]:.3f}" for k in P_COLUMNS),
-          r["ids"]]
-         for r in rows],
-        headers=["arch", "MFLOPs", "Mparams", "cls top-1", "bbox AP", "p (det-search better)", "p paired by seed",
-                 "p (det-search worse)", "p worse, paired", "block ids"],
-        tablefmt="pipe")
-    text += (f"\n\n{seeds} training seed(s) per arch; FLOPs of the backbone at "
-             f"{input_size}x{input_size}. p: one-sided exact permutation "
-             "test of det-search's mean AP over seeds against the arch's (needs >= 2 seeds; with 5 seeds "
-             "each the smallest possible p is 1/252); p paired by seed: one-sided exact sign-flip test of the "
-             "per-seed differences (the runs of one seed share its data order, and with "
-             "MODEL.DETNAS.PAIRED_INIT the initial weights of the blocks both archs have; smallest p 1/2^seeds); "
-             "worse: the same tests the other way (the arch beats det-search)."
-             + (f" Retrained {protocol}." if protocol else "") + "\n")
-    (out / "study.md").write_text(text)
-    return text
-
-
 if __name__ == "__main__":
-    main()
+    try:
+        with raising_stop_signals():  # SIGTERM too: the running step gets it and time to stop
+            main()
+    except Stopped as stop:
+        resend_signal(stop.signum)

@@ -6,20 +6,16 @@ process per GPU, with CUDA; gloo CPU processes without it (Detectron2 v0.6 asser
 
 - `dist_url="auto"` picks a free port on 127.0.0.1 (one machine only), also with CUDA (v0.6 lacks it), so
   two multi-process runs on one machine do not collide on a fixed port;
-- stopping the launcher stops its workers. SIGINT / SIGTERM (Ctrl-C, `kill`, `timeout`, SLURM's requeue or
-  cancel) are forwarded to the workers, which get `WORKER_STOP_GRACE_S` seconds before SIGKILL; the
-  launcher then dies of the same signal. If the launcher dies without that (`kill -9`, OOM killer), each
-  worker follows it: on Linux the kernel sends it SIGKILL (prctl PR_SET_PDEATHSIG), elsewhere a watchdog
-  thread notices the new parent. A worker that fails still stops the others (torch's ProcessContext.join).
+- stopping the launcher stops its workers (detnas_d2.process). SIGINT / SIGTERM (Ctrl-C, `kill`,
+  `timeout`, SLURM's requeue or cancel) are forwarded to the workers, which get `STOP_GRACE_S` seconds
+  before SIGKILL; the launcher then dies of the same signal. If the launcher dies without that (`kill -9`,
+  OOM killer), each worker follows it (`exit_with_parent`). A worker that fails still stops the others
+  (torch's ProcessContext.join).
 """
-import ctypes
 import logging
 import os
 import signal
 import socket
-import sys
-import threading
-import time
 from datetime import timedelta
 
 import torch
@@ -28,12 +24,18 @@ import torch.multiprocessing as mp
 from detectron2.utils import comm
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["launch", "create_ddp_model", "resolve_dist_url", "DEFAULT_TIMEOUT", "WORKER_STOP_GRACE_S"]
+from ..process import (
+    STOP_GRACE_S,
+    Stopped,
+    exit_with_parent,
+    raising_stop_signals,
+    resend_signal,
+    stop_processes,
+)
+
+__all__ = ["launch", "create_ddp_model", "resolve_dist_url", "DEFAULT_TIMEOUT"]
 
 DEFAULT_TIMEOUT = timedelta(minutes=30)
-WORKER_STOP_GRACE_S = 10.0  # below SLURM's default KillWait (30 s) between SIGTERM and SIGKILL
-_FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-_PR_SET_PDEATHSIG = 1
 
 logger = logging.getLogger(__name__)
 
@@ -90,97 +92,27 @@ def launch(main_func, num_gpus_per_machine, num_machines=1, machine_rank=0, dist
     _join_forwarding_signals(context)
 
 
-class _LauncherSignal(Exception):
-    def __init__(self, signum):
-        super().__init__(signum)
-        self.signum = signum
-
-
 def _join_forwarding_signals(context):
     """Join the workers; on SIGINT/SIGTERM forward it to them, stop them, and die of it."""
-
-    def forward(signum, frame):
-        for process in context.processes:
-            _signal_process(process, signum)
-        raise _LauncherSignal(signum)
-
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in _FORWARDED_SIGNALS:
-            if signal.getsignal(signum) is not signal.SIG_IGN:  # e.g. SIGINT of a background job: keep it
-                previous[signum] = signal.signal(signum, forward)
     received = None
     try:
-        while not context.join():
-            pass
-    except _LauncherSignal as stop:
+        with raising_stop_signals():
+            while not context.join():
+                pass
+    except Stopped as stop:
         received = stop.signum
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        _stop_processes(context.processes, WORKER_STOP_GRACE_S)
+        stop_processes(context.processes, STOP_GRACE_S, received)
     if received is not None:
         logger.warning(f"Launcher received {signal.Signals(received).name}: workers stopped")
-        sys.stdout.flush()
-        sys.stderr.flush()
         # Die of the same signal (exit status 128 + signum), as without a handler; SIGINT under a handler
         # of the caller's (e.g. Python's default KeyboardInterrupt) goes to that handler instead.
-        handler = previous.get(received, signal.SIG_DFL)
-        if handler in (signal.SIG_DFL, None):
-            signal.signal(received, signal.SIG_DFL)
-            os.kill(os.getpid(), received)
-        if received == signal.SIGINT:
-            raise KeyboardInterrupt
-        raise SystemExit(128 + received)
-
-
-def _signal_process(process, signum):
-    if process.pid is not None and process.exitcode is None:
-        try:
-            os.kill(process.pid, signum)
-        except ProcessLookupError:
-            pass
-
-
-def _stop_processes(processes, grace_s):
-    """Wait up to `grace_s` for `processes` to exit, then SIGKILL those still alive and reap them."""
-    deadline = time.monotonic() + grace_s
-    for process in processes:
-        process.join(max(0.0, deadline - time.monotonic()))
-    for process in processes:
-        if process.is_alive():
-            logger.warning(f"Worker {process.pid} still running {grace_s:.0f} s after the stop: SIGKILL")
-            process.kill()
-        process.join()
-
-
-def _exit_with_parent(parent_pid: int):
-    """Make this process die when `parent_pid` (the launcher) does, even by SIGKILL."""
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-                raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-        except (OSError, AttributeError):
-            _start_parent_watchdog(parent_pid)
-    else:
-        _start_parent_watchdog(parent_pid)
-    if os.getppid() != parent_pid:  # the launcher died before the line above took effect
-        os._exit(1)
-
-
-def _start_parent_watchdog(parent_pid: int, period_s: float = 1.0):
-    def watch():
-        while os.getppid() == parent_pid:
-            time.sleep(period_s)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="detnas-parent-watchdog", daemon=True).start()
+        resend_signal(received)
 
 
 def _worker(local_rank, main_func, world_size, num_per_machine, machine_rank, dist_url, args, timeout, backend,
             launcher_pid):
-    _exit_with_parent(launcher_pid)
+    exit_with_parent(launcher_pid)
     global_rank = machine_rank * num_per_machine + local_rank
     if backend == "nccl":
         torch.cuda.set_device(local_rank)

@@ -11,22 +11,19 @@ Writes bn_probe.md beside the score file (or --output).
 import argparse
 import logging
 import statistics
-import sys
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tools"))
-from detectron2.modeling import build_model  # noqa: E402
+from detectron2.modeling import build_model
 
-from detnas_d2.checkpoint import DetNASCheckpointer  # noqa: E402
-from detnas_d2.config import get_detnas_cfg  # noqa: E402
-from detnas_d2.engine.trainer import DetNASTrainer  # noqa: E402
-from detnas_d2.recalibration import RecalibrationSettings, recalibrate_bn, recalibration_batches  # noqa: E402
-from detnas_d2.tasks import get_task  # noqa: E402
-from rank_audit import read_scores  # noqa: E402
+from detnas_d2.audit.scores import read_scores
+from detnas_d2.checkpoint import DetNASCheckpointer
+from detnas_d2.config import get_detnas_cfg
+from detnas_d2.engine.trainer import DetNASTrainer
+from detnas_d2.recalibration import RecalibrationSettings, recalibrate_bn, recalibration_batches
+from detnas_d2.tasks import get_task
 
 
 def main():

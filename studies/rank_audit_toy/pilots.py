@@ -22,10 +22,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tools"))
-from detnas_d2.rank_stats import arch_effect, arch_effect_seed_blocks  # noqa: E402
-from rank_audit import json_safe, read_scores  # noqa: E402  (score files as rank_audit.py writes them)
+from detnas_d2.audit.formatting import json_safe
+from detnas_d2.audit.scores import read_scores
+from detnas_d2.rank_stats import arch_effect, arch_effect_seed_blocks
 
 
 def by_arch(path: Path):

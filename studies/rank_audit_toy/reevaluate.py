@@ -19,8 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT / "tools"))
-from rank_audit import append_score, read_scores  # noqa: E402  (score files as rank_audit.py writes them)
+from detnas_d2.audit.scores import append_score, read_scores
 
 
 def main():

@@ -13,17 +13,15 @@ gains over FLOPs, is in supernet_noise/compare.md (rank_audit.py compare).
 import argparse
 import itertools
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tools"))
-from detnas_d2 import rank_stats as rs  # noqa: E402
-from rank_audit import read_scores  # noqa: E402  (score files as rank_audit.py writes them)
+from detnas_d2 import rank_stats as rs
+
+from detnas_d2.audit.scores import read_scores
 
 PROTOCOLS = {"": "bbox AP, 64 images (the search's)", "_eval512": "bbox AP, 512 images", "_step1": "step-1 top-1"}
 
