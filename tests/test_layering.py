@@ -1,5 +1,6 @@
-"""The package is a strict stack (README, Layout): every module imports only from lower layers, engine/
-and search/ never import each other, and no import of the package hides inside a function."""
+"""The package is a strict stack (docs/design.md, "Layers"): every module imports only from lower
+layers, engine/ and search/ never import each other, and no import of the package hides inside a
+function."""
 import ast
 import os
 
@@ -64,7 +65,7 @@ MODULES = dict(_modules())
 
 def test_every_module_has_a_layer():
     unranked = sorted({_top(m) for m in MODULES if _top(m) and _top(m) not in RANK})
-    assert not unranked, f"add {unranked} to LAYERS in this test (and to README's Layout)"
+    assert not unranked, f"add {unranked} to LAYERS in this test (and to docs/design.md, Layers)"
 
 
 @pytest.mark.parametrize("module", sorted(m for m in MODULES if _top(m)))
