@@ -304,6 +304,7 @@ def _score_in_two_processes(cfg_text, archs, out_file):
             json.dump(results, f)
 
 
+@pytest.mark.slow
 def test_one_and_two_processes_give_the_same_scores(det_weights, tmp_path):
     # All 64 images of toy_det_search (8 batches): enough for the random supernet to score above 0.
     archs = [SPACE.random_arch(random.Random(s)) for s in (2, 3, 4)]
@@ -341,6 +342,7 @@ def test_top1_fitness_scores_a_classifier(tmp_path):
 # ---- end to end --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_search_end_to_end_and_resume(det_weights, tmp_path):
     out = tmp_path / "full"
     best = run_search(make_cfg(DET_CONFIG, out, det_weights))
@@ -536,6 +538,7 @@ def test_racing_search_resumes_exactly_after_a_crash(table, tmp_path):
         EvolutionSearch(settings(racing_slices=(0.1, 0.3)), SPACE, constraints, path, resume=True)
 
 
+@pytest.mark.slow
 def test_racing_scorer_slices_give_the_unsliced_scores(det_weights, tmp_path):
     archs = [SPACE.random_arch(random.Random(s)) for s in (2, 3)]
     cfg = make_cfg(DET_CONFIG, tmp_path, det_weights, EVAL_IMAGES=0, EVAL_BATCH_SIZE=8)
@@ -579,6 +582,7 @@ def _race_in_two_processes(cfg_text, out_root):
         run_search(cfg)
 
 
+@pytest.mark.slow
 def test_racing_search_end_to_end_two_processes_and_resume(det_weights, tmp_path, monkeypatch):
     run_search(racing_cfg(tmp_path, det_weights))
     single = read_candidates(tmp_path)
@@ -595,11 +599,11 @@ def test_racing_search_end_to_end_two_processes_and_resume(det_weights, tmp_path
     # Killed in the second generation's full rung, then resumed: the same candidates, nothing scored again.
     calls, score = [], CandidateScorer.score
 
-    def crashing(scorer, arch, fraction=1.0):
+    def crashing(scorer, arch, fraction=1.0, *rest):
         calls.append((tuple(arch), fraction))
         if fraction == 1.0 and len([c for c in calls if c[1] == 1.0]) > sum(r["full"] for r in single[:4]):
             raise Crash()
-        return score(scorer, arch, fraction)
+        return score(scorer, arch, fraction, *rest)
 
     out = tmp_path / "crashed"
     monkeypatch.setattr(CandidateScorer, "score", crashing)
@@ -608,7 +612,7 @@ def test_racing_search_end_to_end_two_processes_and_resume(det_weights, tmp_path
     monkeypatch.setattr(CandidateScorer, "score", score)
     done = set(calls[:-1])
     calls.clear()
-    monkeypatch.setattr(CandidateScorer, "score", lambda *a, **k: calls.append(a[1:]) or score(*a, **k))
+    monkeypatch.setattr(CandidateScorer, "score", lambda *a, **k: calls.append(a[1:3]) or score(*a, **k))
     resumed_best = run_search(racing_cfg(out, det_weights), resume=True)
     resumed = read_candidates(out)
     assert [[r[k] for k in RACE_KEY + ("score",)] for r in resumed] == [

@@ -223,7 +223,7 @@ class LatencyCosts:
     """A latency table seen as the per-layer additive cost table FlopsBinSampler bins over."""
 
     def __init__(self, table: LatencyTable):
-        self.layer_flops = table.layers_ms
+        self.layer_flops = table.additive_ms()[1]  # calibrated, as `flops`
         self._table = table
 
     def flops(self, arch: Sequence[int]) -> float:

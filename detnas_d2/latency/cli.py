@@ -50,12 +50,21 @@ def get_parser():
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--head-channels", type=int, default=1024)
     p.add_argument(
+        "--fit-archs",
+        type=int,
+        default=12,
+        metavar="F",
+        help="calibrate the table on the four one-block archs and F random archs: a line through "
+        "their measured end-to-end backbones against the table's sums, timed in the same round-robin "
+        "as the table (0: uncalibrated, the table's sum)",
+    )
+    p.add_argument(
         "--validate",
         type=int,
         default=10,
         metavar="N",
-        help="check the table on N random archs against the measured end-to-end backbone, timed "
-        "in the same round-robin as the table (0: skip)",
+        help="check the table on N other random archs (held out of the fit) against their measured "
+        "end-to-end backbones, timed in the same round-robin (0: skip)",
     )
     p.add_argument(
         "--clock",
@@ -109,6 +118,7 @@ def main(argv=None) -> int:
             seed=args.seed,
             min_repeat_ms=args.min_repeat_ms,
             clock=args.clock,
+            fit_archs=args.fit_archs,
             validate=args.validate,
             log=print,
         )

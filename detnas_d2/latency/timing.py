@@ -12,6 +12,11 @@ as a layer's input has just been written by the layer before it. The "cpu" clock
 reads the thread's CPU time instead of wall time: on a CPU shared with other jobs, preemption inflates
 long calls (a whole backbone) more than short ones (a block), which wall time turns into a prediction
 bias.
+
+`build_table(fit_archs=F, validate=N)` also times whole backbones in the same round-robin: the table's
+calibration line is fitted on the space's one-block archs and F random archs (calibration.py), and the
+prediction is checked on N other random archs, held out of the fit, before (the table's sum) and after
+the calibration.
 """
 
 import math
@@ -28,6 +33,7 @@ from ..input_size import format_input_size, parse_input_size
 from ..modeling import ClassifierHead, ShuffleNetV2Subnet, Stem, build_block
 from ..modeling.bn_fold import fold_batchnorm
 from ..search_space import NUM_CHOICES, SearchSpace
+from .calibration import CalibrationError, one_block_archs
 from .table import LatencyTable
 
 __all__ = [
@@ -227,30 +233,56 @@ def table_meta(
     return meta
 
 
-def _validation_result(archs, predicted, measured, seed, clock) -> Dict:
+def _errors(predicted, measured) -> Dict:
     errors = [100.0 * (p - m) / m for p, m in zip(predicted, measured)]
     abs_err = [abs(e) for e in errors]
     return {
-        "num_archs": len(archs),
-        "seed": seed,
-        "clock": clock,
-        "archs": [",".join(map(str, a)) for a in archs],
         "predicted_ms": [round(p, 5) for p in predicted],
-        "measured_ms": [round(m, 5) for m in measured],
         "error_pct": [round(e, 3) for e in errors],
         "mean_abs_error_pct": round(statistics.mean(abs_err), 3),
         "worst_abs_error_pct": round(max(abs_err), 3),
         "mean_error_pct": round(statistics.mean(errors), 3),
-        "threads": torch.get_num_threads(),
-        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 
 
+def _validation_result(table: LatencyTable, archs, measured, seed, clock) -> Dict:
+    """The table's prediction (calibrated, if it is) on `archs` against `measured`; for a calibrated
+    table also the error of its sum before the calibration ("uncalibrated")."""
+    names = [",".join(map(str, a)) for a in archs]
+    fitted = set(table.calibration["archs"]) if table.calibration is not None else set()
+    result = {
+        "num_archs": len(archs),
+        "held_out": not fitted.intersection(names),  # no arch of the calibration's fit among them
+        "seed": seed,
+        "clock": clock,
+        "archs": names,
+        "measured_ms": [round(m, 5) for m in measured],
+        "calibrated": table.calibration is not None,
+        **_errors([table.predict(a) for a in archs], measured),
+        "threads": torch.get_num_threads(),
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    if table.calibration is not None:
+        result["uncalibrated"] = _errors([table.sum_ms(a) for a in archs], measured)
+    return result
+
+
 def _log_validation(result, log, how):
+    def errors(r):
+        return (
+            f"mean |error| {r['mean_abs_error_pct']:.2f}%, worst {r['worst_abs_error_pct']:.2f}% (mean "
+            f"signed {r['mean_error_pct']:+.2f}%)"
+        )
+
+    before = result.get("uncalibrated")
     log(
-        f"Validation on {result['num_archs']} random archs (seed {result['seed']}, {how}): predicted "
-        f"(table sum) vs measured end-to-end backbone: mean |error| {result['mean_abs_error_pct']:.2f}%, "
-        f"worst {result['worst_abs_error_pct']:.2f}% (mean signed {result['mean_error_pct']:+.2f}%)"
+        f"Validation on {result['num_archs']} random archs held out of the fit (seed {result['seed']}, "
+        f"{how}), predicted vs measured end-to-end backbone: "
+        + (
+            f"table sum {errors(before)}; calibrated {errors(result)}"
+            if before
+            else f"table sum (uncalibrated) {errors(result)}"
+        )
     )
 
 
@@ -269,14 +301,18 @@ def build_table(
     seed: int = 0,
     min_repeat_ms: Optional[float] = None,
     clock: str = "wall",
+    fit_archs: int = 0,
     validate: int = 0,
     log: Callable[[str], None] = lambda s: None,
 ) -> LatencyTable:
     """Time the stem, every (layer, block choice) of `space` and the optional tail on `device`.
 
-    With `validate` N > 0, N random archs' end-to-end backbones (seed `seed`) are timed in the same
-    round-robin as the table's entries, so that a load change of a shared machine hits both alike, and
-    the comparison is stored in `table.validation`.
+    With `fit_archs` F > 0 and `validate` N, the end-to-end backbones of the space's one-block archs and
+    F + N random archs (seed `seed`) are timed in the same round-robin as the table's entries, so that a
+    load change of a shared machine hits all alike: the table's calibration is fitted on the one-block
+    archs and the first F random ones (`table.calibration`), and the prediction checked on the other N
+    (`table.validation`, before and after the calibration). A fit that fails (noise larger than the
+    archs' differences) leaves the table uncalibrated, with a log line saying why.
     """
     input_size = parse_input_size(input_size)
     device = torch.device(device)
@@ -284,6 +320,11 @@ def build_table(
         raise ValueError(f"tail must be 'none' or 'classifier', got '{tail}'")
     if batch < 1:
         raise ValueError(f"batch must be positive, got {batch}")
+    if fit_archs < 0 or validate < 0:
+        raise ValueError(
+            f"fit archs (0: no calibration) and validation archs must be >= 0, got {fit_archs} "
+            f"and {validate}"
+        )
     if min_repeat_ms is None:
         min_repeat_ms = default_min_repeat_ms(device)
     _clock_fn(clock, device)  # refuse an unusable clock before building anything
@@ -315,15 +356,19 @@ def build_table(
         extra,
     )
     table = LatencyTable(meta, 0.0, [], tail)
-    archs = []
-    if validate > 0:
-        rng = random.Random(seed)
-        archs = [space.random_arch(rng) for _ in range(validate)]
-        entries += [(_backbone_model(table, arch, device), image) for arch in archs]
+    rng = random.Random(seed)
+    archs = [space.random_arch(rng) for _ in range(fit_archs + validate)]
+    fit = (one_block_archs(space) + archs[:fit_archs]) if fit_archs else []
+    held_out = archs[fit_archs:]
+    entries += [(_backbone_model(table, arch, device), image) for arch in fit + held_out]
     log(
         f"Timing {num_entries} modules ({space.num_layers} layers x {NUM_CHOICES} blocks, stem"
         f"{', classifier head' if tail != 'none' else ''})"
-        + (f" and {len(archs)} random archs end to end" if archs else "")
+        + (
+            f" and {len(fit)} + {validate} archs end to end (calibration, validation)"
+            if archs
+            else ""
+        )
         + f" on {device.type}, input {format_input_size(input_size)}, batch {batch}, "
         f"{torch.get_num_threads()} threads, {clock} clock: {warmup} warm-up calls, median of {repeats} "
         "round-robin timings"
@@ -336,11 +381,18 @@ def build_table(
         times[1 + NUM_CHOICES * i : 1 + NUM_CHOICES * (i + 1)] for i in range(space.num_layers)
     ]
     table.tail_ms = times[num_entries - 1] if tail == "classifier" else 0.0
-    if archs:
-        measured = times[num_entries:]
-        table.validation = _validation_result(
-            archs, [table.predict(a) for a in archs], measured, seed, clock
-        )
+    measured = times[num_entries:]
+    if fit:
+        try:
+            c = table.calibrate(fit, measured[: len(fit)])
+            log(
+                f"Calibration on {len(fit)} archs ({NUM_CHOICES} one-block, {fit_archs} random): measured = "
+                f"{c['scale']:.4f} x table sum + {c['offset_ms']:.4f} ms"
+            )
+        except CalibrationError as e:
+            log(f"No calibration, the table predicts its sums: {e}")
+    if validate:
+        table.validation = _validation_result(table, held_out, measured[len(fit) :], seed, clock)
         _log_validation(table.validation, log, "timed with the table")
     return table
 
@@ -400,14 +452,14 @@ def validate_table(
     log: Callable[[str], None] = lambda s: None,
 ) -> Dict:
     """Predicted vs measured end-to-end latency of `num_archs` random archs, measured now (a table
-    loaded on its own machine); stored in `table.validation`. `build_table(validate=N)` measures the
-    archs together with the table instead, which a load change of a shared machine affects less."""
+    loaded on its own machine; use a `seed` other than the table's, whose first archs are its fit archs);
+    stored in `table.validation`. `build_table(validate=N)` measures the archs together with the table
+    instead, which a load change of a shared machine affects less."""
     rng = random.Random(seed)
     archs = [table.space.random_arch(rng) for _ in range(num_archs)]
-    predicted = [table.predict(a) for a in archs]
     measured = measure_backbone(table, archs, warmup=warmup, repeats=repeats, seed=seed)
     table.validation = _validation_result(
-        archs, predicted, measured, seed, table.meta.get("clock", "wall")
+        table, archs, measured, seed, table.meta.get("clock", "wall")
     )
     _log_validation(table.validation, log, "timed after the table")
     return table.validation

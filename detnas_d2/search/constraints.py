@@ -87,9 +87,8 @@ class ArchConstraints:
         if self.params_max:
             limits.append(("", "PARAMS_MAX", self.table.params_cost(), None, self.params_max))
         if self.latency_max_ms:
-            lat = self.latency
-            cost = AdditiveCost("latency (ms)", lat.stem_ms + (lat.tail_ms if lat.tail != "none" else 0.0),
-                                tuple(tuple(row) for row in lat.layers_ms))
+            fixed, layers = self.latency.additive_ms()
+            cost = AdditiveCost("latency (ms)", fixed, tuple(tuple(row) for row in layers))
             limits.append(("", "LATENCY_MAX_MS", cost, None, self.latency_max_ms))
         return limits
 
