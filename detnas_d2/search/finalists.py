@@ -43,12 +43,14 @@ class Finalists:
         self.indices = top_candidates(search.history, settings.topk)
         self.plan = [(rank, index, s) for rank, index in enumerate(self.indices)
                      for s in range(len(settings.weights))]
-        wanted = {self._key(index, s) for _, index, s in self.plan}
-        kept = [r for r in search.state.finalists if (tuple(r["arch"]), r["supernet"], r["weights"]) in wanted]
-        if len(kept) < len(search.state.finalists):
+        rank_of = {self._key(index, s): rank for rank, index, s in self.plan}
+        kept = [r for r in search.state.finalists if (tuple(r["arch"]), r["supernet"], r["weights"]) in rank_of]
+        if len(kept) < len(search.state.finalists):  # a resumed search with a larger budget found better ones
             logger.info(f"{len(search.state.finalists) - len(kept)} finalist record(s) of candidates no longer "
                         "among the finalists dropped.")
             search.state.finalists = kept
+        for r in kept:
+            r["finalist"] = rank_of[tuple(r["arch"]), r["supernet"], r["weights"]]
 
     def _key(self, index: int, supernet: int):
         return tuple(self.search.history[index]["arch"]), supernet, self.settings.weights[supernet]
