@@ -24,7 +24,7 @@ new sampled arch (:func:`warmup_reference`) each time the random part grows, ins
 arch for the whole warm-up: the warm-up then favours no arch. On the toy data, a supernet with all 20
 layers random from the first iteration keeps its loss at chance for 2,000-5,000 iterations (when it
 takes off varies from run to run); with the warm-up it learns from the start and, once every layer is
-random, its random paths keep learning (README, "Status and known limits").
+random, its random paths keep learning (docs/pipeline.md, "Supernet training").
 
 The official code draws the in-bin path by rejection from uniform paths, which can take millions of
 tries for the bins near the space's extremes. :class:`FlopsBinSampler` draws from the same distribution
