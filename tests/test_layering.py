@@ -21,6 +21,7 @@ LAYERS = [
     ["arch_info"],
     ["engine", "search"],
     ["audit", "train_net", "search_net"],
+    ["gpu_check"],
 ]
 RANK = {name: rank for rank, row in enumerate(LAYERS) for name in row}
 
