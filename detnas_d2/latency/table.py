@@ -48,9 +48,8 @@ class LatencyTable:
     tail_ms: float = 0.0
     validation: Optional[Dict] = None
     extra: Dict = field(default_factory=dict)
-    calibration: Optional[Dict] = (
-        None  # {"scale", "offset_ms", fit archs...}; None: predict the sum
-    )
+    # {"scale", "offset_ms", the fit archs' sums and measurements}; None: predict the sum
+    calibration: Optional[Dict] = None
 
     # ---- what the table was measured on -----------------------------------------------------------
     @property
