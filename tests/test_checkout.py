@@ -26,6 +26,7 @@ def _second_checkout(tmp_path, package=True):
     return clone
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ROOT_SCRIPTS)
 def test_root_scripts_import_their_own_checkouts_package(tmp_path, script):
     clone = _second_checkout(tmp_path, package=False)
@@ -39,6 +40,7 @@ def test_root_scripts_import_their_own_checkouts_package(tmp_path, script):
     )
 
 
+@pytest.mark.slow
 def test_check_env_accepts_this_checkout_and_refuses_another(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "tools" / "check_env.py"), "--only", "project"],
                             capture_output=True, text=True, timeout=120)

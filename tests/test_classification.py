@@ -315,6 +315,7 @@ def _hue_cfg(config, hue_datasets, output_dir, **overrides):
 CHANCE = 100.0 / len(HUE_CLASSES)
 
 
+@pytest.mark.slow
 def test_toy_subnet_trains_above_chance(hue_datasets, tmp_path):
     from detnas_d2.engine import DetNASTrainer
 

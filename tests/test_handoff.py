@@ -136,6 +136,7 @@ def test_mismatched_checkpoint_fails_clearly(tmp_path, source_opts, target, mess
     assert path in str(error.value)
 
 
+@pytest.mark.slow
 def test_train_net_step1_weights_then_eval_only(tmp_path):
     weights = save(toy_model("Toy/cls_supernet.yaml"), tmp_path)
     config = os.path.join(REPO, "configs", "Toy", "det_supernet.yaml")

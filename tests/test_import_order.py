@@ -54,6 +54,7 @@ def _skip_unless_any_order_expected():
     assert state != "pb1-unfixed", "pb1-detectron2 without install.sh's fixes: rerun tools/install.sh"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "first",
     [
@@ -141,6 +142,7 @@ def _unfix(text):
     return text.replace("interp=Image.BILINEAR, fill=0", "interp=Image.LINEAR, fill=0")
 
 
+@pytest.mark.slow
 def test_unfixed_v06_sources_work_with_detnas_first(tmp_path):
     """A user's own v0.6 (no compiled ops, unfixed sources): `import detnas_d2` first still works."""
     state, _ = check_env.detectron2_state()

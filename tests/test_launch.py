@@ -60,6 +60,7 @@ def _train_worker(cfg, out_dir):
         json.dump(summary, f)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="tests the CPU (gloo) path of launch")
 def test_two_cpu_processes_train_supernet_with_same_paths(tmp_path):
     cfg = get_cfg()

@@ -16,10 +16,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 STOP_WITHIN_S = 15
 
-pytestmark = pytest.mark.skipif(
-    torch.cuda.is_available() or not Path("/proc/self/stat").exists(),
-    reason="CPU launcher (gloo) test; finds processes through Linux's /proc",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        torch.cuda.is_available() or not Path("/proc/self/stat").exists(),
+        reason="CPU launcher (gloo) test; finds processes through Linux's /proc",
+    ),
+]
 
 
 def _train_cmd(out_dir, max_iter, *extra):

@@ -29,6 +29,7 @@ def pipeline(tmp_path_factory):
     return out, proc.stdout
 
 
+@pytest.mark.slow
 def test_every_step_writes_what_the_next_one_reads(pipeline):
     out, _ = pipeline
     for step in ("1_cls_supernet", "2_det_supernet", "4_cls_subnet", "5_det_subnet"):
@@ -53,6 +54,7 @@ def test_every_step_writes_what_the_next_one_reads(pipeline):
     assert "bbox" in json.loads((out / "6_eval/eval_results.json").read_text())
 
 
+@pytest.mark.slow
 def test_summary_names_every_step_and_the_subnet(pipeline):
     out, stdout = pipeline
     summary = json.loads((out / "summary.json").read_text())
@@ -61,6 +63,7 @@ def test_summary_names_every_step_and_the_subnet(pipeline):
     assert "searched subnet" in stdout and "6. evaluation of the subnet detector" in stdout
 
 
+@pytest.mark.slow
 def test_second_run_says_what_it_reuses(pipeline):
     out, _ = pipeline
     cmd = [sys.executable, str(ROOT / "tools/run_pipeline.py"), "--quick", "--reuse", "--output-dir", str(out)]
@@ -70,6 +73,7 @@ def test_second_run_says_what_it_reuses(pipeline):
     assert "$ " not in proc.stdout  # no step ran again
 
 
+@pytest.mark.slow
 def test_study_retrains_four_archs_and_tabulates_them(pipeline, tmp_path):
     """tools/study.py --quick on the pipeline's output: the classification search, then the four archs
     retrained (classification, then detection from it) and one table."""
@@ -156,6 +160,7 @@ def test_step_shows_progress_and_keeps_the_full_output(step_folder):
     assert "Starting training" in (out / "stdout.txt").read_text()  # everything stays in the file
 
 
+@pytest.mark.slow
 def test_stopped_step_continues_with_resume_when_reused(step_folder):
     """A step stopped before its artifact: with `reuse` and the same command it continues (`--resume`,
     its folder and log kept); with another command, or without `reuse`, it starts again in an emptied
@@ -246,6 +251,7 @@ def _start_runner(folder):
     return runner, int((folder / "out/pid").read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds processes through Linux's /proc")
 def test_stopped_pipeline_passes_the_signal_to_its_step(tmp_path):
     """SIGTERM to the pipeline: its step gets SIGTERM (in its own process group, it would not see a signal
@@ -258,6 +264,7 @@ def test_stopped_pipeline_passes_the_signal_to_its_step(tmp_path):
     assert not _alive(step_pid)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds processes through Linux's /proc")
 def test_step_dies_with_a_killed_pipeline(tmp_path):
     """SIGKILL to the pipeline alone (nothing passes a signal on): its step dies with it."""

@@ -396,6 +396,7 @@ def test_supernet_scores_resume_after_an_interruption(tmp_path, capsys):
 # ---- stand-alone scores: two tiny archs end to end, killed and resumed -----------------------------------
 
 
+@pytest.mark.slow
 def test_standalone_end_to_end_killed_and_resumed(tmp_path, monkeypatch, capsys):
     """Two archs, --quick, two trainings at a time. The run is killed (its whole process group, as a
     terminal's Ctrl-C or a job scheduler would) once the first (arch, seed) is written; the next start

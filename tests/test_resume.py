@@ -57,6 +57,7 @@ def _weights(out_dir):
     return torch.load(out_dir / "model_final.pth", map_location="cpu", weights_only=True)["model"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_gpus", [1, 2], ids=["1 process", "2 gloo processes"])
 def test_killed_run_resumes_to_the_uninterrupted_weights(tmp_path, num_gpus):
     _run(tmp_path / "straight", num_gpus)

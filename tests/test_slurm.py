@@ -84,6 +84,7 @@ def test_train_net_takes_slurm_values_unless_given():
     assert train_net.parse_args([], env=single).dist_url == "tcp://node3:20077"  # srun: the job's port
 
 
+@pytest.mark.slow
 def test_dist_url_help_names_the_defaults():
     result = subprocess.run([sys.executable, os.path.join(REPO, "train_net.py"), "--help"], capture_output=True,
                             text=True, check=True)

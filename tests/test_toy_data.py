@@ -279,6 +279,7 @@ def test_generator_version_is_per_kind(tmp_path, small_cls):
 # ---- registration ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_registered_toy_detection(registered_root):
     # the metadata's json_file generates the data, so an evaluator can come before any loader
     evaluator = COCOEvaluator("toy_det_search", output_dir=None, use_fast_impl=False)

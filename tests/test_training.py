@@ -267,6 +267,7 @@ def _paths_of_run(cfg, resume, fail_at=None):
     return start, record.paths, trainer._hooks[0]
 
 
+@pytest.mark.slow
 def test_resume_samples_the_paths_of_an_uninterrupted_run(tmp_path):
     opts = ["SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "3", "SOLVER.IMS_PER_BATCH", "2"]
     _, uninterrupted, _ = _paths_of_run(toy_cfg("det_supernet.yaml", tmp_path / "a", *opts), resume=False)
@@ -309,6 +310,7 @@ class RecordArchEvaluator(DatasetEvaluator):
         return {"archs": sorted(self.archs)}
 
 
+@pytest.mark.slow
 def test_supernet_evaluates_reference_arch_and_restores_training_path(tmp_path):
     reference = "shuffle_7x7," * 19 + "shuffle_5x5"
     cfg = toy_cfg("det_supernet.yaml", tmp_path, "DATASETS.TEST", "('toy_det_val',)",
@@ -326,6 +328,7 @@ def test_supernet_evaluates_reference_arch_and_restores_training_path(tmp_path):
     assert DetNASTrainer.test(cfg, model, [RecordArchEvaluator(model)])["archs"] == [(0,) * 20]
 
 
+@pytest.mark.slow
 def test_toy_subnet_detector_learns(tmp_path):
     """A short schedule takes the subnet detector clearly above its untrained AP on toy_det_val."""
     # From scratch the toy detector learns slowly (for ~100 iterations its box classifier calls every
