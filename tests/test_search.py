@@ -305,7 +305,6 @@ def _score_in_two_processes(cfg_text, archs, out_file):
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_one_and_two_processes_give_the_same_scores(det_weights, tmp_path):
     # All 64 images of toy_det_search (8 batches): enough for the random supernet to score above 0.
     archs = [SPACE.random_arch(random.Random(s)) for s in (2, 3, 4)]
@@ -343,7 +342,6 @@ def test_top1_fitness_scores_a_classifier(tmp_path):
 # ---- end to end --------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 @pytest.mark.slow
 def test_search_end_to_end_and_resume(det_weights, tmp_path):
     out = tmp_path / "full"
@@ -541,7 +539,6 @@ def test_racing_search_resumes_exactly_after_a_crash(table, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_racing_scorer_slices_give_the_unsliced_scores(det_weights, tmp_path):
     archs = [SPACE.random_arch(random.Random(s)) for s in (2, 3)]
     cfg = make_cfg(DET_CONFIG, tmp_path, det_weights, EVAL_IMAGES=0, EVAL_BATCH_SIZE=8)
@@ -585,7 +582,6 @@ def _race_in_two_processes(cfg_text, out_root):
         run_search(cfg)
 
 
-@pytest.mark.slow
 @pytest.mark.slow
 def test_racing_search_end_to_end_two_processes_and_resume(det_weights, tmp_path, monkeypatch):
     run_search(racing_cfg(tmp_path, det_weights))
