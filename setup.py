@@ -33,6 +33,8 @@ INSTALL_REQUIRES = [
 # ONNX export (tools/export_model.py --format onnx) and its check on onnxruntime (CPU). Literal lists:
 # tools/check_env.py reads them with ast.literal_eval.
 EXPORT_REQUIRES = ["onnx>=1.16,<2", "onnxruntime>=1.18,<2"]
+# Launching trainings through submitit (tools/submit.py, detnas_d2/engine/submit.py).
+SLURM_REQUIRES = ["submitit>=1.5"]
 # ruff pinned: lint and format results change between versions (pyproject.toml, .ci/run).
 TEST_REQUIRES = [
     "pytest>=7",
@@ -41,6 +43,7 @@ TEST_REQUIRES = [
     "onnx>=1.16,<2",
     "onnxruntime>=1.18,<2",
     "ruff==0.17.6",
+    "submitit>=1.5",
 ]
 
 
@@ -73,6 +76,6 @@ setup(
     package_data={"detnas_d2": packaged_configs()},
     python_requires=">=3.8",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES, "export": EXPORT_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "export": EXPORT_REQUIRES, "slurm": SLURM_REQUIRES},
     entry_points={"console_scripts": ["detnas-arch-info=detnas_d2.arch_info:main"]},
 )
