@@ -13,6 +13,7 @@ import detnas_d2  # noqa: F401  (compat shims before detectron2 imports)
 import pytest
 import torch
 
+from detnas_d2.engine.sampling import FlopsBinSampler, LatencyCosts
 from detnas_d2.flops import get_flops_table
 from detnas_d2.latency import LatencyTable
 from detnas_d2.latency import timing as latency_timing
@@ -99,6 +100,17 @@ def test_calibrated_prediction_everywhere():
     rng = random.Random(5)
     drawn = [constraints.sample(rng) for _ in range(50)]
     assert all(table.predict(a) <= limit for a in drawn)
+
+
+def test_latency_sampling_bins_over_the_calibrated_prediction():
+    table = _table()
+    table.calibrate(_archs(12, 1), [SCALE * table.sum_ms(a) + OFFSET for a in _archs(12, 1)])
+    sampler = FlopsBinSampler(SPACE, LatencyCosts(table), 0.0, 0.0, num_bins=4)
+    lo, hi = table.range_ms()
+    assert (sampler.flops_min, sampler.flops_max) == pytest.approx((lo, hi))
+    rng = random.Random(6)
+    for _ in range(20):
+        assert lo - 1e-9 <= table.predict(sampler(rng)) <= hi + 1e-9
 
 
 def test_fit_refuses_what_no_line_fits():
