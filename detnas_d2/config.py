@@ -1,4 +1,5 @@
 """All detnas-d2 options. Call `add_detnas_config(cfg)` on a Detectron2 config before merging files."""
+import ast
 import io
 import logging
 
@@ -37,6 +38,10 @@ def add_detnas_config(cfg):
     # archs with the same SEED start from the same weights for the blocks they share, the same heads and
     # the same data order (common random numbers when archs are compared: tools/rank_audit.py standalone).
     _C.MODEL.DETNAS.PAIRED_INIT = False
+    # Evaluations and searches refuse MODEL.WEIGHTS that leave tensors of the model at their random
+    # initialisation (e.g. a detector's FPN, RPN and ROI heads with a classifier's checkpoint); True
+    # allows it. Training always does: steps 2 and 5 start detectors from a classifier's backbone.
+    _C.MODEL.DETNAS.ALLOW_RANDOM_HEADS = False
 
     # ---- classification form (ImageNet steps) -----------------------------------------------------
     _C.MODEL.CLASSIFIER = CN()
@@ -107,6 +112,9 @@ def add_detnas_config(cfg):
     _C.DETNAS.SEARCH.LATENCY_TABLE = ""
     _C.DETNAS.SEARCH.LATENCY_MAX_MS = 0.0
     _C.DETNAS.SEARCH.LATENCY_DEVICE = ""  # cpu | cuda: refuse a table measured on another device; "": any
+    # The input (HxW) the table must have been measured at; "": the model's test input (detectors
+    # INPUT.MIN_SIZE_TEST x INPUT.MAX_SIZE_TEST, classifiers INPUT.CLS.TEST_CROP square).
+    _C.DETNAS.SEARCH.LATENCY_INPUT_SIZE = ""
     # Cheaper search: from the second generation on, a ridge predictor fitted on the scores so far ranks
     # the generated candidates and only the best PREDICTOR_KEEP of them are scored (search/predictor.py).
     _C.DETNAS.SEARCH.PREDICTOR = ""  # "" | ridge
@@ -203,6 +211,53 @@ def _arch_value(value) -> str:
     return repr(str(value))
 
 
+def _option(cfg, key: str):
+    """The value of option `key` (dotted) in `cfg`, or None if there is no such option."""
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _plain_value(default, value):
+    """`value` in the type of its option's `default` where yacs would refuse it but the meaning is
+    plain: an int for a float option (`LATENCY_MAX_MS 100`), a number for a string option
+    (`LATENCY_INPUT_SIZE 224`). Any other value unchanged."""
+    if type(value) is int and isinstance(default, float):
+        return float(value)
+    if type(value) in (int, float) and isinstance(default, str):
+        return str(value)
+    return value
+
+
+def _plain_values(tree: dict, defaults) -> None:
+    """`_plain_value` on every value of a loaded config file, in place (strings quoted: yacs decodes
+    a file's strings as Python literals when it merges them)."""
+    for name, value in tree.items():
+        default = defaults.get(name) if isinstance(defaults, dict) else None
+        if isinstance(value, dict):
+            _plain_values(value, default)
+            continue
+        plain = _plain_value(default, value)
+        if plain is not value:
+            tree[name] = repr(plain) if isinstance(plain, str) else plain
+
+
+def _plain_text(cfg, key: str, text):
+    """A command-line value (a Python literal, else the text, as yacs reads it) through
+    `_plain_value`, as text that yacs reads back as that."""
+    if not isinstance(text, str):
+        return text
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+    plain = _plain_value(_option(cfg, key), value)
+    return text if plain is value else repr(plain)
+
+
 class _UpgradingCfgNode(CN):
     """Reads every file of a `_BASE_` chain with its old keys renamed and its arch options as strings,
     before the files are merged (so a child's old key still overrides its base's new one)."""
@@ -237,6 +292,7 @@ def get_detnas_cfg(config_file: str = "", opts=()):
     add_detnas_config(cfg)
     if config_file:
         loaded = _UpgradingCfgNode.load_yaml_with_base(config_file, allow_unsafe=True)
+        _plain_values(loaded, cfg)
         cfg.merge_from_other_cfg(type(cfg)(loaded))
     opts = list(opts)
     if len(opts) % 2:
@@ -245,7 +301,8 @@ def get_detnas_cfg(config_file: str = "", opts=()):
     for key, value in zip(opts[0::2], opts[1::2]):
         key = _renamed(key, "command line")
         if key is not None:
-            renamed += [key, _arch_value(value) if key in _ARCH_KEYS else value]
+            value = _arch_value(value) if key in _ARCH_KEYS else _plain_text(cfg, key, value)
+            renamed += [key, value]
     cfg.merge_from_list(renamed)
     if cfg.MODEL.DEVICE != "cpu" and not torch.cuda.is_available():
         logging.getLogger(__name__).warning(f"No CUDA: MODEL.DEVICE {cfg.MODEL.DEVICE} -> cpu")

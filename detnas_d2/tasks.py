@@ -8,7 +8,7 @@ Tasks live in `TASK_REGISTRY`; `get_task(cfg)` picks one by MODEL.META_ARCHITECT
 import logging
 import math
 import os
-from typing import Dict, Sequence
+from typing import Dict, Sequence, Tuple
 
 from detectron2.data import (
     DatasetMapper,
@@ -67,6 +67,10 @@ class Task:
         """The one number of an evaluation's results: the search's fitness, the pipeline's summary."""
         raise NotImplementedError
 
+    def test_input_size(self, cfg) -> Tuple[int, int]:
+        """(H, W) of the model's test input, at most: what a latency table for it is measured at."""
+        raise NotImplementedError
+
     def recalibration_forward(self, model: nn.Module):
         """What to run on a batch so that every BN layer of `model` sees its inputs."""
         return model
@@ -117,6 +121,9 @@ class DetectionTask(Task):
     def evaluate(self, evaluator, dataset_dicts):
         return evaluator.evaluate(img_ids=[d["image_id"] for d in dataset_dicts])
 
+    def test_input_size(self, cfg):
+        return cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST
+
     def headline(self, results):
         ap = float(results["bbox"]["AP"])
         return 0.0 if math.isnan(ap) else ap  # NaN: the model made no detection at all
@@ -152,6 +159,9 @@ class ClassificationTask(Task):
 
     def build_evaluator(self, cfg, dataset_name, output_dir=None, distributed=True):
         return ClassificationEvaluator(dataset_name, distributed=distributed)
+
+    def test_input_size(self, cfg):
+        return cfg.INPUT.CLS.TEST_CROP, cfg.INPUT.CLS.TEST_CROP
 
     def headline(self, results):
         return float(results["classification"]["top1"])

@@ -22,6 +22,7 @@ from .checkpoint import DetNASCheckpointer, arch_opts_from_weights
 from .config import setup_cfg
 from .config_files import config_file
 from .engine import DetNASTrainer, launch, parse_args
+from .evaluation import require_finite_results
 
 __all__ = ["main", "run"]
 
@@ -35,9 +36,12 @@ def main(args):
     cfg = setup_cfg(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetNASCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        DetNASCheckpointer(
+            model, save_dir=cfg.OUTPUT_DIR, allow_random_heads=cfg.MODEL.DETNAS.ALLOW_RANDOM_HEADS
+        ).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
+            require_finite_results(res, cfg.MODEL.WEIGHTS)
             verify_results(cfg, res)
         return res
 

@@ -56,3 +56,18 @@ def test_unknown_key_and_odd_options_fail_clearly(tmp_path):
         get_detnas_cfg("", ["DETNAS.SEARCH.POPULATON", "3"])
     with pytest.raises(ValueError, match="KEY VALUE pairs; 'DETNAS.SEARCH.TOPK' has no value"):
         get_detnas_cfg("", ["DETNAS.SEARCH.TOPK"])
+
+
+def test_an_int_for_a_float_option_and_a_number_for_a_string_option_are_read_as_meant(tmp_path):
+    path = tmp_path / "ints.yaml"
+    path.write_text("DETNAS:\n  SEARCH:\n    LATENCY_MAX_MS: 25\n    LATENCY_INPUT_SIZE: 224\n")
+    cfg = get_detnas_cfg(str(path), ["SOLVER.BASE_LR", "1", "DETNAS.SEARCH.FLOPS_MAX", "300000000"])
+    assert cfg.DETNAS.SEARCH.LATENCY_MAX_MS == 25.0 and isinstance(cfg.DETNAS.SEARCH.LATENCY_MAX_MS, float)
+    assert cfg.DETNAS.SEARCH.LATENCY_INPUT_SIZE == "224"
+    assert isinstance(cfg.SOLVER.BASE_LR, float) and cfg.DETNAS.SEARCH.FLOPS_MAX == 3e8
+    cfg = get_detnas_cfg("", ["DETNAS.SEARCH.LATENCY_MAX_MS", "100", "DETNAS.SEARCH.LATENCY_INPUT_SIZE", "128",
+                              "MODEL.DETNAS.ARCH", "3", "SOLVER.MAX_ITER", "7"])
+    assert (cfg.DETNAS.SEARCH.LATENCY_MAX_MS, cfg.DETNAS.SEARCH.LATENCY_INPUT_SIZE) == (100.0, "128")
+    assert (cfg.MODEL.DETNAS.ARCH, cfg.SOLVER.MAX_ITER) == ("3", 7)
+    with pytest.raises(ValueError, match="Type mismatch"):  # a fraction for an int option is no plain meaning
+        get_detnas_cfg("", ["SOLVER.MAX_ITER", "7.5"])

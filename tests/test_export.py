@@ -1,10 +1,11 @@
 """Deployment export (tools/export_model.py, detnas_d2/export/, detnas_d2/modeling/bn_fold.py): BN
 folding, TorchScript/ONNX export of the toy subnet detectors (Faster R-CNN FPN, RetinaNet), classifier
 and backbone, parity against PyTorch on toy images (onnxruntime on CPU), and clear errors for bad
-inputs."""
+inputs (NaN weights or outputs, heads a checkpoint does not hold, a sample image that is no image)."""
 import importlib.util
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -233,3 +234,50 @@ def test_supernet_config_is_refused(tool, tmp_path, capsys):
 def test_missing_config_file(tool, tmp_path, capsys):
     rc, _, _ = _run(tool, tmp_path, str(tmp_path / "nope.yaml"), "torchscript")
     assert rc == 2 and "no such file" in capsys.readouterr().err
+
+
+# ---- broken weights and inputs: one line, status 2, nothing written -------------------------------------
+
+def _broken_weights(tmp_path, config, key_suffix, value):
+    """A checkpoint of the config's model with the first tensor whose name ends with `key_suffix` set to
+    `value` (NaN weights, or a BN running variance of -1: finite weights whose outputs are NaN)."""
+    state = build_model(get_detnas_cfg(config, [])).state_dict()
+    key = next(k for k in state if k.endswith(key_suffix))
+    state[key].fill_(value)
+    path = str(tmp_path / "broken.pth")
+    torch.save({"model": state}, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "config, suffix, value, message",
+    [
+        (DET_CFG, "running_var", -1.0, "PyTorch's own output 'res2' on image 0 holds NaN or Inf"),
+        (CLS_CFG, "running_var", -1.0, "PyTorch's own output 'logits' on image 0 holds NaN or Inf"),
+        (DET_CFG, "cls_score.weight", float("nan"), r"broken\.pth: 1 of its \d+ tensors hold NaN"),
+    ],
+    ids=["detector NaN outputs", "classifier NaN outputs", "NaN weights"],
+)
+def test_nan_is_refused_before_anything_is_exported(tool, tmp_path, capsys, config, suffix, value, message):
+    weights = _broken_weights(tmp_path, config, suffix, value)
+    rc, out, _ = _run(tool, tmp_path, config, "torchscript", ["MODEL.WEIGHTS", weights])
+    err = capsys.readouterr().err
+    assert rc == 2 and re.search(message, err) and err.count("\n") == 1
+    assert not os.path.exists(out) and "Parity OK" not in err
+
+
+def test_detector_export_of_a_classifier_checkpoint_needs_backbone_only(tool, tmp_path, capsys):
+    weights = _weights(tmp_path, CLS_CFG, [])
+    rc, out, _ = _run(tool, tmp_path, DET_CFG, "torchscript", ["MODEL.WEIGHTS", weights])
+    assert rc == 2 and "MODEL.DETNAS.ALLOW_RANDOM_HEADS True" in capsys.readouterr().err and not os.path.exists(out)
+    rc, _, info = _run(tool, tmp_path, DET_CFG, "torchscript", ["MODEL.WEIGHTS", weights], extra=["--backbone-only"])
+    assert rc == 0 and info["ok"] and info["model"] == "backbone"
+
+
+def test_a_sample_image_that_is_no_image(tool, tmp_path, capsys):
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    rc, out, _ = _run(tool, tmp_path, DET_CFG, "torchscript", extra=["--sample-image", str(text)])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"--sample-image {text}: cannot be read as an image" in err and err.count("\n") == 1
+    assert not os.path.exists(out)

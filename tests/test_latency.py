@@ -1,7 +1,9 @@
 """Latency lookup tables (detnas_d2/latency/): prediction = table sum, refusal of a table of another
 device or input size, a tiny table build (width 0.25, 32x32, 2 repeats) through the command line, and
-a table read without loading the timing harness."""
+a table read without loading the timing harness; a broken table, or one of another input size than
+the search's model, is one line naming the file and the fix."""
 import json
+import os
 import random
 import subprocess
 import sys
@@ -11,11 +13,15 @@ import pytest
 import torch
 
 import detnas_d2  # noqa: F401
+from detnas_d2.config import get_detnas_cfg
 from detnas_d2.input_size import parse_input_size
 from detnas_d2.latency import LatencyTable, LatencyTableMismatch
 from detnas_d2.latency.cli import main
 from detnas_d2.latency.timing import build_table
-from detnas_d2.search_space import BLOCKS, get_space
+from detnas_d2.search import ArchConstraints
+from detnas_d2.search_space import BLOCKS, get_space, space_from_cfg
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +155,43 @@ def test_module_command_line_help():
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "--input-size" in result.stdout and "--clock" in result.stdout
+
+
+# ---- bad tables ---------------------------------------------------------------------------------------
+
+def _broken_tables(good):
+    short = dict(good, layers_ms=good["layers_ms"][:19])
+    no_size = dict(good, meta={k: v for k, v in good["meta"].items() if k != "input_size"})
+    return {
+        "cut.json": (json.dumps(good)[:200], r"cannot be read \(JSONDecodeError: "),
+        "nan.json": (json.dumps(dict(good, stem_ms=float("nan"))), "1 negative or non-finite ms, e.g. nan"),
+        "short.json": (json.dumps(short), "layers_ms is 19 rows of \\[4\\] entries, space 'small' has 20 layers"),
+        "no_size.json": (json.dumps(no_size), "lacks meta.input_size"),
+        "bad.yaml": ("format: [unclosed\n", r"cannot be read \(\w+Error"),
+        "binary.json": (b"\xff\xfe\x00\x81", "is not text"),
+    }
+
+
+def test_a_broken_table_is_one_line_naming_the_file(tmp_path):
+    for name, (content, message) in _broken_tables(_table().to_dict()).items():
+        path = tmp_path / name
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        with pytest.raises(ValueError, match=message) as error:
+            LatencyTable.load(str(path))
+        assert str(path) in str(error.value) and "\n" not in str(error.value)
+        assert "python -m detnas_d2.latency" in str(error.value)
+
+
+def test_search_refuses_a_table_of_another_input_size(tmp_path):
+    path = str(tmp_path / "lat64.json")
+    _table(size=(64, 64)).save(path)
+    opts = ["DETNAS.SEARCH.LATENCY_TABLE", path, "DETNAS.SEARCH.LATENCY_MAX_MS", "1000"]  # an int: read as ms
+    for config, size in (("search_det.yaml", "128x128"), ("search_cls.yaml", "48x48")):  # the test inputs
+        cfg = get_detnas_cfg(os.path.join(ROOT, "configs", "Toy", config), opts)
+        message = rf"measured with input size 64x64, expected {size}: .* --input-size {size} "
+        with pytest.raises(LatencyTableMismatch, match=message):
+            ArchConstraints.from_cfg(cfg, space_from_cfg(cfg))
+    cfg = get_detnas_cfg(os.path.join(ROOT, "configs", "Toy", "search_det.yaml"),
+                         opts + ["DETNAS.SEARCH.LATENCY_INPUT_SIZE", "64x64"])  # deployed at 64x64
+    constraints = ArchConstraints.from_cfg(cfg, space_from_cfg(cfg))
+    assert constraints.latency.input_size == (64, 64) and constraints.latency_max_ms == 1000.0

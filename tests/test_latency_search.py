@@ -65,7 +65,8 @@ def test_search_keeps_to_the_latency_limit(table_file):
 
 def test_config_loads_the_table_for_its_space_only(table_file):
     cfg = get_detnas_cfg("", ["MODEL.DETNAS.WIDTH_MULT", "0.25", "DETNAS.SEARCH.INPUT_SIZE", "128",
-                              "DETNAS.SEARCH.LATENCY_TABLE", table_file, "DETNAS.SEARCH.LATENCY_MAX_MS", "80.0"])
+                              "DETNAS.SEARCH.LATENCY_TABLE", table_file, "DETNAS.SEARCH.LATENCY_MAX_MS", "80.0",
+                              "DETNAS.SEARCH.LATENCY_INPUT_SIZE", "32x32"])
     constraints = ArchConstraints.from_cfg(cfg, SPACE)
     assert constraints.latency_max_ms == 80.0 and constraints.latency.input_size == (32, 32)
     with pytest.raises(LatencyTableMismatch, match=r"space 'small' width 0.25, expected 'small' width 0.5"):

@@ -73,7 +73,7 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(tmp_path, num_gpus):
 def test_corrupt_checkpoint_names_the_file_and_the_way_back(tmp_path):
     from torch import nn
 
-    from detnas_d2.checkpoint import DetNASCheckpointer
+    from detnas_d2.checkpoint import DetNASCheckpointer, UnreadableCheckpointError
 
     checkpointer = DetNASCheckpointer(nn.Linear(2, 2), save_dir=str(tmp_path))
     checkpointer.save("model_0000009")
@@ -81,7 +81,29 @@ def test_corrupt_checkpoint_names_the_file_and_the_way_back(tmp_path):
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000019.pth"
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]  # written atomically
     (tmp_path / "model_0000019.pth").write_bytes(b"truncated")
-    with pytest.raises(RuntimeError, match=r"model_0000019\.pth cannot be read as a checkpoint.*'model_0000009\.pth'"):
+    way_back = r"model_0000019\.pth cannot be read as a checkpoint: it is a text file.*'model_0000009\.pth'"
+    with pytest.raises(UnreadableCheckpointError, match=way_back):
         checkpointer.resume_or_load("", resume=True)
+    # the same checkpointer loads the fallback (Detectron2 main keeps state of a load that raised)
     (tmp_path / "last_checkpoint").write_text("model_0000009.pth")  # the fallback the message gives
     assert checkpointer.resume_or_load("", resume=True) is not None
+
+
+def test_deleted_last_checkpoint_names_the_way_back(tmp_path):
+    from torch import nn
+
+    from detnas_d2.checkpoint import DetNASCheckpointer, UnreadableCheckpointError
+
+    checkpointer = DetNASCheckpointer(nn.Linear(2, 2), save_dir=str(tmp_path))
+    for name in ("model_0000009", "model_0000019", "model_0000029"):
+        checkpointer.save(name)
+    (tmp_path / "model_0000029.pth").unlink()
+    message = r"model_0000029\.pth: no such checkpoint file\. To resume .*'model_0000019\.pth'"
+    with pytest.raises(UnreadableCheckpointError, match=message):
+        checkpointer.resume_or_load("", resume=True)
+    (tmp_path / "last_checkpoint").write_text("model_0000019.pth")
+    assert checkpointer.resume_or_load("", resume=True) is not None
+    for name in ("model_0000009", "model_0000019"):
+        (tmp_path / f"{name}.pth").unlink()
+    with pytest.raises(UnreadableCheckpointError, match="No other checkpoint is in its folder: start again"):
+        checkpointer.resume_or_load("", resume=True)

@@ -33,7 +33,7 @@ import torch
 
 from detnas_d2.arch_io import load_arch
 from detnas_d2.checkpoint import (
-    RefusedCheckpointError,
+    CheckpointError,
     conversion_table,
     convert_checkpoint,
     read_checkpoint,
@@ -91,7 +91,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         checkpoint, conversion = convert_checkpoint(read_checkpoint(args.src))
-    except (RefusedCheckpointError, UnknownLayoutError, MegviiLayoutError, ValueError, OSError) as e:
+    except CheckpointError as e:  # names the file
+        print(f"convert_checkpoint: {e}", file=sys.stderr)
+        return 2
+    except (UnknownLayoutError, MegviiLayoutError, ValueError, OSError) as e:
         print(f"convert_checkpoint: {args.src}: {e}", file=sys.stderr)
         return 2
     source = dict(checkpoint.get("converted_from") or {})
@@ -131,7 +134,11 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"convert_checkpoint: {args.src}: {e}", file=sys.stderr)
         return 2
-    torch.save(out, args.dst)
+    try:
+        torch.save(out, args.dst)
+    except (OSError, RuntimeError) as e:  # torch: RuntimeError for a missing folder
+        print(f"convert_checkpoint: cannot write {args.dst}: {e}", file=sys.stderr)
+        return 2
     tensors = out["model"] if args.to == "detectron2" else out["state_dict"]
     stem = {"detectron2": out.get("converted_from", {}).get("input_format"), "mmrazor": MMRAZOR_INPUT_FORMAT,
             "official": OFFICIAL_INPUT_FORMAT}[args.to]

@@ -52,14 +52,17 @@ from detnas_d2.export import (
     load_exported,
     make_adapter,
     model_kind,
+    non_finite_output,
 )
 from detnas_d2.input_size import parse_input_size
 from detnas_d2.modeling.bn_fold import BatchNormFoldError, count_batchnorms, fold_batchnorm
 
 
-def build_export_model(cfg) -> nn.Module:
+def build_export_model(cfg, backbone_only: bool = False) -> nn.Module:
     """The eval-mode model of `cfg` on CPU, with MODEL.WEIGHTS loaded through the project's checkpointer
-    (which hands a classifier or supernet checkpoint's backbone over); random init when it is empty."""
+    (which hands a classifier or supernet checkpoint's backbone over, and refuses NaN weights); random
+    init when it is empty. Weights that leave the heads random are refused unless `backbone_only` or
+    MODEL.DETNAS.ALLOW_RANDOM_HEADS."""
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.DEVICE = "cpu"
@@ -69,7 +72,8 @@ def build_export_model(cfg) -> nn.Module:
         weights = cfg.MODEL.WEIGHTS
         if "://" not in weights and not os.path.isfile(weights):
             raise ExportError(f"MODEL.WEIGHTS {weights}: no such file")
-        DetNASCheckpointer(model).load(weights)
+        allow_random_heads = backbone_only or cfg.MODEL.DETNAS.ALLOW_RANDOM_HEADS
+        DetNASCheckpointer(model, allow_random_heads=allow_random_heads).load(weights)
     return model.eval()
 
 
@@ -116,7 +120,18 @@ def sample_images(
             raise ExportError(
                 f"dataset '{name}' is empty: give --sample-image FILE or --random-input HxW"
             )
-    return [mapper(dict(d))["image"] for d in dicts]
+    if not image_files:
+        return [mapper(dict(d))["image"] for d in dicts]
+    images = []
+    for d in dicts:
+        try:
+            images.append(mapper(dict(d))["image"])
+        except (OSError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
+            raise ExportError(
+                f"--sample-image {d['file_name']}: cannot be read as an image ({type(e).__name__}); "
+                "give an image file (JPEG, PNG)"
+            ) from None
+    return images
 
 
 def _write_info(path: str, info: Dict) -> None:
@@ -133,6 +148,27 @@ def _case_label(rep) -> str:
     shape = "x".join(str(d) for d in rep["input_shape"])
     dets = f", {rep['detections']} det" if "detections" in rep else ""
     return f"{rep['case']} ({shape}{dets})".ljust(30)
+
+
+def _require_finite_pytorch(model, reference, images, cases, ref_out) -> None:
+    """ExportError when PyTorch's own outputs hold NaN or Inf: the model is broken before any export
+    (parity would compare NaN with NaN). A detector's backbone features are checked too: its score
+    threshold drops NaN detections, which would leave finite, empty outputs."""
+    checks = [(label, out, reference.output_names) for (label, _), out in zip(cases, ref_out)]
+    if isinstance(reference, DetectorAdapter):
+        backbone = make_adapter(model, backbone_only=True)
+        inputs = adapter_inputs(model, backbone, images)
+        checks += [
+            (f"image {i}", as_tuple(backbone(x)), backbone.output_names)
+            for i, x in enumerate(inputs)
+        ]
+    for label, outputs, names in checks:
+        bad = non_finite_output(outputs, names)
+        if bad:
+            raise ExportError(
+                f"PyTorch's own output '{bad}' on {label} holds NaN or Inf: the model is broken before any "
+                "export; check MODEL.WEIGHTS (nothing was exported)"
+            )
 
 
 def run_export(
@@ -154,7 +190,6 @@ def run_export(
         raise ExportError(f"unknown format '{fmt}': torchscript or onnx")
     if fmt == "onnx" and method != "tracing":
         raise ExportError("ONNX export uses tracing (--export-method tracing)")
-    os.makedirs(output_dir, exist_ok=True)
     model = model.eval()
     reference = make_adapter(model, backbone_only)
     inputs = adapter_inputs(model, reference, images)
@@ -179,6 +214,7 @@ def run_export(
         cases.append((f"batch of {batch_input.shape[0]}", batch_input))
     with torch.no_grad():
         ref_out = [as_tuple(reference(x)) for _, x in cases]
+        _require_finite_pytorch(model, reference, images, cases, ref_out)
         fold_reports = (
             [
                 compare_outputs(r, as_tuple(exported(x)), names, detections, rtol)
@@ -188,6 +224,7 @@ def run_export(
             else []
         )
 
+    os.makedirs(output_dir, exist_ok=True)
     path = exported_file(output_dir, fmt)
     t0 = time.perf_counter()
     if fmt == "torchscript":
@@ -360,7 +397,7 @@ def main(argv=None) -> int:
             f"bad config {args.config_file} / options {args.opts}: {type(e).__name__}: {e}"
         )
     try:
-        model = build_export_model(cfg)
+        model = build_export_model(cfg, args.backbone_only)
     except ExportError as e:
         return _error(str(e))
     except (

@@ -1,7 +1,10 @@
-"""`DetNASCheckpointer`, Detectron2's `DetectionCheckpointer` with three additions, and the arch of a
-subnet checkpoint (`weights_arch`, `arch_opts_from_weights`):
+"""`DetNASCheckpointer`, Detectron2's `DetectionCheckpointer` with four additions:
 
-- **safe reading** (`safe_read`): no file runs code when it is read;
+- **safe reading** (`safe_read`): no file runs code when it is read; a missing, empty, text or damaged
+  file is one line saying which (for a checkpoint of the run's folder, with the one to resume from
+  instead);
+- **checked weights** (`weight_checks`): NaN or Inf weights are refused, and with
+  `allow_random_heads=False` (evaluations, searches) so is a file that leaves parts of the model random;
 - **MMRazor's and the official DetNAS code's layouts** (`convert`): MMRazor 1.x / 0.x DetNAS and SPOS
   checkpoints (supernet or subnet; classifier or MMDetection Faster R-CNN FPN detector) are detected from
   their keys and converted to ours, with a table of what was converted and dropped; MMRazor's RGB stem is
@@ -20,30 +23,30 @@ subnet checkpoint (`weights_arch`, `arch_opts_from_weights`):
   checkpoint of another space or width, a subnet checkpoint for a supernet, or a subnet of another arch
   (naming the first layer that differs) raises ValueError. Same-form checkpoints (resume, eval) load
   unchanged.
+
+It also resets Detectron2's `_parsed_url_during_load` when a load raises (Detectron2 main leaves it set,
+and the checkpointer could load no other file afterwards).
 """
 
 import io
-import logging
 import os
 from collections import Counter
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional
+from urllib.parse import urlparse
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
-from detectron2.utils.file_io import PathManager
 from fvcore.common.checkpoint import _strip_prefix_if_present
 from tabulate import tabulate
 
-from ..arch_io import load_arch
-from ..config import get_detnas_cfg
 from ..file_io import atomic_write
 from ..modeling.backbone import (
     ShuffleNetV2Supernet,
     find_detnas_backbone,
     subnet_state_dict_from_supernet,
 )
-from ..search_space import arch_to_str, space_from_cfg
+from ..search_space import arch_to_str
 from .backbone_keys import arch_difference, block_arch, flip_stem_channels
 from .convert import conversion_table, convert_checkpoint
 from .layouts import (
@@ -54,11 +57,10 @@ from .layouts import (
     key_group,
     unwrap_state_dict,
 )
-from .safe_read import RefusedCheckpointError, read_checkpoint
+from .safe_read import UnreadableCheckpointError, read_checkpoint, require_local_file
+from .weight_checks import require_finite, require_whole_model
 
-__all__ = ["DetNASCheckpointer", "weights_arch", "arch_opts_from_weights", "model_input_format"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["DetNASCheckpointer", "model_input_format"]
 
 # ImageNet mean in 0-255 units, in MMRazor's (RGB) and this project's configs' (BGR) channel order.
 IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
@@ -95,51 +97,6 @@ def model_input_format(model) -> Optional[str]:
     return None
 
 
-def weights_arch(filename: str) -> Optional[Tuple[int, ...]]:
-    """The arch of the subnet in a checkpoint of any supported layout, or None (a supernet, no backbone)."""
-    _, conversion = convert_checkpoint(read_checkpoint(filename))
-    return conversion.arch
-
-
-def _subnet_builder(name: str) -> bool:
-    return name.startswith("build_detnas_subnet")
-
-
-def arch_opts_from_weights(config_file: str, opts: Sequence[str]) -> List[str]:
-    """`opts` with MODEL.DETNAS.ARCH added when the config builds a subnet, leaves ARCH empty and
-    MODEL.WEIGHTS holds a subnet (its arch read from the file). Both given and different: ValueError
-    naming the first layer that differs. Otherwise `opts` unchanged."""
-    opts = list(opts)
-    cfg = get_detnas_cfg(config_file, opts)
-    weights, arch = cfg.MODEL.WEIGHTS, cfg.MODEL.DETNAS.ARCH.strip()
-    if (
-        not weights
-        or not _subnet_builder(cfg.MODEL.BACKBONE.NAME)
-        or not PathManager.exists(weights)
-    ):
-        return opts
-    try:
-        file_arch = weights_arch(weights)
-    # unreadable, refused or foreign: the checkpointer reports it when it loads the file
-    except Exception:
-        return opts
-    if file_arch is None:
-        return opts
-    if not arch:
-        logger.warning(
-            f"MODEL.DETNAS.ARCH is empty: using the arch of {weights}: {arch_to_str(file_arch)}"
-        )
-        return opts + ["MODEL.DETNAS.ARCH", arch_to_str(file_arch)]
-    space = space_from_cfg(cfg)
-    difference = arch_difference(file_arch, load_arch(arch, space), space.stage_depths)
-    if difference:
-        raise ValueError(
-            f"MODEL.DETNAS.ARCH ({arch}) and MODEL.WEIGHTS ({weights}) disagree: {difference}. The file's arch is "
-            f"{arch_to_str(file_arch)}; leave MODEL.DETNAS.ARCH empty to use it"
-        )
-    return opts
-
-
 def _describe(backbone) -> str:
     space = backbone.space
     kind = (
@@ -160,7 +117,10 @@ def _is_supernet_state(state: Dict[str, torch.Tensor]) -> bool:
 class DetNASCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer that reads safely, converts MMRazor's and the official DetNAS code's
     layouts and hands a ShuffleNetV2 backbone over between model forms (module doc). `allow_pickle`:
-    read `.pkl` files (default: the DETNAS_ALLOW_PICKLE environment variable)."""
+    read `.pkl` files (default: the DETNAS_ALLOW_PICKLE environment variable). `allow_random_heads`
+    False: refuse a file that leaves tensors of the model at their initialisation (evaluations and
+    searches: MODEL.DETNAS.ALLOW_RANDOM_HEADS); True (training from an earlier step's backbone):
+    Detectron2's warning naming them."""
 
     _filename = "checkpoint"  # the file being loaded, for messages
 
@@ -171,10 +131,27 @@ class DetNASCheckpointer(DetectionCheckpointer):
         *,
         save_to_disk=None,
         allow_pickle: Optional[bool] = None,
+        allow_random_heads: bool = True,
         **checkpointables,
     ):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.allow_pickle = allow_pickle
+        self.allow_random_heads = allow_random_heads
+
+    def load(self, path, *args, **kwargs):
+        """Detectron2's `load`; a local file that is not there is one line (for a checkpoint of this
+        run's folder, naming the one to resume from instead) instead of fvcore's AssertionError."""
+        if path:
+            local = urlparse(path)._replace(query="").geturl()  # Detectron2 main's URL options
+            hint = self._fallback_hint(local) if "://" not in local else ""
+            require_local_file(local, f".{hint}" if hint else "; check the path")
+        try:
+            return super().load(path, *args, **kwargs)
+        except BaseException:
+            # Detectron2 main sets it for the load and resets it only when the load returns
+            if getattr(self, "_parsed_url_during_load", None) is not None:
+                self._parsed_url_during_load = None
+            raise
 
     def save(self, name: str, **kwargs):
         """fvcore's `save`, written atomically: a run killed while saving leaves the previous checkpoint
@@ -199,12 +176,8 @@ class DetNASCheckpointer(DetectionCheckpointer):
         self._filename = filename
         try:
             loaded = read_checkpoint(filename, self.allow_pickle)
-        except RefusedCheckpointError:
-            raise
-        except Exception as e:  # a truncated or foreign file fails anywhere inside the unpickler
-            raise RuntimeError(
-                f"{filename} cannot be read as a checkpoint ({type(e).__name__}: {e}).{self._fallback_hint(filename)}"
-            ) from e
+        except UnreadableCheckpointError as e:
+            raise UnreadableCheckpointError(f"{e}.{self._fallback_hint(filename)}") from None
         if filename.endswith(".pkl") and not _holds_tensors(loaded):
             return _as_detectron2_pickle(loaded)
         # pycls
@@ -303,19 +276,23 @@ class DetNASCheckpointer(DetectionCheckpointer):
 
     def _fallback_hint(self, filename: str) -> str:
         """For a file of this run's folder: how to resume from the checkpoint before it."""
-        if not self.save_dir or os.path.dirname(os.path.abspath(filename)) != os.path.abspath(
-            self.save_dir
+        if (
+            not self.save_dir
+            or not os.path.isdir(self.save_dir)
+            or os.path.dirname(os.path.abspath(filename)) != os.path.abspath(self.save_dir)
         ):
             return ""
+        name = os.path.basename(filename)
         others = sorted(
             f
             for f in os.listdir(self.save_dir)
-            if f.endswith(".pth") and f != os.path.basename(filename) and f != "model_final.pth"
+            if f.endswith(".pth") and f != name and f != "model_final.pth"
         )
         if not others:
             return " No other checkpoint is in its folder: start again without --resume."
+        before = [f for f in others if f < name] or others
         return (
-            f" To resume from the checkpoint before it, write its name (e.g. '{others[-1]}') into "
+            f" To resume from the checkpoint before it, write its name (e.g. '{before[-1]}') into "
             f"{os.path.join(self.save_dir, 'last_checkpoint')} (checkpoints there: {', '.join(others)})."
         )
 
@@ -331,6 +308,9 @@ class DetNASCheckpointer(DetectionCheckpointer):
         else:
             checkpoint["model"] = self._hand_over_backbone(checkpoint["model"])
         self._require_some_tensor_fits(checkpoint["model"])
+        require_finite(checkpoint["model"], self._filename, self._fallback_hint(self._filename))
+        if not self.allow_random_heads:
+            require_whole_model(self.model.state_dict(), checkpoint["model"], self._filename)
         return super()._load_model(checkpoint)
 
     def _require_some_tensor_fits(self, state):

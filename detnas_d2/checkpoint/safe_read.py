@@ -6,6 +6,9 @@ placeholder) are an explicit allow-list, and a file that asks for anything else 
 of the types it asked for. Pickle `.pkl` files (Detectron2 / Caffe2 model zoo) are read only with
 `DETNAS_ALLOW_PICKLE=1`, and then with an unpickler that builds numpy arrays and nothing else; `.pkl`
 files written by torch.save (the official DetNAS ImageNet models) are read as such.
+
+A file that is no checkpoint (missing, a folder, empty, text, a Git LFS pointer, an HTML page, another
+binary format) or a damaged one (a truncated zip archive) is an `UnreadableCheckpointError` saying which.
 """
 
 import collections
@@ -13,13 +16,21 @@ import importlib
 import io
 import os
 import pickle
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
 from detectron2.utils.file_io import PathManager
 
-__all__ = ["ALLOW_PICKLE_ENV", "SAFE_GLOBALS", "RefusedCheckpointError", "read_checkpoint"]
+__all__ = [
+    "ALLOW_PICKLE_ENV",
+    "SAFE_GLOBALS",
+    "CheckpointError",
+    "RefusedCheckpointError",
+    "UnreadableCheckpointError",
+    "read_checkpoint",
+    "require_local_file",
+]
 
 ALLOW_PICKLE_ENV = "DETNAS_ALLOW_PICKLE"
 # A torch.save file: zip archive, or the legacy format that starts with a pickled magic number.
@@ -27,10 +38,19 @@ _TORCH_FILE_STARTS = (
     b"PK\x03\x04",
     pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)[:-1],
 )
+_PICKLE_START = b"\x80"  # the PROTO opcode that pickles of protocol 2 and later start with
 
 
-class RefusedCheckpointError(RuntimeError):
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used as asked; the message names the file, the problem and the fix."""
+
+
+class RefusedCheckpointError(CheckpointError):
     """A checkpoint that cannot be read without running code it names (or a pickle file not opted into)."""
+
+
+class UnreadableCheckpointError(CheckpointError):
+    """A file that is not a checkpoint, or a damaged one."""
 
 
 _np_multiarray = importlib.import_module(
@@ -91,7 +111,7 @@ def _pickle_allowed(allow_pickle: Optional[bool]) -> bool:
     return os.environ.get(ALLOW_PICKLE_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
-def _read_pickle(filename: str, allow_pickle: Optional[bool]):
+def _read_pickle(filename: str, data: bytes, allow_pickle: Optional[bool]):
     if not _pickle_allowed(allow_pickle):
         raise RefusedCheckpointError(
             f"{filename} is a pickle file (.pkl, the Detectron2 / Caffe2 model-zoo format). Unpickling can run "
@@ -99,8 +119,12 @@ def _read_pickle(filename: str, allow_pickle: Optional[bool]):
             f"{ALLOW_PICKLE_ENV}=1. Even then only numpy arrays and plain containers are built. Weights saved "
             "with torch.save need no such flag."
         )
-    with PathManager.open(filename, "rb") as f:
-        return _NumpyOnlyUnpickler(f, filename).load()
+    try:
+        return _NumpyOnlyUnpickler(io.BytesIO(data), filename).load()
+    except RefusedCheckpointError:
+        raise
+    except Exception as e:  # a damaged pickle fails anywhere inside the unpickler
+        raise _unreadable(filename, data, e) from None
 
 
 def _refusal(filename: str, data: bytes, error: Exception) -> RefusedCheckpointError:
@@ -120,18 +144,105 @@ def _refusal(filename: str, data: bytes, error: Exception) -> RefusedCheckpointE
     )
 
 
+_AGAIN = "save it again with torch.save, or copy or download it again"
+
+
+def _text_start(data: bytes) -> Optional[str]:
+    """The file's first characters if it starts as UTF-8 text, else None."""
+    head = data[:512]
+    for cut in range(4):  # the 512th byte may fall inside a character
+        try:
+            text = head[: len(head) - cut].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        return text if all(c.isprintable() or c.isspace() for c in text) else None
+    return None
+
+
+def _what_the_file_is(data: bytes) -> Tuple[str, str]:
+    """(what a file that torch.load cannot read holds, from its first bytes; the fix)."""
+    size = f"{len(data)} bytes"
+    if not data:
+        return "it is empty (0 bytes: a save, copy or download that did not finish?)", _AGAIN
+    if data.startswith(_TORCH_FILE_STARTS):
+        return f"it is a damaged torch.save file ({size}: truncated?)", _AGAIN
+    if data.startswith(b"PK"):
+        return f"it is a zip archive but not one torch.save wrote ({size})", _AGAIN
+    if data.startswith(_PICKLE_START):
+        return f"it is a damaged pickle or one torch.save did not write ({size})", _AGAIN
+    if data.startswith(b"version https://git-lfs"):
+        return (
+            "it is a Git LFS pointer, not the file it points to",
+            "run `git lfs pull` in its repository",
+        )
+    if len(data) > 10 and data[8:10] == b'{"' and int.from_bytes(data[:8], "little") < len(data):
+        return (
+            "it is a safetensors file, which is not read here",
+            "convert it: torch.save(safetensors.torch.load_file(path), new_path)",
+        )
+    text = _text_start(data)
+    if text is not None:
+        if text.lstrip().lower().startswith(("<!doctype html", "<html")):
+            return (
+                "it is an HTML page (a download that returned an error page?)",
+                "download it again",
+            )
+        first = text.strip().splitlines()[0][:60] if text.strip() else ""
+        return f"it is a text file (it starts with {first!r})", _AGAIN
+    what = f"it is neither a torch.save file (a zip archive) nor a pickle ({size}, starting {data[:8].hex(' ')})"
+    return what, _AGAIN
+
+
+def _unreadable(
+    filename: str, data: bytes, error: Optional[Exception] = None
+) -> UnreadableCheckpointError:
+    what, fix = _what_the_file_is(data)
+    if error is not None:  # the reader's own words, first sentence: what it choked on
+        reason = str(error).strip().split("\n")[0].split(". ")[0][:160]
+        what += f" ({type(error).__name__}: {reason})" if reason else f" ({type(error).__name__})"
+    return UnreadableCheckpointError(f"{filename} cannot be read as a checkpoint: {what}; {fix}")
+
+
+def require_local_file(filename: str, fix: str = "; check the path") -> None:
+    """UnreadableCheckpointError for a local path that is not a file (URLs pass): missing (`fix` says
+    what to do) or a folder."""
+    if "://" in filename or os.path.isfile(filename):
+        return
+    if os.path.isdir(filename):
+        raise UnreadableCheckpointError(
+            f"{filename} cannot be read as a checkpoint: it is a folder; give a checkpoint file in it "
+            "(e.g. model_final.pth)"
+        )
+    raise UnreadableCheckpointError(f"{filename}: no such checkpoint file{fix}")
+
+
+def _read_bytes(filename: str) -> bytes:
+    require_local_file(filename)
+    with PathManager.open(filename, "rb") as f:
+        return f.read()
+
+
 def read_checkpoint(filename: str, allow_pickle: Optional[bool] = None):
     """The object in a checkpoint file, read without running code from it (module doc). `.pkl` files need
     `allow_pickle` (default: the DETNAS_ALLOW_PICKLE environment variable), unless torch.save wrote them
-    (the official DetNAS ImageNet models are such files)."""
-    with PathManager.open(filename, "rb") as f:
-        data = f.read()
-    if filename.endswith(".pkl") and not data.startswith(_TORCH_FILE_STARTS):
-        return _read_pickle(filename, allow_pickle)
+    (the official DetNAS ImageNet models are such files). A file that is no checkpoint or a damaged one:
+    UnreadableCheckpointError naming what it is."""
+    data = _read_bytes(filename)
+    is_torch_file = data.startswith(_TORCH_FILE_STARTS)
+    if filename.endswith(".pkl") and not is_torch_file and data.startswith(_PICKLE_START):
+        return _read_pickle(filename, data, allow_pickle)
+    if not is_torch_file:
+        # torch.load reads nothing else; its own errors for such files mislead (e.g. advising
+        # weights_only=False for random bytes)
+        raise _unreadable(filename, data)
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "global" in str(e).lower():  # a type the weights-only unpickler does not build
+        if (
+            "unsupported global" in str(e).lower()
+        ):  # a type the weights-only unpickler does not build
             raise _refusal(filename, data, e) from None
-        raise
+        raise _unreadable(filename, data, e) from None
+    except Exception as e:  # a damaged file fails anywhere inside torch.load
+        raise _unreadable(filename, data, e) from None

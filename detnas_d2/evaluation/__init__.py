@@ -1,3 +1,4 @@
 from .classification import ClassificationEvaluator
+from .finite_results import NonFiniteResultsError, require_finite_results
 
-__all__ = ["ClassificationEvaluator"]
+__all__ = ["ClassificationEvaluator", "NonFiniteResultsError", "require_finite_results"]

@@ -17,7 +17,8 @@ Detector post-processing (box decoding, score threshold, NMS, top-k) is part of 
 `aligned=True`). Boxes come in the coordinates of the resized input image; scale them by
 (original width / W, original height / H) to the original image (Detectron2's `detector_postprocess`).
 
-`torchscript_onnx` writes and runs the files, `parity` compares them with PyTorch; BatchNorms are folded
+`torchscript_onnx` writes and runs the files, `parity` compares them with PyTorch (and finds NaN or Inf
+outputs, which PyTorch's own must not hold); BatchNorms are folded
 before export by `detnas_d2.modeling.bn_fold`; tools/export_model.py does the whole export.
 """
 
@@ -31,7 +32,7 @@ from .adapters import (
     make_adapter,
     model_kind,
 )
-from .parity import DEFAULT_RTOL, compare_outputs
+from .parity import DEFAULT_RTOL, compare_outputs, non_finite_output
 from .torchscript_onnx import (
     DEFAULT_OPSET,
     FORMATS,
@@ -60,4 +61,5 @@ __all__ = [
     "load_exported",
     "make_adapter",
     "model_kind",
+    "non_finite_output",
 ]

@@ -7,11 +7,11 @@ class (nearest box): tied scores may come out in another order. A different numb
 mismatch.
 """
 
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["DEFAULT_RTOL", "compare_outputs"]
+__all__ = ["DEFAULT_RTOL", "compare_outputs", "non_finite_output"]
 
 DEFAULT_RTOL = 1e-4
 _SCALE_FLOOR = 1e-6
@@ -112,3 +112,11 @@ def compare_outputs(
                 f"(tolerance {rtol:g})"
             )
     return report
+
+
+def non_finite_output(outputs: Sequence[torch.Tensor], names: Sequence[str]) -> Optional[str]:
+    """The name of the first floating-point output holding NaN or Inf, else None."""
+    for name, out in zip(names, outputs):
+        if out.dtype.is_floating_point and not bool(torch.isfinite(out).all()):
+            return name
+    return None

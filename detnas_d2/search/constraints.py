@@ -14,6 +14,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from detnas_d2.flops import AdditiveCost, CostBand, cost_str, get_flops_table
 from detnas_d2.latency import LatencyTable
 from detnas_d2.search_space import SearchSpace
+from detnas_d2.tasks import get_task
 
 __all__ = ["ArchConstraints"]
 
@@ -48,7 +49,10 @@ class ArchConstraints:
         table = get_flops_table(space, s.INPUT_SIZE, head="none")
         latency = None
         if s.LATENCY_TABLE:
-            latency = LatencyTable.load(s.LATENCY_TABLE, expect_device=s.LATENCY_DEVICE or None, expect_space=space)
+            latency = LatencyTable.load(
+                s.LATENCY_TABLE, expect_device=s.LATENCY_DEVICE or None, expect_space=space,
+                expect_input_size=s.LATENCY_INPUT_SIZE or get_task(cfg).test_input_size(cfg),
+            )
         return cls(table, space, s.INPUT_SIZE, s.FLOPS_MIN, s.FLOPS_MAX, s.PARAMS_MAX, latency, s.LATENCY_MAX_MS)
 
     def measure(self, arch: Sequence[int]) -> Dict[str, float]:

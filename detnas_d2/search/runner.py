@@ -90,7 +90,7 @@ def build_scorer(cfg, scoring: Optional[ScoringSettings] = None, search: Optiona
     for path in weights:
         _check_weights(path)
         models.append(build_model(cfg))
-        DetNASCheckpointer(models[-1]).load(path)
+        DetNASCheckpointer(models[-1], allow_random_heads=cfg.MODEL.DETNAS.ALLOW_RANDOM_HEADS).load(path)
     slices, keep = (search.racing_slices, search.population) if search is not None else ((), 0)
     return CandidateScorer(
         cfg, get_task(cfg), scoring, models, distributed=scoring.dist_mode == "split_images", slices=slices, keep=keep,
