@@ -144,6 +144,7 @@ def _cli(*args, env=None):
     )
 
 
+@pytest.mark.slow
 def test_arch_info_cli(tmp_path, capsys):
     space = get_space("large", 0.25)
     arch = space.random_arch(random.Random(5))

@@ -131,6 +131,7 @@ def test_command_line_errors(tmp_path, capsys):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_reading_a_table_loads_neither_the_timing_harness_nor_export(tmp_path):
     path = str(tmp_path / "t.json")
     _table().save(path)
@@ -150,6 +151,7 @@ def test_reading_a_table_loads_neither_the_timing_harness_nor_export(tmp_path):
     assert not [m for m in loaded if m.startswith(heavy)]
 
 
+@pytest.mark.slow
 def test_module_command_line_help():
     command = [sys.executable, "-m", "detnas_d2.latency", "--help"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
