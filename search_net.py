@@ -14,6 +14,7 @@ search_state.json (+ .bak), search_scores.png, TensorBoard events, log.txt. With
 starts N CPU processes (gloo). The command of detnas_d2.search_net (`python -m detnas_d2.search_net ...`
 runs the same from any folder).
 """
+
 from detnas_d2.search_net import run
 
 if __name__ == "__main__":

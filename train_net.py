@@ -16,6 +16,7 @@ Without CUDA, `--num-gpus N` starts N CPU processes (gloo) and MODEL.DEVICE beco
 `srun` (tools/slurm_train.sbatch), --num-machines, --machine-rank and --dist-url default to the job's
 nodes; values given on the command line win.
 """
+
 from detnas_d2.train_net import run
 
 if __name__ == "__main__":

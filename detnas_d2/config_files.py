@@ -4,6 +4,7 @@ setup.py links (or copies) the checkout's configs/ into the package as detnas_d2
 ships as package data, as Detectron2's model_zoo ships its configs; so "configs/Toy/det_subnet.yaml" names
 the same file from a checkout, from another folder, and from a non-editable install.
 """
+
 import os
 
 __all__ = ["PACKAGED_CONFIGS", "config_file"]
@@ -18,7 +19,7 @@ def config_file(path: str) -> str:
         return path
     relative = os.path.normpath(path)
     if relative.startswith("configs" + os.sep):
-        relative = relative[len("configs" + os.sep):]
+        relative = relative[len("configs" + os.sep) :]
     packaged = os.path.join(PACKAGED_CONFIGS, relative)
     if not os.path.isabs(path) and os.path.exists(packaged):
         return packaged

@@ -1,5 +1,6 @@
 """File writing and reading shared by the project: one atomic write for every file it rewrites (search
 state, arch files, tables, logs), one reader of JSON-lines files (score files, a search's candidates.jsonl)."""
+
 import json
 import logging
 import os
@@ -40,7 +41,9 @@ def atomic_write(path: str, data, backup: bool = False):
                 os.unlink(leftover)
 
 
-def read_json_lines(path, repair: bool = False, log: Callable[[str], None] = logger.warning) -> List:
+def read_json_lines(
+    path, repair: bool = False, log: Callable[[str], None] = logger.warning
+) -> List:
     """The records of a JSON-lines file, one per line ([] if there is no file; blank lines skipped). A last
     line cut short (a writer killed mid-line) is dropped, which `log` reports, and with `repair` the file is
     rewritten without it; any other line that is not JSON is a ValueError naming the file and line."""
@@ -57,7 +60,7 @@ def read_json_lines(path, repair: bool = False, log: Callable[[str], None] = log
             records.append(json.loads(line))
             kept.append(line)
         except json.JSONDecodeError:
-            if any(rest.strip() for rest in lines[i + 1:]):
+            if any(rest.strip() for rest in lines[i + 1 :]):
                 raise ValueError(f"{path}: line {i + 1} is not JSON: {line[:80]!r}") from None
             log(f"{path}: the last line was cut short (a run stopped while writing it): dropped")
     if repair and "".join(line + "\n" for line in kept) != text:

@@ -9,6 +9,7 @@ folder from an earlier run is emptied before the step runs again, or reused when
 which). Stopped (Ctrl-C, SIGTERM), a step passes the signal on to its command and waits for it
 (detnas_d2.process); the command also dies with this process.
 """
+
 import json
 import os
 import re
@@ -38,9 +39,24 @@ _TRAIN_QUICK = ["SOLVER.MAX_ITER", "4", "SOLVER.WARMUP_ITERS", "0", "SOLVER.STEP
 QUICK_OVERRIDES = {
     "cls_supernet": _TRAIN_QUICK + ["DETNAS.SAMPLER.PROGRESSIVE_ITERS", "2"],
     "det_supernet": _TRAIN_QUICK,
-    "search": ["DETNAS.SEARCH.POPULATION", "3", "DETNAS.SEARCH.GENERATIONS", "2", "DETNAS.SEARCH.TOPK", "2",
-               "DETNAS.SEARCH.NUM_MUTATION", "1", "DETNAS.SEARCH.NUM_CROSSOVER", "1", "DETNAS.SEARCH.MAX_CANDIDATES", "6",
-               "DETNAS.BN_RECALIB.IMAGES", "16", "DETNAS.SEARCH.EVAL_IMAGES", "8"],
+    "search": [
+        "DETNAS.SEARCH.POPULATION",
+        "3",
+        "DETNAS.SEARCH.GENERATIONS",
+        "2",
+        "DETNAS.SEARCH.TOPK",
+        "2",
+        "DETNAS.SEARCH.NUM_MUTATION",
+        "1",
+        "DETNAS.SEARCH.NUM_CROSSOVER",
+        "1",
+        "DETNAS.SEARCH.MAX_CANDIDATES",
+        "6",
+        "DETNAS.BN_RECALIB.IMAGES",
+        "16",
+        "DETNAS.SEARCH.EVAL_IMAGES",
+        "8",
+    ],
     "cls_subnet": _TRAIN_QUICK,
     "det_subnet": _TRAIN_QUICK,
     "eval": [],
@@ -60,14 +76,36 @@ class Step:
     """`module` (TRAIN or SEARCH) with `config` (a path, or one of the package's configs: config_file)
     and KEY VALUE `opts`, writing to `out_dir`; finished when `artifact` exists."""
 
-    def __init__(self, name: str, title: str, module: str, config: str, out_dir: Path, opts: List[str],
-                 artifact: Path, eval_only: bool = False):
+    def __init__(
+        self,
+        name: str,
+        title: str,
+        module: str,
+        config: str,
+        out_dir: Path,
+        opts: List[str],
+        artifact: Path,
+        eval_only: bool = False,
+    ):
         self.name, self.title, self.module, self.config = name, title, module, config
-        self.out_dir, self.opts, self.artifact, self.eval_only = Path(out_dir), opts, Path(artifact), eval_only
+        self.out_dir, self.opts, self.artifact, self.eval_only = (
+            Path(out_dir),
+            opts,
+            Path(artifact),
+            eval_only,
+        )
 
     def command(self, num_gpus: int, resume: bool = False) -> List[str]:
-        cmd = [sys.executable, "-m", self.module, "--config-file", os.path.abspath(config_file(self.config)),
-               "--num-gpus", str(num_gpus)]
+        # The config's real path: the same file from any folder gives the same command (reuse compares it).
+        cmd = [
+            sys.executable,
+            "-m",
+            self.module,
+            "--config-file",
+            os.path.realpath(config_file(self.config)),
+            "--num-gpus",
+            str(num_gpus),
+        ]
         if self.eval_only:
             cmd.append("--eval-only")
         if resume:  # a flag: before the KEY VALUE options, which take the rest of the command line
@@ -78,7 +116,9 @@ class Step:
         done = self.out_dir / DONE_FILE
         return json.loads(done.read_text()) if done.exists() and self.artifact.exists() else None
 
-    def run(self, num_gpus: int = 1, reuse: bool = False, log: Callable[[str], None] = print) -> float:
+    def run(
+        self, num_gpus: int = 1, reuse: bool = False, log: Callable[[str], None] = print
+    ) -> float:
         """Run the step; returns its seconds. Raises StepFailed. With `reuse`, a step that finished with
         this command is kept, and one that was stopped with this command continues (`--resume`: training
         and search end as an uninterrupted run would); otherwise its folder is emptied first."""
@@ -97,7 +137,9 @@ class Step:
         command_file.write_text(" ".join(cmd) + "\n")
         if resume:
             cmd = self.command(num_gpus, resume=True)
-            log(f"[{self.name}] {self.title}: continuing the stopped run in {self.out_dir}\n  $ {' '.join(cmd)}")
+            log(
+                f"[{self.name}] {self.title}: continuing the stopped run in {self.out_dir}\n  $ {' '.join(cmd)}"
+            )
         else:
             log(f"[{self.name}] {self.title}\n  $ {' '.join(cmd)}")
         start = time.time()
@@ -106,11 +148,15 @@ class Step:
             tail = (self.out_dir / "stdout.txt").read_text().splitlines()[-25:]
             raise StepFailed(
                 f"[{self.name}] failed (exit {returncode}, expected {self.artifact}); the outputs "
-                f"of earlier steps are kept.\nLast lines of {self.out_dir / 'stdout.txt'}:\n" + "\n".join(tail)
+                f"of earlier steps are kept.\nLast lines of {self.out_dir / 'stdout.txt'}:\n"
+                + "\n".join(tail)
             )
         seconds = time.time() - start
         (self.out_dir / DONE_FILE).write_text(
-            json.dumps({"finished": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": round(seconds, 1)}))
+            json.dumps(
+                {"finished": time.strftime("%Y-%m-%d %H:%M:%S"), "seconds": round(seconds, 1)}
+            )
+        )
         log(f"[{self.name}] done in {seconds:.0f}s")
         return seconds
 

@@ -1,15 +1,16 @@
 """Child processes that stop with their parent: the launcher's workers, the pipeline's steps, the
 rank audit's trainings.
 
-- `start_child` starts a command in its own process group, so that stopping it reaches everything it
-  started, and makes it die when this process dies, even by SIGKILL (Linux: PR_SET_PDEATHSIG; a worker
-  started by multiprocessing calls `exit_with_parent` itself, which elsewhere falls back to a watchdog
-  thread).
+- `start_child` starts a command in its own process group (a Ctrl-C at the terminal reaches this process
+  alone, which passes it on; the final SIGKILL reaches everything the command started) and makes it die
+  when this process dies, even by SIGKILL (Linux: PR_SET_PDEATHSIG). A worker started by
+  multiprocessing calls `exit_with_parent` itself, which elsewhere falls back to a watchdog thread.
 - `raising_stop_signals` turns SIGINT / SIGTERM (Ctrl-C, `kill`, `timeout`, SLURM's requeue or cancel)
   into a `Stopped` exception in the main thread; `stop_processes` forwards that signal to the children,
   gives them `STOP_GRACE_S` seconds, then SIGKILLs what is left and reaps it; `resend_signal` then ends
   this process as the signal would have without the handler.
 """
+
 import contextlib
 import ctypes
 import logging
@@ -185,7 +186,9 @@ def stop_processes(processes: Iterable[Process], grace_s: float = STOP_GRACE_S, 
         _wait(process, max(0.0, deadline - time.monotonic()))
     for process in processes:
         if _alive(process):
-            logger.warning(f"Process {process.pid} still running {grace_s:.0f} s after the stop: SIGKILL")
+            logger.warning(
+                f"Process {process.pid} still running {grace_s:.0f} s after the stop: SIGKILL"
+            )
             _send(process, signal.SIGKILL, group=groups[id(process)])
         _wait(process)
 

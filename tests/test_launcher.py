@@ -3,6 +3,7 @@ the launcher stops every worker, a dying worker stops the others, and two runs o
 
 Each case starts real processes (each imports torch and Detectron2): 20-60 s apiece on a busy 2-core machine.
 """
+
 import os
 import signal
 import subprocess
@@ -27,10 +28,23 @@ pytestmark = [
 
 def _train_cmd(out_dir, max_iter, *extra):
     return [
-        sys.executable, str(REPO / "train_net.py"), "--num-gpus", "2", "--config-file",
-        str(REPO / "configs" / "Toy" / "cls_supernet.yaml"), *extra,
-        "OUTPUT_DIR", str(out_dir), "SOLVER.MAX_ITER", str(max_iter), "SOLVER.IMS_PER_BATCH", "4",
-        "SOLVER.CHECKPOINT_PERIOD", "100000", "DATASETS.TEST", "()",
+        sys.executable,
+        str(REPO / "train_net.py"),
+        "--num-gpus",
+        "2",
+        "--config-file",
+        str(REPO / "configs" / "Toy" / "cls_supernet.yaml"),
+        *extra,
+        "OUTPUT_DIR",
+        str(out_dir),
+        "SOLVER.MAX_ITER",
+        str(max_iter),
+        "SOLVER.IMS_PER_BATCH",
+        "4",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "100000",
+        "DATASETS.TEST",
+        "()",
     ]
 
 
@@ -83,11 +97,21 @@ def _start_training(tmp_path):
     out = tmp_path / "out"
     log = tmp_path / "stdout.txt"
     with open(log, "w") as f:
-        proc = subprocess.Popen(_train_cmd(out, 100000), cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
-                                preexec_fn=_ignore_sigint)
+        proc = subprocess.Popen(
+            _train_cmd(out, 100000),
+            cwd=REPO,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_ignore_sigint,
+        )
     # Workers exist and train: rank 0 started training (both ranks passed their start-up: they synchronized).
-    _wait_for(lambda: len(_descendants(proc.pid)) >= 2 and "Starting training" in log.read_text(), 240,
-              "two workers training", proc, log)
+    _wait_for(
+        lambda: len(_descendants(proc.pid)) >= 2 and "Starting training" in log.read_text(),
+        240,
+        "two workers training",
+        proc,
+        log,
+    )
     return proc, log
 
 
@@ -98,7 +122,9 @@ def _assert_all_gone(pids, log):
     alive = [p for p in pids if _stat(p)]
     for p in alive:  # clean up before failing
         os.kill(p, signal.SIGKILL)
-    assert not alive, f"processes {alive} still running {STOP_WITHIN_S} s after the stop\n{log.read_text()[-2000:]}"
+    assert not alive, (
+        f"processes {alive} still running {STOP_WITHIN_S} s after the stop\n{log.read_text()[-2000:]}"
+    )
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
@@ -160,16 +186,29 @@ def _start_light(tmp_path, name, steps):
     out.mkdir()
     log = tmp_path / f"{name}.txt"
     with open(log, "w") as f:
-        proc = subprocess.Popen([sys.executable, str(script), str(out), str(steps)], cwd=tmp_path, stdout=f,
-                                stderr=subprocess.STDOUT, env=dict(os.environ, RUN=name))
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(out), str(steps)],
+            cwd=tmp_path,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, RUN=name),
+        )
     return proc, out, log
 
 
 def test_a_dying_worker_stops_the_other(tmp_path):
     proc, out, log = _start_light(tmp_path, "run", -1)
-    _wait_for(lambda: (out / "started0").exists() and (out / "started1").exists(), 180, "two workers", proc, log)
+    _wait_for(
+        lambda: (out / "started0").exists() and (out / "started1").exists(),
+        180,
+        "two workers",
+        proc,
+        log,
+    )
     tree = _descendants(proc.pid)
-    workers = [p for p in tree if _stat(p) and _stat(p)[1] == proc.pid and not _is_resource_tracker(p)]
+    workers = [
+        p for p in tree if _stat(p) and _stat(p)[1] == proc.pid and not _is_resource_tracker(p)
+    ]
     assert len(workers) == 2, tree
     os.kill(workers[1], signal.SIGKILL)
     assert proc.wait(timeout=60) != 0  # torch's join stops the survivor, then the launcher fails
@@ -198,4 +237,6 @@ def test_two_runs_on_one_machine_both_finish(tmp_path):
                 proc.kill()
     for proc, out, log in runs:
         assert "dist_url auto" in log.read_text()
-        assert [(out / f"done{r}").read_text() for r in (0, 1)] == [out.name] * 2  # each run's own workers
+        assert [(out / f"done{r}").read_text() for r in (0, 1)] == [
+            out.name
+        ] * 2  # each run's own workers

@@ -1,6 +1,7 @@
 """The six-step pipeline, shortened to a few iterations per step: every artifact passes from step to
 step, and each step's output exists and loads (tools/run_pipeline.py --quick); a step's command, stopped
 with the pipeline or left behind by it, stops too."""
+
 import json
 import os
 import signal
@@ -14,17 +15,20 @@ import torch
 
 from detnas_d2.arch_io import load_arch_record
 from detnas_d2.audit.claim import write_report
+from detnas_d2.file_io import read_json_lines
 from detnas_d2.pipeline import Step, StepFailed
 from detnas_d2.search_space import get_space
 
 ROOT = Path(__file__).resolve().parents[1]
+# The steps' processes on one thread each: steadier (and much faster) on cores other processes share.
+ONE_THREAD = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     out = tmp_path_factory.mktemp("pipeline")
     cmd = [sys.executable, str(ROOT / "tools/run_pipeline.py"), "--quick", "--output-dir", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=ONE_THREAD)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, proc.stdout
 
@@ -37,15 +41,19 @@ def test_every_step_writes_what_the_next_one_reads(pipeline):
         assert any(k.startswith("backbone.") for k in ckpt["model"]), step
         assert json.loads((out / step / "eval_results.json").read_text()), step
     # supernet checkpoints hold every choice of a layer, subnet checkpoints one
-    det_supernet = torch.load(out / "2_det_supernet/model_final.pth", map_location="cpu", weights_only=False)
+    det_supernet = torch.load(
+        out / "2_det_supernet/model_final.pth", map_location="cpu", weights_only=False
+    )
     assert any(".choices.3." in k for k in det_supernet["model"])
-    det_subnet = torch.load(out / "5_det_subnet/model_final.pth", map_location="cpu", weights_only=False)
+    det_subnet = torch.load(
+        out / "5_det_subnet/model_final.pth", map_location="cpu", weights_only=False
+    )
     assert not any(".choices." in k for k in det_subnet["model"])
 
     best = load_arch_record(str(out / "3_search/best_arch.yaml"))
     space = get_space(best.space)
     assert len(best.arch) == space.num_layers and best.metadata["flops"] > 0
-    candidates = [json.loads(line) for line in (out / "3_search/candidates.jsonl").read_text().splitlines()]
+    candidates = read_json_lines(out / "3_search/candidates.jsonl")
     assert tuple(max(candidates, key=lambda c: c["score"])["arch"]) == best.arch
     assert len({tuple(c["arch"]) for c in candidates}) == len(candidates)
     # steps 4 to 6 ran the searched arch
@@ -58,16 +66,34 @@ def test_every_step_writes_what_the_next_one_reads(pipeline):
 def test_summary_names_every_step_and_the_subnet(pipeline):
     out, stdout = pipeline
     summary = json.loads((out / "summary.json").read_text())
-    assert [r["metric"] for r in summary["steps"]] == ["top-1", "bbox AP", "best score", "top-1", "bbox AP", "bbox AP"]
-    assert summary["searched_subnet"]["arch"] == list(load_arch_record(str(out / "3_search/best_arch.yaml")).arch)
+    assert [r["metric"] for r in summary["steps"]] == [
+        "top-1",
+        "bbox AP",
+        "best score",
+        "top-1",
+        "bbox AP",
+        "bbox AP",
+    ]
+    assert summary["searched_subnet"]["arch"] == list(
+        load_arch_record(str(out / "3_search/best_arch.yaml")).arch
+    )
     assert "searched subnet" in stdout and "6. evaluation of the subnet detector" in stdout
 
 
 @pytest.mark.slow
 def test_second_run_says_what_it_reuses(pipeline):
     out, _ = pipeline
-    cmd = [sys.executable, str(ROOT / "tools/run_pipeline.py"), "--quick", "--reuse", "--output-dir", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    cmd = [
+        sys.executable,
+        str(ROOT / "tools/run_pipeline.py"),
+        "--quick",
+        "--reuse",
+        "--output-dir",
+        str(out),
+    ]
+    proc = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=ONE_THREAD
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("reusing") == 6
     assert "$ " not in proc.stdout  # no step ran again
@@ -81,9 +107,22 @@ def test_study_retrains_four_archs_and_tabulates_them(pipeline, tmp_path):
     from detnas_d2.flops import get_flops_table
 
     out, _ = pipeline
-    cmd = [sys.executable, str(ROOT / "tools/study.py"), "--quick", "--pipeline-dir", str(out),
-           "--output-dir", str(tmp_path), "--cls-opts", "SOLVER.BASE_LR 0.05", "--det-opts", "SOLVER.BASE_LR 0.01"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    cmd = [
+        sys.executable,
+        str(ROOT / "tools/study.py"),
+        "--quick",
+        "--pipeline-dir",
+        str(out),
+        "--output-dir",
+        str(tmp_path),
+        "--cls-opts",
+        "SOLVER.BASE_LR 0.05",
+        "--det-opts",
+        "SOLVER.BASE_LR 0.01",
+    ]
+    proc = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=ONE_THREAD
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     rows = {r["arch"]: r for r in json.loads((tmp_path / "study.json").read_text())}
@@ -95,15 +134,25 @@ def test_study_retrains_four_archs_and_tabulates_them(pipeline, tmp_path):
     assert set(rows["all-3x3"]["ids"].split(",")) == {"0"}
     # the classification search kept the detection search's FLOPs limit; the random arch matches its FLOPs
     cfg = get_detnas_cfg(str(ROOT / "configs/Toy/search_det.yaml"))
-    table = get_flops_table(get_space(best.space, cfg.MODEL.DETNAS.WIDTH_MULT), cfg.DETNAS.SEARCH.INPUT_SIZE)
+    table = get_flops_table(
+        get_space(best.space, cfg.MODEL.DETNAS.WIDTH_MULT), cfg.DETNAS.SEARCH.INPUT_SIZE
+    )
     assert rows["cls-search"]["flops"] == table.flops(cls_best.arch) <= cfg.DETNAS.SEARCH.FLOPS_MAX
-    assert abs(rows["random"]["flops"] - rows["det-search"]["flops"]) <= 0.02 * rows["det-search"]["flops"]
+    assert (
+        abs(rows["random"]["flops"] - rows["det-search"]["flops"])
+        <= 0.02 * rows["det-search"]["flops"]
+    )
     # ... and is none of the other three (the quick search's best arch is often the first random draw)
-    assert rows["random"]["ids"] not in {rows[n]["ids"] for n in ("det-search", "cls-search", "all-3x3")}
+    assert rows["random"]["ids"] not in {
+        rows[n]["ids"] for n in ("det-search", "cls-search", "all-3x3")
+    }
     for name, row in rows.items():
         assert 0.0 <= row["top1"] <= 100.0 and row["AP"] == row["AP"], name  # AP not NaN
         det_cmd = (tmp_path / name / "seed0/det_subnet/command.txt").read_text()
-        assert str(tmp_path / name / "arch.yaml") in det_cmd and "cls_subnet/model_final.pth" in det_cmd
+        assert (
+            str(tmp_path / name / "arch.yaml") in det_cmd
+            and "cls_subnet/model_final.pth" in det_cmd
+        )
         # each step with its own options (--cls-opts / --det-opts), after the config's
         cls_cmd = (tmp_path / name / "seed0/cls_subnet/command.txt").read_text()
         assert "SOLVER.BASE_LR 0.05" in cls_cmd and "SOLVER.BASE_LR 0.01" not in cls_cmd
@@ -122,14 +171,20 @@ def test_study_report_tests_det_search_unpaired_and_paired_by_seed(tmp_path):
     space = get_space("small", 0.25)
     archs = {"det-search": (1,) * 20, "all-3x3": (0,) * 20}
     # det-search 1 AP above all-3x3 in each of 5 seeds, whose offsets (10, 20, ...) both share
-    runs = {"det-search": [{"seed": s, "top1": 90.0, "AP": 10.0 * s + 1} for s in range(1, 6)],
-            "all-3x3": [{"seed": s, "top1": 90.0, "AP": 10.0 * s} for s in range(1, 6)]}
+    runs = {
+        "det-search": [{"seed": s, "top1": 90.0, "AP": 10.0 * s + 1} for s in range(1, 6)],
+        "all-3x3": [{"seed": s, "top1": 90.0, "AP": 10.0 * s} for s in range(1, 6)],
+    }
     text = write_report(tmp_path, archs, runs, get_flops_table(space, 128), 128)
     row = json.loads((tmp_path / "study.json").read_text())[1]
     assert row["p_det_search_better"] > 0.4  # unpaired: within the seeds' spread
-    assert row["p_det_search_better_paired"] == pytest.approx(1 / 32)  # paired: 5 of 5 seeds, 1 in 2^5
+    assert row["p_det_search_better_paired"] == pytest.approx(
+        1 / 32
+    )  # paired: 5 of 5 seeds, 1 in 2^5
     assert " 0.031 |" in text and "p paired by seed" in text
-    assert row["p_det_search_worse_paired"] == pytest.approx(1.0) and row["p_det_search_worse"] > 0.4
+    assert (
+        row["p_det_search_worse_paired"] == pytest.approx(1.0) and row["p_det_search_worse"] > 0.4
+    )
 
 
 @pytest.fixture
@@ -155,8 +210,10 @@ def test_step_shows_progress_and_keeps_the_full_output(step_folder):
     lines = []
     step.run(log=lines.append)
     progress = [line for line in lines if line.startswith("  [fake]")]
-    assert progress == ["  [fake] eta: 0:00:09  iter: 19  total_loss: 1.6",
-                        "  [fake] Generation 0 done (4 candidates, 4 in all)"]
+    assert progress == [
+        "  [fake] eta: 0:00:09  iter: 19  total_loss: 1.6",
+        "  [fake] Generation 0 done (4 candidates, 4 in all)",
+    ]
     assert "Starting training" in (out / "stdout.txt").read_text()  # everything stays in the file
 
 
@@ -183,14 +240,25 @@ def test_stopped_step_continues_with_resume_when_reused(step_folder):
     out = tmp_path / "step"
 
     def step(*opts):
-        return Step("fake", "a fake step", "fake_train", "unused.yaml", out, list(opts), out / "model_final.pth")
+        return Step(
+            "fake",
+            "a fake step",
+            "fake_train",
+            "unused.yaml",
+            out,
+            list(opts),
+            out / "model_final.pth",
+        )
 
     with pytest.raises(StepFailed):
         step().run(reuse=True, log=lambda m: None)
     lines = []
     step().run(reuse=True, log=lines.append)
     assert "continuing the stopped run" in lines[0] and "--resume" in lines[0]
-    assert (out / "stdout.txt").read_text().splitlines() == ["fresh no checkpoint", "resumed checkpoint"]
+    assert (out / "stdout.txt").read_text().splitlines() == [
+        "fresh no checkpoint",
+        "resumed checkpoint",
+    ]
     assert "--resume" not in (out / "command.txt").read_text()  # the command a later start compares
     step().run(reuse=True, log=lines.append)
     assert "reusing" in lines[-1]
@@ -241,8 +309,13 @@ def _start_runner(folder):
     (folder / "runner.py").write_text(RUNNER)
     (folder / "slow_step.py").write_text(SLOW_STEP)
     (folder / "unused.yaml").write_text("")
-    runner = subprocess.Popen([sys.executable, "runner.py"], cwd=folder, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
+    runner = subprocess.Popen(
+        [sys.executable, "runner.py"],
+        cwd=folder,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not (folder / "out/pid").exists():
         assert runner.poll() is None and time.monotonic() < deadline, runner.stderr.read()[-3000:]
@@ -252,12 +325,16 @@ def _start_runner(folder):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds processes through Linux's /proc")
+@pytest.mark.skipif(
+    not Path("/proc/self/stat").exists(), reason="finds processes through Linux's /proc"
+)
 def test_stopped_pipeline_passes_the_signal_to_its_step(tmp_path):
     """SIGTERM to the pipeline: its step gets SIGTERM (in its own process group, it would not see a signal
     sent to the pipeline's), ends, and the pipeline dies of the same signal."""
     runner, step_pid = _start_runner(tmp_path)
-    assert os.getpgid(step_pid) == step_pid != os.getpgid(runner.pid)  # the step leads its own group
+    assert (
+        os.getpgid(step_pid) == step_pid != os.getpgid(runner.pid)
+    )  # the step leads its own group
     runner.send_signal(signal.SIGTERM)
     assert runner.wait(timeout=60) == -signal.SIGTERM, runner.stderr.read()[-3000:]
     assert (tmp_path / "out/stopped_by").read_text() == str(int(signal.SIGTERM))
@@ -265,7 +342,9 @@ def test_stopped_pipeline_passes_the_signal_to_its_step(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds processes through Linux's /proc")
+@pytest.mark.skipif(
+    not Path("/proc/self/stat").exists(), reason="finds processes through Linux's /proc"
+)
 def test_step_dies_with_a_killed_pipeline(tmp_path):
     """SIGKILL to the pipeline alone (nothing passes a signal on): its step dies with it."""
     runner, step_pid = _start_runner(tmp_path)

@@ -7,6 +7,7 @@ Used by tools/install.sh (a complete environment is left untouched) and handy on
 Runs before detnas_d2 is installed: the checkout is this file's, and everything but the project check
 works without the package (detnas_d2/compat.py is loaded on its own).
 """
+
 import argparse
 import ast
 import importlib
@@ -17,7 +18,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-D2_MODULES = ("detectron2.modeling", "detectron2.engine", "detectron2.evaluation", "detectron2.data")
+D2_MODULES = (
+    "detectron2.modeling",
+    "detectron2.engine",
+    "detectron2.evaluation",
+    "detectron2.data",
+)
 
 
 def _declared_requirements():
@@ -61,7 +67,9 @@ def check_requirements():
 
 def _compat():
     """detnas_d2/compat.py of this checkout, loaded on its own (no detnas_d2 or Detectron2 imports)."""
-    spec = importlib.util.spec_from_file_location("_detnas_compat", ROOT / "detnas_d2" / "compat.py")
+    spec = importlib.util.spec_from_file_location(
+        "_detnas_compat", ROOT / "detnas_d2" / "compat.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -75,11 +83,15 @@ def detectron2_state():
         return "missing", []
     root = Path(list(spec.submodule_search_locations)[0])
     compat = _compat()
-    unfixed = sorted(compat.unguarded_c_imports(root)) + (["Image.LINEAR"] if compat.uses_image_linear(root) else [])
+    unfixed = sorted(compat.unguarded_c_imports(root)) + (
+        ["Image.LINEAR"] if compat.uses_image_linear(root) else []
+    )
     try:
         files = md.distribution("pb1-detectron2").files or []
-        from_pb1 = any(f.parts[:2] == ("detectron2", "__init__.py") and Path(f.locate()).parent == root
-                       for f in files)
+        from_pb1 = any(
+            f.parts[:2] == ("detectron2", "__init__.py") and Path(f.locate()).parent == root
+            for f in files
+        )
     except md.PackageNotFoundError:
         from_pb1 = False
     if not from_pb1:
@@ -112,14 +124,20 @@ def check_project():
     try:
         import detnas_d2
     except ImportError as e:
-        raise RuntimeError(f"detnas_d2 is not installed in this environment ({e}): run tools/install.sh") from None
+        raise RuntimeError(
+            f"detnas_d2 is not installed in this environment ({e}): run tools/install.sh"
+        ) from None
     package = Path(detnas_d2.__file__).resolve().parent
     if package.parent != ROOT:
-        raise RuntimeError(f"detnas_d2 is imported from {package.parent}, not from this checkout {ROOT}, so this "
-                           "checkout's tools would run that code: run tools/install.sh in this checkout")
+        raise RuntimeError(
+            f"detnas_d2 is imported from {package.parent}, not from this checkout {ROOT}, so this "
+            "checkout's tools would run that code: run tools/install.sh in this checkout"
+        )
     if not (package / "configs" / "Toy").is_dir():
-        raise RuntimeError(f"{package / 'configs'} (the package's configs) is missing: run tools/install.sh "
-                           "(installing the package links configs/ there)")
+        raise RuntimeError(
+            f"{package / 'configs'} (the package's configs) is missing: run tools/install.sh "
+            "(installing the package links configs/ there)"
+        )
     return f"detnas_d2 (editable) at {ROOT}"
 
 
@@ -135,8 +153,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", choices=sorted(CHECKS))
     parser.add_argument("--quiet", action="store_true")
-    parser.add_argument("--detectron2-state", action="store_true",
-                        help="print missing|own|pb1|pb1-unfixed (what install.sh does with Detectron2) and exit")
+    parser.add_argument(
+        "--detectron2-state",
+        action="store_true",
+        help="print missing|own|pb1|pb1-unfixed (what install.sh does with Detectron2) and exit",
+    )
     args = parser.parse_args()
     if args.detectron2_state:
         print(detectron2_state()[0])

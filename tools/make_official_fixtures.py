@@ -18,6 +18,7 @@ loads them through MODEL.WEIGHTS' path and compares. Cases (eval mode, batch 1):
     git clone https://github.com/megvii-model/DetNAS               # Supernet-ImageNet/
     python tools/make_official_fixtures.py --shufflenet-series ShuffleNet-Series --detnas DetNAS
 """
+
 import argparse
 import importlib.util
 import os
@@ -31,7 +32,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED = 16
 LOGITS_INPUT = (1, 3, 224, 224)
 STAGES_INPUT = (1, 3, 32, 32)
-SUBNETS = {"subnet_300M": "COCO_FPN_300M", "subnet_1.3G": "COCO_FPN_1.3G", "subnet_3.8G": "COCO_FPN_3.8G"}
+SUBNETS = {
+    "subnet_300M": "COCO_FPN_300M",
+    "subnet_1.3G": "COCO_FPN_1.3G",
+    "subnet_3.8G": "COCO_FPN_3.8G",
+}
 
 
 def _load(path, name, package=None):
@@ -47,13 +52,16 @@ def _load(path, name, package=None):
 
 # The seeded weights the tests regenerate (plain torch, loaded by its path: this tool runs with the
 # official code, where detnas-d2 need not be installed).
-parity_weights = _load(os.path.join(ROOT, "tests", "fixtures", "parity_weights.py"), "parity_weights")
+parity_weights = _load(
+    os.path.join(ROOT, "tests", "fixtures", "parity_weights.py"), "parity_weights"
+)
 seeded_input, seeded_state_dict = parity_weights.seeded_input, parity_weights.seeded_state_dict
 
 
 def _package(name, folder):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(folder, "__init__.py"),
-                                                  submodule_search_locations=[folder])
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(folder, "__init__.py"), submodule_search_locations=[folder]
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # an empty package: their folder has no __init__.py
     return module
@@ -81,10 +89,16 @@ def _outputs(net, stage_depths, forward, run_layer, name):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shufflenet-series", required=True, help="checkout of megvii-model/ShuffleNet-Series")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--shufflenet-series", required=True, help="checkout of megvii-model/ShuffleNet-Series"
+    )
     parser.add_argument("--detnas", required=True, help="checkout of megvii-model/DetNAS")
-    parser.add_argument("--output", default=os.path.join(ROOT, "tests", "fixtures", "official_parity.pt"))
+    parser.add_argument(
+        "--output", default=os.path.join(ROOT, "tests", "fixtures", "official_parity.pt")
+    )
     args = parser.parse_args(argv)
     torch.manual_seed(0)  # their constructors initialise randomly; every tensor is then overwritten
 
@@ -96,23 +110,48 @@ def main(argv=None):
         net = network.ShuffleNetV2DetNAS(n_class=1000, model_size=size).eval()
         keys, shapes = _seed(net)
         depths = [8, 8, 16, 8] if len(net.features) == 40 else [4, 4, 8, 4]
-        cases[case] = {"model_size": size, "source": "ShuffleNet-Series/DetNAS/network.py", "keys": keys,
-                       "shapes": shapes, "outputs": _outputs(net, depths, net, lambda i, x: net.features[i](x), case)}
+        cases[case] = {
+            "model_size": size,
+            "source": "ShuffleNet-Series/DetNAS/network.py",
+            "keys": keys,
+            "shapes": shapes,
+            "outputs": _outputs(net, depths, net, lambda i, x: net.features[i](x), case),
+        }
     del sys.modules["blocks"]
 
     folder = os.path.join(args.detnas, "Supernet-ImageNet")
     _package("official_supernet", folder)
-    _load(os.path.join(folder, "shuffle_blocks.py"), "official_supernet.shuffle_blocks", "official_supernet")
-    detnasnet = _load(os.path.join(folder, "detnasnet.py"), "official_supernet.detnasnet", "official_supernet")
+    _load(
+        os.path.join(folder, "shuffle_blocks.py"),
+        "official_supernet.shuffle_blocks",
+        "official_supernet",
+    )
+    detnasnet = _load(
+        os.path.join(folder, "detnasnet.py"), "official_supernet.detnasnet", "official_supernet"
+    )
     net = detnasnet.ShuffleNetV2DetNAS("DETNAS-300M").eval()
     keys, shapes = _seed(net)
     path = tuple(random.Random(SEED).randrange(4) for _ in range(20))
-    outputs = _outputs(net, [4, 4, 8, 4], lambda x: net(x, rngs=path),
-                       lambda i, x: net.features[i][path[i]](x), "supernet_300M")
-    cases["supernet_300M"] = {"model_size": "DETNAS-300M", "source": "DetNAS/Supernet-ImageNet/detnasnet.py",
-                              "keys": keys, "shapes": shapes, "path": list(path), "outputs": outputs}
+    outputs = _outputs(
+        net,
+        [4, 4, 8, 4],
+        lambda x: net(x, rngs=path),
+        lambda i, x: net.features[i][path[i]](x),
+        "supernet_300M",
+    )
+    cases["supernet_300M"] = {
+        "model_size": "DETNAS-300M",
+        "source": "DetNAS/Supernet-ImageNet/detnasnet.py",
+        "keys": keys,
+        "shapes": shapes,
+        "path": list(path),
+        "outputs": outputs,
+    }
 
-    torch.save({"seed": SEED, "logits_input": LOGITS_INPUT, "stages_input": STAGES_INPUT, "cases": cases}, args.output)
+    torch.save(
+        {"seed": SEED, "logits_input": LOGITS_INPUT, "stages_input": STAGES_INPUT, "cases": cases},
+        args.output,
+    )
     print(f"wrote {args.output} ({os.path.getsize(args.output) / 1e6:.2f} MB): {', '.join(cases)}")
 
 

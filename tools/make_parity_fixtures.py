@@ -34,10 +34,11 @@ MMDetection's heads import the compiled `mmcv.ops`. So the packages below are im
 their `__init__` files (only the module files used here run) and `mmcv.ops` is a stand-in whose classes do
 nothing: the RoIAlign of the RoI extractor is never called (the box head is fed RoI features directly).
 """
+
 import argparse
 import importlib.abc
-import importlib.util
 import importlib.machinery
+import importlib.util
 import os
 import sys
 import types
@@ -56,17 +57,34 @@ def _load_file(name, path):
     return module
 
 
-parity_weights = _load_file("parity_weights", os.path.join(ROOT, "tests", "fixtures", "parity_weights.py"))
+parity_weights = _load_file(
+    "parity_weights", os.path.join(ROOT, "tests", "fixtures", "parity_weights.py")
+)
 seeded_input, seeded_state_dict = parity_weights.seeded_input, parity_weights.seeded_state_dict
 
 # Packages whose __init__ is skipped (their submodules import as usual).
 SKIP_INIT = {
-    "mmrazor", "mmrazor.models", "mmrazor.models.architectures", "mmrazor.models.architectures.ops",
-    "mmrazor.models.architectures.backbones", "mmrazor.models.mutables", "mmrazor.models.mutables.mutable_module",
-    "mmcls", "mmcls.models", "mmcls.models.utils",
-    "mmcls.models.backbones", "mmcls.models.heads", "mmcls.models.necks", "mmdet", "mmdet.models",
-    "mmdet.models.necks", "mmdet.models.dense_heads", "mmdet.models.roi_heads",
-    "mmdet.models.roi_heads.bbox_heads", "mmdet.models.roi_heads.roi_extractors", "mmdet.models.losses",
+    "mmrazor",
+    "mmrazor.models",
+    "mmrazor.models.architectures",
+    "mmrazor.models.architectures.ops",
+    "mmrazor.models.architectures.backbones",
+    "mmrazor.models.mutables",
+    "mmrazor.models.mutables.mutable_module",
+    "mmcls",
+    "mmcls.models",
+    "mmcls.models.utils",
+    "mmcls.models.backbones",
+    "mmcls.models.heads",
+    "mmcls.models.necks",
+    "mmdet",
+    "mmdet.models",
+    "mmdet.models.necks",
+    "mmdet.models.dense_heads",
+    "mmdet.models.roi_heads",
+    "mmdet.models.roi_heads.bbox_heads",
+    "mmdet.models.roi_heads.roi_extractors",
+    "mmdet.models.losses",
 }
 
 
@@ -99,7 +117,11 @@ class _StandIn(types.ModuleType):
     def __getattr__(self, name):
         if name.startswith("__"):
             raise AttributeError(name)
-        cls = type(name, (torch.nn.Module,), {"__init__": lambda self, *args, **kwargs: torch.nn.Module.__init__(self)})
+        cls = type(
+            name,
+            (torch.nn.Module,),
+            {"__init__": lambda self, *args, **kwargs: torch.nn.Module.__init__(self)},
+        )
         setattr(self, name, cls)
         return cls
 
@@ -143,11 +165,26 @@ def install_import_hooks():
 
 # MMRazor's DetNAS subnet (configs/nas/mmdet/detnas/DETNAS_SUBNET.yaml of MMRazor 1.0.0).
 DETNAS_SUBNET = [
-    "shuffle_5x5", "shuffle_3x3", "shuffle_3x3", "shuffle_3x3",
-    "shuffle_xception", "shuffle_3x3", "shuffle_xception", "shuffle_7x7",
-    "shuffle_7x7", "shuffle_7x7", "shuffle_xception", "shuffle_xception",
-    "shuffle_3x3", "shuffle_7x7", "shuffle_5x5", "shuffle_xception",
-    "shuffle_7x7", "shuffle_7x7", "shuffle_7x7", "shuffle_5x5",
+    "shuffle_5x5",
+    "shuffle_3x3",
+    "shuffle_3x3",
+    "shuffle_3x3",
+    "shuffle_xception",
+    "shuffle_3x3",
+    "shuffle_xception",
+    "shuffle_7x7",
+    "shuffle_7x7",
+    "shuffle_7x7",
+    "shuffle_xception",
+    "shuffle_xception",
+    "shuffle_3x3",
+    "shuffle_7x7",
+    "shuffle_5x5",
+    "shuffle_xception",
+    "shuffle_7x7",
+    "shuffle_7x7",
+    "shuffle_7x7",
+    "shuffle_5x5",
 ]
 # A supernet path that uses every block in every stage.
 SUPERNET_PATH = ["shuffle_3x3", "shuffle_5x5", "shuffle_7x7", "shuffle_xception"] * 5
@@ -159,7 +196,9 @@ def mmrazor_backbone(with_last_layer: bool, out_indices):
     # In this order (the other runs into an import cycle of mmrazor.models.mutables).
     import mmrazor.models.architectures.ops.shufflenet_series  # noqa: F401  (registers the blocks)
     import mmrazor.models.mutables.mutable_module.one_shot_mutable_module  # noqa: F401
-    from mmrazor.models.architectures.backbones.searchable_shufflenet_v2 import SearchableShuffleNetV2
+    from mmrazor.models.architectures.backbones.searchable_shufflenet_v2 import (
+        SearchableShuffleNetV2,
+    )
 
     mutable = dict(
         type="OneShotMutableOP",
@@ -172,7 +211,10 @@ def mmrazor_backbone(with_last_layer: bool, out_indices):
     )
     arch_setting = [[64, 4, mutable], [160, 4, mutable], [320, 8, mutable], [640, 4, mutable]]
     return SearchableShuffleNetV2(
-        arch_setting=arch_setting, widen_factor=1.0, out_indices=out_indices, with_last_layer=with_last_layer,
+        arch_setting=arch_setting,
+        widen_factor=1.0,
+        out_indices=out_indices,
+        with_last_layer=with_last_layer,
         norm_cfg=NORM,
     )
 
@@ -191,15 +233,15 @@ def fill(module, seed, prefix=""):
     keys = [prefix + k for k in own]
     shapes = [list(v.shape) for v in own.values()]
     state = seeded_state_dict(seed, keys, shapes)
-    module.load_state_dict({k[len(prefix):]: v for k, v in state.items()}, strict=True)
+    module.load_state_dict({k[len(prefix) :]: v for k, v in state.items()}, strict=True)
     return keys, shapes
 
 
 def classifier_case(seed, fixed: bool):
-    from mmcls.models.heads.linear_head import LinearClsHead
-    from mmcls.models.necks.gap import GlobalAveragePooling
     import mmcls.models.losses.cross_entropy_loss  # noqa: F401  (LinearClsHead builds its loss)
     import mmcls.models.losses.label_smooth_loss  # noqa: F401
+    from mmcls.models.heads.linear_head import LinearClsHead
+    from mmcls.models.necks.gap import GlobalAveragePooling
 
     backbone = mmrazor_backbone(with_last_layer=True, out_indices=(0, 1, 2, 3, 4))
     arch = DETNAS_SUBNET if fixed else SUPERNET_PATH
@@ -221,8 +263,15 @@ def classifier_case(seed, fixed: bool):
     outputs = {f"stage{i}": feats[i] for i in range(4)}
     outputs["last_conv"] = feats[4]
     outputs["logits"] = logits
-    return dict(arch=list(arch), keys=keys + head_keys, shapes=shapes + head_shapes, outputs=outputs,
-                num_classes=10, input="image", input_shape=[1, 3, 64, 64])
+    return dict(
+        arch=list(arch),
+        keys=keys + head_keys,
+        shapes=shapes + head_shapes,
+        outputs=outputs,
+        num_classes=10,
+        input="image",
+        input_shape=[1, 3, 64, 64],
+    )
 
 
 def detector_case(seed):
@@ -240,24 +289,36 @@ def detector_case(seed):
     for mutable, name in zip(mutables(backbone), DETNAS_SUBNET):
         mutable.fix_chosen(name)
     neck = FPN(in_channels=[64, 160, 320, 640], out_channels=256, num_outs=5, norm_cfg=NORM)
-    anchor_cfg = dict(type="AnchorGenerator", scales=[8], ratios=[0.5, 1.0, 2.0], strides=[4, 8, 16, 32, 64])
+    anchor_cfg = dict(
+        type="AnchorGenerator", scales=[8], ratios=[0.5, 1.0, 2.0], strides=[4, 8, 16, 32, 64]
+    )
     rpn = rpn_head_module.RPNHead(
-        in_channels=256, feat_channels=256, anchor_generator=anchor_cfg,
+        in_channels=256,
+        feat_channels=256,
+        anchor_generator=anchor_cfg,
         bbox_coder=dict(type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4, target_stds=[1.0] * 4),
         loss_cls=dict(type="CrossEntropyLoss", use_sigmoid=True, loss_weight=1.0),
         loss_bbox=dict(type="L1Loss", loss_weight=1.0),
     )
     rcnn_stds = [0.1, 0.1, 0.2, 0.2]
     bbox_head = Shared4Conv1FCBBoxHead(
-        in_channels=256, fc_out_channels=1024, roi_feat_size=7, num_classes=80, norm_cfg=NORM,
+        in_channels=256,
+        fc_out_channels=1024,
+        roi_feat_size=7,
+        num_classes=80,
+        norm_cfg=NORM,
         bbox_coder=dict(type="DeltaXYWHBBoxCoder", target_means=[0.0] * 4, target_stds=rcnn_stds),
         reg_class_agnostic=False,
         loss_cls=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0),
         loss_bbox=dict(type="L1Loss", loss_weight=1.0),
     )
     keys, shapes = [], []
-    for module, prefix in ((backbone, "architecture.backbone."), (neck, "architecture.neck."),
-                           (rpn, "architecture.rpn_head."), (bbox_head, "architecture.roi_head.bbox_head.")):
+    for module, prefix in (
+        (backbone, "architecture.backbone."),
+        (neck, "architecture.neck."),
+        (rpn, "architecture.rpn_head."),
+        (bbox_head, "architecture.roi_head.bbox_head."),
+    ):
         k, s = fill(module, seed, prefix)
         keys += k
         shapes += s
@@ -287,22 +348,37 @@ def detector_case(seed):
     shifts = seeded_input(seed, "box_shifts", (32, 4))
     target_centers = centers + shifts[:, :2] * extents * 0.2
     target_extents = extents * torch.exp(shifts[:, 2:] * 0.3)
-    targets = torch.cat([target_centers - target_extents / 2, target_centers + target_extents / 2], dim=1)
+    targets = torch.cat(
+        [target_centers - target_extents / 2, target_centers + target_extents / 2], dim=1
+    )
     max_shape = (600, 800)
     for name, stds in (("rpn", [1.0] * 4), ("rcnn", rcnn_stds)):
         coder = DeltaXYWHBBoxCoder(target_means=[0.0] * 4, target_stds=stds)
         outputs[f"decoded_{name}"] = coder.decode(boxes, deltas)
         outputs[f"decoded_clipped_{name}"] = coder.decode(boxes, deltas, max_shape=max_shape)
         outputs[f"encoded_{name}"] = coder.encode(boxes, targets)
-    extractor = SingleRoIExtractor(roi_layer=dict(type="RoIAlign", output_size=7, sampling_ratio=0),
-                                   out_channels=256, featmap_strides=[4, 8, 16, 32])
+    extractor = SingleRoIExtractor(
+        roi_layer=dict(type="RoIAlign", output_size=7, sampling_ratio=0),
+        out_channels=256,
+        featmap_strides=[4, 8, 16, 32],
+    )
     rois = torch.cat([torch.zeros(len(boxes), 1), boxes], dim=1)
     outputs["roi_levels"] = extractor.map_roi_levels(rois, 4)
     outputs["boxes"] = boxes
     outputs["targets"] = targets
-    return dict(arch=list(DETNAS_SUBNET), keys=keys, shapes=shapes, outputs=outputs, num_classes=80,
-                input="image", input_shape=[1, 3, 64, 64], roi_feats_shape=[4, 256, 7, 7],
-                max_shape=list(max_shape), rpn_stds=[1.0] * 4, rcnn_stds=rcnn_stds)
+    return dict(
+        arch=list(DETNAS_SUBNET),
+        keys=keys,
+        shapes=shapes,
+        outputs=outputs,
+        num_classes=80,
+        input="image",
+        input_shape=[1, 3, 64, 64],
+        roi_feats_shape=[4, 256, 7, 7],
+        max_shape=list(max_shape),
+        rpn_stds=[1.0] * 4,
+        rcnn_stds=rcnn_stds,
+    )
 
 
 def versions():
@@ -315,7 +391,9 @@ def versions():
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=16)
-    parser.add_argument("--output", default=os.path.join(ROOT, "tests", "fixtures", "mmrazor_parity.pt"))
+    parser.add_argument(
+        "--output", default=os.path.join(ROOT, "tests", "fixtures", "mmrazor_parity.pt")
+    )
     args = parser.parse_args()
     install_import_hooks()
     torch.manual_seed(0)

@@ -8,6 +8,7 @@ With det, also the larger detection search and training splits (toy_det_search_l
 of --large-search and --large-train images (0: not).
 An existing complete folder is checked against its manifest and left as it is.
 """
+
 import argparse
 import time
 
@@ -20,13 +21,23 @@ def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--root", help="cache folder (default: $DETNAS_TOY_ROOT or ~/.cache/detnas-d2/toy)")
+    parser.add_argument(
+        "--root", help="cache folder (default: $DETNAS_TOY_ROOT or ~/.cache/detnas-d2/toy)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kind", nargs="+", choices=("det", "cls"), default=["det", "cls"])
-    parser.add_argument("--large-search", type=int, default=toy.DET_LARGE_SEARCH_IMAGES,
-                        help="images of the larger detection search split (0: do not make it)")
-    parser.add_argument("--large-train", type=int, default=toy.DET_LARGE_TRAIN_IMAGES,
-                        help="images of the larger detection training split (0: do not make it)")
+    parser.add_argument(
+        "--large-search",
+        type=int,
+        default=toy.DET_LARGE_SEARCH_IMAGES,
+        help="images of the larger detection search split (0: do not make it)",
+    )
+    parser.add_argument(
+        "--large-train",
+        type=int,
+        default=toy.DET_LARGE_TRAIN_IMAGES,
+        help="images of the larger detection training split (0: do not make it)",
+    )
     args = parser.parse_args()
     setup_logger(name="detnas_d2")
     for kind in args.kind:
@@ -39,7 +50,9 @@ def main():
             if images > 0:
                 start = time.perf_counter()
                 path = toy.ensure_toy_data("det", args.seed, {split: images}, root=args.root)
-                print(f"det ({split}, {images} images): {path} ({time.perf_counter() - start:.2f}s)")
+                print(
+                    f"det ({split}, {images} images): {path} ({time.perf_counter() - start:.2f}s)"
+                )
 
 
 if __name__ == "__main__":

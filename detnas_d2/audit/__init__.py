@@ -7,6 +7,7 @@
 - `standalone`: stand-alone scores, pipeline steps 4-5 for each arch and seed, several at a time;
 - `compare`: rank correlations, top-k precision and seed noise, as a report, JSON and a plot;
 - `protocols`: a cheaper scoring protocol against a reference one;
+- `claim`: the report of DetNAS's claim at small scale (tools/study.py);
 - `formatting`: numbers in the reports' tables and strict JSON;
 - `console`: the audit's messages, whole lines also from concurrent trainings;
 - `cli`: the command line.

@@ -5,6 +5,7 @@ names, `#` comments), a YAML list of archs, a JSON-lines file with an "arch" per
 candidates.jsonl, or a score file), a JSON list, one arch file (best_arch.yaml), or an inline arch
 ("0,1,2,...", "random:SEED").
 """
+
 import json
 import os
 import random
@@ -44,7 +45,9 @@ def arch_str(arch: Sequence[int]) -> str:
 
 def flops_table(space, input_size):
     """The FLOPs table, cached on disk ($DETNAS_FLOPS_CACHE_DIR, else ~/.cache/detnas-d2/flops)."""
-    return get_flops_table(space, input_size, cache_dir=os.environ.get(CACHE_ENV) or FLOPS_CACHE_DIR)
+    return get_flops_table(
+        space, input_size, cache_dir=os.environ.get(CACHE_ENV) or FLOPS_CACHE_DIR
+    )
 
 
 def search_space_and_table(config: str, opts=()):
@@ -78,17 +81,26 @@ def read_archs(specs: Sequence[str], space) -> List[Arch]:
             continue
         if path.suffix == ".jsonl":
             records = read_json_lines(path, log=log)
-            archs += [_arch_from_item(r, space, f"{spec}: line {i}") for i, r in enumerate(records, start=1)]
+            archs += [
+                _arch_from_item(r, space, f"{spec}: line {i}")
+                for i, r in enumerate(records, start=1)
+            ]
             continue
         text = path.read_text()
         if path.suffix == ".json":  # a list of archs, or one
             data = json.loads(text)
             items = data if isinstance(data, list) else [data]
-            archs += [_arch_from_item(item, space, f"{spec}: entry {i}") for i, item in enumerate(items, 1)]
+            archs += [
+                _arch_from_item(item, space, f"{spec}: entry {i}")
+                for i, item in enumerate(items, 1)
+            ]
         elif path.suffix in (".yaml", ".yml"):
             data = yaml.safe_load(text)
             if isinstance(data, list):
-                archs += [_arch_from_item(item, space, f"{spec}: entry {i}") for i, item in enumerate(data, 1)]
+                archs += [
+                    _arch_from_item(item, space, f"{spec}: entry {i}")
+                    for i, item in enumerate(data, 1)
+                ]
             else:  # one arch file, in any supported format
                 archs.append(load_arch(str(path), space))
         else:
@@ -104,14 +116,18 @@ def read_archs(specs: Sequence[str], space) -> List[Arch]:
     return unique
 
 
-def flops_band(cfg, table, flops_min: Optional[float], flops_max: Optional[float]) -> Tuple[float, float]:
+def flops_band(
+    cfg, table, flops_min: Optional[float], flops_max: Optional[float]
+) -> Tuple[float, float]:
     """The FLOPs band: the given bounds, else the search config's (0: no bound, i.e. the space's range)."""
     lo = cfg.DETNAS.SEARCH.FLOPS_MIN if flops_min is None else flops_min
     hi = cfg.DETNAS.SEARCH.FLOPS_MAX if flops_max is None else flops_max
     return float(lo or table.min_flops), float(hi or table.max_flops)
 
 
-def sample_stratified(space, table, k: int, lo: float, hi: float, seed: int, draws: int = 20000) -> List[Arch]:
+def sample_stratified(
+    space, table, k: int, lo: float, hi: float, seed: int, draws: int = 20000
+) -> List[Arch]:
     """K distinct archs, one per FLOPs stratum: [lo, hi] cut into K strata of equal width, each arch drawn
     uniformly among `draws` random archs that fall in its stratum; a stratum that none falls in (the ends
     of the space's range are rare under uniform sampling) gets a random arch moved there one layer at a
@@ -120,8 +136,10 @@ def sample_stratified(space, table, k: int, lo: float, hi: float, seed: int, dra
         raise ValueError(f"--num must be >= 1, got {k}")
     lo, hi = max(lo, table.min_flops), min(hi, table.max_flops)
     if lo >= hi:
-        raise ValueError(f"empty FLOPs band [{lo / 1e6:.2f}M, {hi / 1e6:.2f}M] (the space spans "
-                         f"{table.min_flops / 1e6:.2f}M..{table.max_flops / 1e6:.2f}M)")
+        raise ValueError(
+            f"empty FLOPs band [{lo / 1e6:.2f}M, {hi / 1e6:.2f}M] (the space spans "
+            f"{table.min_flops / 1e6:.2f}M..{table.max_flops / 1e6:.2f}M)"
+        )
     rng = random.Random(seed)
     width = (hi - lo) / k
     edges = [(lo + i * width, lo + (i + 1) * width) for i in range(k)]
@@ -150,7 +168,9 @@ def sample_stratified(space, table, k: int, lo: float, hi: float, seed: int, dra
                 layer = rng.randrange(space.num_layers)
                 row = table.layer_flops[layer]
                 current = row[arch[layer]]
-                options = [c for c in range(len(row)) if (row[c] > current if f < a else row[c] < current)]
+                options = [
+                    c for c in range(len(row)) if (row[c] > current if f < a else row[c] < current)
+                ]
                 if options:
                     arch[layer] = rng.choice(options)
             if stratum(table.flops(arch)) == s and tuple(arch) not in chosen:

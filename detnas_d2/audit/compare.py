@@ -2,6 +2,7 @@
 (Kendall tau-b, Spearman rho with bootstrap intervals, top-fraction precision, the gain over ranking by
 FLOPs or over a baseline protocol), the stand-alone seed noise, rank-by-FLOPs/params, over all archs and
 those inside the FLOPs band: compare.md, compare.json and compare.png."""
+
 import json
 import math
 import sys
@@ -63,7 +64,9 @@ def load_compare_inputs(supernet_files: Sequence[str], standalone_file: str):
             predictors[key] = {}
             for r in records:
                 if r.get("kind") != "supernet":
-                    sys.exit(f"{path}: a line of kind '{r.get('kind')}' where supernet scores were expected")
+                    sys.exit(
+                        f"{path}: a line of kind '{r.get('kind')}' where supernet scores were expected"
+                    )
                 if r["protocol"] == label:
                     if math.isnan(float(r["score"])):
                         log(f"{path}: {r['arch_str']} has no score (NaN): left out")
@@ -77,21 +80,30 @@ def load_compare_inputs(supernet_files: Sequence[str], standalone_file: str):
         sys.exit(f"{standalone_file}: no scores")
     for r in records:
         if r.get("kind") != "standalone":
-            sys.exit(f"{standalone_file}: a line of kind '{r.get('kind')}' where stand-alone scores were expected")
+            sys.exit(
+                f"{standalone_file}: a line of kind '{r.get('kind')}' where stand-alone scores were expected"
+            )
         score = float(r["score"])
         if math.isnan(score):
             log(f"{standalone_file}: {r['arch_str']} seed {r['seed']} has no score (NaN): left out")
             continue
         truth.setdefault(tuple(r["arch"]), {})[int(r["seed"])] = score
-        if info.get(tuple(r["arch"]), (r["flops"], r["params"])) != (r["flops"], r["params"]) and not mismatch:
+        if (
+            info.get(tuple(r["arch"]), (r["flops"], r["params"])) != (r["flops"], r["params"])
+            and not mismatch
+        ):
             mismatch = True
-            log(f"FLOPs/params differ between the supernet and stand-alone files (another input size or space "
-                f"in --config-file?): those of {standalone_file} are used")
+            log(
+                f"FLOPs/params differ between the supernet and stand-alone files (another input size or space "
+                f"in --config-file?): those of {standalone_file} are used"
+            )
         info[tuple(r["arch"])] = (r["flops"], r["params"])
     return predictors, truth, info
 
 
-def _subset_figures(archs, predictors, truth, info, baseline, top_fraction, bootstrap, seed) -> Dict:
+def _subset_figures(
+    archs, predictors, truth, info, baseline, top_fraction, bootstrap, seed
+) -> Dict:
     """The figures of every predictor, FLOPs and params, and the seed noise, over `archs`."""
     mean = [float(np.mean(list(truth[a].values()))) for a in archs]
     flops = [info[a][0] for a in archs]
@@ -101,13 +113,16 @@ def _subset_figures(archs, predictors, truth, info, baseline, top_fraction, boot
         baselines = {"FLOPs": flops}
         if baseline and label != baseline:
             baselines[baseline] = [predictors[baseline][a] for a in archs]
-        figures[label] = predictor_figures([scores[a] for a in archs], mean, top_fraction, bootstrap,
-                                           seed, baselines=baselines)
+        figures[label] = predictor_figures(
+            [scores[a] for a in archs], mean, top_fraction, bootstrap, seed, baselines=baselines
+        )
     figures["rank by FLOPs"] = predictor_figures(flops, mean, top_fraction, bootstrap, seed)
     figures["rank by params"] = predictor_figures(params, mean, top_fraction, bootstrap, seed)
     noise = rs.seed_noise([truth[a] for a in archs], bootstrap, seed)
     noise["arch_effect"] = rs.arch_effect([truth[a] for a in archs], seed=seed)
-    noise["arch_effect_seed_blocks"] = rs.arch_effect_seed_blocks([truth[a] for a in archs], seed=seed)
+    noise["arch_effect_seed_blocks"] = rs.arch_effect_seed_blocks(
+        [truth[a] for a in archs], seed=seed
+    )
     return {"n": len(archs), "predictors": figures, "noise": noise}
 
 
@@ -118,9 +133,13 @@ def plot_compare(path: Path, predictors, archs, truth, info, band, summary):
     import matplotlib.pyplot as plt
 
     panels = list(predictors) + ["rank by FLOPs"]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.6), dpi=100, squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(5.2 * len(panels), 4.6), dpi=100, squeeze=False
+    )
     mean = np.array([np.mean(list(truth[a].values())) for a in archs])
-    std = np.array([np.std(list(truth[a].values()), ddof=1) if len(truth[a]) > 1 else 0.0 for a in archs])
+    std = np.array(
+        [np.std(list(truth[a].values()), ddof=1) if len(truth[a]) > 1 else 0.0 for a in archs]
+    )
     inside = np.array([band[0] <= info[a][0] <= band[1] for a in archs], dtype=bool)
     for ax, label in zip(axes[0], panels):
         if label == "rank by FLOPs":
@@ -128,13 +147,30 @@ def plot_compare(path: Path, predictors, archs, truth, info, band, summary):
         else:
             x, xlabel = np.array([predictors[label][a] for a in archs]), f"supernet score ({label})"
         if inside.any():
-            ax.errorbar(x[inside], mean[inside], yerr=std[inside], fmt="o", color="tab:blue", capsize=3,
-                        label="inside the FLOPs band")
+            ax.errorbar(
+                x[inside],
+                mean[inside],
+                yerr=std[inside],
+                fmt="o",
+                color="tab:blue",
+                capsize=3,
+                label="inside the FLOPs band",
+            )
         if (~inside).any():
-            ax.errorbar(x[~inside], mean[~inside], yerr=std[~inside], fmt="o", mfc="none", color="tab:gray",
-                        capsize=3, label="outside the band")
+            ax.errorbar(
+                x[~inside],
+                mean[~inside],
+                yerr=std[~inside],
+                fmt="o",
+                mfc="none",
+                color="tab:gray",
+                capsize=3,
+                label="outside the band",
+            )
         taus = [summary["subsets"][s]["predictors"][label]["tau"] for s in ("all", "band")]
-        ax.set_title(f"{label}\nKendall tau {fmt(taus[0])} (all), {fmt(taus[1])} (band)", fontsize=10)
+        ax.set_title(
+            f"{label}\nKendall tau {fmt(taus[0])} (all), {fmt(taus[1])} (band)", fontsize=10
+        )
         ax.set_xlabel(xlabel)
         ax.set_ylabel("stand-alone score, mean ± std over seeds")
         ax.legend(loc="best", fontsize=8)
@@ -143,9 +179,19 @@ def plot_compare(path: Path, predictors, archs, truth, info, band, summary):
     plt.close(fig)
 
 
-def compare(*, supernet: Sequence[str], standalone: str, config: str, flops_min: Optional[float],
-            flops_max: Optional[float], top_fraction: float, baseline: Optional[str], bootstrap: int, seed: int,
-            output_dir: Optional[str]) -> int:
+def compare(
+    *,
+    supernet: Sequence[str],
+    standalone: str,
+    config: str,
+    flops_min: Optional[float],
+    flops_max: Optional[float],
+    top_fraction: float,
+    baseline: Optional[str],
+    bootstrap: int,
+    seed: int,
+    output_dir: Optional[str],
+) -> int:
     """The report of supernet score files `supernet` against stand-alone score file `standalone`:
     compare.md (printed), compare.json and compare.png in `output_dir` (default: the stand-alone file's
     folder). The FLOPs band: `flops_min` / `flops_max`, else search config `config`'s (0: none);
@@ -155,7 +201,9 @@ def compare(*, supernet: Sequence[str], standalone: str, config: str, flops_min:
         sys.exit(f"--baseline '{baseline}' is none of the supernet protocols {sorted(predictors)}")
     archs = [a for a in truth if all(a in p for p in predictors.values())]
     if len(archs) < len(truth):
-        log(f"{len(truth) - len(archs)} of the {len(truth)} stand-alone archs have no supernet score: left out")
+        log(
+            f"{len(truth) - len(archs)} of the {len(truth)} stand-alone archs have no supernet score: left out"
+        )
     if len(archs) < 2:
         sys.exit(f"{len(archs)} arch(s) with both scores: nothing to compare")
     cfg = get_detnas_cfg(config_file(config))
@@ -165,12 +213,18 @@ def compare(*, supernet: Sequence[str], standalone: str, config: str, flops_min:
     subsets = {"all": archs, "band": [a for a in archs if band[0] <= info[a][0] <= band[1]]}
     seeds = sorted({s for a in archs for s in truth[a]})
     summary = {
-        "supernet_files": list(supernet), "standalone_file": standalone,
+        "supernet_files": list(supernet),
+        "standalone_file": standalone,
         "flops_band": [band[0], band[1] if math.isfinite(band[1]) else None],
-        "top_fraction": top_fraction, "bootstrap": {"samples": bootstrap, "seed": seed, "level": 0.95},
+        "top_fraction": top_fraction,
+        "bootstrap": {"samples": bootstrap, "seed": seed, "level": 0.95},
         "seeds": seeds,
-        "subsets": {name: _subset_figures(sub, predictors, truth, info, baseline, top_fraction, bootstrap, seed)
-                    for name, sub in subsets.items()},
+        "subsets": {
+            name: _subset_figures(
+                sub, predictors, truth, info, baseline, top_fraction, bootstrap, seed
+            )
+            for name, sub in subsets.items()
+        },
     }
     if band[0] > 0 and math.isfinite(band[1]):
         band_text = f"FLOPs in [{band[0] / 1e6:.2f}M, {band[1] / 1e6:.2f}M]"
@@ -184,47 +238,137 @@ def compare(*, supernet: Sequence[str], standalone: str, config: str, flops_min:
     gain_columns = ["FLOPs"] + ([baseline] if baseline else [])
     for name, sub in summary["subsets"].items():
         for label, f in sub["predictors"].items():
-            gains = [fmt_ci(f["tau_gain"][b]["value"], f["tau_gain"][b]["ci"]) if b in f["tau_gain"] else ""
-                     for b in gain_columns]
-            rows.append([names[name], label, f["n"], fmt_ci(f["tau"], f["tau_ci"]), fmt_ci(f["rho"], f["rho_ci"]),
-                         f"{f['top']['hits']}/{f['top']['k']}"] + gains)
+            gains = [
+                fmt_ci(f["tau_gain"][b]["value"], f["tau_gain"][b]["ci"])
+                if b in f["tau_gain"]
+                else ""
+                for b in gain_columns
+            ]
+            rows.append(
+                [
+                    names[name],
+                    label,
+                    f["n"],
+                    fmt_ci(f["tau"], f["tau_ci"]),
+                    fmt_ci(f["rho"], f["rho_ci"]),
+                    f"{f['top']['hits']}/{f['top']['k']}",
+                ]
+                + gains
+            )
         nz = sub["noise"]
         pair, effect = nz["seed_pair"], nz["arch_effect"]
-        noise_rows.append([
-            names[name], sub["n"], nz["archs_with_2_seeds"], f"{fmt(nz['std_mean'])} / {fmt(nz['std_max'])}",
-            fmt(nz["between_arch_std"]),
-            (f"seeds {pair[0]} vs {pair[1]} ({nz['archs_in_pair']} archs): "
-             + fmt_ci(nz["tau_between_seeds"], nz["tau_between_seeds_ci"])) if pair else "n/a (one seed)",
-            fmt(effect["arch_std"]), fmt(effect["icc"]), fmt(effect["reliability"]), fmt(effect["tau_ceiling"]),
-            fmt(effect["seeds_for_tau_07"], 1), fmt(effect["p_value"], 4),
-        ])
+        noise_rows.append(
+            [
+                names[name],
+                sub["n"],
+                nz["archs_with_2_seeds"],
+                f"{fmt(nz['std_mean'])} / {fmt(nz['std_max'])}",
+                fmt(nz["between_arch_std"]),
+                (
+                    f"seeds {pair[0]} vs {pair[1]} ({nz['archs_in_pair']} archs): "
+                    + fmt_ci(nz["tau_between_seeds"], nz["tau_between_seeds_ci"])
+                )
+                if pair
+                else "n/a (one seed)",
+                fmt(effect["arch_std"]),
+                fmt(effect["icc"]),
+                fmt(effect["reliability"]),
+                fmt(effect["tau_ceiling"]),
+                fmt(effect["seeds_for_tau_07"], 1),
+                fmt(effect["p_value"], 4),
+            ]
+        )
         blocks = nz["arch_effect_seed_blocks"]
-        block_rows.append([names[name], blocks["archs"], " ".join(map(str, blocks["seeds"])) or "n/a",
-                           fmt(blocks["seed_block_std"]), fmt(blocks["seed_std"]), fmt(blocks["arch_std"]),
-                           fmt(blocks["icc"]), fmt(blocks["reliability"]), fmt(blocks["tau_ceiling"]),
-                           fmt(blocks["seeds_for_tau_07"], 1), fmt(blocks["p_value"], 4)])
-    table = tabulate(rows, headers=["archs", "predictor", "n", "Kendall tau-b [95% CI]", "Spearman rho [95% CI]",
-                                    f"{pct} precision"] + [f"tau - tau({b}) [95% CI]" for b in gain_columns],
-                     tablefmt="pipe", disable_numparse=True)
-    noise = tabulate(noise_rows, headers=["archs", "n", "with >= 2 seeds", "seed std per arch (mean / max)",
-                                          "std of arch means", "Kendall tau between seeds [95% CI]",
-                                          "true arch std (est.)", "ICC", "reliability of the mean", "tau ceiling",
-                                          "seeds for tau 0.7", "p (archs differ)"],
-                     tablefmt="pipe", disable_numparse=True)
-    blocks = tabulate(block_rows, headers=["archs", "n", "common seeds", "seed offset std (shared)",
-                                           "seed std left", "true arch std (est.)", "ICC", "reliability of the mean",
-                                           "tau ceiling", "seeds for tau 0.7", "p (archs differ)"], tablefmt="pipe",
-                     disable_numparse=True)
+        block_rows.append(
+            [
+                names[name],
+                blocks["archs"],
+                " ".join(map(str, blocks["seeds"])) or "n/a",
+                fmt(blocks["seed_block_std"]),
+                fmt(blocks["seed_std"]),
+                fmt(blocks["arch_std"]),
+                fmt(blocks["icc"]),
+                fmt(blocks["reliability"]),
+                fmt(blocks["tau_ceiling"]),
+                fmt(blocks["seeds_for_tau_07"], 1),
+                fmt(blocks["p_value"], 4),
+            ]
+        )
+    table = tabulate(
+        rows,
+        headers=[
+            "archs",
+            "predictor",
+            "n",
+            "Kendall tau-b [95% CI]",
+            "Spearman rho [95% CI]",
+            f"{pct} precision",
+        ]
+        + [f"tau - tau({b}) [95% CI]" for b in gain_columns],
+        tablefmt="pipe",
+        disable_numparse=True,
+    )
+    noise = tabulate(
+        noise_rows,
+        headers=[
+            "archs",
+            "n",
+            "with >= 2 seeds",
+            "seed std per arch (mean / max)",
+            "std of arch means",
+            "Kendall tau between seeds [95% CI]",
+            "true arch std (est.)",
+            "ICC",
+            "reliability of the mean",
+            "tau ceiling",
+            "seeds for tau 0.7",
+            "p (archs differ)",
+        ],
+        tablefmt="pipe",
+        disable_numparse=True,
+    )
+    blocks = tabulate(
+        block_rows,
+        headers=[
+            "archs",
+            "n",
+            "common seeds",
+            "seed offset std (shared)",
+            "seed std left",
+            "true arch std (est.)",
+            "ICC",
+            "reliability of the mean",
+            "tau ceiling",
+            "seeds for tau 0.7",
+            "p (archs differ)",
+        ],
+        tablefmt="pipe",
+        disable_numparse=True,
+    )
     per_arch = tabulate(
-        [[arch_str(a), f"{info[a][0] / 1e6:.3f}", f"{info[a][1] / 1e6:.4f}",
-          "yes" if a in subsets["band"] else "no"]
-         + [fmt(p[a], 3) for p in predictors.values()]
-         + [f"{np.mean(list(truth[a].values())):.2f}"
-            + (f" ± {np.std(list(truth[a].values()), ddof=1):.2f}" if len(truth[a]) > 1 else ""),
-            " ".join(fmt(truth[a][s]) for s in sorted(truth[a]))]
-         for a in sorted(archs, key=lambda a: info[a][0])],
-        headers=["arch", "MFLOPs", "Mparams", "in band"] + [f"supernet ({p})" for p in predictors]
-        + ["stand-alone mean ± std", "per seed"], tablefmt="pipe", disable_numparse=True)
+        [
+            [
+                arch_str(a),
+                f"{info[a][0] / 1e6:.3f}",
+                f"{info[a][1] / 1e6:.4f}",
+                "yes" if a in subsets["band"] else "no",
+            ]
+            + [fmt(p[a], 3) for p in predictors.values()]
+            + [
+                f"{np.mean(list(truth[a].values())):.2f}"
+                + (
+                    f" ± {np.std(list(truth[a].values()), ddof=1):.2f}" if len(truth[a]) > 1 else ""
+                ),
+                " ".join(fmt(truth[a][s]) for s in sorted(truth[a])),
+            ]
+            for a in sorted(archs, key=lambda a: info[a][0])
+        ],
+        headers=["arch", "MFLOPs", "Mparams", "in band"]
+        + [f"supernet ({p})" for p in predictors]
+        + ["stand-alone mean ± std", "per seed"],
+        tablefmt="pipe",
+        disable_numparse=True,
+    )
     text = (
         f"## Supernet ranking vs stand-alone training\n\n{table}\n\n"
         f"Predictors ranked against the stand-alone score averaged over seeds {seeds}. 95% intervals: "
@@ -250,9 +394,14 @@ def compare(*, supernet: Sequence[str], standalone: str, config: str, flops_min:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(str(out / "compare.md"), text)
     summary["archs"] = [
-        {"arch": list(a), "flops": info[a][0], "params": info[a][1], "in_band": a in subsets["band"],
-         "supernet": {label: p[a] for label, p in predictors.items()},
-         "standalone": {str(s): v for s, v in truth[a].items()}}
+        {
+            "arch": list(a),
+            "flops": info[a][0],
+            "params": info[a][1],
+            "in_band": a in subsets["band"],
+            "supernet": {label: p[a] for label, p in predictors.items()},
+            "standalone": {str(s): v for s, v in truth[a].items()},
+        }
         for a in archs
     ]
     atomic_write(str(out / "compare.json"), json.dumps(json_safe(summary), indent=2) + "\n")

@@ -1,4 +1,5 @@
 """The audit's messages on stdout: whole lines, also when concurrent trainings' threads report."""
+
 import threading
 
 __all__ = ["log"]

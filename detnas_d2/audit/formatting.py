@@ -1,11 +1,16 @@
 """Numbers in the audit's reports: table cells, and strict JSON for the figure files."""
+
 import math
 
 __all__ = ["fmt", "fmt_ci", "json_safe"]
 
 
 def fmt(value, digits=2):
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+    return (
+        "n/a"
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else f"{value:.{digits}f}"
+    )
 
 
 def fmt_ci(point, ci, digits=2):

@@ -9,6 +9,7 @@ settings), timings, top-1 of the stand-alone classifier, ...
 Lines are appended as each score is done, so a run that stops keeps what it finished; a line cut short by
 a kill is dropped on the next start.
 """
+
 import json
 import os
 import sys
@@ -39,8 +40,11 @@ def check_protocol(records: List[Dict], kind: str, protocol: str, settings: Dict
     for r in records:
         theirs = (r.get("kind"), r.get("protocol"), r.get("settings"))
         if theirs != (kind, protocol, settings):
-            diff = [k for k in sorted(set(settings) | set(r.get("settings") or {}))
-                    if settings.get(k) != (r.get("settings") or {}).get(k)]
+            diff = [
+                k
+                for k in sorted(set(settings) | set(r.get("settings") or {}))
+                if settings.get(k) != (r.get("settings") or {}).get(k)
+            ]
             sys.exit(
                 f"{path} holds {theirs[0]} scores of protocol '{theirs[1]}' with other settings (differing: "
                 f"{', '.join(diff) or 'kind/protocol'}); this run is {kind} '{protocol}'. Write to another "

@@ -13,6 +13,7 @@ archs it has finished.
     python studies/rank_audit_toy/pilots.py --scores studies/rank_audit_toy/standalone.jsonl \
         studies/rank_audit_toy/standalone_converged.jsonl studies/rank_audit_toy/standalone_paired.jsonl
 """
+
 import argparse
 import json
 import sys
@@ -20,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-HERE = Path(__file__).resolve().parent
 from detnas_d2.audit.formatting import json_safe
 from detnas_d2.audit.scores import read_scores
 from detnas_d2.rank_stats import arch_effect, arch_effect_seed_blocks
+
+HERE = Path(__file__).resolve().parent
 
 
 def by_arch(path: Path):
@@ -36,14 +37,22 @@ def by_arch(path: Path):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scores", nargs="+", type=Path,
-                        default=[HERE / "standalone.jsonl", *sorted(HERE.glob("standalone_converged*.jsonl"))])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--scores",
+        nargs="+",
+        type=Path,
+        default=[HERE / "standalone.jsonl", *sorted(HERE.glob("standalone_converged*.jsonl"))],
+    )
     parser.add_argument("--output-dir", type=Path, default=HERE)
     args = parser.parse_args()
     files = {path.stem: by_arch(path) for path in args.scores}
     pilots = [runs for name, runs in files.items() if name != "standalone"] or list(files.values())
-    archs = [a for a in next(iter(pilots)) if all(len(runs.get(a, {})) >= 2 for runs in files.values())]
+    archs = [
+        a for a in next(iter(pilots)) if all(len(runs.get(a, {})) >= 2 for runs in files.values())
+    ]
     if len(archs) < 2:
         sys.exit(f"{len(archs)} arch(s) have >= 2 seeds in every file: nothing to compare yet")
 
@@ -52,40 +61,67 @@ def main():
         scores = [{s: r["score"] for s, r in runs[a].items()} for a in archs]
         effect, blocks = arch_effect(scores), arch_effect_seed_blocks(scores)
         records = [r for a in archs for r in runs[a].values()]
-        rows.append({
-            "file": name, "protocol": records[0]["protocol"], "archs": len(archs), "runs": len(records),
-            "mean_AP": float(np.mean([r["score"] for r in records])),
-            "mean_top1": float(np.mean([r["top1"] for r in records])),
-            "minutes_per_run": float(np.mean([r["seconds"] for r in records]) / 60),
-            "seed_df": effect["runs"] - effect["archs"], **effect, "seed_blocks": blocks,
-        })
+        rows.append(
+            {
+                "file": name,
+                "protocol": records[0]["protocol"],
+                "archs": len(archs),
+                "runs": len(records),
+                "mean_AP": float(np.mean([r["score"] for r in records])),
+                "mean_top1": float(np.mean([r["top1"] for r in records])),
+                "minutes_per_run": float(np.mean([r["seconds"] for r in records]) / 60),
+                "seed_df": effect["runs"] - effect["archs"],
+                **effect,
+                "seed_blocks": blocks,
+            }
+        )
         for a in archs:
             per_arch[a][name] = {s: round(r["score"], 2) for s, r in sorted(runs[a].items())}
 
-    lines = [f"## Stand-alone protocols on the same {len(archs)} archs (>= 2 seeds each)", "",
-             "| score file | protocol | runs | mean AP | mean top-1 | min/run | seed std (df) | arch std | ICC "
-             "| tau ceiling | seeds for tau 0.7 | p (archs differ) "
-             "| seed blocks: shared offset std, std left, arch std, tau ceiling, seeds for tau 0.7, p |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"## Stand-alone protocols on the same {len(archs)} archs (>= 2 seeds each)",
+        "",
+        "| score file | protocol | runs | mean AP | mean top-1 | min/run | seed std (df) | arch std | ICC "
+        "| tau ceiling | seeds for tau 0.7 | p (archs differ) "
+        "| seed blocks: shared offset std, std left, arch std, tau ceiling, seeds for tau 0.7, p |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['file']} | {r['protocol']} | {r['runs']} | {r['mean_AP']:.1f} | {r['mean_top1']:.1f} "
-                     f"| {r['minutes_per_run']:.1f} | {r['seed_std']:.2f} ({r['seed_df']}) | {r['arch_std']:.2f} "
-                     f"| {r['icc']:.2f} | {r['tau_ceiling']:.2f} | {r['seeds_for_tau_07']:.0f} | {r['p_value']:.3f} | "
-                     + ", ".join(f"{r['seed_blocks'][k]:.{0 if k == 'seeds_for_tau_07' else 2}f}"
-                                 for k in ("seed_block_std", "seed_std", "arch_std", "tau_ceiling", "seeds_for_tau_07",
-                                           "p_value")) + " |")
+        lines.append(
+            f"| {r['file']} | {r['protocol']} | {r['runs']} | {r['mean_AP']:.1f} | {r['mean_top1']:.1f} "
+            f"| {r['minutes_per_run']:.1f} | {r['seed_std']:.2f} ({r['seed_df']}) | {r['arch_std']:.2f} "
+            f"| {r['icc']:.2f} | {r['tau_ceiling']:.2f} | {r['seeds_for_tau_07']:.0f} | {r['p_value']:.3f} | "
+            + ", ".join(
+                f"{r['seed_blocks'][k]:.{0 if k == 'seeds_for_tau_07' else 2}f}"
+                for k in (
+                    "seed_block_std",
+                    "seed_std",
+                    "arch_std",
+                    "tau_ceiling",
+                    "seeds_for_tau_07",
+                    "p_value",
+                )
+            )
+            + " |"
+        )
     lines += ["", "| arch | " + " | ".join(files) + " |", "|---|" + "---|" * len(files)]
     for a in archs:
         cells = [" / ".join(f"{v:.1f}" for v in per_arch[a][name].values()) for name in files]
         lines.append(f"| {a} | " + " | ".join(cells) + " |")
-    lines += ["", "AP per seed (0 / 1 / ...). seed std: pooled within-arch std; arch std: estimated std of the "
-              "archs' true AP; tau ceiling: what a perfect predictor could reach against the seed means "
-              "(detnas_d2.rank_stats.arch_effect); seeds for tau 0.7: the seeds per arch whose mean would allow "
-              "issue 17's goal (Spearman-Brown from the ICC; inf: no arch effect measured); seed blocks: the same when a seed's offset shared by all "
-              "archs is not noise (arch_effect_seed_blocks). minutes: each run's own seconds, which depend on what else ran."]
+    lines += [
+        "",
+        "AP per seed (0 / 1 / ...). seed std: pooled within-arch std; arch std: estimated std of the "
+        "archs' true AP; tau ceiling: what a perfect predictor could reach against the seed means "
+        "(detnas_d2.rank_stats.arch_effect); seeds for tau 0.7: the seeds per arch whose mean would allow "
+        "a tau of 0.7 (Spearman-Brown from the ICC; inf: no arch effect measured); seed blocks: the same "
+        "when a seed's offset shared by all archs is not noise (arch_effect_seed_blocks). minutes: each "
+        "run's own seconds, which depend on what else ran.",
+    ]
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / "pilots.md").write_text("\n".join(lines) + "\n")
-    (args.output_dir / "pilots.json").write_text(json.dumps(json_safe({"protocols": rows, "ap": per_arch}), indent=1) + "\n")
+    (args.output_dir / "pilots.json").write_text(
+        json.dumps(json_safe({"protocols": rows, "ap": per_arch}), indent=1) + "\n"
+    )
     print("\n".join(lines))
 
 

@@ -9,6 +9,7 @@ Resumes: runs already in the output are skipped.
 
     python studies/rank_audit_toy/reevaluate.py [--dataset toy_det_search_large]
 """
+
 import argparse
 import json
 import os
@@ -17,13 +18,16 @@ import sys
 import time
 from pathlib import Path
 
+from detnas_d2.audit.scores import append_score, read_scores
+
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-from detnas_d2.audit.scores import append_score, read_scores
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--scores", default=str(HERE / "standalone.jsonl"))
     parser.add_argument("--dataset", default="toy_det_search_large")
     parser.add_argument("--output", help="default: standalone_<dataset>.jsonl beside --scores")
@@ -36,20 +40,39 @@ def main():
             continue
         run = ROOT / r["run_dir"]
         out_dir = run / f"eval_{args.dataset}"
-        cmd = [sys.executable, str(ROOT / "train_net.py"), "--config-file", str(ROOT / r["settings"]["det_config"]),
-               "--eval-only", "MODEL.DETNAS.ARCH", str(run.parent / "arch.yaml"),
-               "MODEL.WEIGHTS", str(run / "det_subnet/model_final.pth"),
-               "DATASETS.TEST", f"('{args.dataset}',)", "OUTPUT_DIR", str(out_dir)]
+        cmd = [
+            sys.executable,
+            str(ROOT / "train_net.py"),
+            "--config-file",
+            str(ROOT / r["settings"]["det_config"]),
+            "--eval-only",
+            "MODEL.DETNAS.ARCH",
+            str(run.parent / "arch.yaml"),
+            "MODEL.WEIGHTS",
+            str(run / "det_subnet/model_final.pth"),
+            "DATASETS.TEST",
+            f"('{args.dataset}',)",
+            "OUTPUT_DIR",
+            str(out_dir),
+        ]
         start = time.time()
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ))
         if proc.returncode != 0:
             sys.exit(f"evaluation of {run} failed:\n{proc.stderr[-3000:]}")
         bbox = json.loads((out_dir / "eval_results.json").read_text())["bbox"]
-        record = {**r, "score": bbox["AP"], "AP50": bbox["AP50"], "protocol": f"standalone-{args.dataset}",
-                  "seconds_eval": round(time.time() - start, 1)}
+        record = {
+            **r,
+            "score": bbox["AP"],
+            "AP50": bbox["AP50"],
+            "protocol": f"standalone-{args.dataset}",
+            "seconds_eval": round(time.time() - start, 1),
+        }
         append_score(output, record)
-        print(f"[{i}/{len(records)}] {r['arch_str']} seed {r['seed']}: bbox AP {r['score']:.2f} on the "
-              f"stand-alone val set, {bbox['AP']:.2f} on {args.dataset}", flush=True)
+        print(
+            f"[{i}/{len(records)}] {r['arch_str']} seed {r['seed']}: bbox AP {r['score']:.2f} on the "
+            f"stand-alone val set, {bbox['AP']:.2f} on {args.dataset}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
