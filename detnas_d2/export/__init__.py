@@ -19,7 +19,7 @@ Detector post-processing (box decoding, score threshold, NMS, top-k) is part of 
 
 `torchscript_onnx` writes and runs the files, `parity` compares them with PyTorch (and finds NaN or Inf
 outputs, which PyTorch's own must not hold); BatchNorms are folded
-before export by `detnas_d2.modeling.bn_fold`; tools/export_model.py does the whole export.
+before export by `detnas_d2.modeling.bn_fold`; detnas_d2.export.cli (tools/export_model.py) does the whole export.
 """
 
 from .adapters import (
