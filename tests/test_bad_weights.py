@@ -4,7 +4,6 @@ weights (the checkpointer, --eval-only, the search's supernets), a detector eval
 search whose heads would come from nowhere (MODEL.DETNAS.ALLOW_RANDOM_HEADS), and an evaluation whose
 results are NaN."""
 
-import importlib.util
 import os
 import random
 
@@ -22,6 +21,7 @@ from detnas_d2.checkpoint import (
     UnreadableCheckpointError,
     read_checkpoint,
 )
+from detnas_d2.checkpoint import cli as convert_cli
 from detnas_d2.config import get_detnas_cfg
 from detnas_d2.evaluation import NonFiniteResultsError, require_finite_results
 from detnas_d2.search import run_search
@@ -39,11 +39,7 @@ SMALL_EVAL = [
 
 
 def convert_tool():
-    path = os.path.join(REPO, "tools", "convert_checkpoint.py")
-    spec = importlib.util.spec_from_file_location("convert_checkpoint", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return convert_cli
 
 
 def toy_model(config):

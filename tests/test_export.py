@@ -2,7 +2,6 @@
 folding, TorchScript/ONNX export of the toy subnet detectors (Faster R-CNN FPN, RetinaNet), classifier
 and backbone, parity against PyTorch on toy images (onnxruntime on CPU), and clear errors for bad
 inputs (NaN weights or outputs, heads a checkpoint does not hold, a sample image that is no image)."""
-import importlib.util
 import json
 import os
 import re
@@ -16,6 +15,7 @@ from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 
 from detnas_d2.config import get_detnas_cfg
+from detnas_d2.export import cli as export_cli
 from detnas_d2.export import compare_outputs
 from detnas_d2.modeling import ClassifierHead, ShuffleNetV2Subnet
 from detnas_d2.modeling.bn_fold import count_batchnorms, fold_batchnorm
@@ -35,10 +35,7 @@ RETINA_TOY_OPTS = [
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("export_model_tool", os.path.join(ROOT, "tools/export_model.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return export_cli
 
 
 @pytest.fixture(scope="module")

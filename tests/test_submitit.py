@@ -15,6 +15,7 @@ import torch
 
 from detnas_d2.engine import parse_args
 from detnas_d2.engine.submit import TrainingJob, build_executor, job_launch_args, submit_training
+from detnas_d2 import submit_net
 from detnas_d2.train_net import main as train_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -156,13 +157,7 @@ def test_preempted_job_is_requeued_and_resumes_to_the_uninterrupted_weights(tmp_
 
 
 def test_tool_submits_with_the_training_options(tmp_path, monkeypatch, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "submit_tool", os.path.join(ROOT, "tools", "submit.py")
-    )
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = submit_net
     submitted = {}
 
     def fake_submit(executor, main, args):
