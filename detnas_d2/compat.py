@@ -17,10 +17,16 @@ needs, judged from its sources (never from `__version__`: Detectron2 main still 
    data/transforms/transform.py (`ExtentTransform`), evaluated when the module is imported. Aliased to
    `Image.BILINEAR` (its value before Pillow 10) only if that source still names it and Pillow lacks it.
    Goes when Detectron2 > 0.6 (fixed upstream) is the minimum.
+3. `numpy.str`: removed in NumPy 1.24, still the dtype v0.6's data/datasets/pascal_voc.py reads VOC
+   image-set files with (`load_voc_instances`), so no Pascal VOC split loads. Aliased to the builtin
+   `str` (what it was) only if that source names it and NumPy lacks it. It is read when a VOC dataset is
+   loaded, long after `import detnas_d2`, so the import order does not matter for it. Goes when
+   Detectron2 > 0.6 (fixed upstream: `dtype=str`) is the minimum.
 
 These shims cover `import detnas_d2` before any Detectron2 module that needs them. For *any* import order,
-the sources themselves must not need them: tools/install.sh applies both fixes to the v0.6 sources it
-installs (see `needs_c_stub` / `needs_linear_alias` for what is checked), and Detectron2 main needs neither.
+the sources themselves must not need shims 1 and 2: tools/install.sh applies both fixes to the v0.6
+sources it installs (see `needs_c_stub` / `needs_linear_alias` for what is checked), and Detectron2 main
+needs neither.
 """
 import ast
 import importlib.util
@@ -35,8 +41,10 @@ __all__ = [
     "has_compiled_ops",
     "needs_c_stub",
     "needs_linear_alias",
+    "needs_numpy_str_alias",
     "unguarded_c_imports",
     "uses_image_linear",
+    "uses_numpy_str",
 ]
 
 # Sources (relative to the detectron2 package) whose module-level `_C` imports run when
@@ -48,6 +56,7 @@ _C_IMPORTERS = {
     "evaluation/coco_evaluation.py": ("detectron2.evaluation.fast_eval_api",),
 }
 _LINEAR_USER = "data/transforms/transform.py"
+_NUMPY_STR_USER = "data/datasets/pascal_voc.py"
 
 
 class MissingCompiledOpError(RuntimeError):
@@ -181,6 +190,20 @@ def needs_linear_alias(root: Optional[Path] = None) -> bool:
     return not hasattr(Image, "LINEAR") and uses_image_linear(root)
 
 
+def uses_numpy_str(root: Optional[Path] = None) -> bool:
+    """Whether the installed Detectron2's VOC loader names `np.str` (gone in NumPy 1.24)."""
+    root = root or _detectron2_dir()
+    source = _read(root, _NUMPY_STR_USER) if root is not None else None
+    return bool(source and re.search(r"\bnp\.str\b", source))
+
+
+def needs_numpy_str_alias(root: Optional[Path] = None) -> bool:
+    """Whether Detectron2's VOC loader uses `np.str` and the installed NumPy lacks it."""
+    import numpy
+
+    return "str" not in vars(numpy) and uses_numpy_str(root)
+
+
 def apply():
     import detectron2
     from PIL import Image
@@ -189,6 +212,10 @@ def apply():
         detectron2._C = _MissingCompiledOps("detectron2._C")
     if needs_linear_alias():
         Image.LINEAR = Image.BILINEAR
+    if needs_numpy_str_alias():
+        import numpy
+
+        numpy.str = str
 
 
 def has_compiled_ops() -> bool:

@@ -3,7 +3,8 @@
 A `Task` supplies everything that differs between the two: the dataset mapper, the train and test
 loaders, the evaluator, the headline metric (the search's fitness) and what to run on a batch to
 recalibrate BN statistics. The trainer, the scorer and the tools ask the task instead of branching.
-Tasks live in `TASK_REGISTRY`; `get_task(cfg)` picks one by MODEL.META_ARCHITECTURE.
+Tasks live in `TASK_REGISTRY`; `get_task(cfg)` picks one by MODEL.META_ARCHITECTURE and, for a
+detector, by the dataset it is scored on (a Pascal VOC one: fitness AP50).
 """
 import logging
 import math
@@ -18,7 +19,6 @@ from detectron2.data import (
     get_detection_dataset_dicts,
 )
 from detectron2.data.datasets.coco import convert_to_coco_json
-from detectron2.evaluation import COCOEvaluator
 from detectron2.structures import ImageList
 from detectron2.utils.registry import Registry
 from torch import nn
@@ -30,10 +30,17 @@ from .data.classification import (
     build_classification_train_loader,
 )
 from .data.stream import build_resumable_loader, stream_seed
-from .evaluation import ClassificationEvaluator
+from .evaluation import VOC_IOU_THRESHOLDS, ClassificationEvaluator, build_detection_evaluator
 from .modeling.bn import bn_layers
 
-__all__ = ["TASK_REGISTRY", "Task", "DetectionTask", "ClassificationTask", "get_task"]
+__all__ = [
+    "TASK_REGISTRY",
+    "Task",
+    "DetectionTask",
+    "PascalVOCDetectionTask",
+    "ClassificationTask",
+    "get_task",
+]
 
 TASK_REGISTRY = Registry("DETNAS_TASK")
 TASK_REGISTRY.__doc__ = "Tasks (detection, classification); `get_task(cfg)` picks one."
@@ -108,15 +115,22 @@ class DetectionTask(Task):
         return build_detection_test_loader(cfg, dataset_name)
 
     def build_evaluator(self, cfg, dataset_name, output_dir=None, distributed=True):
+        """COCOEvaluator, or PascalVOCEvaluator for a VOC dataset (scoring: AP50 only, the fitness)."""
         meta = MetadataCatalog.get(dataset_name)
-        if output_dir is None and not hasattr(meta, "json_file"):
+        is_voc = meta.get("evaluator_type") == "pascal_voc"
+        if output_dir is None and not is_voc and not hasattr(meta, "json_file"):
             # COCOEvaluator converts only into its output_dir: convert once, under a file lock.
             path = os.path.join(cfg.OUTPUT_DIR, f"{dataset_name}_coco_format.json")
             convert_to_coco_json(dataset_name, path)
             meta.json_file = path
-        return COCOEvaluator(
-            dataset_name, distributed=distributed, output_dir=output_dir, use_fast_impl=has_compiled_ops()
+        return build_detection_evaluator(
+            dataset_name,
+            output_dir=output_dir,
+            distributed=distributed,
+            use_fast_impl=has_compiled_ops(),
+            iou_thresholds=(50,) if output_dir is None and is_voc else VOC_IOU_THRESHOLDS,
         )
+
 
     def evaluate(self, evaluator, dataset_dicts):
         return evaluator.evaluate(img_ids=[d["image_id"] for d in dataset_dicts])
@@ -144,6 +158,17 @@ class DetectionTask(Task):
 
 
 @TASK_REGISTRY.register()
+class PascalVOCDetectionTask(DetectionTask):
+    """Detection scored as on Pascal VOC: the fitness is box AP50 (VOC's headline metric)."""
+
+    fitness = "bbox_AP50"
+
+    def headline(self, results):
+        ap50 = float(results["bbox"]["AP50"])
+        return 0.0 if math.isnan(ap50) else ap50
+
+
+@TASK_REGISTRY.register()
 class ClassificationTask(Task):
     name = "classification"
     fitness = "top1"
@@ -168,6 +193,11 @@ class ClassificationTask(Task):
 
 
 def get_task(cfg) -> Task:
-    """Classification for the DetNASClassifier meta-architecture, detection for every other."""
-    name = "ClassificationTask" if cfg.MODEL.META_ARCHITECTURE == CLASSIFIER_META_ARCH else "DetectionTask"
-    return TASK_REGISTRY.get(name)()
+    """Classification for the DetNASClassifier meta-architecture, detection for every other: scored as
+    on Pascal VOC when the dataset it is scored on (DETNAS.SEARCH.EVAL_DATASET, else DATASETS.TEST[0])
+    is a VOC dataset (metadata evaluator_type "pascal_voc")."""
+    if cfg.MODEL.META_ARCHITECTURE == CLASSIFIER_META_ARCH:
+        return TASK_REGISTRY.get("ClassificationTask")()
+    scored = cfg.DETNAS.SEARCH.EVAL_DATASET or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "")
+    is_voc = bool(scored) and MetadataCatalog.get(scored).get("evaluator_type") == "pascal_voc"
+    return TASK_REGISTRY.get("PascalVOCDetectionTask" if is_voc else "DetectionTask")()

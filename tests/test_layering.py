@@ -20,7 +20,7 @@ LAYERS = [
     ["recalibration", "export"],
     ["arch_info"],
     ["engine", "search"],
-    ["audit", "train_net", "search_net"],
+    ["audit", "train_net", "search_net", "lazy_train_net"],
     ["gpu_check"],
 ]
 RANK = {name: rank for rank, row in enumerate(LAYERS) for name in row}

@@ -155,7 +155,7 @@ def build_steps(preset: str, output_dir: Path, quick: bool):
             TRAIN,
             cfgs["det_subnet"],
             d["eval"],
-            ["MODEL.DETNAS.ARCH", arch, "MODEL.WEIGHTS", final["det_subnet"]],
+            ["MODEL.DETNAS.ARCH", arch, "MODEL.WEIGHTS", final["det_subnet"]] + q["eval"],
             d["eval"] / EVAL_RESULTS_FILE,
             eval_only=True,
         ),

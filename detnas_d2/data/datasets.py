@@ -19,6 +19,12 @@ with $DETECTRON2_DATASETS pointing at the folder that holds coco/.
 - coco_2017_train_minus5k, coco_2017_train_5k: COCO train 2017 split in two by a seeded sample of 5000
   image ids, as the official DetNAS holds out 5k training images for the search: the supernet trains on
   the first, the search scores on the second (`register_held_out_split` makes such splits of any dataset).
+Pascal VOC likewise uses Detectron2's builtin names (voc_2007_trainval, voc_2012_trainval, voc_2007_test, ...,
+under $DETECTRON2_DATASETS/VOC2007 and VOC2012), plus, as the DetNAS paper splits VOC:
+- voc_2007_2012_trainval: the 16,551 images of voc_2007_trainval and voc_2012_trainval (`register_union`);
+  evaluator_type "pascal_voc", scored with VOC 2007's 11-point AP as the final test on voc_2007_test;
+- voc_2007_2012_trainval_minus5k, voc_2007_2012_trainval_5k: it split in two by a seeded sample of 5000
+  images: the supernet trains on the first, the search scores (AP50) on the second.
 
 Own folders: `register_imagenet_layout("mydata_train", "/path/train")`; more toy seeds:
 `register_toy_datasets(seed=1, prefix="toy1")` (toy1_det_train, ...).
@@ -39,6 +45,7 @@ __all__ = [
     "load_imagenet_layout",
     "register_held_out_split",
     "register_imagenet_layout",
+    "register_union",
     "register_toy_datasets",
 ]
 
@@ -247,6 +254,35 @@ def register_held_out_split(base, num_images, rest_name, held_out_name, seed=0):
         MetadataCatalog[name] = meta
 
 
+# ---- unions -----------------------------------------------------------------------------------------
+
+
+def _union(bases):
+    dicts = [d for base in bases for d in DatasetCatalog.get(base)]
+    ids = [d["image_id"] for d in dicts]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"datasets {list(bases)} share image ids: their union would mix up images")
+    return dicts
+
+
+def register_union(name, bases, **metadata):
+    """Register `name`: the images of the detection datasets `bases`, in that order (their image ids must
+    differ). Metadata: the first base's, without what names one folder (dirname, split, json_file),
+    updated with `metadata`."""
+    bases = tuple(bases)
+    DatasetCatalog.register(name, lambda: _union(bases))
+    meta = MetadataCatalog.get(name)
+    for key, value in MetadataCatalog.get(bases[0]).as_dict().items():
+        if key not in ("name", "dirname", "split", "json_file"):
+            meta.set(**{key: value})
+    meta.set(**metadata)
+
+
 register_toy_datasets()
 _register_imagenet()
 register_held_out_split("coco_2017_train", 5000, "coco_2017_train_minus5k", "coco_2017_train_5k")
+# year 2007: the search's AP50 is VOC 2007's 11-point AP, as the test on voc_2007_test
+register_union("voc_2007_2012_trainval", ("voc_2007_trainval", "voc_2012_trainval"), year=2007)
+register_held_out_split(
+    "voc_2007_2012_trainval", 5000, "voc_2007_2012_trainval_minus5k", "voc_2007_2012_trainval_5k"
+)

@@ -28,7 +28,8 @@ from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from pycocotools.cocoeval import COCOeval
 
 __all__ = [
-    "ClassificationCollector", "DetectionCollector", "DetectionImages", "ImageMean", "per_image_collector",
+    "ClassificationCollector", "DetectionCollector", "DetectionImages", "ImageMean", "NoPerImageCollector",
+    "per_image_collector",
     "resample_counts",
 ]
 
@@ -197,8 +198,31 @@ class DetectionCollector:
         return DetectionImages(evaluator._coco_api, [b for _, boxes in items for b in boxes], [i for i, _ in items])
 
 
+class NoPerImageCollector:
+    """A score with no per-image evaluation here (Pascal VOC AP): asked for one, a clear error."""
+
+    def __init__(self, dataset_name: str):
+        self._dataset_name = dataset_name
+
+    def _refuse(self):
+        raise ValueError(
+            f"bootstrap intervals (DETNAS.SEARCH.FINALISTS.TOPK > 0) resample COCO AP or top-1; the Pascal "
+            f"VOC AP of '{self._dataset_name}' has no per-image evaluation: set DETNAS.SEARCH.FINALISTS.TOPK 0"
+        )
+
+    def items(self, inputs, outputs, positions) -> List:
+        self._refuse()
+
+    def evaluation(self, items: List, evaluator):
+        self._refuse()
+
+
 def per_image_collector(task_name: str, dataset_name: str):
     """What a scorer keeps of each evaluated image (`items(inputs, outputs, positions)`, positions: the
     images' indices in the evaluation set) and turns, gathered, into the per-image evaluation
     (`evaluation(items, evaluator)`)."""
-    return ClassificationCollector() if task_name == "classification" else DetectionCollector(dataset_name)
+    if task_name == "classification":
+        return ClassificationCollector()
+    if MetadataCatalog.get(dataset_name).get("evaluator_type") == "pascal_voc":
+        return NoPerImageCollector(dataset_name)
+    return DetectionCollector(dataset_name)

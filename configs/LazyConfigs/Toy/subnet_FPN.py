@@ -1,0 +1,52 @@
+"""The toy subnet detector (configs/Toy/det_subnet.yaml: the same model, checkpoints and recipe) as a
+LazyConfig: subnet_small_FPN_1x.py narrowed to the toy shapes (width 0.25, plain BN, FPN of 32
+channels, a 2fc box head, 128-px images), trained on toy_det_train and tested on toy_det_val on a CPU.
+
+    python tools/lazyconfig_train_net.py --config-file configs/LazyConfigs/Toy/subnet_FPN.py \
+        train.init_checkpoint=output/toy/cls_subnet/model_final.pth
+"""
+
+from detectron2.config import LazyCall as L
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.roi_heads import FastRCNNConvFCHead
+
+from ..subnet_small_FPN_1x import dataloader, lr_multiplier, model, optimizer, train
+
+# The arch of configs/Toy/det_subnet.yaml.
+TOY_ARCH = ",".join(["shuffle_3x3", "shuffle_5x5", "shuffle_7x7", "shuffle_xception"] * 5)
+
+backbone = model.backbone
+backbone.bottom_up.update(arch=TOY_ARCH, width_mult=0.25, norm="BN")
+backbone.update(out_channels=32, norm="")
+rpn = model.proposal_generator
+rpn.head.in_channels = 32
+rpn.anchor_generator.sizes = [[8], [16], [32], [64], [128]]
+rpn.update(
+    batch_size_per_image=64, positive_fraction=0.5, pre_nms_topk=(200, 200), post_nms_topk=(100, 50)
+)
+roi_heads = model.roi_heads
+roi_heads.update(num_classes=5, batch_size_per_image=32, positive_fraction=0.5)
+roi_heads.box_pooler.sampling_ratio = 2  # bounded ROIAlign cost
+roi_heads.box_head = L(FastRCNNConvFCHead)(
+    input_shape=ShapeSpec(channels=32, height=7, width=7), conv_dims=[], fc_dims=[128, 128]
+)
+roi_heads.box_predictor.input_shape = ShapeSpec(channels=128)
+
+dataloader.train.dataset.names = "toy_det_train"
+dataloader.train.mapper.augmentations[0].update(short_edge_length=(128,), max_size=128)
+dataloader.train.update(total_batch_size=8, num_workers=0)
+dataloader.test.dataset.names = "toy_det_val"
+dataloader.test.mapper.augmentations[0].update(short_edge_length=128, max_size=128)
+dataloader.test.num_workers = 0
+
+optimizer.lr = 0.04
+lr_multiplier.scheduler.update(values=[1.0, 0.1], milestones=[1300], num_updates=1500)
+lr_multiplier.warmup_length = 100 / 1500
+
+train.update(
+    output_dir="output/lazy/toy_subnet_FPN",
+    max_iter=1500,
+    checkpointer=dict(period=500, max_to_keep=100),
+    device="cpu",
+    seed=0,
+)
