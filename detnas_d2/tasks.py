@@ -131,7 +131,6 @@ class DetectionTask(Task):
             iou_thresholds=(50,) if output_dir is None and is_voc else VOC_IOU_THRESHOLDS,
         )
 
-
     def evaluate(self, evaluator, dataset_dicts):
         return evaluator.evaluate(img_ids=[d["image_id"] for d in dataset_dicts])
 
