@@ -50,7 +50,7 @@ TEST_REQUIRES = [
 def packaged_configs():
     """Link (where links fail: copy) configs/ into the package as detnas_d2/configs, as Detectron2's
     setup.py does for its model zoo, so that an install ships them and detnas_d2.config_files finds them
-    from any folder; returns them as package data."""
+    from any folder; returns them (YAML configs, LazyConfig Python files) as package data."""
     source, destination = os.path.join(HERE, "configs"), os.path.join(HERE, "detnas_d2", "configs")
     if os.path.exists(source):  # a checkout (a source distribution holds the copy already)
         if os.path.islink(destination):
@@ -64,7 +64,8 @@ def packaged_configs():
     package = os.path.join(HERE, "detnas_d2")
     return [
         os.path.relpath(path, package)
-        for path in glob.glob(os.path.join(destination, "**", "*.yaml"), recursive=True)
+        for pattern in ("*.yaml", "*.py")
+        for path in glob.glob(os.path.join(destination, "**", pattern), recursive=True)
     ]
 
 
