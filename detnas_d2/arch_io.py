@@ -17,8 +17,8 @@ Formats read (detected from the content):
 - ``mmrazor-1.x``: ``backbone.layers.<stage>.<block>: {chosen: <name>}`` (stage 0-3, block 0-based).
 - ``mmrazor-0.x``: ``stage_<stage>_block_<block>: {chosen: [<name>]}``.
 
-Ids and names are those of :data:`detnas_d2.search_space.BLOCKS`. Every malformed input raises ValueError
-naming the source and the line (or key) at fault.
+Ids and names are those of :data:`detnas_d2.search_space.BLOCKS`. Every malformed input raises ArchError
+(a UserError, so a ValueError) naming the source and the line (or key) at fault.
 """
 import random
 import re
@@ -30,9 +30,19 @@ from detectron2.utils.file_io import PathManager
 from yaml.constructor import SafeConstructor
 
 from .file_io import atomic_write
-from .search_space import BLOCK_IDS, BLOCKS, NUM_CHOICES, SPACES, SearchSpace, get_space, stage_stride
+from .search_space import (
+    BLOCK_IDS,
+    BLOCKS,
+    NUM_CHOICES,
+    SPACES,
+    SearchSpace,
+    get_space,
+    stage_stride,
+)
+from .user_errors import UserError
 
 __all__ = [
+    "ArchError",
     "ArchRecord",
     "load_arch",
     "load_arch_record",
@@ -69,6 +79,10 @@ class ArchRecord:
     format: str = "detnas-d2"  # one of FORMATS, or "random"
 
 
+class ArchError(UserError):
+    """An arch that cannot be read: its source, the line or key at fault, and what is wrong."""
+
+
 class _Problem(ValueError):
     """A problem found while parsing, located at `line` (1-based) when known."""
 
@@ -101,18 +115,23 @@ def load_arch_record(spec, space: SpaceArg = None) -> ArchRecord:
         return ArchRecord(target.validate(spec), target.name, {}, "official")
     spec = spec.strip()
     if not spec:
-        raise ValueError("empty arch spec: give a file, a comma-separated list of block ids, or random:SEED")
+        raise ArchError("empty arch spec: give a file, a comma-separated list of block ids, or random:SEED")
     if spec.startswith("random:"):
         seed = spec[len("random:") :]
         if not re.fullmatch(r"-?\d+", seed):
-            raise ValueError(f"arch spec '{spec}': random:SEED needs an integer seed, got '{seed}'")
+            raise ArchError(f"arch spec '{spec}': random:SEED needs an integer seed, got '{seed}'")
         target = _require_space(space, f"arch spec '{spec}'")
         return ArchRecord(target.random_arch(random.Random(int(seed))), target.name, {}, "random")
     if "://" in spec or PathManager.isfile(spec):
         return parse_arch_record(_read_text(spec), space, source=spec)
+    if PathManager.isdir(spec):
+        raise ArchError(
+            f"arch {spec} is a folder: give an arch file (e.g. a search's best_arch.yaml), a comma- or "
+            "space-separated list of block ids or names, or random:SEED"
+        )
     if "," in spec or len(spec.split()) > 1:
         return _parse_inline_list(spec, space)
-    raise ValueError(
+    raise ArchError(
         f"arch file not found: {spec} (an arch is a file, a comma- or space-separated list of block ids "
         "or names, or random:SEED)"
     )
@@ -128,7 +147,7 @@ def parse_arch_record(text: str, space: SpaceArg = None, source: str = "<text>")
         return _parse(text, space)
     except _Problem as e:
         where = f"{source}: line {e.line}: " if e.line is not None else f"{source}: "
-        raise ValueError(where + str(e)) from None
+        raise ArchError(where + str(e)) from None
 
 
 def _read_text(path: str) -> str:
@@ -136,7 +155,7 @@ def _read_text(path: str) -> str:
         with PathManager.open(path, "r") as f:
             return f.read()
     except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: cannot read arch file: {e}") from None
+        raise ArchError(f"{path}: cannot read arch file: {e}") from None
 
 
 def _parse_inline_list(spec: str, space: SpaceArg) -> ArchRecord:
@@ -146,7 +165,7 @@ def _parse_inline_list(spec: str, space: SpaceArg) -> ArchRecord:
         target = _resolve_space(space, None, len(ids))
         return ArchRecord(_check_length(ids, target), target.name, {}, "official")
     except _Problem as e:
-        raise ValueError(f"arch '{spec}': {e}") from None
+        raise ArchError(f"arch '{spec}': {e}") from None
 
 
 def _parse(text: str, space: SpaceArg) -> ArchRecord:
@@ -325,7 +344,7 @@ def _check_length(ids: List[int], space: SearchSpace, node=None) -> Tuple[int, .
 
 def _require_space(space: SpaceArg, what: str) -> SearchSpace:
     if _space_arg(space) is None:
-        raise ValueError(f"{what}: no search space given")
+        raise ArchError(f"{what}: no search space given")
     return space
 
 
@@ -359,17 +378,17 @@ def format_arch(arch: Sequence[int], space: SearchSpace, fmt: str = "detnas-d2",
     width = metadata.pop("width_mult", None)
     if width is not None:
         if not _is_positive_number(width) or space.width_mult not in (1.0, width):
-            raise ValueError(f"width_mult={width!r} conflicts with the space's width multiplier {space.width_mult}")
+            raise ArchError(f"width_mult={width!r} conflicts with the space's width multiplier {space.width_mult}")
         space = get_space(space.name, width)
     if space.width_mult != 1.0 or width is not None:
         metadata = {"width_mult": space.width_mult, **metadata}
     for key in metadata:
         if not _METADATA_KEY.match(key) or key in ("space", "arch"):
-            raise ValueError(f"invalid metadata key {key!r}: use a name other than 'space' and 'arch'")
+            raise ArchError(f"invalid metadata key {key!r}: use a name other than 'space' and 'arch'")
     if fmt == "detnas-d2":
         return _format_ours(arch, space, metadata)
     if fmt not in FORMATS:
-        raise ValueError(f"unknown arch format '{fmt}'; formats: {', '.join(FORMATS)}")
+        raise ArchError(f"unknown arch format '{fmt}'; formats: {', '.join(FORMATS)}")
     lines = [f"# DetNAS arch, space {space.name} ({fmt} format)"]
     lines += [f"# {line}" for key, value in metadata.items() for line in _yaml_entry(key, value).splitlines()]
     if fmt == "official":

@@ -1,7 +1,10 @@
 """All detnas-d2 options. Call `add_detnas_config(cfg)` on a Detectron2 config before merging files."""
 import ast
+import difflib
 import io
 import logging
+import os
+import re
 
 import torch
 import yaml
@@ -10,6 +13,8 @@ from detectron2.config import get_cfg
 from detectron2.engine import default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
+
+from .user_errors import UserError
 
 # String options that hold an arch: on the command line "0,1,2,..." must stay a string (yacs would
 # otherwise read it as a tuple and reject it).
@@ -281,40 +286,100 @@ class _UpgradingCfgNode(CN):
         return io.StringIO(yaml.safe_dump(tree))
 
 
+class ConfigError(UserError):
+    """A config file or command-line option that cannot be read: no such file or key, a file that is
+    not YAML, a value of another type than the option's."""
+
+
+_TYPE_MISMATCH = re.compile(
+    r"Type mismatch \(<class '(\w+)'> vs\. <class '(\w+)'>\) with values \((.*) vs\. (.*)\) "
+    r"for config key: (\S+)",
+    re.S,
+)
+_NO_KEY = re.compile(r"Non-existent (?:config )?key: (\S+)")
+
+
+def _config_problem(error: Exception, source: str, cfg) -> str:
+    """One line saying what in `source` (a file or the command line) yacs or YAML refused."""
+    text = str(error.args[0]) if error.args else str(error)
+    match = _NO_KEY.search(text)
+    if match:
+        key = match.group(1)
+        close = difflib.get_close_matches(key, [k for k, _ in _leaves(cfg)], n=1, cutoff=0.8)
+        hint = (
+            f"did you mean {close[0]}?"
+            if close
+            else "check its spelling (options: detnas_d2/config.py and Detectron2's config/defaults.py)"
+        )
+        return f"{source}: no config key {key}; {hint}"
+    match = _TYPE_MISMATCH.search(text)
+    if match:
+        expected, given, default, value, key = match.groups()
+        article = "an" if expected[0] in "aeiou" else "a"
+        return f"{source}: {key} takes {article} {expected} (default {default}), got {value!r} ({given})"
+    if isinstance(error, yaml.YAMLError):
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        return f"{source}: not valid YAML ({getattr(error, 'problem', None) or error}{where})"
+    if isinstance(error, OSError):
+        return f"{source}: cannot read {error.filename or 'a file'} ({error.strerror or error})"
+    return f"{source}: {text}"
+
+
 def get_detnas_cfg(config_file: str = "", opts=()):
     """A Detectron2 config with the DetNAS options, merged from `config_file` and command-line `opts`.
 
     Arch options take comma-separated ids on the command line (and YAML lists of ids in files). Keys of
     earlier releases (RENAMED_KEYS) are read with a warning naming the new key. Without CUDA,
-    MODEL.DEVICE becomes cpu.
+    MODEL.DEVICE becomes cpu. A file or option that cannot be read is a ConfigError naming it.
     """
     cfg = get_cfg()
     add_detnas_config(cfg)
     if config_file:
-        loaded = _UpgradingCfgNode.load_yaml_with_base(config_file, allow_unsafe=True)
-        _plain_values(loaded, cfg)
-        cfg.merge_from_other_cfg(type(cfg)(loaded))
+        if not os.path.isfile(config_file):
+            raise ConfigError(f"config file {config_file}: no such file")
+        try:
+            loaded = _UpgradingCfgNode.load_yaml_with_base(config_file, allow_unsafe=True)
+            _plain_values(loaded, cfg)
+            cfg.merge_from_other_cfg(type(cfg)(loaded))
+        except (KeyError, ValueError, AssertionError, TypeError, yaml.YAMLError, OSError) as e:
+            raise ConfigError(_config_problem(e, f"config file {config_file}", cfg)) from e
     opts = list(opts)
     if len(opts) % 2:
-        raise ValueError(f"command-line options come in KEY VALUE pairs; '{opts[-1]}' has no value")
+        raise ConfigError(f"command-line options come in KEY VALUE pairs; '{opts[-1]}' has no value")
     renamed = []
     for key, value in zip(opts[0::2], opts[1::2]):
         key = _renamed(key, "command line")
         if key is not None:
             value = _arch_value(value) if key in _ARCH_KEYS else _plain_text(cfg, key, value)
             renamed += [key, value]
-    cfg.merge_from_list(renamed)
+    try:
+        cfg.merge_from_list(renamed)
+    except (KeyError, ValueError, AssertionError, TypeError) as e:
+        raise ConfigError(_config_problem(e, "command line", cfg)) from e
     if cfg.MODEL.DEVICE != "cpu" and not torch.cuda.is_available():
         logging.getLogger(__name__).warning(f"No CUDA: MODEL.DEVICE {cfg.MODEL.DEVICE} -> cpu")
         cfg.MODEL.DEVICE = "cpu"
     return cfg
 
 
-def setup_cfg(args):
-    """The frozen config of train_net.py / search_net.py: `get_detnas_cfg` from the command line, then
-    Detectron2's default_setup (output folder, logging, seeds) and the detnas_d2 logger."""
+def frozen_cfg(args):
+    """The frozen config of train_net.py / search_net.py's command line (`get_detnas_cfg`); nothing
+    written yet."""
     cfg = get_detnas_cfg(args.config_file, args.opts)
     cfg.freeze()
+    return cfg
+
+
+def setup_run(cfg, args):
+    """Detectron2's default_setup (output folder, config.yaml, logging, seeds) and the detnas_d2 logger:
+    the first writes of a run, after its checks."""
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="detnas_d2")
+
+
+def setup_cfg(args):
+    """`frozen_cfg`, then `setup_run`."""
+    cfg = frozen_cfg(args)
+    setup_run(cfg, args)
     return cfg

@@ -13,32 +13,27 @@ the retraining steps), candidates.jsonl, search_state.json (+ .bak), search_scor
 log.txt. --config-file: a path, or one of the package's configs (configs/..., found from any folder).
 Without CUDA, --num-gpus N starts N CPU processes (gloo).
 """
-from .config import setup_cfg
-from .config_files import config_file
-from .engine import launch, parse_args
-from .search import run_search
+
+from .config import frozen_cfg, setup_run
+from .engine import run_command
+from .run_lock import locked_output_dir
+from .search import check_search, run_search
 
 __all__ = ["main", "run"]
 
 
 def main(args):
-    """One process's share of the search."""
-    return run_search(setup_cfg(args), resume=args.resume)
+    """One process's share of the search. The main process holds OUTPUT_DIR's lock for the search's
+    life and checks the settings and the folder's search state before anything is written."""
+    cfg = frozen_cfg(args)
+    with locked_output_dir(cfg.OUTPUT_DIR, check=lambda: check_search(cfg, resume=args.resume)):
+        setup_run(cfg, args)
+        return run_search(cfg, resume=args.resume)
 
 
 def run(argv=None):
-    """The command line: parse it, then `main` in --num-gpus processes (detnas_d2.engine.launch)."""
-    args = parse_args(argv)
-    args.config_file = config_file(args.config_file)
-    print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    """The command line: parse it, then `main` in --num-gpus processes (detnas_d2.engine.run_command)."""
+    run_command(main, argv, "search_net.py")
 
 
 if __name__ == "__main__":

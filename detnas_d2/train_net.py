@@ -15,25 +15,66 @@ train_net.py of a checkout runs the same. --config-file: a path, or one of the p
 MODEL.DEVICE becomes cpu. Under SLURM's `srun` (tools/slurm_train.sbatch), --num-machines, --machine-rank
 and --dist-url default to the job's nodes; values given on the command line win.
 """
+
+import os
+
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
+from .arch_io import load_arch
 from .checkpoint import DetNASCheckpointer, arch_opts_from_weights
-from .config import setup_cfg
-from .config_files import config_file
-from .engine import DetNASTrainer, launch, parse_args
+from .config import frozen_cfg, setup_run
+from .engine import DetNASTrainer, parse_args, run_command
 from .evaluation import require_finite_results
+from .run_lock import locked_output_dir
+from .search_space import space_from_cfg
+from .user_errors import UserError
 
-__all__ = ["main", "run"]
+__all__ = ["main", "parse_args", "run"]  # parse_args: the command line main takes
 
 Trainer = DetNASTrainer
 
 
+def check_training(cfg, resume: bool, eval_only: bool):
+    """What a training refuses before it writes anything: an arch option that cannot be read, and
+    without --resume a folder that holds another training's checkpoints (it would replace
+    model_final.pth and leave the old periodic checkpoints beside the new)."""
+    try:
+        space = space_from_cfg(cfg)
+    except ValueError as e:  # MODEL.DETNAS.SPACE, WIDTH_MULT, BLOCK_STYLE
+        raise UserError(str(e)) from None
+    for key in ("ARCH", "REFERENCE_ARCH"):
+        if cfg.MODEL.DETNAS[key]:
+            load_arch(cfg.MODEL.DETNAS[key], space)
+    folder = cfg.OUTPUT_DIR
+    if resume or eval_only or not os.path.isdir(folder):
+        return
+    found = sorted(
+        name
+        for name in os.listdir(folder)
+        if name == "last_checkpoint" or (name.startswith("model_") and name.endswith(".pth"))
+    )
+    if found:
+        shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+        raise UserError(
+            f"OUTPUT_DIR {folder} holds a training's checkpoints ({shown}): pass --resume to continue "
+            "that training, or give another OUTPUT_DIR (or empty this one) to train anew"
+        )
+
+
 def main(args):
-    """One process's training (or evaluation with --eval-only)."""
+    """One process's training (or evaluation with --eval-only). The main process holds OUTPUT_DIR's
+    lock for the run's life and checks the run (`check_training`) before anything is written."""
     # A subnet config with MODEL.DETNAS.ARCH empty takes the arch of the subnet in MODEL.WEIGHTS.
     args.opts = arch_opts_from_weights(args.config_file, args.opts)
-    cfg = setup_cfg(args)
+    cfg = frozen_cfg(args)
+    check = lambda: check_training(cfg, args.resume, args.eval_only)  # noqa: E731
+    with locked_output_dir(cfg.OUTPUT_DIR, check=check):
+        setup_run(cfg, args)
+        return _train_or_evaluate(cfg, args)
+
+
+def _train_or_evaluate(cfg, args):
     if args.eval_only:
         model = Trainer.build_model(cfg)
         DetNASCheckpointer(
@@ -51,18 +92,8 @@ def main(args):
 
 
 def run(argv=None):
-    """The command line: parse it, then `main` in --num-gpus processes (detnas_d2.engine.launch)."""
-    args = parse_args(argv)
-    args.config_file = config_file(args.config_file)
-    print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    """The command line: parse it, then `main` in --num-gpus processes (detnas_d2.engine.run_command)."""
+    run_command(main, argv, "train_net.py")
 
 
 if __name__ == "__main__":

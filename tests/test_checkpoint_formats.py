@@ -6,7 +6,6 @@ tests/fixtures/mmrazor_parity.pt was made by tools/make_parity_fixtures.py with 
 Megvii's DetNAS network code (see those scripts): they hold the keys and shapes of their state dicts, the
 seed of the weights (tests/fixtures/parity_weights.py) and their modules' outputs on seeded inputs.
 """
-import importlib.util
 import os
 import pickle
 import sys
@@ -29,6 +28,7 @@ from detnas_d2.checkpoint import (
     read_checkpoint,
     weights_arch,
 )
+from detnas_d2.checkpoint import cli as convert_cli
 from detnas_d2.checkpoint.convert import to_detnas
 from detnas_d2.checkpoint.layouts import detect_format
 from detnas_d2.checkpoint.mmrazor import to_mmrazor
@@ -189,11 +189,7 @@ def test_bgr_model_gets_the_stem_flipped(tmp_path):
 
 
 def convert_tool():
-    path = os.path.join(REPO, "tools", "convert_checkpoint.py")
-    spec = importlib.util.spec_from_file_location("convert_checkpoint", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return convert_cli
 
 
 def test_convert_tool_round_trips_exactly(tmp_path):
@@ -317,11 +313,11 @@ def test_train_net_fills_an_empty_arch_from_the_weights(tmp_path, monkeypatch):
     path = mmengine_file(tmp_path / "detnas_frcnn.pth", mmrazor_state(case))
     seen = {}
 
-    def setup_cfg(args):
+    def frozen_cfg(args):
         seen["opts"] = list(args.opts)
         raise SystemExit(0)
 
-    monkeypatch.setattr(train_net, "setup_cfg", setup_cfg)
+    monkeypatch.setattr(train_net, "frozen_cfg", frozen_cfg)
     args = type("Args", (), {"config_file": os.path.join(REPO, MMDET_CONFIG), "opts": ["MODEL.WEIGHTS", path]})()
     with pytest.raises(SystemExit):
         train_net.main(args)

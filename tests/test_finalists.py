@@ -152,8 +152,11 @@ def run_synthetic(tmp_path, gaps, offsets=(0.0,), name="state.json", **finalists
     """A search with a fake fitness, then finalists whose qualities are the best's less `gaps`."""
     table = get_flops_table(SPACE, 128)
     constraints = ArchConstraints(table, SPACE, 128, flops_max=9.0e6)
-    settings = FinalistSettings(**dict(dict(topk=len(gaps), weights=tuple(f"w{i}.pth" for i in range(len(offsets))),
-                                            bootstrap=BOOTSTRAP, seed=3), **finalists))
+    weights = tuple(str(tmp_path / f"w{i}.pth") for i in range(len(offsets)))
+    for i, path in enumerate(weights):  # the fingerprint holds the supernets' contents
+        open(path, "w").write(f"supernet {i}")
+    settings = FinalistSettings(**dict(dict(topk=len(gaps), weights=weights, bootstrap=BOOTSTRAP, seed=3),
+                                       **finalists))
     search = EvolutionSearch(search_settings(), SPACE, constraints, str(tmp_path / name), finalists=settings)
     search.run(fake_score)
     top = [tuple(search.history[i]["arch"]) for i in sorted(range(len(search.history)),
@@ -227,7 +230,8 @@ def test_search_stopped_among_its_finalists_resumes_exactly(tmp_path):
     rows = Finalists(resumed, settings).run(fitness)
     assert rows == whole
     assert len(fitness.calls) == 2 and not set(fitness.calls) & set(done), "a finalist record was scored again"
-    for change in (dict(topk=2), dict(bootstrap=100), dict(weights=("w0.pth", "other.pth"))):
+    (tmp_path / "other.pth").write_text("another supernet")
+    for change in (dict(topk=2), dict(bootstrap=100), dict(weights=(settings.weights[0], str(tmp_path / "other.pth")))):
         with pytest.raises(SearchStateError, match="finalists"):
             EvolutionSearch(search_settings(), SPACE, search.constraints, str(tmp_path / "stopped.json"),
                             resume=True, finalists=FinalistSettings(**{**settings.__dict__, **change}))

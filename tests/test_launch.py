@@ -1,20 +1,23 @@
 """Two CPU processes (detnas_d2.engine.launch, gloo) train the toy supernet detector with DDP."""
+
 import importlib
 import json
 import os
 
+import detnas_d2  # noqa: F401  (first: compat shims, registrations)
+from detnas_d2 import add_detnas_config
+
 import pytest
 import torch
-
-import detnas_d2  # noqa: F401  (first: compat shims, registrations)
 from detectron2.config import get_cfg
 from detectron2.engine import HookBase
 from detectron2.utils import comm
-from detnas_d2 import add_detnas_config
+from torch.nn.parallel import DistributedDataParallel
+
 from detnas_d2.engine import DetNASTrainer, launch
 from detnas_d2.engine.launch import create_ddp_model
 from detnas_d2.modeling import find_supernet
-from torch.nn.parallel import DistributedDataParallel
+from detnas_d2.user_errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_ITER = 4
@@ -66,18 +69,34 @@ def test_two_cpu_processes_train_supernet_with_same_paths(tmp_path):
     cfg = get_cfg()
     add_detnas_config(cfg)
     cfg.merge_from_file(os.path.join(REPO, "configs", "Toy", "det_supernet.yaml"))
-    cfg.merge_from_list([
-        "OUTPUT_DIR", str(tmp_path / "train"), "DATASETS.TEST", "()", "SOLVER.MAX_ITER", str(NUM_ITER),
-        "SOLVER.IMS_PER_BATCH", "4", "SOLVER.WARMUP_ITERS", "0", "SOLVER.CHECKPOINT_PERIOD", "1000",
-    ])
-    launch(_train_worker, 2, num_machines=1, machine_rank=0, dist_url="auto", args=(cfg, str(tmp_path)))
+    cfg.merge_from_list(
+        [
+            "OUTPUT_DIR",
+            str(tmp_path / "train"),
+            "DATASETS.TEST",
+            "()",
+            "SOLVER.MAX_ITER",
+            str(NUM_ITER),
+            "SOLVER.IMS_PER_BATCH",
+            "4",
+            "SOLVER.WARMUP_ITERS",
+            "0",
+            "SOLVER.CHECKPOINT_PERIOD",
+            "1000",
+        ]
+    )
+    launch(
+        _train_worker, 2, num_machines=1, machine_rank=0, dist_url="auto", args=(cfg, str(tmp_path))
+    )
 
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert [r["local_rank"] for r in ranks] == [0, 1]
     assert all(r["world_size"] == 2 and r["ddp"] and r["find_unused"] for r in ranks)
     assert ranks[0]["paths"] == ranks[1]["paths"] and len(ranks[0]["paths"]) == NUM_ITER
     assert len({tuple(p) for p in ranks[0]["paths"]}) == NUM_ITER  # a new path every iteration
-    assert len(ranks[0]["losses"]) == NUM_ITER and all(torch.isfinite(torch.tensor(ranks[0]["losses"])))
+    assert len(ranks[0]["losses"]) == NUM_ITER and all(
+        torch.isfinite(torch.tensor(ranks[0]["losses"]))
+    )
     assert ranks[0]["off_path_grads"] == [] and ranks[1]["off_path_grads"] == []
 
     # Parameters stay identical (BN running statistics are per rank: broadcast_buffers=False).
@@ -87,7 +106,9 @@ def test_two_cpu_processes_train_supernet_with_same_paths(tmp_path):
 
 def test_cuda_launch_resolves_auto_and_uses_nccl(monkeypatch):
     """Detectron2 v0.6's launch takes no "auto"; ours resolves it for CUDA too (checked without a GPU)."""
-    launch_module = importlib.import_module("detnas_d2.engine.launch")  # the attribute is the function
+    launch_module = importlib.import_module(
+        "detnas_d2.engine.launch"
+    )  # the attribute is the function
 
     started = {}
 
@@ -105,13 +126,15 @@ def test_cuda_launch_resolves_auto_and_uses_nccl(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(launch_module.mp, "start_processes", start_processes)
     launch(print, 2, num_machines=1, machine_rank=0, dist_url="auto", args=("x",))
-    main_func, world_size, per_machine, machine_rank, dist_url, args, _, backend, launcher = started["args"]
+    main_func, world_size, per_machine, machine_rank, dist_url, args, _, backend, launcher = (
+        started["args"]
+    )
     assert started["fn"] is launch_module._worker and started["nprocs"] == 2 and not started["join"]
     assert (main_func, world_size, per_machine, machine_rank, args) == (print, 2, 2, 0, ("x",))
     assert dist_url.startswith("tcp://127.0.0.1:") and backend == "nccl" and launcher == os.getpid()
     with pytest.raises(ValueError, match="one machine only"):
         launch(print, 2, num_machines=2, machine_rank=0, dist_url="auto")
-    with pytest.raises(ValueError, match="3 processes per machine, but 2 GPUs"):
+    with pytest.raises(UserError, match="--num-gpus 3: this machine has 2 GPU"):
         launch(print, 3, dist_url="auto")
 
 

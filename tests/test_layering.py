@@ -12,8 +12,9 @@ PACKAGE = os.path.join(ROOT, "detnas_d2")
 # Bottom to top. A module (or a subpackage, for imports of it) may import only from lower rows; the
 # modules of one subpackage may also import each other (checked for loops separately).
 LAYERS = [
+    ["user_errors"],
     ["compat", "search_space", "file_io", "output_files", "config", "solver", "data", "evaluation", "rank_stats",
-     "input_size", "process", "config_files"],
+     "input_size", "process", "config_files", "run_lock"],
     ["arch_io"],
     ["modeling"],
     ["flops", "tasks", "checkpoint", "pipeline", "latency"],

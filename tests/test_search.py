@@ -40,6 +40,7 @@ from detnas_d2.search.racing import SLICE_SCORES, promoted, rung_margin
 from detnas_d2.search.scoring import scoring_cfg
 from detnas_d2.search_space import get_space
 from detnas_d2.tasks import get_task
+from detnas_d2.user_errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DET_CONFIG = os.path.join(ROOT, "configs", "Toy", "search_det.yaml")
@@ -380,7 +381,7 @@ def test_search_end_to_end_and_resume(det_weights, tmp_path):
 
 
 def test_checkpoint_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"MODEL.WEIGHTS=.*nothing\.pth: no such supernet checkpoint"):
+    with pytest.raises(UserError, match=r"MODEL.WEIGHTS .*nothing\.pth: no such file"):
         run_search(make_cfg(DET_CONFIG, tmp_path, tmp_path / "nothing.pth"))
     large = save_random_supernet(DET_CONFIG, str(tmp_path / "large.pth"), ["MODEL.DETNAS.SPACE", "large"])
     with pytest.raises(ValueError, match=r"large\.pth.*do not fit.*space 'small'.*MODEL.DETNAS.SPACE"):
@@ -626,7 +627,8 @@ def test_cheaper_scoring_knobs_are_part_of_the_protocol(table, tmp_path):
     resumes only with the same; EVAL_MIN_SIZE resizes the scorer's inputs and is refused for a classifier."""
     constraints = ArchConstraints(table, SPACE, INPUT_SIZE, flops_max=FLOPS_MAX)
     path = str(tmp_path / "state.json")
-    scoring = lambda **kw: ScoringSettings.from_cfg(make_cfg(DET_CONFIG, tmp_path, "w.pth", **kw))  # noqa: E731
+    (tmp_path / "w.pth").write_bytes(b"supernet")  # the fingerprint holds its contents
+    scoring = lambda **kw: ScoringSettings.from_cfg(make_cfg(DET_CONFIG, tmp_path, tmp_path / "w.pth", **kw))  # noqa: E731
     EvolutionSearch(settings(generations=1), SPACE, constraints, path, scoring=scoring()).run(fake_score)
     for change, message in [(dict(EVAL_MIN_SIZE=64), "eval_min_size: None -> 64"),
                             (dict(BN_RECALIB_IMAGES=8), "recalib_images: 18 -> 8")]:

@@ -16,7 +16,7 @@ import detnas_d2  # noqa: F401  (registers the datasets)
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import COCOEvaluator
 from detnas_d2.data import toy
-from detnas_d2.data.datasets import load_imagenet_layout, register_imagenet_layout
+from detnas_d2.data.datasets import DatasetError, load_imagenet_layout, register_imagenet_layout
 from pycocotools.coco import COCO
 
 SMALL_DET = {"train": 24, "val": 8, "search": 8}
@@ -217,7 +217,7 @@ def test_damaged_cache_is_reported(tmp_path, small_det):
     image = os.path.join(damaged, "images", "val", "000002.jpg")
     os.remove(image)
     message = f"{re.escape(image)} is missing.*Delete {re.escape(damaged)}"
-    with pytest.raises(FileNotFoundError, match=message):
+    with pytest.raises(toy.ToyDataError, match=message):
         toy.ensure_toy_data("det", 0, SMALL_DET, root=str(tmp_path))
 
     shutil.rmtree(damaged)
@@ -234,7 +234,7 @@ def test_damaged_cache_is_reported(tmp_path, small_det):
     with pytest.raises(ValueError, match=f"{re.escape(manifest)} is unreadable"):
         toy.ensure_toy_data("det", 0, SMALL_DET, root=str(tmp_path))
     os.remove(manifest)
-    with pytest.raises(FileNotFoundError, match=f"{re.escape(damaged)} has no manifest.json"):
+    with pytest.raises(toy.ToyDataError, match=f"{re.escape(damaged)} has no manifest.json"):
         toy.ensure_toy_data("det", 0, SMALL_DET, root=str(tmp_path))
 
     other_seed = str(tmp_path / "det-v1-seed5-train24-val8-search8")
@@ -367,7 +367,7 @@ def test_imagenet_errors_name_the_path(tmp_path, monkeypatch):
     missing = tmp_path / "nowhere"
     monkeypatch.setenv("DETNAS_IMAGENET", str(missing))
     message = f"{re.escape(str(missing / 'train'))} does not exist.*DETNAS_IMAGENET"
-    with pytest.raises(FileNotFoundError, match=message):
+    with pytest.raises(DatasetError, match=message):
         DatasetCatalog.get("imagenet_train")
 
     _write_image(str(tmp_path / "train" / "n01" / "a.jpg"))

@@ -37,9 +37,11 @@ from detectron2.data.catalog import Metadata
 from detectron2.data.datasets import load_coco_json
 from detectron2.data.datasets.coco import convert_to_coco_json
 
+from ..user_errors import UserError
 from . import toy
 
 __all__ = [
+    "DatasetError",
     "IMAGE_EXTENSIONS",
     "imagenet_root",
     "load_imagenet_layout",
@@ -50,6 +52,42 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class DatasetError(UserError):
+    """A dataset whose files are not where it is registered (the message names the folder to set)."""
+
+
+# ---- Detectron2's builtin datasets ------------------------------------------------------------------
+
+
+def _naming_the_root(name, load):
+    """`load` (a builtin dataset's) with a missing file reported as a DatasetError naming the
+    dataset, the file, DETECTRON2_DATASETS and the folder it must hold."""
+
+    def loaded():
+        try:
+            return load()
+        except FileNotFoundError as e:
+            root = os.environ.get("DETECTRON2_DATASETS")
+            where = root or f"unset: ./datasets, here {os.path.abspath('datasets')}"
+            meta = MetadataCatalog.get(name)
+            files = [meta.get(k) for k in ("json_file", "image_root", "dirname") if meta.get(k)]
+            top = os.path.relpath(files[0], root or "datasets").split(os.sep)[0] if files else ""
+            holding = f"the folder that holds {top}/" if top and top != ".." else "its folder"
+            raise DatasetError(
+                f"dataset '{name}': {e.filename or e} not found. Detectron2 reads its builtin datasets "
+                f"under DETECTRON2_DATASETS ({where}): set it to {holding} "
+                f"({' and '.join(files)}; layout: Detectron2's datasets/README.md)"
+            ) from None
+
+    return loaded
+
+
+def _name_the_root_of_builtin_datasets():
+    """Every dataset registered before this module's own (Detectron2's builtins)."""
+    for name in DatasetCatalog.list():
+        DatasetCatalog[name] = _naming_the_root(name, DatasetCatalog[name])
 
 
 # ---- toy --------------------------------------------------------------------------------------------
@@ -81,7 +119,7 @@ def _load_toy_detection(name):
     try:
         return load_coco_json(json_file, meta.image_root, name)
     except (ValueError, KeyError) as e:  # json.JSONDecodeError is a ValueError
-        raise ValueError(
+        raise toy.ToyDataError(
             f"Toy annotation file {json_file} is unreadable ({e!r}). "
             f"Delete {os.path.dirname(os.path.dirname(json_file))} and it is generated again."
         ) from e
@@ -136,10 +174,10 @@ def imagenet_root():
 
 def _class_folders(root, hint):
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"Image folder {root} does not exist. {hint}")
+        raise DatasetError(f"Image folder {root} does not exist. {hint}")
     classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
     if not classes:
-        raise ValueError(
+        raise DatasetError(
             f"Image folder {root} has no class folders: expected {root}/<class>/<image>. {hint}"
         )
     return classes
@@ -157,7 +195,7 @@ def load_imagenet_layout(root, classes=None, hint=""):
     classes = list(classes) if classes is not None else folders
     unknown = sorted(set(folders) - set(classes))
     if unknown:
-        raise ValueError(
+        raise DatasetError(
             f"Class folders {unknown[:5]} of {root} are not among the {len(classes)} classes. {hint}"
         )
     records, empty = [], []
@@ -172,7 +210,7 @@ def load_imagenet_layout(root, classes=None, hint=""):
             empty.append(os.path.join(root, folder))
         records.extend({"file_name": os.path.join(root, folder, f), "label": label} for f in files)
     if empty:
-        raise ValueError(
+        raise DatasetError(
             f"{len(empty)} class folder(s) hold no images ({', '.join(IMAGE_EXTENSIONS)}), "
             f"e.g. {empty[0]}. {hint}"
         )
@@ -278,6 +316,7 @@ def register_union(name, bases, **metadata):
     meta.set(**metadata)
 
 
+_name_the_root_of_builtin_datasets()
 register_toy_datasets()
 _register_imagenet()
 register_held_out_split("coco_2017_train", 5000, "coco_2017_train_minus5k", "coco_2017_train_5k")

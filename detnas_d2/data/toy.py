@@ -39,8 +39,11 @@ import numpy as np
 from iopath.common.file_io import file_lock
 from PIL import Image
 
+from ..user_errors import UserError
+
 __all__ = [
     "CATEGORIES",
+    "ToyDataError",
     "GENERATOR_VERSIONS",
     "DET_SPLIT_SIZES",
     "DET_LARGE_SEARCH_IMAGES",
@@ -81,6 +84,10 @@ _SPLIT_IDS = {"train": 0, "val": 1, "search": 2}
 _KIND_IDS = {"det": 0, "cls": 1}
 _MANIFEST = "manifest.json"
 _VERIFIED = set()  # folders of this process's ensure_toy_data calls that passed verify_toy_dir
+
+
+class ToyDataError(UserError):
+    """A toy dataset folder that is damaged (delete it: it is generated again) or cannot be written."""
 
 
 def toy_root():
@@ -128,9 +135,16 @@ def ensure_toy_data(kind, seed=0, split_sizes=None, root=None):
     if path in _VERIFIED and os.path.isdir(path):
         return path
     if not os.path.isdir(path):
-        with file_lock(path):
-            if not os.path.isdir(path):
-                _generate_atomically(kind, path, seed, _check_sizes(kind, split_sizes))
+        try:
+            with file_lock(path):
+                if not os.path.isdir(path):
+                    _generate_atomically(kind, path, seed, _check_sizes(kind, split_sizes))
+        except OSError as e:
+            where = "$DETNAS_TOY_ROOT" if os.environ.get("DETNAS_TOY_ROOT") else "the default root"
+            raise ToyDataError(
+                f"cannot write the toy dataset to {os.path.dirname(path)} ({where}): "
+                f"{e.strerror or e}; set DETNAS_TOY_ROOT to a folder this user can write"
+            ) from None
     verify_toy_dir(path, kind, seed, split_sizes)
     _VERIFIED.add(path)
     return path
@@ -186,16 +200,16 @@ def verify_toy_dir(path, kind=None, seed=None, split_sizes=None):
     fix = f"Delete {path} and it is generated again on next use."
     manifest_file = os.path.join(path, _MANIFEST)
     if not os.path.isfile(manifest_file):
-        raise FileNotFoundError(f"Toy dataset folder {path} has no {_MANIFEST}. {fix}")
+        raise ToyDataError(f"Toy dataset folder {path} has no {_MANIFEST}. {fix}")
     try:
         with open(manifest_file) as f:
             manifest = json.load(f)
         listed = dict(manifest["files"])
     except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"Toy dataset manifest {manifest_file} is unreadable ({e}). {fix}") from e
+        raise ToyDataError(f"Toy dataset manifest {manifest_file} is unreadable ({e}). {fix}") from e
     expected_kind = manifest.get("kind") if kind is None else kind
     if expected_kind not in GENERATOR_VERSIONS:
-        raise ValueError(
+        raise ToyDataError(
             f"Toy dataset manifest {manifest_file} has kind={expected_kind!r}, "
             f"expected one of {sorted(GENERATOR_VERSIONS)}. {fix}"
         )
@@ -206,7 +220,7 @@ def verify_toy_dir(path, kind=None, seed=None, split_sizes=None):
         expected["seed"] = int(seed)
     for key, value in expected.items():
         if manifest.get(key) != value:
-            raise ValueError(
+            raise ToyDataError(
                 f"Toy dataset manifest {manifest_file} has {key}={manifest.get(key)!r}, "
                 f"expected {value!r}. {fix}"
             )
@@ -215,9 +229,9 @@ def verify_toy_dir(path, kind=None, seed=None, split_sizes=None):
         try:
             actual = os.path.getsize(file)
         except OSError as e:
-            raise FileNotFoundError(f"Toy dataset file {file} is missing. {fix}") from e
+            raise ToyDataError(f"Toy dataset file {file} is missing. {fix}") from e
         if actual != size:
-            raise ValueError(f"Toy dataset file {file} has {actual} bytes, expected {size}. {fix}")
+            raise ToyDataError(f"Toy dataset file {file} has {actual} bytes, expected {size}. {fix}")
 
 
 # ---- file contents ------------------------------------------------------------------------------

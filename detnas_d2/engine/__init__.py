@@ -1,6 +1,6 @@
 """Training: the trainer, random-path hook and samplers, launch (CPU/GPU, SLURM)."""
 
-from .command_line import parse_args
+from .command_line import parse_args, run_command
 from .hooks import RandomPathHook
 from .launch import create_ddp_model, launch
 from .sampling import (
@@ -27,5 +27,6 @@ __all__ = [
     "parse_args",
     "path_rng",
     "reference_arch",
+    "run_command",
     "slurm_launch_args",
 ]

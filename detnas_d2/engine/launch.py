@@ -10,8 +10,11 @@ process per GPU, with CUDA; gloo CPU processes without it (Detectron2 v0.6 asser
   `timeout`, SLURM's requeue or cancel) are forwarded to the workers, which get `STOP_GRACE_S` seconds
   before SIGKILL; the launcher then dies of the same signal. If the launcher dies without that (`kill -9`,
   OOM killer), each worker follows it (`exit_with_parent`). A worker that fails still stops the others
-  (torch's ProcessContext.join).
+  (torch's ProcessContext.join);
+- a worker stopped by a user error (detnas_d2.user_errors) prints it as one line and exits with status
+  2; the launcher then exits with status 2 without a traceback of its own.
 """
+
 import logging
 import os
 import signal
@@ -32,6 +35,7 @@ from ..process import (
     resend_signal,
     stop_processes,
 )
+from ..user_errors import USER_ERROR_EXIT, UserError, reporting_user_errors
 
 __all__ = ["launch", "create_ddp_model", "resolve_dist_url", "DEFAULT_TIMEOUT"]
 
@@ -53,7 +57,7 @@ def resolve_dist_url(dist_url, num_machines: int) -> str:
     """
     if dist_url in (None, "auto"):
         if num_machines != 1:
-            raise ValueError(
+            raise UserError(
                 f"--dist-url {dist_url or 'auto'} works on one machine only; with {num_machines} machines give "
                 "tcp://<host of machine rank 0>:<port> (under SLURM's srun it is set for you)"
             )
@@ -61,8 +65,15 @@ def resolve_dist_url(dist_url, num_machines: int) -> str:
     return dist_url
 
 
-def launch(main_func, num_gpus_per_machine, num_machines=1, machine_rank=0, dist_url=None, args=(),
-           timeout=DEFAULT_TIMEOUT):
+def launch(
+    main_func,
+    num_gpus_per_machine,
+    num_machines=1,
+    machine_rank=0,
+    dist_url=None,
+    args=(),
+    timeout=DEFAULT_TIMEOUT,
+):
     """Run `main_func(*args)` in `num_gpus_per_machine` processes on each of `num_machines` machines.
 
     Same arguments as `detectron2.engine.launch`; `dist_url` "auto" (or None) picks a free port on
@@ -74,7 +85,9 @@ def launch(main_func, num_gpus_per_machine, num_machines=1, machine_rank=0, dist
     dist_url = resolve_dist_url(dist_url, num_machines)
     use_cuda = torch.cuda.is_available()
     if use_cuda and num_gpus_per_machine > torch.cuda.device_count():
-        raise ValueError(f"{num_gpus_per_machine} processes per machine, but {torch.cuda.device_count()} GPUs")
+        raise UserError(
+            f"--num-gpus {num_gpus_per_machine}: this machine has {torch.cuda.device_count()} GPU(s)"
+        )
     backend = "nccl" if use_cuda else "gloo"
     logger.info(
         f"Starting {num_gpus_per_machine} {'GPU' if use_cuda else 'CPU'} processes ({backend}) on machine "
@@ -83,8 +96,17 @@ def launch(main_func, num_gpus_per_machine, num_machines=1, machine_rank=0, dist
     context = mp.start_processes(
         _worker,
         nprocs=num_gpus_per_machine,
-        args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout, backend,
-              os.getpid()),
+        args=(
+            main_func,
+            world_size,
+            num_gpus_per_machine,
+            machine_rank,
+            dist_url,
+            args,
+            timeout,
+            backend,
+            os.getpid(),
+        ),
         daemon=False,
         join=False,
         start_method="spawn",
@@ -93,16 +115,24 @@ def launch(main_func, num_gpus_per_machine, num_machines=1, machine_rank=0, dist
 
 
 def _join_forwarding_signals(context):
-    """Join the workers; on SIGINT/SIGTERM forward it to them, stop them, and die of it."""
+    """Join the workers; on SIGINT/SIGTERM forward it to them, stop them, and die of it. A worker's
+    user error (reported by the worker) ends the launcher with the same exit status."""
     received = None
+    user_error = False
     try:
         with raising_stop_signals():
             while not context.join():
                 pass
     except Stopped as stop:
         received = stop.signum
+    except mp.ProcessExitedException as e:
+        if e.exit_code != USER_ERROR_EXIT:
+            raise
+        user_error = True
     finally:
         stop_processes(context.processes, STOP_GRACE_S, received)
+    if user_error:
+        raise SystemExit(USER_ERROR_EXIT)
     if received is not None:
         logger.warning(f"Launcher received {signal.Signals(received).name}: workers stopped")
         # Die of the same signal (exit status 128 + signum), as without a handler; SIGINT under a handler
@@ -110,8 +140,18 @@ def _join_forwarding_signals(context):
         resend_signal(received)
 
 
-def _worker(local_rank, main_func, world_size, num_per_machine, machine_rank, dist_url, args, timeout, backend,
-            launcher_pid):
+def _worker(
+    local_rank,
+    main_func,
+    world_size,
+    num_per_machine,
+    machine_rank,
+    dist_url,
+    args,
+    timeout,
+    backend,
+    launcher_pid,
+):
     exit_with_parent(launcher_pid)
     global_rank = machine_rank * num_per_machine + local_rank
     if backend == "nccl":
@@ -120,7 +160,11 @@ def _worker(local_rank, main_func, world_size, num_per_machine, machine_rank, di
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // num_per_machine))
     try:
         dist.init_process_group(
-            backend=backend, init_method=dist_url, world_size=world_size, rank=global_rank, timeout=timeout
+            backend=backend,
+            init_method=dist_url,
+            world_size=world_size,
+            rank=global_rank,
+            timeout=timeout,
         )
     except Exception:
         logger.error(f"Process group URL: {dist_url}")
@@ -129,7 +173,8 @@ def _worker(local_rank, main_func, world_size, num_per_machine, machine_rank, di
     # As Detectron2's launch: synchronize now, to prevent a possible timeout after init_process_group.
     comm.synchronize()
     try:
-        main_func(*args)
+        with reporting_user_errors():
+            main_func(*args)
     finally:
         dist.destroy_process_group()
 
@@ -141,7 +186,9 @@ def _create_local_process_group(world_size, num_per_machine, machine_rank):
         return
     assert comm._LOCAL_PROCESS_GROUP is None
     for machine in range(world_size // num_per_machine):
-        group = dist.new_group(list(range(machine * num_per_machine, (machine + 1) * num_per_machine)))
+        group = dist.new_group(
+            list(range(machine * num_per_machine, (machine + 1) * num_per_machine))
+        )
         if machine == machine_rank:
             comm._LOCAL_PROCESS_GROUP = group
 

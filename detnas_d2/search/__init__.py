@@ -13,7 +13,7 @@ from .constraints import ArchConstraints
 from .evolution import EvolutionSearch
 from .finalists import Finalists, summarize_finalists
 from .outputs import SearchOutputs, pareto_front
-from .runner import DistributedScoring, build_scorer, run_search
+from .runner import DistributedScoring, build_scorer, check_search, run_search
 from .scoring import CandidateScorer
 from .settings import (
     DIST_MODES,
@@ -38,6 +38,7 @@ __all__ = [
     "SearchState",
     "SearchStateError",
     "build_scorer",
+    "check_search",
     "generate_candidates",
     "pareto_front",
     "run_search",

@@ -27,7 +27,14 @@ from .candidates import generate_candidates
 from .constraints import ArchConstraints
 from .predictor import screen_candidates
 from .racing import SLICE_SCORES, is_full, promoted, rung_margin
-from .settings import FinalistSettings, ScoringSettings, SearchSettings, search_fingerprint
+from .settings import (
+    FinalistSettings,
+    ScoringSettings,
+    SearchSettings,
+    adopt_supernet_hashes,
+    changed_supernets,
+    search_fingerprint,
+)
 from .state import SearchState, SearchStateError, diff_fingerprints
 
 __all__ = ["EvolutionSearch", "top_candidates"]
@@ -73,6 +80,17 @@ class EvolutionSearch:
                 logger.info(f"No search state at {path}: starting a new search.")
             return SearchState(fingerprint, self.settings.seed)
         state = SearchState.load(path)
+        changed = changed_supernets(state.fingerprint, fingerprint)
+        if changed:
+            raise SearchStateError(
+                f"{path} was written by a search on other supernet weights: {'; '.join(changed)}. "
+                "Resume with the weights it started with, or start a new search in another OUTPUT_DIR"
+            )
+        for option in adopt_supernet_hashes(state.fingerprint, fingerprint):
+            logger.warning(
+                f"{path} was written before searches recorded their supernets' contents: {option} "
+                "cannot be checked to be the file the search started with (it is from now on)"
+            )
         changes = diff_fingerprints(state.fingerprint, fingerprint)
         if changes:
             raise SearchStateError(

@@ -22,6 +22,7 @@ from detectron2.utils.file_io import PathManager
 from detnas_d2.checkpoint import DetNASCheckpointer
 from detnas_d2.search_space import space_from_cfg
 from detnas_d2.tasks import get_task
+from detnas_d2.user_errors import UserError
 
 from .constraints import ArchConstraints
 from .evolution import EvolutionSearch
@@ -30,7 +31,7 @@ from .outputs import SearchOutputs
 from .scoring import CandidateScorer
 from .settings import FinalistSettings, ScoringSettings, SearchSettings
 
-__all__ = ["run_search", "DistributedScoring", "STATE_FILE", "build_scorer"]
+__all__ = ["run_search", "check_search", "DistributedScoring", "STATE_FILE", "build_scorer"]
 
 logger = logging.getLogger(__name__)
 STATE_FILE = "search_state.json"
@@ -99,9 +100,10 @@ def build_scorer(cfg, scoring: Optional[ScoringSettings] = None, search: Optiona
 
 def _check_weights(weights: str, key: str = "MODEL.WEIGHTS"):
     if not weights:
-        raise ValueError(f"{key} is empty: give the supernet checkpoint to search (pipeline step 2)")
-    if not PathManager.exists(weights):
-        raise FileNotFoundError(f"{key}={weights}: no such supernet checkpoint")
+        raise UserError(f"{key} is empty: give the supernet checkpoint to search (pipeline step 2)")
+    if not PathManager.isfile(weights):
+        what = "a folder, not a checkpoint file" if PathManager.isdir(weights) else "no such file"
+        raise UserError(f"{key} {weights}: {what}; give the supernet checkpoint to search")
 
 
 def _finalist_pool(cfg, scoring: ScoringSettings, finalists: FinalistSettings) -> DistributedScoring:
@@ -110,27 +112,50 @@ def _finalist_pool(cfg, scoring: ScoringSettings, finalists: FinalistSettings) -
     return DistributedScoring(build_scorer(cfg, settings, weights=finalists.weights), scoring.dist_mode)
 
 
-def run_search(cfg, resume: bool = False) -> Optional[Dict]:
-    """Run (or with `resume`, continue) the search of `cfg` in OUTPUT_DIR, then its finalists. Returns the
-    best candidate's record on rank 0 (with finalists, the best finalist's), None elsewhere. Settings and
-    constraints are checked before anything is loaded."""
-    space = space_from_cfg(cfg)
-    settings = SearchSettings.from_cfg(cfg)
-    constraints = ArchConstraints.from_cfg(cfg, space)
-    constraints.check_feasible(settings.seed)
-    scoring = ScoringSettings.from_cfg(cfg)
-    finalist_settings = FinalistSettings.from_cfg(cfg, scoring)
+def _read_settings(cfg):
+    """The search's space, settings, constraints, scoring and finalists, checked (UserError): a
+    ValueError while they are read is a bad option (e.g. of the constraints or the latency table)."""
+    try:
+        space = space_from_cfg(cfg)
+        settings = SearchSettings.from_cfg(cfg)
+        constraints = ArchConstraints.from_cfg(cfg, space)
+        constraints.check_feasible(settings.seed)
+        scoring = ScoringSettings.from_cfg(cfg)
+        finalist_settings = FinalistSettings.from_cfg(cfg, scoring)
+    except UserError:
+        raise
+    except (ValueError, FileNotFoundError) as e:
+        raise UserError(str(e)) from e
     for key, paths in (("MODEL.WEIGHTS", () if scoring.ensemble_weights else (scoring.weights,)),
                        ("DETNAS.SEARCH.ENSEMBLE_WEIGHTS", scoring.ensemble_weights),
                        ("DETNAS.SEARCH.FINALISTS.WEIGHTS", cfg.DETNAS.SEARCH.FINALISTS.WEIGHTS)):
         for path in paths:
             _check_weights(path, key)
+    return space, settings, constraints, scoring, finalist_settings
+
+
+def _evolution(cfg, resume: bool, space, settings, constraints, scoring, finalist_settings):
+    return EvolutionSearch(
+        settings, space, constraints, os.path.join(cfg.OUTPUT_DIR, STATE_FILE), scoring=scoring, resume=resume,
+        finalists=finalist_settings,
+    )
+
+
+def check_search(cfg, resume: bool = False):
+    """What `run_search` refuses before it loads a model, checked without writing anything: the
+    settings, constraints and checkpoints, and OUTPUT_DIR's search state (a new search does not start
+    over one; a resume needs the same settings and supernets). Raises UserError."""
+    _evolution(cfg, resume, *_read_settings(cfg))
+
+
+def run_search(cfg, resume: bool = False) -> Optional[Dict]:
+    """Run (or with `resume`, continue) the search of `cfg` in OUTPUT_DIR, then its finalists. Returns the
+    best candidate's record on rank 0 (with finalists, the best finalist's), None elsewhere. Settings and
+    constraints are checked before anything is loaded (`check_search`)."""
+    space, settings, constraints, scoring, finalist_settings = _read_settings(cfg)
     search = None
     if comm.is_main_process():
-        search = EvolutionSearch(
-            settings, space, constraints, os.path.join(cfg.OUTPUT_DIR, STATE_FILE), scoring=scoring, resume=resume,
-            finalists=finalist_settings,
-        )
+        search = _evolution(cfg, resume, space, settings, constraints, scoring, finalist_settings)
         supernets = scoring.supernets
         logger.info(
             f"{settings.mode} search in space '{space.name}' (width {space.width_mult}, {space.num_layers} layers), "

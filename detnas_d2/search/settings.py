@@ -1,16 +1,32 @@
 """A search's settings, read once from the config, and the fingerprint that guards its resume."""
+import difflib
+import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
+
+from detectron2.data import DatasetCatalog
+from detectron2.utils.file_io import PathManager
 
 from detnas_d2.recalibration import RecalibrationSettings
 from detnas_d2.search_space import SearchSpace
 from detnas_d2.tasks import get_task
+from detnas_d2.user_errors import UserError
 
 from .predictor import PREDICTORS
 from .racing import MARGIN_MODES
 
-__all__ = ["DIST_MODES", "FinalistSettings", "ScoringSettings", "SearchSettings", "search_fingerprint"]
+__all__ = [
+    "DIST_MODES",
+    "FinalistSettings",
+    "ScoringSettings",
+    "SearchSettings",
+    "adopt_supernet_hashes",
+    "changed_supernets",
+    "file_sha256",
+    "search_fingerprint",
+]
 
 DIST_MODES = ("split_images", "split_candidates")
 
@@ -46,29 +62,29 @@ class SearchSettings:
 
     def validate(self):
         if self.mode not in ("evolution", "random"):
-            raise ValueError(f"DETNAS.SEARCH.MODE must be 'evolution' or 'random', got '{self.mode}'")
+            raise UserError(f"DETNAS.SEARCH.MODE must be 'evolution' or 'random', got '{self.mode}'")
         for key in ("population", "generations", "topk", "max_candidates"):
             if getattr(self, key) < 1:
-                raise ValueError(f"DETNAS.SEARCH.{key.upper()} must be >= 1, got {getattr(self, key)}")
-        for key in ("num_mutation", "num_crossover"):
+                raise UserError(f"DETNAS.SEARCH.{key.upper()} must be >= 1, got {getattr(self, key)}")
+        for key in ("num_mutation", "num_crossover", "predictor_min_scored"):
             if getattr(self, key) < 0:
-                raise ValueError(f"DETNAS.SEARCH.{key.upper()} must be >= 0, got {getattr(self, key)}")
+                raise UserError(f"DETNAS.SEARCH.{key.upper()} must be >= 0, got {getattr(self, key)}")
         if not 0.0 <= self.mutation_prob <= 1.0:
-            raise ValueError(f"DETNAS.SEARCH.MUTATION_PROB must be in [0, 1], got {self.mutation_prob}")
+            raise UserError(f"DETNAS.SEARCH.MUTATION_PROB must be in [0, 1], got {self.mutation_prob}")
         if self.predictor not in PREDICTORS:
-            raise ValueError(f"DETNAS.SEARCH.PREDICTOR must be one of {PREDICTORS}, got '{self.predictor}'")
+            raise UserError(f"DETNAS.SEARCH.PREDICTOR must be one of {PREDICTORS}, got '{self.predictor}'")
         if not 0.0 < self.predictor_keep <= 1.0:
-            raise ValueError(f"DETNAS.SEARCH.PREDICTOR_KEEP must be in (0, 1], got {self.predictor_keep}")
+            raise UserError(f"DETNAS.SEARCH.PREDICTOR_KEEP must be in (0, 1], got {self.predictor_keep}")
         slices = list(self.racing_slices)
         if any(not 0.0 < f < 1.0 for f in slices) or slices != sorted(set(slices)):
-            raise ValueError(
+            raise UserError(
                 f"DETNAS.SEARCH.RACING.SLICES must be increasing fractions in (0, 1) (the whole set is the last "
                 f"rung), e.g. (0.1, 0.3); got {self.racing_slices}"
             )
         if self.racing_margin < 0:
-            raise ValueError(f"DETNAS.SEARCH.RACING.MARGIN must be >= 0, got {self.racing_margin}")
+            raise UserError(f"DETNAS.SEARCH.RACING.MARGIN must be >= 0, got {self.racing_margin}")
         if self.racing_margin_mode not in MARGIN_MODES:
-            raise ValueError(
+            raise UserError(
                 f"DETNAS.SEARCH.RACING.MARGIN_MODE must be one of {MARGIN_MODES}, got '{self.racing_margin_mode}'"
             )
 
@@ -103,25 +119,49 @@ class ScoringSettings:
     def from_cfg(cls, cfg) -> "ScoringSettings":
         s = cfg.DETNAS.SEARCH
         if s.DIST_MODE not in DIST_MODES:
-            raise ValueError(f"DETNAS.SEARCH.DIST_MODE must be one of {DIST_MODES}, got '{s.DIST_MODE}'")
+            raise UserError(f"DETNAS.SEARCH.DIST_MODE must be one of {DIST_MODES}, got '{s.DIST_MODE}'")
         recalib = RecalibrationSettings.from_cfg(cfg)
         recalib.require_dataset()
         eval_dataset = s.EVAL_DATASET or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "")
         if not eval_dataset:
-            raise ValueError(
+            raise UserError(
                 "Set DETNAS.SEARCH.EVAL_DATASET (a held-out split) or DATASETS.TEST: candidates are scored on it"
             )
         task = get_task(cfg)
         if s.EVAL_MIN_SIZE < 0 or (s.EVAL_MIN_SIZE and task.name != "detection"):
-            raise ValueError(
+            raise UserError(
                 f"DETNAS.SEARCH.EVAL_MIN_SIZE={s.EVAL_MIN_SIZE}: a detector's test-time shorter side (> 0) or 0 "
                 "(the model's own); a classifier's test size is INPUT.CLS.TEST_RESIZE / TEST_CROP"
             )
-        return cls(
+        settings = cls(
             cfg.MODEL.WEIGHTS, cfg.MODEL.META_ARCHITECTURE, task.fitness, recalib, eval_dataset,
             int(s.EVAL_IMAGES), int(s.EVAL_BATCH_SIZE), int(s.EVAL_MIN_SIZE), float(s.CACHE_MB), s.DIST_MODE,
             int(s.SEED), tuple(s.ENSEMBLE_WEIGHTS),
         )
+        settings.validate()
+        return settings
+
+    def validate(self):
+        counts = (
+            ("DETNAS.SEARCH.EVAL_IMAGES", self.eval_images, 0, "the first N images of the split; 0: all"),
+            ("DETNAS.SEARCH.EVAL_BATCH_SIZE", self.eval_batch_size, 1, "images per forward"),
+            ("DETNAS.BN_RECALIB.IMAGES", self.recalib.images, 1, "training images for each path's BN"),
+            ("DETNAS.BN_RECALIB.BATCH_SIZE", self.recalib.batch_size, 1, "images per forward"),
+            ("DETNAS.SEARCH.CACHE_MB", self.cache_mb, 0, "megabytes of inputs kept in memory"),
+        )
+        for key, value, least, meaning in counts:
+            if value < least:
+                raise UserError(f"{key} must be >= {least} ({meaning}), got {value}")
+        for key, name in (
+            ("DETNAS.SEARCH.EVAL_DATASET (or DATASETS.TEST)", self.eval_dataset),
+            ("DETNAS.BN_RECALIB.DATASET (or DATASETS.TRAIN)", self.recalib.dataset),
+        ):
+            if name not in DatasetCatalog.list():
+                close = difflib.get_close_matches(name, DatasetCatalog.list(), n=3)
+                raise UserError(
+                    f"{key}: no dataset '{name}' is registered"
+                    + (f" (did you mean {', '.join(close)}?)" if close else "")
+                )
 
 
 @dataclass(frozen=True)
@@ -146,11 +186,11 @@ class FinalistSettings:
     def validate(self):
         for key in ("topk", "eval_images"):
             if getattr(self, key) < 0:
-                raise ValueError(f"DETNAS.SEARCH.FINALISTS.{key.upper()} must be >= 0, got {getattr(self, key)}")
+                raise UserError(f"DETNAS.SEARCH.FINALISTS.{key.upper()} must be >= 0, got {getattr(self, key)}")
         if self.bootstrap < 1:
-            raise ValueError(f"DETNAS.SEARCH.FINALISTS.BOOTSTRAP must be >= 1, got {self.bootstrap}")
+            raise UserError(f"DETNAS.SEARCH.FINALISTS.BOOTSTRAP must be >= 1, got {self.bootstrap}")
         if not 0.0 < self.confidence < 1.0:
-            raise ValueError(f"DETNAS.SEARCH.FINALISTS.CONFIDENCE must be in (0, 1), got {self.confidence}")
+            raise UserError(f"DETNAS.SEARCH.FINALISTS.CONFIDENCE must be in (0, 1), got {self.confidence}")
 
 
 def search_fingerprint(settings: SearchSettings, space: SearchSpace, constraints,
@@ -168,6 +208,7 @@ def search_fingerprint(settings: SearchSettings, space: SearchSpace, constraints
         fingerprint.pop("racing_margin_mode", None)
     if finalists is not None and finalists.topk:
         fingerprint["finalists"] = {k: v for k, v in asdict(finalists).items() if k != "confidence"}
+        fingerprint["finalists"][_SHA256] = [file_sha256(path) for path in finalists.weights]
     fingerprint["space"] = [space.name, space.width_mult]
     fingerprint["constraints"] = [constraints.flops_min, constraints.flops_max, constraints.params_max]
     if constraints.latency is not None:
@@ -176,6 +217,7 @@ def search_fingerprint(settings: SearchSettings, space: SearchSpace, constraints
         supernets = scoring.supernets
         fingerprint.update({
             "weights": supernets[0] if len(supernets) == 1 else list(supernets),
+            _SHA256: _one_or_list([file_sha256(path) for path in supernets]),
             "meta_architecture": scoring.meta_architecture,
             "fitness": scoring.fitness,
             "input_size": constraints.input_size,
@@ -189,3 +231,82 @@ def search_fingerprint(settings: SearchSettings, space: SearchSpace, constraints
         if scoring.eval_min_size:  # searches at the model's own size keep their fingerprint
             fingerprint["eval_min_size"] = scoring.eval_min_size
     return json.loads(json.dumps(fingerprint))  # as it reads back from the file
+
+
+# ---- the supernets' identity: their contents ---------------------------------------------------------
+
+_SHA256 = "weights_sha256"  # beside "weights" (the paths): the checkpoints' contents
+_file_hashes: Dict[Tuple[str, int, int], str] = {}  # (real path, size, mtime) -> sha256, this process
+
+
+def file_sha256(path: str) -> str:
+    """The sha256 (hex) of the file at `path` (local or any PathManager URI), read in 1 MiB blocks;
+    computed once per process for a file of one path, size and modification time."""
+    local = PathManager.get_local_path(path)
+    stat = os.stat(local)
+    key = (os.path.realpath(local), stat.st_size, stat.st_mtime_ns)
+    if key not in _file_hashes:
+        digest = hashlib.sha256()
+        with open(local, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _file_hashes[key] = digest.hexdigest()
+    return _file_hashes[key]
+
+
+def _one_or_list(values: List):
+    return values[0] if len(values) == 1 else values
+
+
+def _as_list(value) -> List:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _supernet_files(fingerprint: Dict) -> List[Tuple[str, List, Optional[List]]]:
+    """(option, paths, sha256s or None) of the checkpoints a fingerprint names."""
+    files = []
+    if "weights" in fingerprint:
+        weights = fingerprint["weights"]
+        option = "MODEL.WEIGHTS" if isinstance(weights, str) else "DETNAS.SEARCH.ENSEMBLE_WEIGHTS"
+        hashes = fingerprint.get(_SHA256)
+        files.append((option, _as_list(weights), None if hashes is None else _as_list(hashes)))
+    finalists = fingerprint.get("finalists")
+    if finalists:
+        files.append(
+            ("DETNAS.SEARCH.FINALISTS.WEIGHTS", list(finalists["weights"]), finalists.get(_SHA256))
+        )
+    return files
+
+
+def changed_supernets(saved: Dict, current: Dict) -> List[str]:
+    """The checkpoints of `current` whose contents differ from those at the same path in `saved` (a
+    search's state), e.g. "MODEL.WEIGHTS w.pth (sha256 1a2b3c4d5e6f when the search started,
+    9f8e7d6c5b4a now)". Other paths are differences of the settings (diff_fingerprints)."""
+    saved_files = {option: (paths, hashes) for option, paths, hashes in _supernet_files(saved)}
+    changed = []
+    for option, paths, hashes in _supernet_files(current):
+        saved_paths, saved_hashes = saved_files.get(option, (None, None))
+        if saved_hashes is None or hashes is None:
+            continue
+        for path, saved_path, then, now in zip(paths, saved_paths, saved_hashes, hashes):
+            if path == saved_path and then != now:
+                changed.append(
+                    f"{option} {path} (sha256 {then[:12]} when the search started, {now[:12]} now)"
+                )
+    return changed
+
+
+def adopt_supernet_hashes(saved: Dict, current: Dict) -> List[str]:
+    """Give a saved fingerprint that names checkpoints by path only (a search started before their
+    contents were recorded) the contents of `current`'s, so that its resumes are checked from now on.
+    Returns the options it completed."""
+    saved_files = {option: hashes for option, _, hashes in _supernet_files(saved)}
+    adopted = []
+    for option, _, hashes in _supernet_files(current):
+        if option in saved_files and saved_files[option] is None and hashes is not None:
+            if option == "DETNAS.SEARCH.FINALISTS.WEIGHTS":
+                saved["finalists"][_SHA256] = hashes
+            else:
+                saved[_SHA256] = current[_SHA256]
+            adopted.append(option)
+    return adopted

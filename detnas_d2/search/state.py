@@ -7,6 +7,7 @@ from typing import Dict, List, Tuple
 from detectron2.utils.file_io import PathManager
 
 from detnas_d2.file_io import atomic_write
+from detnas_d2.user_errors import UserError
 
 from .candidates import Arch
 
@@ -15,8 +16,8 @@ __all__ = ["SearchState", "SearchStateError", "diff_fingerprints"]
 STATE_VERSION = 1
 
 
-class SearchStateError(RuntimeError):
-    pass
+class SearchStateError(UserError):
+    """A state file that cannot be resumed, or a folder that holds a search already."""
 
 
 def _rng_state_to_json(state) -> list:
