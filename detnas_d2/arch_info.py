@@ -172,12 +172,13 @@ def get_parser():
 
 
 def main(argv=None) -> int:
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
     try:
         info = describe(args.arch, args.space, args.width_mult, args.head, args.num_classes, args.input_size,
                         args.latency_table)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ValueError, FileNotFoundError) as e:  # the arch, the space, the latency table
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(info, default=str) if args.json else format_table(info))
     return 0

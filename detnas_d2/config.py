@@ -345,6 +345,10 @@ def get_detnas_cfg(config_file: str = "", opts=()):
         except (KeyError, ValueError, AssertionError, TypeError, yaml.YAMLError, OSError) as e:
             raise ConfigError(_config_problem(e, f"config file {config_file}", cfg)) from e
     opts = list(opts)
+    keys = {key for key, _ in _leaves(cfg)}
+    for key, value in zip(opts[0::2], opts[1::2]):
+        if value in keys and key in keys:  # a key without its value shifts every pair after it
+            raise ConfigError(f"command line: {key} has no value (the next item is the key {value})")
     if len(opts) % 2:
         raise ConfigError(f"command-line options come in KEY VALUE pairs; '{opts[-1]}' has no value")
     renamed = []

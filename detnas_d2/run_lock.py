@@ -71,6 +71,8 @@ class RunLock:
     def acquire(self) -> "RunLock":
         if self._fd is not None:
             return self
+        if os.path.exists(self.folder) and not os.path.isdir(self.folder):
+            raise RunLockError(f"OUTPUT_DIR {self.folder} is a file: give a folder")
         try:
             self._created_folder = not os.path.isdir(self.folder)
             os.makedirs(self.folder, exist_ok=True)

@@ -15,9 +15,12 @@ import sys
 
 import detnas_d2  # noqa: F401  (compat shims, registrations)
 
+from detnas_d2.config import get_detnas_cfg
+from detnas_d2.config_files import config_file
 from detnas_d2.engine import parse_args
 from detnas_d2.engine.submit import EXECUTORS, build_executor, submit_training
 from detnas_d2.train_net import main as train_main
+from detnas_d2.user_errors import UserError, reporting_user_errors
 
 
 def get_parser():
@@ -60,7 +63,13 @@ def get_parser():
 
 def main(argv=None) -> int:
     ours, rest = get_parser().parse_known_args(argv)
-    args = parse_args(rest, env={})  # the job's own SLURM environment sets the launch arguments
+    with reporting_user_errors("submit.py"):  # a bad option or config: before anything is queued
+        args = parse_args(rest, env={})  # the job's own SLURM environment sets the launch arguments
+        try:
+            args.config_file = config_file(args.config_file)
+        except FileNotFoundError as e:
+            raise UserError(str(e)) from None
+        get_detnas_cfg(args.config_file, args.opts)
     try:
         executor = build_executor(
             ours.job_dir,

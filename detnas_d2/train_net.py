@@ -16,50 +16,23 @@ MODEL.DEVICE becomes cpu. Under SLURM's `srun` (tools/slurm_train.sbatch), --num
 and --dist-url default to the job's nodes; values given on the command line win.
 """
 
-import os
+import logging
 
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
-from .arch_io import load_arch
 from .checkpoint import DetNASCheckpointer, arch_opts_from_weights
 from .config import frozen_cfg, setup_run
 from .engine import DetNASTrainer, parse_args, run_command
+from .engine.checks import changed_settings, check_training
 from .evaluation import require_finite_results
 from .run_lock import locked_output_dir
-from .search_space import space_from_cfg
 from .user_errors import UserError
 
 __all__ = ["main", "parse_args", "run"]  # parse_args: the command line main takes
 
 Trainer = DetNASTrainer
-
-
-def check_training(cfg, resume: bool, eval_only: bool):
-    """What a training refuses before it writes anything: an arch option that cannot be read, and
-    without --resume a folder that holds another training's checkpoints (it would replace
-    model_final.pth and leave the old periodic checkpoints beside the new)."""
-    try:
-        space = space_from_cfg(cfg)
-    except ValueError as e:  # MODEL.DETNAS.SPACE, WIDTH_MULT, BLOCK_STYLE
-        raise UserError(str(e)) from None
-    for key in ("ARCH", "REFERENCE_ARCH"):
-        if cfg.MODEL.DETNAS[key]:
-            load_arch(cfg.MODEL.DETNAS[key], space)
-    folder = cfg.OUTPUT_DIR
-    if resume or eval_only or not os.path.isdir(folder):
-        return
-    found = sorted(
-        name
-        for name in os.listdir(folder)
-        if name == "last_checkpoint" or (name.startswith("model_") and name.endswith(".pth"))
-    )
-    if found:
-        shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
-        raise UserError(
-            f"OUTPUT_DIR {folder} holds a training's checkpoints ({shown}): pass --resume to continue "
-            "that training, or give another OUTPUT_DIR (or empty this one) to train anew"
-        )
+logger = logging.getLogger(__name__)
 
 
 def main(args):
@@ -70,7 +43,12 @@ def main(args):
     cfg = frozen_cfg(args)
     check = lambda: check_training(cfg, args.resume, args.eval_only)  # noqa: E731
     with locked_output_dir(cfg.OUTPUT_DIR, check=check):
+        changed = changed_settings(cfg) if args.resume and comm.is_main_process() else []
         setup_run(cfg, args)
+        if changed:
+            logger.warning(
+                f"--resume with settings other than the run's in {cfg.OUTPUT_DIR}: {'; '.join(changed)}"
+            )
         return _train_or_evaluate(cfg, args)
 
 
@@ -88,7 +66,13 @@ def _train_or_evaluate(cfg, args):
 
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    try:
+        return trainer.train()
+    except FloatingPointError as e:  # Detectron2: the loss or the predicted boxes became NaN or Inf
+        raise UserError(
+            f"the training diverged ({str(e).splitlines()[0]}): lower SOLVER.BASE_LR or raise "
+            "SOLVER.WARMUP_ITERS, and check MODEL.WEIGHTS (the checkpoints saved before are kept)"
+        ) from None
 
 
 def run(argv=None):

@@ -9,16 +9,18 @@ import subprocess
 import sys
 
 import detnas_d2  # noqa: F401  (compat shims, registrations)
+from detnas_d2 import search_net, submit_net, train_net
 
 import pytest
 from detectron2.data import DatasetCatalog
 
-from detnas_d2 import search_net, train_net
 from detnas_d2.arch_io import ArchError, load_arch
 from detnas_d2.config import frozen_cfg
 from detnas_d2.data.datasets import DatasetError
 from detnas_d2.data.toy import ToyDataError, ensure_toy_data
 from detnas_d2.engine import parse_args
+from detnas_d2.engine.checks import changed_settings, check_training
+from detnas_d2.gpu_check.command import main as gpu_check
 from detnas_d2.pipeline import QUICK_OVERRIDES
 from detnas_d2.run_lock import RunLock
 from detnas_d2.search import (
@@ -57,7 +59,9 @@ def stopped_search(tmp_path):
     weights = tmp_path / "supernet.pth"
     weights.write_bytes(b"the first supernet")
     out = tmp_path / "search"
-    cfg = frozen_cfg(parse_args(search_argv(out, weights, "DETNAS.SEARCH.MAX_CANDIDATES", "2"), env={}))
+    cfg = frozen_cfg(
+        parse_args(search_argv(out, weights, "DETNAS.SEARCH.MAX_CANDIDATES", "2"), env={})
+    )
     space = space_from_cfg(cfg)
     scoring = ScoringSettings.from_cfg(cfg)
     search = EvolutionSearch(
@@ -93,19 +97,39 @@ def test_a_resume_on_other_supernet_weights_is_refused_and_writes_nothing(stoppe
     weights.write_bytes(b"another supernet at the same path")
     line = refused(search_net.run, search_argv(out, weights, resume=True), capsys)
     assert f"MODEL.WEIGHTS {weights} (sha256 " in line and "other supernet weights" in line
-    assert "Resume with the weights it started with, or start a new search in another OUTPUT_DIR" in line
+    assert (
+        "Resume with the weights it started with, or start a new search in another OUTPUT_DIR"
+        in line
+    )
     assert folder_contents(out) == before
 
 
 def test_refused_searches_leave_config_yaml_and_the_rest_as_they_were(stopped_search, capsys):
     out, weights = stopped_search
     before = folder_contents(out)
-    line = refused(search_net.run, search_argv(out, weights), capsys)  # a new search over a stopped one
+    line = refused(
+        search_net.run, search_argv(out, weights), capsys
+    )  # a new search over a stopped one
     assert "already holds a search: pass --resume" in line
     assert folder_contents(out) == before
-    line = refused(search_net.run, search_argv(out, weights, "DETNAS.SEARCH.TOPK", "1", resume=True), capsys)
+    line = refused(
+        search_net.run, search_argv(out, weights, "DETNAS.SEARCH.TOPK", "1", resume=True), capsys
+    )
     assert "cannot be resumed with these: topk: 2 -> 1" in line
     assert folder_contents(out) == before
+
+
+def test_records_of_a_search_without_its_state_are_not_overwritten(stopped_search, capsys):
+    out, weights = stopped_search
+    (out / STATE_FILE).unlink()
+    before = folder_contents(out)
+    for resume in (False, True):
+        line = refused(search_net.run, search_argv(out, weights, resume=resume), capsys)
+        assert (
+            f"holds the records of a search (search_state.json.bak) but no {STATE_FILE}: copy"
+            in line
+        )
+        assert folder_contents(out) == before
 
 
 def test_a_second_search_into_a_folder_in_use_is_refused(stopped_search, capsys):
@@ -113,7 +137,9 @@ def test_a_second_search_into_a_folder_in_use_is_refused(stopped_search, capsys)
     with RunLock(str(out), command="the first search"):
         before = folder_contents(out)
         line = refused(search_net.run, search_argv(out, weights, resume=True), capsys)
-        assert f"is in use by another run (pid {os.getpid()} " in line and "the first search" in line
+        assert (
+            f"is in use by another run (pid {os.getpid()} " in line and "the first search" in line
+        )
         assert folder_contents(out) == before
 
 
@@ -148,18 +174,63 @@ def test_weights_that_are_a_folder_are_named_so(tmp_path, capsys):
 def test_training_does_not_start_over_a_finished_training_without_resume(tmp_path, capsys):
     out = tmp_path / "train"
     out.mkdir()
-    for name, data in (("model_0000004.pth", b"4"), ("model_final.pth", b"final"), ("last_checkpoint", b"x")):
+    for name, data in (
+        ("model_0000004.pth", b"4"),
+        ("model_final.pth", b"final"),
+        ("last_checkpoint", b"x"),
+    ):
         (out / name).write_bytes(data)
     (out / "config.yaml").write_text("the finished training's")
     before = folder_contents(out)
     argv = ["--config-file", SUBNET_CONFIG, "OUTPUT_DIR", str(out)]
     line = refused(train_net.run, argv, capsys)
-    assert f"OUTPUT_DIR {out} holds a training's checkpoints (last_checkpoint, model_0000004.pth" in line
+    assert (
+        f"OUTPUT_DIR {out} holds a training's checkpoints (last_checkpoint, model_0000004.pth"
+        in line
+    )
     assert "pass --resume to continue that training, or give another OUTPUT_DIR" in line
     assert folder_contents(out) == before
     cfg = frozen_cfg(parse_args(argv, env={}))
-    train_net.check_training(cfg, resume=True, eval_only=False)  # continuing it is fine
-    train_net.check_training(cfg, resume=False, eval_only=True)  # so is evaluating in it
+    check_training(cfg, resume=True, eval_only=False)  # continuing it is fine
+    check_training(cfg, resume=False, eval_only=True)  # so is evaluating in it
+
+
+def test_a_resume_with_other_settings_names_them(tmp_path):
+    argv = ["--config-file", SUBNET_CONFIG, "OUTPUT_DIR", str(tmp_path)]
+    (tmp_path / "config.yaml").write_text(frozen_cfg(parse_args(argv, env={})).dump())
+    assert changed_settings(frozen_cfg(parse_args(argv, env={}))) == []
+    changed = frozen_cfg(
+        parse_args(argv + ["SOLVER.BASE_LR", "0.5", "SOLVER.STEPS", "(7,)"], env={})
+    )
+    assert changed_settings(changed) == [
+        "SOLVER.BASE_LR: 0.04 -> 0.5",
+        "SOLVER.STEPS: [1300] -> [7]",
+    ]
+
+
+@pytest.mark.slow
+def test_a_diverging_training_is_one_line_and_keeps_its_folder(tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = [
+        "--config-file",
+        os.path.join(REPO, "configs", "Toy", "cls_supernet.yaml"),
+        "OUTPUT_DIR",
+        str(out),
+        "SOLVER.BASE_LR",
+        "1e6",
+        "SOLVER.MAX_ITER",
+        "20",
+        "SOLVER.WARMUP_ITERS",
+        "0",
+        "DATASETS.TEST",
+        "()",
+    ]
+    line = refused(train_net.run, argv, capsys)
+    assert (
+        line.startswith("train_net.py: error: the training diverged (")
+        and "lower SOLVER.BASE_LR" in line
+    )
+    assert (out / "config.yaml").is_file() and not (out / ".lock").exists()
 
 
 @pytest.mark.parametrize(
@@ -170,13 +241,31 @@ def test_training_does_not_start_over_a_finished_training_without_resume(tmp_pat
         (["MODEL.DETNAS.SPACE", "huge"], "unknown search space 'huge'"),
         (["MODEL.FOO", "1"], "command line: no config key MODEL.FOO; check its spelling"),
         (["SOLVER.MAX_ITR", "1"], "no config key SOLVER.MAX_ITR; did you mean SOLVER.MAX_ITER?"),
-        (["SOLVER.MAX_ITER", "abc"], "SOLVER.MAX_ITER takes an int (default 1500), got 'abc' (str)"),
+        (
+            ["SOLVER.MAX_ITER", "abc"],
+            "SOLVER.MAX_ITER takes an int (default 1500), got 'abc' (str)",
+        ),
         (["SOLVER.MAX_ITER"], "KEY VALUE pairs; 'SOLVER.MAX_ITER' has no value"),
+        (
+            ["SOLVER.MAX_ITER", "MODEL.WEIGHTS", "w.pth"],
+            "SOLVER.MAX_ITER has no value (the next item is the key",
+        ),
+        (
+            ["DATASETS.TRAIN", "('toy_det_trian',)"],
+            "DATASETS.TRAIN: no dataset 'toy_det_trian' is registered; did",
+        ),
+        (
+            ["SOLVER.IMS_PER_BATCH", "0"],
+            "SOLVER.IMS_PER_BATCH 0: the images per iteration of all processes",
+        ),
+        (["SOLVER.MAX_ITER", "0"], "SOLVER.MAX_ITER must be >= 1, got 0"),
     ],
 )
 def test_config_and_arch_errors_are_one_line_and_write_nothing(tmp_path, capsys, opts, message):
     out = tmp_path / "out"
-    line = refused(train_net.run, ["--config-file", SUBNET_CONFIG, "OUTPUT_DIR", str(out), *opts], capsys)
+    line = refused(
+        train_net.run, ["--config-file", SUBNET_CONFIG, "OUTPUT_DIR", str(out), *opts], capsys
+    )
     assert line.startswith("train_net.py: error: "), line
     assert message in line
     assert not out.exists()
@@ -188,7 +277,10 @@ def test_config_file_errors_name_the_file(tmp_path, capsys):
     bad_yaml = tmp_path / "bad_yaml.yaml"
     bad_yaml.write_text("SOLVER:\n  MAX_ITER: [1\n")
     for path, message in (
-        (bad_key, f"config file {bad_key}: no config key MODEL.DETNAS.SPAC; did you mean MODEL.DETNAS.SPACE?"),
+        (
+            bad_key,
+            f"config file {bad_key}: no config key MODEL.DETNAS.SPAC; did you mean MODEL.DETNAS.SPACE?",
+        ),
         (bad_yaml, f"config file {bad_yaml}: not valid YAML ("),
         (tmp_path / "none.yaml", f"config {tmp_path / 'none.yaml'} not found"),
     ):
@@ -201,27 +293,52 @@ def test_config_file_errors_name_the_file(tmp_path, capsys):
         (["--num-gpus", "0"], "--num-gpus 0: give the number of processes per machine, at least 1"),
         (["--num-gpus", "-2"], "--num-gpus -2"),
         (["--num-machines", "0"], "--num-machines 0: give at least 1"),
-        (["--num-machines", "2", "--machine-rank", "2", "--dist-url", "tcp://h:1"], "--machine-rank 2"),
-        (["--num-machines", "2", "--dist-url", "auto"], "--dist-url auto works on one machine only"),
+        (
+            ["--num-machines", "2", "--machine-rank", "2", "--dist-url", "tcp://h:1"],
+            "--machine-rank 2",
+        ),
+        (
+            ["--num-machines", "2", "--dist-url", "auto"],
+            "--dist-url auto works on one machine only",
+        ),
     ],
 )
 def test_launch_arguments_that_start_nothing_are_refused(tmp_path, capsys, launch_args, message):
     for run in (train_net.run, search_net.run):
-        line = refused(run, ["--config-file", SUBNET_CONFIG, *launch_args, "OUTPUT_DIR", str(tmp_path)], capsys)
+        line = refused(
+            run, ["--config-file", SUBNET_CONFIG, *launch_args, "OUTPUT_DIR", str(tmp_path)], capsys
+        )
         assert message in line
 
 
 def test_debug_shows_the_traceback(tmp_path, monkeypatch):
     monkeypatch.setenv(DEBUG_ENV, "1")
     with pytest.raises(ArchError, match="unknown block id 9"):
-        train_net.run(["--config-file", SUBNET_CONFIG, "MODEL.DETNAS.ARCH", "9,9,9", "OUTPUT_DIR", str(tmp_path)])
+        train_net.run(
+            [
+                "--config-file",
+                SUBNET_CONFIG,
+                "MODEL.DETNAS.ARCH",
+                "9,9,9",
+                "OUTPUT_DIR",
+                str(tmp_path),
+            ]
+        )
 
 
 @pytest.mark.slow
 def test_a_workers_user_error_is_one_line_of_the_launcher(tmp_path):
     """Two processes: rank 0 refuses the arch before anything is written; the launcher exits 2 quietly."""
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "detnas_d2.train_net", "--num-gpus", "2", "--config-file", SUBNET_CONFIG]
+    command = [
+        sys.executable,
+        "-m",
+        "detnas_d2.train_net",
+        "--num-gpus",
+        "2",
+        "--config-file",
+        SUBNET_CONFIG,
+    ]
     proc = subprocess.run(
         command + ["MODEL.DETNAS.ARCH", "9,9,9", "OUTPUT_DIR", str(out)],
         capture_output=True,
@@ -231,8 +348,10 @@ def test_a_workers_user_error_is_one_line_of_the_launcher(tmp_path):
     )
     errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert errors == ["train_net.py: error: arch '9,9,9': item 0: unknown block id 9 (ids 0-3: shuffle_3x3, "
-                      "shuffle_5x5, shuffle_7x7, shuffle_xception)"], proc.stderr[-3000:]
+    assert errors == [
+        "train_net.py: error: arch '9,9,9': item 0: unknown block id 9 (ids 0-3: shuffle_3x3, "
+        "shuffle_5x5, shuffle_7x7, shuffle_xception)"
+    ], proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and not out.exists()
 
 
@@ -251,7 +370,9 @@ def test_an_unwritable_toy_root_is_one_line_naming_it(tmp_path, monkeypatch):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     monkeypatch.setenv("DETNAS_TOY_ROOT", str(blocker / "toy"))
-    with pytest.raises(ToyDataError, match=f"cannot write the toy dataset to {blocker}/toy .*DETNAS_TOY_ROOT"):
+    with pytest.raises(
+        ToyDataError, match=f"cannot write the toy dataset to {blocker}/toy .*DETNAS_TOY_ROOT"
+    ):
         ensure_toy_data("det", seed=7)
 
 
@@ -259,3 +380,31 @@ def test_a_folder_given_as_an_arch_file_is_named_a_folder(tmp_path):
     with pytest.raises(ArchError, match=f"arch {tmp_path} is a folder: give an arch file"):
         load_arch(str(tmp_path), get_space("small"))
     assert issubclass(ArchError, UserError) and issubclass(ArchError, ValueError)
+
+
+# ---- tools -------------------------------------------------------------------------------------------
+
+
+def test_submit_checks_the_config_before_it_queues_a_job(tmp_path, capsys):
+    jobs = tmp_path / "jobs"
+    for opts, message in (
+        (["MODEL.FOO", "1"], "no config key MODEL.FOO"),
+        (["--num-gpus", "0"], "--num-gpus 0"),
+    ):
+        argv = [
+            "--executor",
+            "local",
+            "--job-dir",
+            str(jobs),
+            "--config-file",
+            SUBNET_CONFIG,
+            *opts,
+        ]
+        assert message in refused(submit_net.main, argv, capsys)
+    assert not jobs.exists()
+
+
+def test_gpu_check_on_the_cpu_needs_quick(tmp_path, capsys):
+    assert gpu_check(["--device", "cpu", "--output-dir", str(tmp_path / "out")]) == 2
+    assert "--device cpu runs the check at tiny sizes only: add --quick" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

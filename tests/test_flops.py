@@ -177,7 +177,7 @@ def test_arch_info_cli(tmp_path, capsys):
     bad.write_text("space: small\narch:\n  - shuffle_9x9\n")
     result = _cli(str(bad))
     assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr == f"error: {bad}: line 3: unknown block 'shuffle_9x9' " \
+    assert result.stderr == f"python -m detnas_d2.arch_info: error: {bad}: line 3: unknown block 'shuffle_9x9' " \
         "(blocks: shuffle_3x3, shuffle_5x5, shuffle_7x7, shuffle_xception)\n"
 
 
@@ -195,4 +195,4 @@ def test_arch_info_options(capsys):
     with pytest.raises(SystemExit) as exit_info:
         arch_info_main([ids, "--input-size", "big"])
     assert exit_info.value.code == 2
-    assert "expected a positive size like 224 or 800x1333, got 'big'" in capsys.readouterr().err
+    assert "an input size is HxW or one number (square), e.g. 224x224 or 800x1333; got 'big'" in capsys.readouterr().err

@@ -22,7 +22,7 @@ LAYERS = [
     ["arch_info"],
     ["engine", "search"],
     ["audit", "train_net", "search_net", "lazy_train_net"],
-    ["gpu_check"],
+    ["gpu_check", "submit_net"],
 ]
 RANK = {name: rank for rank, row in enumerate(LAYERS) for name in row}
 

@@ -15,6 +15,7 @@ import time
 from detectron2.utils.logger import setup_logger
 
 from detnas_d2.data import toy
+from detnas_d2.user_errors import reporting_user_errors
 
 
 def main():
@@ -40,19 +41,19 @@ def main():
     )
     args = parser.parse_args()
     setup_logger(name="detnas_d2")
-    for kind in args.kind:
-        start = time.perf_counter()
-        path = toy.ensure_toy_data(kind, args.seed, root=args.root)
-        print(f"{kind}: {path} ({time.perf_counter() - start:.2f}s)")
-        if kind != "det":
-            continue
-        for split, images in (("search", args.large_search), ("train", args.large_train)):
-            if images > 0:
-                start = time.perf_counter()
-                path = toy.ensure_toy_data("det", args.seed, {split: images}, root=args.root)
-                print(
-                    f"det ({split}, {images} images): {path} ({time.perf_counter() - start:.2f}s)"
-                )
+    with reporting_user_errors("make_toy_data.py"):  # an unwritable root, a damaged folder
+        for kind in args.kind:
+            start = time.perf_counter()
+            path = toy.ensure_toy_data(kind, args.seed, root=args.root)
+            print(f"{kind}: {path} ({time.perf_counter() - start:.2f}s)")
+            if kind != "det":
+                continue
+            for split, images in (("search", args.large_search), ("train", args.large_train)):
+                if images > 0:
+                    start = time.perf_counter()
+                    path = toy.ensure_toy_data("det", args.seed, {split: images}, root=args.root)
+                    seconds = time.perf_counter() - start
+                    print(f"det ({split}, {images} images): {path} ({seconds:.2f}s)")
 
 
 if __name__ == "__main__":

@@ -226,8 +226,11 @@ def main(argv=None):
         help="reuse finished steps, continue the stopped one (same commands)",
     )
     args = parser.parse_args(argv)
-
+    if args.num_gpus < 1:
+        parser.error(f"--num-gpus {args.num_gpus}: the processes of each step, at least 1")
     output_dir = Path(args.output_dir).resolve()
+    if output_dir.exists() and not output_dir.is_dir():
+        parser.error(f"--output-dir {output_dir} is a file: give a folder")
     output_dir.mkdir(parents=True, exist_ok=True)
     if args.preset.startswith("toy"):
         print(

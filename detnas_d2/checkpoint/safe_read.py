@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from detectron2.utils.file_io import PathManager
 
+from ..user_errors import UserError
+
 __all__ = [
     "ALLOW_PICKLE_ENV",
     "SAFE_GLOBALS",
@@ -41,7 +43,7 @@ _TORCH_FILE_STARTS = (
 _PICKLE_START = b"\x80"  # the PROTO opcode that pickles of protocol 2 and later start with
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint file that cannot be used as asked; the message names the file, the problem and the fix."""
 
 

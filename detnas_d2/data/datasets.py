@@ -29,6 +29,7 @@ under $DETECTRON2_DATASETS/VOC2007 and VOC2012), plus, as the DetNAS paper split
 Own folders: `register_imagenet_layout("mydata_train", "/path/train")`; more toy seeds:
 `register_toy_datasets(seed=1, prefix="toy1")` (toy1_det_train, ...).
 """
+import difflib
 import os
 import random
 
@@ -49,6 +50,7 @@ __all__ = [
     "register_imagenet_layout",
     "register_union",
     "register_toy_datasets",
+    "require_registered",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -56,6 +58,15 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 
 class DatasetError(UserError):
     """A dataset whose files are not where it is registered (the message names the folder to set)."""
+
+
+def require_registered(names, key: str):
+    """Every dataset of `names` (option `key`'s) is registered, else a DatasetError naming the closest."""
+    for name in names:
+        if name not in DatasetCatalog.list():
+            close = difflib.get_close_matches(name, DatasetCatalog.list(), n=3)
+            hint = f"did you mean {', '.join(close)}?" if close else "register it first (Detectron2's guide)"
+            raise DatasetError(f"{key}: no dataset '{name}' is registered; {hint}")
 
 
 # ---- Detectron2's builtin datasets ------------------------------------------------------------------

@@ -140,10 +140,11 @@ def ensure_toy_data(kind, seed=0, split_sizes=None, root=None):
                 if not os.path.isdir(path):
                     _generate_atomically(kind, path, seed, _check_sizes(kind, split_sizes))
         except OSError as e:
-            where = "$DETNAS_TOY_ROOT" if os.environ.get("DETNAS_TOY_ROOT") else "the default root"
+            where = " ($DETNAS_TOY_ROOT)" if os.environ.get("DETNAS_TOY_ROOT") else " (default)"
+            where = "" if root else where
             raise ToyDataError(
-                f"cannot write the toy dataset to {os.path.dirname(path)} ({where}): "
-                f"{e.strerror or e}; set DETNAS_TOY_ROOT to a folder this user can write"
+                f"cannot write the toy dataset to {os.path.dirname(path)}{where}: {e.strerror or e}; "
+                "give a folder this user can write (DETNAS_TOY_ROOT sets it)"
             ) from None
     verify_toy_dir(path, kind, seed, split_sizes)
     _VERIFIED.add(path)

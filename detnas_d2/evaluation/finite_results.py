@@ -5,13 +5,15 @@ result would pass for one."""
 import math
 from typing import Dict, List
 
+from ..user_errors import UserError
+
 __all__ = ["HEADLINE_METRICS", "NonFiniteResultsError", "require_finite_results"]
 
 # AP by object size or category is NaN where the split has no such object: not checked.
 HEADLINE_METRICS = ("AP", "AP50", "AP75", "top1", "top5")
 
 
-class NonFiniteResultsError(ValueError):
+class NonFiniteResultsError(UserError):
     """An evaluation whose headline metrics are NaN or Inf."""
 
 

@@ -34,6 +34,7 @@ from torch import nn
 
 from detnas_d2.checkpoint import DetNASCheckpointer
 from detnas_d2.config import get_detnas_cfg
+from detnas_d2.config_files import config_file
 from detnas_d2.data.classification import ClassificationDatasetMapper
 from detnas_d2.export import (
     DEFAULT_OPSET,
@@ -381,6 +382,10 @@ def _error(message: str) -> int:
 
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
+    try:  # a path, or one of the package's configs, as train_net.py finds them
+        args.config_file = config_file(args.config_file)
+    except FileNotFoundError:
+        return _error(f"--config-file {args.config_file}: no such file (nor one of the package's configs)")
     if not os.path.isfile(args.config_file):
         return _error(f"--config-file {args.config_file}: no such file")
     if args.format == "onnx" and args.opset < 16:

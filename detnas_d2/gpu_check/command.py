@@ -83,6 +83,13 @@ def main(argv: Optional[Sequence[str]] = None, parts: Sequence[Part] = PARTS) ->
             file=sys.stderr,
         )
         return 2
+    if device.type == "cpu" and not args.quick:
+        print(
+            "gpu_check: error: --device cpu runs the check at tiny sizes only: add --quick (the full "
+            "check measures a GPU at the real sizes)",
+            file=sys.stderr,
+        )
+        return 2
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     terminal = sys.stdout

@@ -24,6 +24,7 @@ import yaml
 from ..input_size import format_input_size, parse_input_size
 from ..modeling.backbone import STAGE_NAMES
 from ..search_space import BLOCKS, NUM_CHOICES, SearchSpace, get_space
+from ..user_errors import UserError
 from .calibration import fit_line
 
 __all__ = ["TABLE_FORMAT", "LatencyTable", "LatencyTableMismatch"]
@@ -33,7 +34,7 @@ _UNCALIBRATED_FORMAT = "detnas-d2-latency-table-v1"  # no calibration: read, pre
 logger = logging.getLogger(__name__)
 
 
-class LatencyTableMismatch(ValueError):
+class LatencyTableMismatch(UserError):
     """A table measured on another device / input size / space than the one asked for."""
 
 

@@ -27,7 +27,7 @@ from detnas_d2.user_errors import UserError
 from .constraints import ArchConstraints
 from .evolution import EvolutionSearch
 from .finalists import Finalists
-from .outputs import SearchOutputs
+from .outputs import CANDIDATES_FILE, SearchOutputs
 from .scoring import CandidateScorer
 from .settings import FinalistSettings, ScoringSettings, SearchSettings
 
@@ -144,7 +144,17 @@ def _evolution(cfg, resume: bool, space, settings, constraints, scoring, finalis
 def check_search(cfg, resume: bool = False):
     """What `run_search` refuses before it loads a model, checked without writing anything: the
     settings, constraints and checkpoints, and OUTPUT_DIR's search state (a new search does not start
-    over one; a resume needs the same settings and supernets). Raises UserError."""
+    over one, nor over the records of one whose state file is gone; a resume needs the same settings
+    and supernets). Raises UserError."""
+    state = os.path.join(cfg.OUTPUT_DIR, STATE_FILE)
+    records = [state + ".bak", os.path.join(cfg.OUTPUT_DIR, CANDIDATES_FILE)]
+    orphans = [p for p in records if os.path.isfile(p) and os.path.getsize(p)]
+    if orphans and not os.path.exists(state):
+        raise UserError(
+            f"{cfg.OUTPUT_DIR} holds the records of a search ({', '.join(map(os.path.basename, orphans))}) "
+            f"but no {STATE_FILE}: copy {STATE_FILE}.bak to {STATE_FILE} to resume it (if there is "
+            "one), or give another OUTPUT_DIR (or delete them) to search anew"
+        )
     _evolution(cfg, resume, *_read_settings(cfg))
 
 

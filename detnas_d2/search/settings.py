@@ -1,14 +1,13 @@
 """A search's settings, read once from the config, and the fingerprint that guards its resume."""
-import difflib
 import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Tuple
 
-from detectron2.data import DatasetCatalog
 from detectron2.utils.file_io import PathManager
 
+from detnas_d2.data.datasets import require_registered
 from detnas_d2.recalibration import RecalibrationSettings
 from detnas_d2.search_space import SearchSpace
 from detnas_d2.tasks import get_task
@@ -152,16 +151,8 @@ class ScoringSettings:
         for key, value, least, meaning in counts:
             if value < least:
                 raise UserError(f"{key} must be >= {least} ({meaning}), got {value}")
-        for key, name in (
-            ("DETNAS.SEARCH.EVAL_DATASET (or DATASETS.TEST)", self.eval_dataset),
-            ("DETNAS.BN_RECALIB.DATASET (or DATASETS.TRAIN)", self.recalib.dataset),
-        ):
-            if name not in DatasetCatalog.list():
-                close = difflib.get_close_matches(name, DatasetCatalog.list(), n=3)
-                raise UserError(
-                    f"{key}: no dataset '{name}' is registered"
-                    + (f" (did you mean {', '.join(close)}?)" if close else "")
-                )
+        require_registered([self.eval_dataset], "DETNAS.SEARCH.EVAL_DATASET (or DATASETS.TEST)")
+        require_registered([self.recalib.dataset], "DETNAS.BN_RECALIB.DATASET (or DATASETS.TRAIN)")
 
 
 @dataclass(frozen=True)
