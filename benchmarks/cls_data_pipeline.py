@@ -11,22 +11,26 @@
 
     python benchmarks/cls_data_pipeline.py [--iters 20] [--images 100] [--threads 1]
 """
+
 import argparse
 import os
 import tempfile
 import time
 
+import detnas_d2  # noqa: F401  (first: compat shims, registrations)
+
 import numpy as np
 import torch
-from PIL import Image
-
-import detnas_d2  # noqa: F401  (first: compat shims, registrations)
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
+from PIL import Image
 from torchvision import transforms as T
 
 from detnas_d2.config import get_detnas_cfg
-from detnas_d2.data.classification import ClassificationDatasetMapper, build_classification_train_loader
+from detnas_d2.data.classification import (
+    ClassificationDatasetMapper,
+    build_classification_train_loader,
+)
 from detnas_d2.solver import build_optimizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +49,9 @@ def toy_pipeline_vs_step(config, iters, opts):
     next(loader)  # start-up (workers, first decode) is not throughput
 
     batches = []
-    data_rate = images_per_second(lambda: batches.extend(next(loader) for _ in range(iters)), iters * batch_size)
+    data_rate = images_per_second(
+        lambda: batches.extend(next(loader) for _ in range(iters)), iters * batch_size
+    )
 
     model = build_model(cfg)
     optimizer = build_optimizer(cfg, model)
@@ -60,8 +66,10 @@ def toy_pipeline_vs_step(config, iters, opts):
 
     train(batches[:2])  # warm-up: first-call kernel selection
     step_rate = images_per_second(lambda: train(batches), iters * batch_size)
-    print(f"toy ({os.path.relpath(config, REPO)}, batch {batch_size}, crop {cfg.INPUT.CLS.TRAIN_CROP}, "
-          f"{cfg.DATALOADER.NUM_WORKERS} workers):")
+    print(
+        f"toy ({os.path.relpath(config, REPO)}, batch {batch_size}, crop {cfg.INPUT.CLS.TRAIN_CROP}, "
+        f"{cfg.DATALOADER.NUM_WORKERS} workers):"
+    )
     print(f"  data pipeline  {data_rate:9.1f} images/s")
     print(f"  training step  {step_rate:9.1f} images/s")
     print(f"  ratio data/step {data_rate / step_rate:.1f}x")
@@ -71,7 +79,9 @@ def _photo(width, height, seed):
     """A JPEG-compressible photo stand-in: smooth colour fields plus fine noise."""
     rng = np.random.default_rng(seed)
     small = rng.uniform(0, 255, (height // 16 + 1, width // 16 + 1, 3)).astype(np.uint8)
-    img = np.asarray(Image.fromarray(small).resize((width, height), Image.BICUBIC), dtype=np.float32)
+    img = np.asarray(
+        Image.fromarray(small).resize((width, height), Image.BICUBIC), dtype=np.float32
+    )
     img += rng.normal(0, 8, img.shape)
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 
@@ -95,7 +105,12 @@ def imagenet_size_mappers(num_images, width, height):
             return load
 
         train_reference = T.Compose(
-            [T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ColorJitter(0.4, 0.4, 0.4), T.PILToTensor()]
+            [
+                T.RandomResizedCrop(224),
+                T.RandomHorizontalFlip(),
+                T.ColorJitter(0.4, 0.4, 0.4),
+                T.PILToTensor(),
+            ]
         )
         test_reference = T.Compose([T.Resize(256), T.CenterCrop(224), T.PILToTensor()])
         ours_train = ClassificationDatasetMapper(True, image_format="BGR")
@@ -108,14 +123,18 @@ def imagenet_size_mappers(num_images, width, height):
             run(ours)()  # page cache
             ours_rate = images_per_second(run(ours), num_images)
             reference_rate = images_per_second(run(reference), num_images)
-            print(f"  {name} mapper {ours_rate:7.1f} images/s, torchvision {reference_rate:7.1f} images/s, "
-                  f"ratio {ours_rate / reference_rate:.2f}x")
+            print(
+                f"  {name} mapper {ours_rate:7.1f} images/s, torchvision {reference_rate:7.1f} images/s, "
+                f"ratio {ours_rate / reference_rate:.2f}x"
+            )
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default=os.path.join(REPO, "configs/Toy/cls_subnet.yaml"))
-    parser.add_argument("--iters", type=int, default=20, help="batches timed for the toy comparison")
+    parser.add_argument(
+        "--iters", type=int, default=20, help="batches timed for the toy comparison"
+    )
     parser.add_argument("--images", type=int, default=100, help="ImageNet-sized images timed")
     parser.add_argument("--size", type=int, nargs=2, default=(500, 375), metavar=("W", "H"))
     parser.add_argument("--threads", type=int, default=1, help="torch threads (model and mapper)")

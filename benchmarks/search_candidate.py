@@ -13,6 +13,7 @@ Without CUDA the processes are CPU processes (gloo) with cores/2 threads each (w
 gives each of two processes), so "vs 1 proc" is the gain of a second process with its own cores, as a
 second GPU would be.
 """
+
 import argparse
 import os
 import statistics
@@ -20,16 +21,16 @@ import sys
 import tempfile
 import time
 
-import torch
-
 import detnas_d2  # noqa: F401  (first: compat shims, registrations)
+from detnas_d2 import add_detnas_config
+
+import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
-from detnas_d2 import add_detnas_config
 from detnas_d2.config import get_detnas_cfg
 from detnas_d2.engine.launch import launch
 from detnas_d2.file_io import read_json_lines
@@ -47,21 +48,38 @@ def _search(cfg_text, threads):
 
 
 def _stats(out_dir, procs, split_candidates):
-    records = read_json_lines(os.path.join(out_dir, "candidates.jsonl"))[1:]  # the first one warms up
+    records = read_json_lines(os.path.join(out_dir, "candidates.jsonl"))[
+        1:
+    ]  # the first one warms up
     mean = lambda key: statistics.mean(r[key] for r in records)  # noqa: E731
-    recalib, inference, metric, wall = (mean(k) for k in ("seconds_recalib", "seconds_inference",
-                                                           "seconds_metric", "seconds_wall"))
+    recalib, inference, metric, wall = (
+        mean(k) for k in ("seconds_recalib", "seconds_inference", "seconds_metric", "seconds_wall")
+    )
     # split_candidates: `procs` candidates are scored side by side in `procs` x wall seconds
     busy = wall * procs if split_candidates else wall
     rest = busy - (recalib + inference + metric)
-    return {"n": len(records) + 1, "recalib": recalib, "inference": inference, "metric": metric,
-            "rest": rest, "rest_pct": 100 * rest / busy, "wall": wall, "per_hour": 3600 / wall}
+    return {
+        "n": len(records) + 1,
+        "recalib": recalib,
+        "inference": inference,
+        "metric": metric,
+        "rest": rest,
+        "rest_pct": 100 * rest / busy,
+        "wall": wall,
+        "per_hour": 3600 / wall,
+    }
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", default=os.path.join(ROOT, "configs", "Toy", "search_det.yaml"))
-    parser.add_argument("--candidates", type=int, default=12, help="candidates per run (2 generations)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config-file", default=os.path.join(ROOT, "configs", "Toy", "search_det.yaml")
+    )
+    parser.add_argument(
+        "--candidates", type=int, default=12, help="candidates per run (2 generations)"
+    )
     parser.add_argument("--weights", default="", help="supernet checkpoint (default: random init)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE pairs")
     args = parser.parse_args()
@@ -78,12 +96,16 @@ def main():
     cfg.DETNAS.SEARCH.GENERATIONS = 2
     cfg.DETNAS.SEARCH.MAX_CANDIDATES = args.candidates
     cfg.DETNAS.SEARCH.TOPK = min(cfg.DETNAS.SEARCH.TOPK, cfg.DETNAS.SEARCH.POPULATION)
-    cfg.DETNAS.SEARCH.NUM_MUTATION = cfg.DETNAS.SEARCH.NUM_CROSSOVER = cfg.DETNAS.SEARCH.POPULATION // 3
+    cfg.DETNAS.SEARCH.NUM_MUTATION = cfg.DETNAS.SEARCH.NUM_CROSSOVER = (
+        cfg.DETNAS.SEARCH.POPULATION // 3
+    )
 
-    runs = [("1 process", 1, "split_images", cfg.DETNAS.SEARCH.CACHE_MB),
-            ("1 process, no input cache", 1, "split_images", 0),
-            ("2 processes, split_images", 2, "split_images", cfg.DETNAS.SEARCH.CACHE_MB),
-            ("2 processes, split_candidates", 2, "split_candidates", cfg.DETNAS.SEARCH.CACHE_MB)]
+    runs = [
+        ("1 process", 1, "split_images", cfg.DETNAS.SEARCH.CACHE_MB),
+        ("1 process, no input cache", 1, "split_images", 0),
+        ("2 processes, split_images", 2, "split_images", cfg.DETNAS.SEARCH.CACHE_MB),
+        ("2 processes, split_candidates", 2, "split_candidates", cfg.DETNAS.SEARCH.CACHE_MB),
+    ]
     threads = max(1, (os.cpu_count() or 2) // 2)
     rows, base = [], None
     for label, procs, mode, cache_mb in runs:
@@ -96,17 +118,51 @@ def main():
         total = time.perf_counter() - start
         s = _stats(run_cfg.OUTPUT_DIR, procs, mode == "split_candidates")
         base = base or s["per_hour"]
-        rows.append((label, s["n"], f"{s['recalib']:.3f}", f"{s['inference']:.3f}", f"{s['metric']:.3f}",
-                     f"{s['rest']:.3f}", f"{s['rest_pct']:.1f}%", f"{s['wall']:.3f}", f"{s['per_hour']:.0f}",
-                     f"{s['per_hour'] / base:.2f}x", f"{total:.1f}"))
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores"
-    print(f"\nSearch cost per candidate ({args.config_file}, {device}; BN recalibration on "
-          f"{cfg.DETNAS.BN_RECALIB.IMAGES} images, evaluation on {cfg.DETNAS.SEARCH.EVAL_DATASET}; means over "
-          f"candidates after the first; {threads} thread(s) per process; split_candidates: seconds of each "
-          "candidate on its own process)")
-    print(tabulate(rows, headers=["run", "candidates", "recalib s", "inference s", "COCO eval s", "rest s",
-                                  "rest", "wall s/cand", "cand/hour", "vs 1 proc", "run s (setup incl.)"],
-                   tablefmt="pipe"))
+        rows.append(
+            (
+                label,
+                s["n"],
+                f"{s['recalib']:.3f}",
+                f"{s['inference']:.3f}",
+                f"{s['metric']:.3f}",
+                f"{s['rest']:.3f}",
+                f"{s['rest_pct']:.1f}%",
+                f"{s['wall']:.3f}",
+                f"{s['per_hour']:.0f}",
+                f"{s['per_hour'] / base:.2f}x",
+                f"{total:.1f}",
+            )
+        )
+    device = (
+        torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"CPU, {os.cpu_count()} cores"
+    )
+    print(
+        f"\nSearch cost per candidate ({args.config_file}, {device}; BN recalibration on "
+        f"{cfg.DETNAS.BN_RECALIB.IMAGES} images, evaluation on {cfg.DETNAS.SEARCH.EVAL_DATASET}; means over "
+        f"candidates after the first; {threads} thread(s) per process; split_candidates: seconds of each "
+        "candidate on its own process)"
+    )
+    print(
+        tabulate(
+            rows,
+            headers=[
+                "run",
+                "candidates",
+                "recalib s",
+                "inference s",
+                "COCO eval s",
+                "rest s",
+                "rest",
+                "wall s/cand",
+                "cand/hour",
+                "vs 1 proc",
+                "run s (setup incl.)",
+            ],
+            tablefmt="pipe",
+        )
+    )
 
 
 if __name__ == "__main__":

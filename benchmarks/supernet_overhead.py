@@ -9,21 +9,32 @@ ClassifierHead at 224x224), plus a tiny input where per-module Python dispatch d
 
 On a shared CPU, `--threads 1` gives much steadier timings than torch's default thread count.
 """
+
 import argparse
 import random
 import statistics
 import time
 
+import detnas_d2  # noqa: F401  (compat shims)
+
 import torch
 
-import detnas_d2  # noqa: F401  (compat shims)
-from detnas_d2.modeling import ClassifierHead, ShuffleNetV2Subnet, ShuffleNetV2Supernet, subnet_state_dict_from_supernet
+from detnas_d2.modeling import (
+    ClassifierHead,
+    ShuffleNetV2Subnet,
+    ShuffleNetV2Supernet,
+    subnet_state_dict_from_supernet,
+)
 from detnas_d2.search_space import arch_to_str, get_space
 
 
 def _step(backbone, head, x):
     features = backbone(x)
-    loss = head(features["res5"]).mean() if head is not None else sum(f.mean() for f in features.values())
+    loss = (
+        head(features["res5"]).mean()
+        if head is not None
+        else sum(f.mean() for f in features.values())
+    )
     loss.backward()
 
 
@@ -44,7 +55,9 @@ def _zero_grads(*modules):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--space", default="small")
     parser.add_argument("--width", type=float, default=1.0)
@@ -55,7 +68,9 @@ def main():
     parser.add_argument("--cls-batch", type=int, default=16)
     parser.add_argument("--cls-size", type=int, default=224)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch; 0: torch's default")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="CPU threads for torch; 0: torch's default"
+    )
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -68,15 +83,23 @@ def main():
     supernet.set_arch(arch)
     subnet = ShuffleNetV2Subnet(space, arch).to(device).train()
     subnet.load_state_dict(subnet_state_dict_from_supernet(supernet.state_dict(), space, arch))
-    print(f"space {space.name} width {space.width_mult}, arch {arch_to_str(arch)}, device {device}, "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"space {space.name} width {space.width_mult}, arch {arch_to_str(arch)}, device {device}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
 
     cases = [
         ("dispatch-bound 1x3x64x64", None, torch.randn(1, 3, 64, 64, device=device)),
-        (f"detection  {args.det_batch}x3x{args.det_size}x{args.det_size}", None,
-         torch.randn(args.det_batch, 3, args.det_size, args.det_size, device=device)),
-        (f"classify   {args.cls_batch}x3x{args.cls_size}x{args.cls_size} +head", "head",
-         torch.randn(args.cls_batch, 3, args.cls_size, args.cls_size, device=device)),
+        (
+            f"detection  {args.det_batch}x3x{args.det_size}x{args.det_size}",
+            None,
+            torch.randn(args.det_batch, 3, args.det_size, args.det_size, device=device),
+        ),
+        (
+            f"classify   {args.cls_batch}x3x{args.cls_size}x{args.cls_size} +head",
+            "head",
+            torch.randn(args.cls_batch, 3, args.cls_size, args.cls_size, device=device),
+        ),
     ]
     rows = []
     for name, with_head, x in cases:

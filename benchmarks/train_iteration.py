@@ -9,19 +9,20 @@ new path (FLOPs-uniform) before every step, so its cost varies with the path.
 
     python benchmarks/train_iteration.py [--iters 30] [--warmup 5] [--threads 1] [--batch 4]
 """
+
 import argparse
 import os
 import statistics
 import tempfile
 import time
 
-import torch
-
 import detnas_d2  # noqa: F401  (first: compat shims, registrations)
+
+import torch
 from detectron2.utils.events import EventStorage
 
-from detnas_d2.config import get_detnas_cfg
 from detnas_d2.arch_io import load_arch
+from detnas_d2.config import get_detnas_cfg
 from detnas_d2.engine import DetNASTrainer
 from detnas_d2.modeling import set_model_arch
 from detnas_d2.search_space import arch_to_str, space_from_cfg
@@ -30,13 +31,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def build_trainer(config, out_dir, batch):
-    cfg = get_detnas_cfg(os.path.join(REPO, "configs", "Toy", config),
-                         ["OUTPUT_DIR", out_dir, "DATASETS.TEST", "()", "SOLVER.IMS_PER_BATCH", str(batch)])
+    cfg = get_detnas_cfg(
+        os.path.join(REPO, "configs", "Toy", config),
+        ["OUTPUT_DIR", out_dir, "DATASETS.TEST", "()", "SOLVER.IMS_PER_BATCH", str(batch)],
+    )
     return DetNASTrainer(cfg)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--iters", type=int, default=30, help="timed iterations per variant")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
@@ -62,8 +67,11 @@ def main():
             path_hook.before_step()
             supernet.run_step()
 
-        variants = {"subnet": subnet_step, "supernet, same arch": supernet_fixed_step,
-                    "supernet, sampled paths": supernet_sampled_step}
+        variants = {
+            "subnet": subnet_step,
+            "supernet, same arch": supernet_fixed_step,
+            "supernet, sampled paths": supernet_sampled_step,
+        }
         times = {name: [] for name in variants}
         with EventStorage(0) as storage:
             for trainer in (subnet, supernet):
@@ -77,11 +85,15 @@ def main():
                         times[name].append(time.perf_counter() - start)
 
     median = {name: statistics.median(t) for name, t in times.items()}
-    print(f"Toy detection, batch {args.batch}, {args.threads} thread(s), {args.iters} iterations each "
-          f"(interleaved), arch {arch_to_str(arch)}")
+    print(
+        f"Toy detection, batch {args.batch}, {args.threads} thread(s), {args.iters} iterations each "
+        f"(interleaved), arch {arch_to_str(arch)}"
+    )
     print(f"{'variant':<26}{'median s/iter':>14}{'mean s/iter':>13}{'vs subnet':>11}")
     for name, t in times.items():
-        print(f"{name:<26}{median[name]:>14.4f}{statistics.mean(t):>13.4f}{median[name] / median['subnet']:>10.2f}x")
+        print(
+            f"{name:<26}{median[name]:>14.4f}{statistics.mean(t):>13.4f}{median[name] / median['subnet']:>10.2f}x"
+        )
 
 
 if __name__ == "__main__":

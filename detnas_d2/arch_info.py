@@ -9,6 +9,7 @@ space (width) named in the file is used, else the space implied by the number of
 random:SEED defaults to the small space.
 FLOPs are multiply-accumulates as fvcore counts them (see `detnas_d2.flops`).
 """
+
 import argparse
 import json
 import sys
@@ -22,7 +23,12 @@ from .latency import LatencyTable
 from .modeling.backbone import STAGE_NAMES
 from .search_space import BLOCKS, SPACES, get_space, stage_stride
 
-SHORT_NAMES = {"shuffle_3x3": "3x3", "shuffle_5x5": "5x5", "shuffle_7x7": "7x7", "shuffle_xception": "xcp"}
+SHORT_NAMES = {
+    "shuffle_3x3": "3x3",
+    "shuffle_5x5": "5x5",
+    "shuffle_7x7": "7x7",
+    "shuffle_xception": "xcp",
+}
 
 
 def human(count: float) -> str:
@@ -50,8 +56,15 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def describe(arch_spec, space=None, width_mult=None, head="none", num_classes=1000, input_size=None,
-             latency_table: str = "") -> dict:
+def describe(
+    arch_spec,
+    space=None,
+    width_mult=None,
+    head="none",
+    num_classes=1000,
+    input_size=None,
+    latency_table: str = "",
+) -> dict:
     """Everything arch_info prints, as a JSON-ready dict. Raises ValueError on a bad arch or option.
     `input_size` None: the one the file's FLOPs were measured at (`input_size` of a search's
     best_arch.yaml), else 224. `latency_table`: a table of `python -m detnas_d2.latency` for this space,
@@ -68,7 +81,9 @@ def describe(arch_spec, space=None, width_mult=None, head="none", num_classes=10
     table = get_flops_table(search_space, input_size, head=head, num_classes=num_classes)
     arch = record.arch
     stages = []
-    for stage, (channels, depth) in enumerate(zip(search_space.stage_out, search_space.stage_depths)):
+    for stage, (channels, depth) in enumerate(
+        zip(search_space.stage_out, search_space.stage_depths)
+    ):
         first = sum(search_space.stage_depths[:stage])
         layers = range(first, first + depth)
         stages.append(
@@ -94,7 +109,11 @@ def describe(arch_spec, space=None, width_mult=None, head="none", num_classes=10
         "choices": [BLOCKS[a] for a in arch],
         "flops": table.flops(arch),
         "params": table.params(arch),
-        "stem": {"channels": search_space.stem_out, "flops": table.stem_flops, "params": table.stem_params},
+        "stem": {
+            "channels": search_space.stem_out,
+            "flops": table.stem_flops,
+            "params": table.stem_params,
+        },
         "stages": stages,
         "head_flops": table.head_flops,
         "head_params": table.head_params,
@@ -104,8 +123,13 @@ def describe(arch_spec, space=None, width_mult=None, head="none", num_classes=10
     if latency_table:
         latency = LatencyTable.load(latency_table, expect_space=search_space)
         per_stage = latency.per_stage(arch)
-        info["latency"] = {"table": latency_table, "device": latency.describe(), "ms": sum(per_stage.values()),
-                           "stem_ms": per_stage["stem"], "head_ms": per_stage.get("head", 0.0)}
+        info["latency"] = {
+            "table": latency_table,
+            "device": latency.describe(),
+            "ms": sum(per_stage.values()),
+            "stem_ms": per_stage["stem"],
+            "head_ms": per_stage.get("head", 0.0),
+        }
         for s, name in zip(stages, STAGE_NAMES):
             s["latency_ms"] = per_stage[name]
     return info
@@ -113,16 +137,34 @@ def describe(arch_spec, space=None, width_mult=None, head="none", num_classes=10
 
 def format_table(info: dict) -> str:
     h, w = info["input_size"]
-    head = f"classifier head, {info['num_classes']} classes" if info["head"] == "classifier" else "backbone only"
+    head = (
+        f"classifier head, {info['num_classes']} classes"
+        if info["head"] == "classifier"
+        else "backbone only"
+    )
     stem = info["stem"]
-    rows = [["stem", "-", stem["channels"], 2, "conv3x3", human(stem["flops"]), human(stem["params"])]]
+    rows = [
+        ["stem", "-", stem["channels"], 2, "conv3x3", human(stem["flops"]), human(stem["params"])]
+    ]
     for s in info["stages"]:
         first, last = s["layers"]
         blocks = " ".join(SHORT_NAMES[c] for c in s["choices"])
         flops, params = human(s["flops"]), human(s["params"])
-        rows.append([s["stage"], f"{first}-{last}", s["channels"], s["stride"], blocks, flops, params])
+        rows.append(
+            [s["stage"], f"{first}-{last}", s["channels"], s["stride"], blocks, flops, params]
+        )
     if info["head"] == "classifier":
-        rows.append(["head", "-", "-", "-", "conv1x1+fc", human(info["head_flops"]), human(info["head_params"])])
+        rows.append(
+            [
+                "head",
+                "-",
+                "-",
+                "-",
+                "conv1x1+fc",
+                human(info["head_flops"]),
+                human(info["head_params"]),
+            ]
+        )
     rows.append(["total", "", "", "", "", human(info["flops"]), human(info["params"])])
     headers = ["stage", "layers", "channels", "stride", "blocks", "FLOPs", "params"]
     latency = info.get("latency")
@@ -133,8 +175,12 @@ def format_table(info: dict) -> str:
             row.append(f"{value:.3f}")
         headers.append("ms")
     table = tabulate(
-        rows, headers=headers, tablefmt="simple",
-        colalign=("left", "left", "right", "right", "left", "right", "right", "right")[: len(headers)],
+        rows,
+        headers=headers,
+        tablefmt="simple",
+        colalign=("left", "left", "right", "right", "left", "right", "right", "right")[
+            : len(headers)
+        ],
     )
     lines = [
         f"arch: {','.join(map(str, info['arch']))}",
@@ -154,18 +200,28 @@ def get_parser():
         prog="python -m detnas_d2.arch_info",
         description="Chosen blocks, FLOPs (multiply-accumulates, fvcore) and params of a DetNAS arch.",
     )
-    parser.add_argument("arch", help="arch file (any format), comma-separated block ids, or random:SEED")
     parser.add_argument(
-        "--space", choices=sorted(SPACES), help="default: the file's, else implied by the length (random: small)"
+        "arch", help="arch file (any format), comma-separated block ids, or random:SEED"
+    )
+    parser.add_argument(
+        "--space",
+        choices=sorted(SPACES),
+        help="default: the file's, else implied by the length (random: small)",
     )
     parser.add_argument("--width-mult", type=_positive_float, help="default: the file's, else 1.0")
-    parser.add_argument("--head", choices=HEADS, default="none", help="classifier: count the ImageNet form")
+    parser.add_argument(
+        "--head", choices=HEADS, default="none", help="classifier: count the ImageNet form"
+    )
     parser.add_argument("--num-classes", type=int, default=1000, help="of the classifier head")
     parser.add_argument(
-        "--input-size", type=_input_size, help="224 or HxW (default: the file's input_size, else 224)"
+        "--input-size",
+        type=_input_size,
+        help="224 or HxW (default: the file's input_size, else 224)",
     )
     parser.add_argument(
-        "--latency-table", default="", help="a latency table (python -m detnas_d2.latency): predicted ms per stage"
+        "--latency-table",
+        default="",
+        help="a latency table (python -m detnas_d2.latency): predicted ms per stage",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
@@ -175,8 +231,15 @@ def main(argv=None) -> int:
     parser = get_parser()
     args = parser.parse_args(argv)
     try:
-        info = describe(args.arch, args.space, args.width_mult, args.head, args.num_classes, args.input_size,
-                        args.latency_table)
+        info = describe(
+            args.arch,
+            args.space,
+            args.width_mult,
+            args.head,
+            args.num_classes,
+            args.input_size,
+            args.latency_table,
+        )
     except (ValueError, FileNotFoundError) as e:  # the arch, the space, the latency table
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2

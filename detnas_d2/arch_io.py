@@ -20,6 +20,7 @@ Formats read (detected from the content):
 Ids and names are those of :data:`detnas_d2.search_space.BLOCKS`. Every malformed input raises ArchError
 (a UserError, so a ValueError) naming the source and the line (or key) at fault.
 """
+
 import random
 import re
 from dataclasses import dataclass, field
@@ -67,7 +68,9 @@ SpaceArg = Optional[SearchSpace]  # None: the space named in the file, else impl
 def _space_arg(space: SpaceArg) -> SpaceArg:
     """Names are resolved at the edges (config, command line, the file itself): here only a SearchSpace."""
     if space is not None and not isinstance(space, SearchSpace):
-        raise TypeError(f"expected a SearchSpace (detnas_d2.search_space.get_space(name)), got {space!r}")
+        raise TypeError(
+            f"expected a SearchSpace (detnas_d2.search_space.get_space(name)), got {space!r}"
+        )
     return space
 
 
@@ -115,7 +118,9 @@ def load_arch_record(spec, space: SpaceArg = None) -> ArchRecord:
         return ArchRecord(target.validate(spec), target.name, {}, "official")
     spec = spec.strip()
     if not spec:
-        raise ArchError("empty arch spec: give a file, a comma-separated list of block ids, or random:SEED")
+        raise ArchError(
+            "empty arch spec: give a file, a comma-separated list of block ids, or random:SEED"
+        )
     if spec.startswith("random:"):
         seed = spec[len("random:") :]
         if not re.fullmatch(r"-?\d+", seed):
@@ -176,12 +181,16 @@ def _parse(text: str, space: SpaceArg) -> ArchRecord:
         root = loader.get_single_node()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        raise _Problem(f"not valid YAML: {getattr(e, 'problem', None) or e}", mark.line + 1 if mark else None)
+        raise _Problem(
+            f"not valid YAML: {getattr(e, 'problem', None) or e}", mark.line + 1 if mark else None
+        )
     finally:
         loader.dispose()
     if root is None:
         raise _Problem("empty arch file")
-    if isinstance(root, yaml.ScalarNode):  # e.g. a list of names with a negative id: folded, lines lost
+    if isinstance(
+        root, yaml.ScalarNode
+    ):  # e.g. a list of names with a negative id: folded, lines lost
         return _parse_tokens([(None, str(_construct(root)))], space)
     if isinstance(root, yaml.SequenceNode):
         ids = [_block_id_node(item) for item in root.value]
@@ -228,13 +237,18 @@ def _parse_ours(entries, space: SpaceArg) -> ArchRecord:
         elif key == "space":
             file_space = _construct(value_node)
             if file_space not in SPACES:
-                raise _Problem(f"unknown space {file_space!r}; spaces: {', '.join(SPACES)}", _line(value_node))
+                raise _Problem(
+                    f"unknown space {file_space!r}; spaces: {', '.join(SPACES)}", _line(value_node)
+                )
         else:
             if not isinstance(key, str):
                 raise _Problem(f"metadata keys must be names, got {key!r}", _line(key_node))
             metadata[key] = _construct(value_node)
             if key == "width_mult" and not _is_positive_number(metadata[key]):
-                raise _Problem(f"width_mult must be a positive number, got {metadata[key]!r}", _line(value_node))
+                raise _Problem(
+                    f"width_mult must be a positive number, got {metadata[key]!r}",
+                    _line(value_node),
+                )
     if not isinstance(arch_node, yaml.SequenceNode):
         raise _Problem("'arch' must be a list of block names, one per layer", _line(arch_node))
     ids = [_block_id_node(item) for item in arch_node.value]
@@ -244,12 +258,19 @@ def _parse_ours(entries, space: SpaceArg) -> ArchRecord:
 
 def _parse_mmrazor(entries, space: SpaceArg, key_pattern, fmt: str) -> ArchRecord:
     chosen = {}  # (stage, block) -> (block id, line)
-    form = "backbone.layers.<stage>.<block>" if fmt == "mmrazor-1.x" else "stage_<stage>_block_<block>"
+    form = (
+        "backbone.layers.<stage>.<block>" if fmt == "mmrazor-1.x" else "stage_<stage>_block_<block>"
+    )
     for key, key_node, value_node in entries:
         match = key_pattern.match(key) if isinstance(key, str) else None
         if match is None:
-            raise _Problem(f"unexpected key {key!r} in an {fmt} arch file (expected {form})", _line(key_node))
-        chosen[int(match.group(1)), int(match.group(2))] = (_mmrazor_choice(key, value_node, fmt), _line(key_node))
+            raise _Problem(
+                f"unexpected key {key!r} in an {fmt} arch file (expected {form})", _line(key_node)
+            )
+        chosen[int(match.group(1)), int(match.group(2))] = (
+            _mmrazor_choice(key, value_node, fmt),
+            _line(key_node),
+        )
     target = _resolve_space(space, None, len(chosen))
     layer_key = (
         "backbone.layers.{}.{}".format if fmt == "mmrazor-1.x" else "stage_{}_block_{}".format
@@ -277,7 +298,10 @@ def _mmrazor_choice(key: str, node, fmt: str) -> int:
         choice = entries.get("chosen")
     if isinstance(choice, yaml.SequenceNode) and fmt == "mmrazor-0.x":
         if len(choice.value) != 1:
-            raise _Problem(f"{key}: 'chosen' must list exactly one block, found {len(choice.value)}", _line(choice))
+            raise _Problem(
+                f"{key}: 'chosen' must list exactly one block, found {len(choice.value)}",
+                _line(choice),
+            )
         choice = choice.value[0]
     if not isinstance(choice, yaml.ScalarNode):
         raise _Problem(f"{key}: expected {expected}", _line(node))
@@ -310,7 +334,9 @@ def _block_id_node(node) -> int:
     if not isinstance(node, yaml.ScalarNode):
         raise _Problem("expected a block name or id", _line(node))
     value = _construct(node)
-    return _block_id(value if isinstance(value, int) and not isinstance(value, bool) else node.value, _line(node))
+    return _block_id(
+        value if isinstance(value, int) and not isinstance(value, bool) else node.value, _line(node)
+    )
 
 
 def _block_id(token, line: Optional[int] = None, where: Optional[str] = None) -> int:
@@ -337,7 +363,8 @@ def _check_length(ids: List[int], space: SearchSpace, node=None) -> Tuple[int, .
         fits = [name for name, s in SPACES.items() if s.num_layers == len(ids)]
         hint = f" (an arch of space {' or '.join(fits)}?)" if fits else ""
         raise _Problem(
-            f"{space.num_layers} layers expected for space {space.name}, found {len(ids)}{hint}", _line(node)
+            f"{space.num_layers} layers expected for space {space.name}, found {len(ids)}{hint}",
+            _line(node),
         )
     return tuple(ids)
 
@@ -354,7 +381,9 @@ def _resolve_space(space: SpaceArg, file_space: Optional[str], num_layers: int) 
     if _space_arg(space) is not None:
         target = space
         if file_space is not None and file_space != target.name:
-            raise _Problem(f"the file is for space '{file_space}', but space '{target.name}' was requested")
+            raise _Problem(
+                f"the file is for space '{file_space}', but space '{target.name}' was requested"
+            )
         return target
     if file_space is not None:
         return get_space(file_space)
@@ -378,27 +407,42 @@ def format_arch(arch: Sequence[int], space: SearchSpace, fmt: str = "detnas-d2",
     width = metadata.pop("width_mult", None)
     if width is not None:
         if not _is_positive_number(width) or space.width_mult not in (1.0, width):
-            raise ArchError(f"width_mult={width!r} conflicts with the space's width multiplier {space.width_mult}")
+            raise ArchError(
+                f"width_mult={width!r} conflicts with the space's width multiplier {space.width_mult}"
+            )
         space = get_space(space.name, width)
     if space.width_mult != 1.0 or width is not None:
         metadata = {"width_mult": space.width_mult, **metadata}
     for key in metadata:
         if not _METADATA_KEY.match(key) or key in ("space", "arch"):
-            raise ArchError(f"invalid metadata key {key!r}: use a name other than 'space' and 'arch'")
+            raise ArchError(
+                f"invalid metadata key {key!r}: use a name other than 'space' and 'arch'"
+            )
     if fmt == "detnas-d2":
         return _format_ours(arch, space, metadata)
     if fmt not in FORMATS:
         raise ArchError(f"unknown arch format '{fmt}'; formats: {', '.join(FORMATS)}")
     lines = [f"# DetNAS arch, space {space.name} ({fmt} format)"]
-    lines += [f"# {line}" for key, value in metadata.items() for line in _yaml_entry(key, value).splitlines()]
+    lines += [
+        f"# {line}"
+        for key, value in metadata.items()
+        for line in _yaml_entry(key, value).splitlines()
+    ]
     if fmt == "official":
         lines.append("[" + ", ".join(str(a) for a in arch) + "]")
     else:
         for spec, choice in zip(space.layers(), arch):
             if fmt == "mmrazor-1.x":
-                lines += [f"backbone.layers.{spec.stage}.{spec.block}:", f"  chosen: {BLOCKS[choice]}"]
+                lines += [
+                    f"backbone.layers.{spec.stage}.{spec.block}:",
+                    f"  chosen: {BLOCKS[choice]}",
+                ]
             else:
-                lines += [f"stage_{spec.stage}_block_{spec.block}:", "  chosen:", f"  - {BLOCKS[choice]}"]
+                lines += [
+                    f"stage_{spec.stage}_block_{spec.block}:",
+                    "  chosen:",
+                    f"  - {BLOCKS[choice]}",
+                ]
     return "\n".join(lines) + "\n"
 
 
@@ -424,14 +468,20 @@ def _format_ours(arch: Tuple[int, ...], space: SearchSpace, metadata: Dict[str, 
             lines.append(
                 f"  # stage {stage}: {spec.out_channels} channels, stride {stage_stride(stage)}, layers {first}-{last}"
             )
-        lines.append(f"  - {BLOCKS[choice]:<16} # layer {spec.index} (stage {spec.stage} block {spec.block})")
+        lines.append(
+            f"  - {BLOCKS[choice]:<16} # layer {spec.index} (stage {spec.stage} block {spec.block})"
+        )
     return "\n".join(lines) + "\n"
 
 
 def _yaml_entry(key: str, value) -> str:
     """`key: value` as block-style YAML (one line for scalars without newlines)."""
     text = yaml.safe_dump(
-        {key: _plain(value)}, default_flow_style=False, sort_keys=False, width=float("inf"), allow_unicode=True
+        {key: _plain(value)},
+        default_flow_style=False,
+        sort_keys=False,
+        width=float("inf"),
+        allow_unicode=True,
     )
     return text.rstrip("\n")
 
@@ -447,7 +497,9 @@ def _plain(value):
     return value
 
 
-def save_arch(path: str, arch: Sequence[int], space: SearchSpace, fmt: str = "detnas-d2", **metadata):
+def save_arch(
+    path: str, arch: Sequence[int], space: SearchSpace, fmt: str = "detnas-d2", **metadata
+):
     """Write `arch` to `path` (format `fmt`, default ours) with `metadata` (YAML-safe values: numbers,
     strings, lists, dicts), atomically."""
     atomic_write(path, format_arch(arch, space, fmt, **metadata))

@@ -28,6 +28,7 @@ the sources themselves must not need shims 1 and 2: tools/install.sh applies bot
 sources it installs (see `needs_c_stub` / `needs_linear_alias` for what is checked), and Detectron2 main
 needs neither.
 """
+
 import ast
 import importlib.util
 import re
@@ -99,9 +100,13 @@ def _guarded(node_stack) -> bool:
                 names = []
                 if handler.type is None:
                     return True
-                for t in handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]:
+                for t in (
+                    handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+                ):
                     names.append(getattr(t, "id", getattr(t, "attr", "")))
-                if {"ImportError", "ModuleNotFoundError", "Exception", "BaseException"} & set(names):
+                if {"ImportError", "ModuleNotFoundError", "Exception", "BaseException"} & set(
+                    names
+                ):
                     return True
     return False
 
@@ -128,8 +133,10 @@ def _module_level_imports(source: str, package: str) -> Iterable[tuple]:
             elif isinstance(node, (ast.If, ast.Try, ast.With)):
                 for field in ("body", "orelse", "finalbody", "handlers"):
                     for child in getattr(node, field, []):
-                        yield from walk(child.body if isinstance(child, ast.ExceptHandler) else [child],
-                                        stack + [node])
+                        yield from walk(
+                            child.body if isinstance(child, ast.ExceptHandler) else [child],
+                            stack + [node],
+                        )
 
     yield from walk(tree.body, [])
 
@@ -158,7 +165,7 @@ def unguarded_c_imports(root: Optional[Path] = None) -> Set[str]:
             found.add(relative)
         for module in follow:  # an unguarded import of a module that imports _C unguarded
             if any(name == module and not guarded for name, guarded in imports):
-                sub = module[len("detectron2."):].replace(".", "/") + ".py"
+                sub = module[len("detectron2.") :].replace(".", "/") + ".py"
                 sub_source = _read(root, sub)
                 sub_package = module.rsplit(".", 1)[0]
                 if sub_source and any(
@@ -222,4 +229,6 @@ def has_compiled_ops() -> bool:
     """Whether the real compiled ops are present (e.g. for COCOEvaluator's fast path)."""
     import detectron2
 
-    return not isinstance(getattr(detectron2, "_C", None), _MissingCompiledOps) and _has_compiled_ops()
+    return (
+        not isinstance(getattr(detectron2, "_C", None), _MissingCompiledOps) and _has_compiled_ops()
+    )

@@ -1,4 +1,5 @@
 """All detnas-d2 options. Call `add_detnas_config(cfg)` on a Detectron2 config before merging files."""
+
 import ast
 import difflib
 import io
@@ -27,7 +28,9 @@ def add_detnas_config(cfg):
     # ---- the backbone: search space, chosen arch, norm -------------------------------------------
     _C.MODEL.DETNAS = CN()
     _C.MODEL.DETNAS.SPACE = "small"  # small | large | large-wide (see detnas_d2/search_space.py)
-    _C.MODEL.DETNAS.WIDTH_MULT = 1.0  # scales stem and stage channels (narrow nets for tests/toy data)
+    _C.MODEL.DETNAS.WIDTH_MULT = (
+        1.0  # scales stem and stage channels (narrow nets for tests/toy data)
+    )
     # Which ShuffleNetV2 code the backbone computes: mmrazor (this project's and MMRazor's) | official
     # (Megvii's searched DetNAS models) | official-shuffle1 (Megvii's supernet code); search_space.py.
     _C.MODEL.DETNAS.BLOCK_STYLE = "mmrazor"
@@ -74,11 +77,17 @@ def add_detnas_config(cfg):
     # Random path per iteration (supernet training, engine/hooks.py).
     _C.DETNAS.SAMPLER = CN()
     _C.DETNAS.SAMPLER.NAME = "uniform"  # uniform | flops_uniform | latency_uniform
-    _C.DETNAS.SAMPLER.SEED = 0  # with the iteration, fixes the path: the same on every rank and on resume
-    _C.DETNAS.SAMPLER.FLOPS_MIN = 0.0  # MACs of the backbone at SAMPLER.INPUT_SIZE; 0: the space's min
+    _C.DETNAS.SAMPLER.SEED = (
+        0  # with the iteration, fixes the path: the same on every rank and on resume
+    )
+    _C.DETNAS.SAMPLER.FLOPS_MIN = (
+        0.0  # MACs of the backbone at SAMPLER.INPUT_SIZE; 0: the space's min
+    )
     _C.DETNAS.SAMPLER.FLOPS_MAX = 0.0  # 0: the space's max (also acts as a FLOPs limit)
     _C.DETNAS.SAMPLER.NUM_BINS = 10  # flops_uniform / latency_uniform: bins between min and max
-    _C.DETNAS.SAMPLER.LATENCY_TABLE = ""  # latency_uniform: bins over this table's predicted latency range
+    _C.DETNAS.SAMPLER.LATENCY_TABLE = (
+        ""  # latency_uniform: bins over this table's predicted latency range
+    )
     _C.DETNAS.SAMPLER.INPUT_SIZE = 224
     # Progressive path warm-up (engine/sampling.py): for this many iterations only the last layers are
     # random, from 1 to all of them; the others keep MODEL.DETNAS.REFERENCE_ARCH. 0: off (SPOS, DetNAS).
@@ -94,7 +103,9 @@ def add_detnas_config(cfg):
     _C.DETNAS.BN_RECALIB = CN()
     _C.DETNAS.BN_RECALIB.DATASET = ""  # empty: DATASETS.TRAIN[0]
     _C.DETNAS.BN_RECALIB.IMAGES = 4000  # the official DetNAS search's count
-    _C.DETNAS.BN_RECALIB.BATCH_SIZE = 16  # global batches: scores do not depend on the number of processes
+    _C.DETNAS.BN_RECALIB.BATCH_SIZE = (
+        16  # global batches: scores do not depend on the number of processes
+    )
 
     # Evolutionary search (search_net.py); the fitness is the task's headline metric (tasks.py).
     _C.DETNAS.SEARCH = CN()
@@ -116,7 +127,9 @@ def add_detnas_config(cfg):
     # `python -m detnas_d2.latency` (its input size and batch are the deployment's).
     _C.DETNAS.SEARCH.LATENCY_TABLE = ""
     _C.DETNAS.SEARCH.LATENCY_MAX_MS = 0.0
-    _C.DETNAS.SEARCH.LATENCY_DEVICE = ""  # cpu | cuda: refuse a table measured on another device; "": any
+    _C.DETNAS.SEARCH.LATENCY_DEVICE = (
+        ""  # cpu | cuda: refuse a table measured on another device; "": any
+    )
     # The input (HxW) the table must have been measured at; "": the model's test input (detectors
     # INPUT.MIN_SIZE_TEST x INPUT.MAX_SIZE_TEST, classifiers INPUT.CLS.TEST_CROP square).
     _C.DETNAS.SEARCH.LATENCY_INPUT_SIZE = ""
@@ -139,12 +152,16 @@ def add_detnas_config(cfg):
     # Scoring
     _C.DETNAS.SEARCH.EVAL_DATASET = ""  # held-out split; empty: DATASETS.TEST[0]
     _C.DETNAS.SEARCH.EVAL_IMAGES = 0  # score on the first N images; 0: all
-    _C.DETNAS.SEARCH.EVAL_BATCH_SIZE = 4  # images per inference forward while scoring (global batches)
+    _C.DETNAS.SEARCH.EVAL_BATCH_SIZE = (
+        4  # images per inference forward while scoring (global batches)
+    )
     # Test-time shorter side while scoring (BN recalibration and evaluation images; INPUT.MAX_SIZE_TEST
     # scaled alike): a cheaper protocol at a lower resolution. 0: the detector's own INPUT.MIN_SIZE_TEST.
     _C.DETNAS.SEARCH.EVAL_MIN_SIZE = 0
     _C.DETNAS.SEARCH.DIST_MODE = "split_images"  # split_images | split_candidates
-    _C.DETNAS.SEARCH.CACHE_MB = 4096  # per process: keep the mapped recalibration/eval inputs in memory up to this
+    _C.DETNAS.SEARCH.CACHE_MB = (
+        4096  # per process: keep the mapped recalibration/eval inputs in memory up to this
+    )
     # Several supernets (e.g. seeds, or the last snapshots of one run): each candidate's score is the mean of
     # its scores on every one, each with its own BN recalibration. Empty: MODEL.WEIGHTS alone.
     _C.DETNAS.SEARCH.ENSEMBLE_WEIGHTS = []
@@ -169,9 +186,26 @@ RENAMED_KEYS = {
     "SEARCH.BN_RECALIB_BATCH_SIZE": "DETNAS.BN_RECALIB.BATCH_SIZE",
     "SEARCH.FITNESS": None,  # the task's headline metric: bbox_AP for detectors, top1 for classifiers
 }
-for _key in ("MODE", "POPULATION", "GENERATIONS", "TOPK", "NUM_MUTATION", "MUTATION_PROB", "NUM_CROSSOVER",
-             "MAX_CANDIDATES", "SEED", "FLOPS_MIN", "FLOPS_MAX", "PARAMS_MAX", "INPUT_SIZE", "EVAL_DATASET",
-             "EVAL_IMAGES", "EVAL_BATCH_SIZE", "DIST_MODE", "CACHE_MB"):
+for _key in (
+    "MODE",
+    "POPULATION",
+    "GENERATIONS",
+    "TOPK",
+    "NUM_MUTATION",
+    "MUTATION_PROB",
+    "NUM_CROSSOVER",
+    "MAX_CANDIDATES",
+    "SEED",
+    "FLOPS_MIN",
+    "FLOPS_MAX",
+    "PARAMS_MAX",
+    "INPUT_SIZE",
+    "EVAL_DATASET",
+    "EVAL_IMAGES",
+    "EVAL_BATCH_SIZE",
+    "DIST_MODE",
+    "CACHE_MB",
+):
     RENAMED_KEYS[f"SEARCH.{_key}"] = f"DETNAS.SEARCH.{_key}"
 
 
@@ -180,7 +214,9 @@ def _renamed(key: str, source: str):
     if key not in RENAMED_KEYS:
         return key
     new = RENAMED_KEYS[key]
-    hint = f"use {new}" if new else "it is no longer used (the fitness is the task's headline metric)"
+    hint = (
+        f"use {new}" if new else "it is no longer used (the fitness is the task's headline metric)"
+    )
     logging.getLogger(__name__).warning(f"{source}: config key {key} is deprecated; {hint}")
     return new
 
@@ -348,9 +384,13 @@ def get_detnas_cfg(config_file: str = "", opts=()):
     keys = {key for key, _ in _leaves(cfg)}
     for key, value in zip(opts[0::2], opts[1::2]):
         if value in keys and key in keys:  # a key without its value shifts every pair after it
-            raise ConfigError(f"command line: {key} has no value (the next item is the key {value})")
+            raise ConfigError(
+                f"command line: {key} has no value (the next item is the key {value})"
+            )
     if len(opts) % 2:
-        raise ConfigError(f"command-line options come in KEY VALUE pairs; '{opts[-1]}' has no value")
+        raise ConfigError(
+            f"command-line options come in KEY VALUE pairs; '{opts[-1]}' has no value"
+        )
     renamed = []
     for key, value in zip(opts[0::2], opts[1::2]):
         key = _renamed(key, "command line")

@@ -30,6 +30,7 @@ the number of completions that end in the band: every arch of the band has proba
 ratios telescope), i.e. the draw is uniform over the band, up to the float64 rounding of the counts
 (relative 1e-16), and takes one pass over the layers, however narrow the band.
 """
+
 import functools
 import hashlib
 import inspect
@@ -54,7 +55,14 @@ from .modeling import heads as heads_module
 from .search_space import NUM_CHOICES, SearchSpace
 
 __all__ = [
-    "AdditiveCost", "CostBand", "FlopsTable", "GRID_BUCKETS", "cost_str", "get_flops_table", "count_flops", "HEADS",
+    "AdditiveCost",
+    "CostBand",
+    "FlopsTable",
+    "GRID_BUCKETS",
+    "cost_str",
+    "get_flops_table",
+    "count_flops",
+    "HEADS",
 ]
 
 HEADS = ("none", "classifier")
@@ -147,8 +155,13 @@ class CostBand:
     (module doc). `count`: how many there are (with an inexact grid: an upper bound, the archs within
     one grid step per layer of the band included); `exact`: whether the grid is exact."""
 
-    def __init__(self, cost: AdditiveCost, lo: Optional[float] = None, hi: Optional[float] = None,
-                 grid_buckets: int = GRID_BUCKETS):
+    def __init__(
+        self,
+        cost: AdditiveCost,
+        lo: Optional[float] = None,
+        hi: Optional[float] = None,
+        grid_buckets: int = GRID_BUCKETS,
+    ):
         self.cost, self.lo, self.hi = cost, lo, hi
         offsets = [[v - min(row) for v in row] for row in cost.rows]
         span = sum(max(row) for row in offsets)
@@ -159,12 +172,18 @@ class CostBand:
             step = span / grid_buckets or 1.0
         self.step = step
         self._steps = [[int(v // step) for v in row] for row in offsets]
-        self.exact = all(k * step == v for ks, row in zip(self._steps, offsets) for k, v in zip(ks, row))
+        self.exact = all(
+            k * step == v for ks, row in zip(self._steps, offsets) for k, v in zip(ks, row)
+        )
         self._points = sum(max(ks) for ks in self._steps) + 1
         slack = 0 if self.exact else len(offsets) + 1  # rounding down loses < 1 step per layer
         base = cost.min
         self._first = 0 if lo is None else max(0, math.ceil((lo - base) / step) - slack)
-        self._last = self._points - 1 if hi is None else min(self._points - 1, math.floor((hi - base) / step))
+        self._last = (
+            self._points - 1
+            if hi is None
+            else min(self._points - 1, math.floor((hi - base) / step))
+        )
         layers = len(offsets)
         self._ways = np.zeros((layers + 1, self._points))
         if self._first <= self._last:
@@ -247,10 +266,14 @@ def get_flops_table(
     width)), backbone only (`head="none"`) or with the classification head (`head="classifier"`,
     `num_classes`, `head_channels`)."""
     if not isinstance(space, SearchSpace):
-        raise TypeError(f"expected a SearchSpace (detnas_d2.search_space.get_space(name, width)), got {space!r}")
+        raise TypeError(
+            f"expected a SearchSpace (detnas_d2.search_space.get_space(name, width)), got {space!r}"
+        )
     size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
-        raise ValueError(f"input_size must be a positive int or (height, width), got {input_size!r}")
+        raise ValueError(
+            f"input_size must be a positive int or (height, width), got {input_size!r}"
+        )
     if head not in HEADS:
         raise ValueError(f"unknown head '{head}'; heads: {', '.join(HEADS)}")
     if head == "classifier" and not (num_classes >= 1 and head_channels >= 1):
@@ -259,7 +282,9 @@ def get_flops_table(
         )
     if head == "none":  # the head's options do not matter: one table for all of them
         num_classes, head_channels = 1000, 1024
-    return _cached_table(space, size, head, num_classes, head_channels, cache_dir or os.environ.get(CACHE_ENV) or "")
+    return _cached_table(
+        space, size, head, num_classes, head_channels, cache_dir or os.environ.get(CACHE_ENV) or ""
+    )
 
 
 @functools.lru_cache(maxsize=32)
@@ -267,7 +292,9 @@ def _cached_table(space, size, head, num_classes, head_channels, cache_dir) -> F
     if not cache_dir:
         return _build_table(space, size, head, num_classes, head_channels)
     key = json.dumps([asdict(space), size, head, num_classes, head_channels, _code_version()])
-    path = os.path.join(cache_dir, f"flops_{space.name}_{hashlib.sha1(key.encode()).hexdigest()[:16]}.json")
+    path = os.path.join(
+        cache_dir, f"flops_{space.name}_{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
+    )
     if os.path.isfile(path):
         with open(path) as f:
             return _table_from_json(space, json.load(f))
@@ -278,7 +305,11 @@ def _cached_table(space, size, head, num_classes, head_channels, cache_dir) -> F
 
 def _code_version() -> str:
     """Changes whenever the modules measured (or the counter) change, invalidating disk caches."""
-    source = inspect.getsource(blocks_module) + inspect.getsource(heads_module) + inspect.getsource(_measure)
+    source = (
+        inspect.getsource(blocks_module)
+        + inspect.getsource(heads_module)
+        + inspect.getsource(_measure)
+    )
     return f"{torch.__version__}/{fvcore.__version__}/{hashlib.sha1(source.encode()).hexdigest()}"
 
 

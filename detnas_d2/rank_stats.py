@@ -14,6 +14,7 @@
 
 A statistic that is undefined (fewer than two archs, or one ranking constant) is NaN.
 """
+
 import math
 from itertools import combinations, permutations, product
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -39,7 +40,9 @@ __all__ = [
 def _pair(x: Sequence[float], y: Sequence[float]) -> Tuple[np.ndarray, np.ndarray]:
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if x.ndim != 1 or x.shape != y.shape:
-        raise ValueError(f"expected two 1-d sequences of one length, got shapes {x.shape} and {y.shape}")
+        raise ValueError(
+            f"expected two 1-d sequences of one length, got shapes {x.shape} and {y.shape}"
+        )
     if np.isnan(x).any() or np.isnan(y).any():
         raise ValueError("NaN in the values to rank: drop those archs first")
     return x, y
@@ -85,8 +88,15 @@ def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
     return float(np.sum(dx * dy) / denom) if denom > 0 else float("nan")
 
 
-def bootstrap_ci(statistic: Callable[..., float], x: Sequence[float], y: Sequence[float], *more: Sequence[float],
-                 samples: int = 2000, seed: int = 0, level: float = 0.95) -> Dict[str, float]:
+def bootstrap_ci(
+    statistic: Callable[..., float],
+    x: Sequence[float],
+    y: Sequence[float],
+    *more: Sequence[float],
+    samples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> Dict[str, float]:
     """Percentile bootstrap interval of `statistic(x, y, *more)`: the archs (the rows of x, y, ...) are
     resampled with replacement `samples` times with numpy's generator seeded by `seed`, so calls with the
     same seed and number of archs draw the same resamples (paired comparisons of predictors). Resamples
@@ -123,7 +133,9 @@ def top_k(values: Sequence[float], fraction: float = 0.2) -> List[int]:
     return [int(i) for i in np.argsort(-values, kind="stable")[:k]]
 
 
-def top_k_overlap(predicted: Sequence[float], truth: Sequence[float], fraction: float = 0.2) -> Dict[str, float]:
+def top_k_overlap(
+    predicted: Sequence[float], truth: Sequence[float], fraction: float = 0.2
+) -> Dict[str, float]:
     """How many of the `predicted` top fraction are in the `truth` top fraction:
     {"hits", "k", "precision" = hits / k}."""
     predicted, truth = _pair(predicted, truth)
@@ -133,8 +145,13 @@ def top_k_overlap(predicted: Sequence[float], truth: Sequence[float], fraction: 
     return {"hits": hits, "k": k, "precision": hits / k if k else float("nan")}
 
 
-def seed_noise(scores: Sequence[Dict[int, float]], bootstrap_samples: int = 2000, seed: int = 0,
-               level: float = 0.95, seed_pair: Optional[Tuple[int, int]] = None) -> Dict:
+def seed_noise(
+    scores: Sequence[Dict[int, float]],
+    bootstrap_samples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+    seed_pair: Optional[Tuple[int, int]] = None,
+) -> Dict:
     """The ground truth's own noise. `scores`: per arch, {training seed: score}.
 
     - per-arch sample std across seeds (archs with >= 2 seeds): mean, median and max;
@@ -171,8 +188,9 @@ def seed_noise(scores: Sequence[Dict[int, float]], bootstrap_samples: int = 2000
         if len(both) >= 2:
             xa, xb = np.array([p[0] for p in both]), np.array([p[1] for p in both])
             out["tau_between_seeds"] = kendall_tau_b(xa, xb)
-            out["tau_between_seeds_ci"] = bootstrap_ci(kendall_tau_b, xa, xb, samples=bootstrap_samples, seed=seed,
-                                                         level=level)
+            out["tau_between_seeds_ci"] = bootstrap_ci(
+                kendall_tau_b, xa, xb, samples=bootstrap_samples, seed=seed, level=level
+            )
     return out
 
 
@@ -226,9 +244,19 @@ def arch_effect(scores: Sequence[Dict[int, float]], samples: int = 10_000, seed:
       did not matter.
     """
     groups = [np.asarray(list(s.values()), dtype=float) for s in scores if len(s) >= 2]
-    out = {"archs": len(groups), "runs": int(sum(len(g) for g in groups)), "n0": float("nan"),
-           "seed_std": float("nan"), "arch_std": float("nan"), "icc": float("nan"), "reliability": float("nan"),
-           "tau_ceiling": float("nan"), "seeds_for_tau_07": float("nan"), "f": float("nan"), "p_value": float("nan")}
+    out = {
+        "archs": len(groups),
+        "runs": int(sum(len(g) for g in groups)),
+        "n0": float("nan"),
+        "seed_std": float("nan"),
+        "arch_std": float("nan"),
+        "icc": float("nan"),
+        "reliability": float("nan"),
+        "tau_ceiling": float("nan"),
+        "seeds_for_tau_07": float("nan"),
+        "f": float("nan"),
+        "p_value": float("nan"),
+    }
     if len(groups) < 2:
         return out
     sizes = np.array([len(g) for g in groups])
@@ -243,7 +271,7 @@ def arch_effect(scores: Sequence[Dict[int, float]], samples: int = 10_000, seed:
         return between, within
 
     msb, msw = mean_squares(pooled)
-    n0 = (total - float(np.sum(sizes ** 2)) / total) / (k - 1)
+    n0 = (total - float(np.sum(sizes**2)) / total) / (k - 1)
     out.update(n0=n0, seed_std=math.sqrt(msw), arch_std=math.sqrt(max(0.0, (msb - msw) / n0)))
     _variance_shares(out, msb, msw, n0)
     if msw > 0:
@@ -257,7 +285,9 @@ def arch_effect(scores: Sequence[Dict[int, float]], samples: int = 10_000, seed:
     return out
 
 
-def arch_effect_seed_blocks(scores: Sequence[Dict[int, float]], samples: int = 10_000, seed: int = 0) -> Dict:
+def arch_effect_seed_blocks(
+    scores: Sequence[Dict[int, float]], samples: int = 10_000, seed: int = 0
+) -> Dict:
     """`arch_effect` for archs trained with the same seeds: a two-way ANOVA (arch x seed, one run per cell) over
     the seeds that every arch with >= 2 seeds has. A seed's offset shared by all archs is a block, not noise:
     it moves every arch's seed mean alike and so no ranking of them.
@@ -272,9 +302,19 @@ def arch_effect_seed_blocks(scores: Sequence[Dict[int, float]], samples: int = 1
     """
     groups = [s for s in scores if len(s) >= 2]
     common = sorted(set.intersection(*(set(s) for s in groups))) if groups else []
-    out = {"archs": len(groups), "seeds": common, "seed_block_std": float("nan"), "seed_std": float("nan"),
-           "arch_std": float("nan"), "icc": float("nan"), "reliability": float("nan"), "tau_ceiling": float("nan"),
-           "seeds_for_tau_07": float("nan"), "f": float("nan"), "p_value": float("nan")}
+    out = {
+        "archs": len(groups),
+        "seeds": common,
+        "seed_block_std": float("nan"),
+        "seed_std": float("nan"),
+        "arch_std": float("nan"),
+        "icc": float("nan"),
+        "reliability": float("nan"),
+        "tau_ceiling": float("nan"),
+        "seeds_for_tau_07": float("nan"),
+        "f": float("nan"),
+        "p_value": float("nan"),
+    }
     if len(groups) < 2 or len(common) < 2:
         return out
     x = np.array([[s[k] for k in common] for s in groups], dtype=float)
@@ -283,18 +323,25 @@ def arch_effect_seed_blocks(scores: Sequence[Dict[int, float]], samples: int = 1
     def mean_squares(values: np.ndarray) -> Tuple[float, float, float]:
         arch_means, seed_means, mean = values.mean(1), values.mean(0), values.mean()
         residual = values - arch_means[:, None] - seed_means[None, :] + mean
-        return (b * float(np.sum((arch_means - mean) ** 2)) / (a - 1),
-                a * float(np.sum((seed_means - mean) ** 2)) / (b - 1),
-                float(np.sum(residual ** 2)) / ((a - 1) * (b - 1)))
+        return (
+            b * float(np.sum((arch_means - mean) ** 2)) / (a - 1),
+            a * float(np.sum((seed_means - mean) ** 2)) / (b - 1),
+            float(np.sum(residual**2)) / ((a - 1) * (b - 1)),
+        )
 
     msa, msb, mse = mean_squares(x)
-    out.update(seed_block_std=math.sqrt(max(0.0, (msb - mse) / a)), seed_std=math.sqrt(mse),
-               arch_std=math.sqrt(max(0.0, (msa - mse) / b)))
+    out.update(
+        seed_block_std=math.sqrt(max(0.0, (msb - mse) / a)),
+        seed_std=math.sqrt(mse),
+        arch_std=math.sqrt(max(0.0, (msa - mse) / b)),
+    )
     _variance_shares(out, msa, mse, b)
     if mse > 0:
         eps = 1e-12 * out["f"]
 
-        def at_least(orders) -> bool:  # F of the scores with seeds 1.. reordered across archs (seed 0 kept)
+        def at_least(
+            orders,
+        ) -> bool:  # F of the scores with seeds 1.. reordered across archs (seed 0 kept)
             values = np.column_stack([x[:, 0]] + [x[list(o), j + 1] for j, o in enumerate(orders)])
             arch_ms, _, res_ms = mean_squares(values)
             return res_ms == 0 or arch_ms / res_ms >= out["f"] - eps
@@ -309,7 +356,9 @@ def arch_effect_seed_blocks(scores: Sequence[Dict[int, float]], samples: int = 1
     return out
 
 
-def _tail_p(diffs: np.ndarray, observed: float, alternative: str, extra: int, scale: float) -> float:
+def _tail_p(
+    diffs: np.ndarray, observed: float, alternative: str, extra: int, scale: float
+) -> float:
     """The fraction of `diffs` (plus `extra` counts of the observed one) at least as extreme as `observed`."""
     eps = 1e-12 * max(1.0, scale)
     if alternative == "greater":
@@ -323,11 +372,19 @@ def _tail_p(diffs: np.ndarray, observed: float, alternative: str, extra: int, sc
 
 def _check_alternative(alternative: str):
     if alternative not in ("greater", "less", "two-sided"):
-        raise ValueError(f"alternative must be 'greater', 'less' or 'two-sided', got {alternative!r}")
+        raise ValueError(
+            f"alternative must be 'greater', 'less' or 'two-sided', got {alternative!r}"
+        )
 
 
-def permutation_test(a: Sequence[float], b: Sequence[float], alternative: str = "greater",
-                     max_exact: int = 200_000, samples: int = 100_000, seed: int = 0) -> float:
+def permutation_test(
+    a: Sequence[float],
+    b: Sequence[float],
+    alternative: str = "greater",
+    max_exact: int = 200_000,
+    samples: int = 100_000,
+    seed: int = 0,
+) -> float:
     """p-value of a two-sample permutation test of mean(a) - mean(b) (e.g. one arch's scores over
     training seeds against another's): the fraction of the relabellings of the pooled scores into groups
     of len(a) and len(b) whose difference is at least the observed one ("greater"), at most it ("less"),
@@ -354,8 +411,14 @@ def permutation_test(a: Sequence[float], b: Sequence[float], alternative: str = 
     return _tail_p(diffs, observed, alternative, extra, float(np.abs(pooled).max()))
 
 
-def paired_permutation_test(a: Sequence[float], b: Sequence[float], alternative: str = "greater",
-                            max_exact: int = 2**16, samples: int = 100_000, seed: int = 0) -> float:
+def paired_permutation_test(
+    a: Sequence[float],
+    b: Sequence[float],
+    alternative: str = "greater",
+    max_exact: int = 2**16,
+    samples: int = 100_000,
+    seed: int = 0,
+) -> float:
     """p-value of a paired permutation test of mean(a - b), `a[i]` and `b[i]` being runs of one training
     seed (e.g. two archs trained with MODEL.DETNAS.PAIRED_INIT, which share that seed's initial weights):
     under "no difference" each pair's difference is as likely with either sign, so the p-value is the
@@ -364,8 +427,10 @@ def paired_permutation_test(a: Sequence[float], b: Sequence[float], alternative:
     (seeded) plus the observed one. With n pairs the smallest possible p is 1/2^n."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.ndim != 1 or a.shape != b.shape or len(a) < 1:
-        raise ValueError(f"expected two non-empty 1-d samples of one length (paired by seed), got shapes "
-                         f"{a.shape} and {b.shape}")
+        raise ValueError(
+            f"expected two non-empty 1-d samples of one length (paired by seed), got shapes "
+            f"{a.shape} and {b.shape}"
+        )
     _check_alternative(alternative)
     d = a - b
     if 2 ** len(d) <= max_exact:

@@ -21,6 +21,7 @@ the statistics, do not depend on the number of processes.
 The recalibration images (DETNAS.BN_RECALIB) are the first IMAGES of a seeded shuffle of DATASET
 (default DATASETS.TRAIN[0]), with test-time preprocessing (deterministic).
 """
+
 import itertools
 import logging
 import random
@@ -64,11 +65,17 @@ class RecalibrationSettings:
     @classmethod
     def from_cfg(cls, cfg) -> "RecalibrationSettings":
         r = cfg.DETNAS.BN_RECALIB
-        return cls(r.DATASET or (cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else ""), int(r.IMAGES), int(r.BATCH_SIZE))
+        return cls(
+            r.DATASET or (cfg.DATASETS.TRAIN[0] if cfg.DATASETS.TRAIN else ""),
+            int(r.IMAGES),
+            int(r.BATCH_SIZE),
+        )
 
     def require_dataset(self) -> str:
         if not self.dataset:
-            raise ValueError("Set DETNAS.BN_RECALIB.DATASET or DATASETS.TRAIN: BN recalibration needs training images")
+            raise ValueError(
+                "Set DETNAS.BN_RECALIB.DATASET or DATASETS.TRAIN: BN recalibration needs training images"
+            )
         return self.dataset
 
 
@@ -80,10 +87,22 @@ class InputBatches:
     if they take at most `cache_bytes`; otherwise every pass maps them again (with a DataLoader).
     """
 
-    def __init__(self, dicts, mapper, batch_size: int, shard: bool, num_workers: int, cache_bytes: int, name=""):
+    def __init__(
+        self,
+        dicts,
+        mapper,
+        batch_size: int,
+        shard: bool,
+        num_workers: int,
+        cache_bytes: int,
+        name="",
+    ):
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
-        batches = [list(range(i, min(i + batch_size, len(dicts)))) for i in range(0, len(dicts), batch_size)]
+        batches = [
+            list(range(i, min(i + batch_size, len(dicts))))
+            for i in range(0, len(dicts), batch_size)
+        ]
         if shard:
             batches = batches[comm.get_rank() :: comm.get_world_size()]
         local = [dicts[i] for batch in batches for i in batch]
@@ -161,7 +180,9 @@ def recalibrate_bn(model: nn.Module, batches, forward, all_reduce: bool = False)
     saved = [(m.running_mean, m.running_var) for m in layers]
     handles = [m.register_forward_pre_hook(accumulate) for m in layers]
     try:
-        for m in layers:  # without running buffers, an eval-mode BN normalises with batch statistics
+        for (
+            m
+        ) in layers:  # without running buffers, an eval-mode BN normalises with batch statistics
             m.running_mean, m.running_var = None, None
         for batch in batches:
             forward(batch)
@@ -178,7 +199,11 @@ def recalibrate_bn(model: nn.Module, batches, forward, all_reduce: bool = False)
         c = m.num_features
         device = m.running_mean.device
         if count:
-            parts += [torch.tensor([float(count)], dtype=torch.float64, device=device), total, squares]
+            parts += [
+                torch.tensor([float(count)], dtype=torch.float64, device=device),
+                total,
+                squares,
+            ]
         else:
             parts.append(torch.zeros(1 + 2 * c, dtype=torch.float64, device=device))
     if not parts:
@@ -191,7 +216,10 @@ def recalibrate_bn(model: nn.Module, batches, forward, all_reduce: bool = False)
     for m in layers:
         c = m.num_features
         count = flat[offset].item()
-        total, squares = flat[offset + 1 : offset + 1 + c], flat[offset + 1 + c : offset + 1 + 2 * c]
+        total, squares = (
+            flat[offset + 1 : offset + 1 + c],
+            flat[offset + 1 + c : offset + 1 + 2 * c],
+        )
         offset += 1 + 2 * c
         if count == 0:
             continue
@@ -206,25 +234,42 @@ def recalibrate_bn(model: nn.Module, batches, forward, all_reduce: bool = False)
 def dataset_dicts(name: str) -> List[Dict]:
     """The dicts of registered dataset `name`; an unknown or empty dataset is an error naming it."""
     if name not in DatasetCatalog.list():
-        raise KeyError(f"Dataset '{name}' is not registered; registered: {', '.join(sorted(DatasetCatalog.list()))}")
+        raise KeyError(
+            f"Dataset '{name}' is not registered; registered: {', '.join(sorted(DatasetCatalog.list()))}"
+        )
     dicts = DatasetCatalog.get(name)
     if not dicts:
         raise ValueError(f"Dataset '{name}' is empty")
     return dicts
 
 
-def recalibration_batches(name: str, num_images: int, batch_size: int, seed: int, mapper, shard: bool,
-                          num_workers: int = 0, cache_bytes: int = 0) -> InputBatches:
+def recalibration_batches(
+    name: str,
+    num_images: int,
+    batch_size: int,
+    seed: int,
+    mapper,
+    shard: bool,
+    num_workers: int = 0,
+    cache_bytes: int = 0,
+) -> InputBatches:
     """The first `num_images` of a `seed`-ed shuffle of dataset `name` (in index order), mapped by
     `mapper` and cut into global batches of `batch_size` (module doc)."""
     if num_images <= 0:
         raise ValueError(f"DETNAS.BN_RECALIB.IMAGES must be positive, got {num_images}")
     dicts = dataset_dicts(name)
     if num_images > len(dicts):
-        logger.warning(f"DETNAS.BN_RECALIB.IMAGES={num_images} but '{name}' has {len(dicts)} images: using all")
+        logger.warning(
+            f"DETNAS.BN_RECALIB.IMAGES={num_images} but '{name}' has {len(dicts)} images: using all"
+        )
     picked = sorted(random.Random(seed).sample(range(len(dicts)), min(num_images, len(dicts))))
     return InputBatches(
-        [dicts[i] for i in picked], mapper, batch_size, shard, num_workers, cache_bytes,
+        [dicts[i] for i in picked],
+        mapper,
+        batch_size,
+        shard,
+        num_workers,
+        cache_bytes,
         name=f"BN recalibration ({name})",
     )
 
@@ -242,8 +287,13 @@ def recalibrated_bn(cfg, model):
         return
     task = get_task(cfg)
     batches = recalibration_batches(
-        settings.require_dataset(), settings.images, settings.batch_size, 0, task.mapper(cfg, False),
-        shard=True, num_workers=cfg.DATALOADER.NUM_WORKERS,
+        settings.require_dataset(),
+        settings.images,
+        settings.batch_size,
+        0,
+        task.mapper(cfg, False),
+        shard=True,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
     )
     saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in bn_layers(model)]
     training = model.training
@@ -251,7 +301,9 @@ def recalibrated_bn(cfg, model):
     try:
         with torch.no_grad():
             n = recalibrate_bn(model, batches, task.recalibration_forward(model), all_reduce=True)
-        logger.info(f"BN statistics of {n} layers recalibrated on {batches.total_images} training images")
+        logger.info(
+            f"BN statistics of {n} layers recalibrated on {batches.total_images} training images"
+        )
         yield
     finally:
         for m, state in zip(bn_layers(model), saved):

@@ -17,6 +17,7 @@ four blocks, the channel counts and the layer counts are the same in both):
   ``Supernet-ImageNet/shuffle_blocks.py``, and ``CHANNEL_SHUFFLE_METHOD 1`` of its ``-search`` configs):
   a channel shuffle, then first and second half.
 """
+
 import random
 from dataclasses import dataclass
 from typing import List, NamedTuple, Sequence, Tuple
@@ -127,11 +128,22 @@ def get_space(name: str, width_mult: float = 1.0, block_style: str = "mmrazor") 
     if width_mult <= 0:
         raise ValueError(f"width multiplier must be positive, got {width_mult}")
     if block_style not in BLOCK_STYLES:
-        raise ValueError(f"unknown block style '{block_style}' (MODEL.DETNAS.BLOCK_STYLE); choose one of {list(BLOCK_STYLES)}")
+        raise ValueError(
+            f"unknown block style '{block_style}' (MODEL.DETNAS.BLOCK_STYLE); choose one of {list(BLOCK_STYLES)}"
+        )
     base = SPACES[name]
-    space = SearchSpace(base.name, base.stem_channels, base.stage_channels, base.stage_depths, width_mult, block_style)
+    space = SearchSpace(
+        base.name,
+        base.stem_channels,
+        base.stage_channels,
+        base.stage_depths,
+        width_mult,
+        block_style,
+    )
     if space.official:
-        narrow = [s.index for s in space.layers() if s.stride == 2 and s.out_channels <= s.in_channels]
+        narrow = [
+            s.index for s in space.layers() if s.stride == 2 and s.out_channels <= s.in_channels
+        ]
         if narrow:
             raise ValueError(
                 f"block style '{block_style}' needs every stage wider than its input (the stride-2 unit's main "

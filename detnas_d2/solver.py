@@ -16,6 +16,7 @@ at SOLVER.MAX_ITER) next to Detectron2's "WarmupMultiStepLR" and "WarmupCosineLR
 Detectron2 `LRMultiplier`s over fvcore param schedulers, so `hooks.LRScheduler` checkpoints them and
 training resumes with the right LR.
 """
+
 import logging
 from typing import Any, Dict, List
 
@@ -63,9 +64,7 @@ def get_optimizer_params(
         weight_decay_bias=weight_decay_bias,
     )
     depthwise_weights = [
-        m.weight
-        for m in model.modules()
-        if is_depthwise_conv(m) and m.weight.requires_grad
+        m.weight for m in model.modules() if is_depthwise_conv(m) and m.weight.requires_grad
     ]
     if not depthwise_weights:
         return params
@@ -129,7 +128,9 @@ def build_lr_scheduler(cfg, optimizer: torch.optim.Optimizer) -> LRMultiplier:
     if solver.LR_SCHEDULER_NAME != "WarmupLinearDecay":
         return build_d2_lr_scheduler(cfg, optimizer)
     if solver.MAX_ITER <= 0:
-        raise ValueError(f"SOLVER.MAX_ITER must be positive for WarmupLinearDecay, got {solver.MAX_ITER}")
+        raise ValueError(
+            f"SOLVER.MAX_ITER must be positive for WarmupLinearDecay, got {solver.MAX_ITER}"
+        )
     schedule = WarmupParamScheduler(
         LinearParamScheduler(start_value=1.0, end_value=0.0),
         solver.WARMUP_FACTOR,

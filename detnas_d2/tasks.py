@@ -6,6 +6,7 @@ recalibrate BN statistics. The trainer, the scorer and the tools ask the task in
 Tasks live in `TASK_REGISTRY`; `get_task(cfg)` picks one by MODEL.META_ARCHITECTURE and, for a
 detector, by the dataset it is scored on (a Pascal VOC one: fitness AP50).
 """
+
 import logging
 import math
 import os
@@ -103,12 +104,18 @@ class DetectionTask(Task):
         dicts = get_detection_dataset_dicts(
             cfg.DATASETS.TRAIN,
             filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
-            min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0,
+            min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE
+            if cfg.MODEL.KEYPOINT_ON
+            else 0,
             proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
         )
         return build_resumable_loader(
-            dicts, self.mapper(cfg, True), cfg.SOLVER.IMS_PER_BATCH, stream_seed(cfg),
-            group_by_aspect=cfg.DATALOADER.ASPECT_RATIO_GROUPING, num_workers=cfg.DATALOADER.NUM_WORKERS,
+            dicts,
+            self.mapper(cfg, True),
+            cfg.SOLVER.IMS_PER_BATCH,
+            stream_seed(cfg),
+            group_by_aspect=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
         )
 
     def build_test_loader(self, cfg, dataset_name):

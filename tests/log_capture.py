@@ -1,4 +1,5 @@
 """Test helper: the messages of a logger, whether or not Detectron2's setup_logger stopped propagation."""
+
 import contextlib
 import io
 import logging

@@ -1,8 +1,9 @@
 import random
 
+import detnas_d2  # noqa: F401  (compat shims before detectron2 imports)
+
 import pytest
 
-import detnas_d2  # noqa: F401  (compat shims before detectron2 imports)
 from detnas_d2.arch_io import (
     FORMATS,
     format_arch,
@@ -29,13 +30,15 @@ def _write(tmp_path, name, text):
 
 def _mmrazor1_text(arch, space):
     return "".join(
-        f"backbone.layers.{s.stage}.{s.block}:\n  chosen: {BLOCKS[c]}\n" for s, c in zip(space.layers(), arch)
+        f"backbone.layers.{s.stage}.{s.block}:\n  chosen: {BLOCKS[c]}\n"
+        for s, c in zip(space.layers(), arch)
     )
 
 
 def _mmrazor0_text(arch, space):
     return "".join(
-        f"stage_{s.stage}_block_{s.block}:\n  chosen:\n  - {BLOCKS[c]}\n" for s, c in zip(space.layers(), arch)
+        f"stage_{s.stage}_block_{s.block}:\n  chosen:\n  - {BLOCKS[c]}\n"
+        for s, c in zip(space.layers(), arch)
     )
 
 
@@ -49,7 +52,10 @@ def _mmrazor0_text(arch, space):
         ("json.json", lambda a: "[" + ",".join(map(str, a)) + "]"),
         ("one_per_line.txt", lambda a: "".join(f"{i}\n" for i in a)),
         ("comma.txt", lambda a: ", ".join(map(str, a)) + "\n"),
-        ("commented.txt", lambda a: "# searched arch\n" + "".join(f"{i}  # layer {n}\n" for n, i in enumerate(a))),
+        (
+            "commented.txt",
+            lambda a: "# searched arch\n" + "".join(f"{i}  # layer {n}\n" for n, i in enumerate(a)),
+        ),
         ("python_tuple.txt", lambda a: "(" + ",\n ".join(map(str, a)) + ")\n"),
         ("yaml_block.yaml", lambda a: "".join(f"- {i}\n" for i in a)),
         ("names.txt", lambda a: "\n".join(BLOCKS[i] for i in a)),
@@ -65,19 +71,31 @@ def test_mmrazor_formats(tmp_path):
     large = get_space("large")
     for space, seed in ((SMALL, 2), (large, 3)):
         arch = _arch(space, seed)
-        for fmt, text in (("mmrazor-1.x", _mmrazor1_text(arch, space)), ("mmrazor-0.x", _mmrazor0_text(arch, space))):
+        for fmt, text in (
+            ("mmrazor-1.x", _mmrazor1_text(arch, space)),
+            ("mmrazor-0.x", _mmrazor0_text(arch, space)),
+        ):
             record = load_arch_record(_write(tmp_path, f"{fmt}.yaml", text), space)
             assert (record.arch, record.format) == (arch, fmt)
     # key order does not matter, flow style is fine
     arch = _arch(SMALL, 4)
-    lines = _mmrazor1_text(arch, SMALL).replace(":\n  chosen: ", ": {chosen: ").replace("\n", "}\n").splitlines()
+    lines = (
+        _mmrazor1_text(arch, SMALL)
+        .replace(":\n  chosen: ", ": {chosen: ")
+        .replace("\n", "}\n")
+        .splitlines()
+    )
     assert parse_arch_text("\n".join(reversed(lines)), SMALL) == arch
 
 
 def test_mmrazor_real_world_file():
     # the opening of MMRazor 1.x's DetNAS subnet file, completed with shuffle_3x3
-    head = "backbone.layers.0.0:\n  chosen: shuffle_5x5\nbackbone.layers.0.1:\n  chosen: shuffle_3x3\n"
-    rest = "".join(f"backbone.layers.{s.stage}.{s.block}:\n  chosen: shuffle_3x3\n" for s in SMALL.layers()[2:])
+    head = (
+        "backbone.layers.0.0:\n  chosen: shuffle_5x5\nbackbone.layers.0.1:\n  chosen: shuffle_3x3\n"
+    )
+    rest = "".join(
+        f"backbone.layers.{s.stage}.{s.block}:\n  chosen: shuffle_3x3\n" for s in SMALL.layers()[2:]
+    )
     assert parse_arch_text(head + rest, SMALL) == (1,) + (0,) * 19
 
 
@@ -86,7 +104,9 @@ def test_inline_specs():
     assert load_arch(",".join(map(str, arch)), SMALL) == arch
     assert load_arch(" , ".join(BLOCKS[i] for i in arch), SMALL) == arch
     assert load_arch(list(arch), SMALL) == arch
-    assert load_arch("random:7", SMALL) == load_arch("random:7", SMALL) != load_arch("random:8", SMALL)
+    assert (
+        load_arch("random:7", SMALL) == load_arch("random:7", SMALL) != load_arch("random:8", SMALL)
+    )
     assert len(load_arch("random:7", get_space("large"))) == 40
     # no space given: 20 layers mean the small space
     record = load_arch_record(",".join(map(str, arch)))
@@ -121,13 +141,24 @@ def test_ours_round_trip_exact(tmp_path):
         path = str(tmp_path / space.name / "arch.yaml")
         save_arch(path, arch, space, **metadata)
         record = load_arch_record(path, space)
-        expected = dict(metadata) if space.width_mult == 1.0 else {"width_mult": space.width_mult, **metadata}
-        assert (record.arch, record.space, record.metadata, record.format) == (arch, space.name, expected, "detnas-d2")
+        expected = (
+            dict(metadata)
+            if space.width_mult == 1.0
+            else {"width_mult": space.width_mult, **metadata}
+        )
+        assert (record.arch, record.space, record.metadata, record.format) == (
+            arch,
+            space.name,
+            expected,
+            "detnas-d2",
+        )
         # saving what was read gives the same file
         again = str(tmp_path / "again.yaml")
         save_arch(again, record.arch, get_space(record.space), **record.metadata)
         assert open(again).read() == open(path).read()
-        assert not [p for p in (tmp_path / space.name).iterdir() if p.name != "arch.yaml"]  # no temp left
+        assert not [
+            p for p in (tmp_path / space.name).iterdir() if p.name != "arch.yaml"
+        ]  # no temp left
 
 
 def test_ours_is_readable():
@@ -168,34 +199,96 @@ def _ours_text(arch, space=SMALL):
 @pytest.mark.parametrize(
     "text, space, message",
     [
-        (_ours_text((0,) * 20).replace("- shuffle_3x3", "- shuffle_9x9", 1), "small",
-         r"^arch\.yaml: line 7: unknown block 'shuffle_9x9'"),
-        ("\n".join(_ours_text((0,) * 20).splitlines()[:-1]), "small",
-         r"^arch\.yaml: line 5: 20 layers expected for space small, found 19$"),
-        (_ours_text((0,) * 20), "large", r"the file is for space 'small', but space 'large' was requested"),
-        (_ours_text((0,) * 20).replace("space: small", "space: tiny"), None, r"line 4: unknown space 'tiny'"),
-        (_ours_text((0,) * 20).replace("space: small", "space: small\nwidth_mult: -1"), None,
-         r"line 5: width_mult must be a positive number"),
-        ("space: small\narch: shuffle_3x3\n", "small", r"line 2: 'arch' must be a list of block names"),
-        (_mmrazor1_text((0,) * 20, SMALL).replace("backbone.layers.2.3:\n  chosen: shuffle_3x3\n", ""), "small",
-         r"^arch\.yaml: missing key backbone\.layers\.2\.3 \(space small\)$"),
-        (_mmrazor1_text((0,) * 20, SMALL).replace("layers.3.3:", "layers.3.9:"), "small",
-         r"line 39: unexpected key backbone\.layers\.3\.9"),
-        (_mmrazor1_text((0,) * 20, SMALL) + "backbone.layers.0.0:\n  chosen: shuffle_3x3\n", "small",
-         r"line 41: duplicate key backbone\.layers\.0\.0"),
-        (_mmrazor1_text((0,) * 20, SMALL).replace("chosen: shuffle_3x3", "chosen: conv_1x1", 1), "small",
-         r"line 2: unknown block 'conv_1x1'"),
-        (_mmrazor1_text((0,) * 20, SMALL) + "neck.conv:\n  chosen: x\n", "small",
-         r"line 41: unexpected key 'neck\.conv'"),
-        ("backbone.layers.0.0: shuffle_3x3\n", "small", r"line 1: backbone\.layers\.0\.0: expected \{chosen"),
-        (_mmrazor0_text((0,) * 20, SMALL).replace("  - shuffle_3x3\n", "  - shuffle_3x3\n  - shuffle_5x5\n", 1),
-         "small", r"line 3: stage_0_block_0: 'chosen' must list exactly one block, found 2"),
-        ("0\n1\n2\n" * 6 + "0\n", "small", r"^arch\.yaml: 20 layers expected for space small, found 19$"),
+        (
+            _ours_text((0,) * 20).replace("- shuffle_3x3", "- shuffle_9x9", 1),
+            "small",
+            r"^arch\.yaml: line 7: unknown block 'shuffle_9x9'",
+        ),
+        (
+            "\n".join(_ours_text((0,) * 20).splitlines()[:-1]),
+            "small",
+            r"^arch\.yaml: line 5: 20 layers expected for space small, found 19$",
+        ),
+        (
+            _ours_text((0,) * 20),
+            "large",
+            r"the file is for space 'small', but space 'large' was requested",
+        ),
+        (
+            _ours_text((0,) * 20).replace("space: small", "space: tiny"),
+            None,
+            r"line 4: unknown space 'tiny'",
+        ),
+        (
+            _ours_text((0,) * 20).replace("space: small", "space: small\nwidth_mult: -1"),
+            None,
+            r"line 5: width_mult must be a positive number",
+        ),
+        (
+            "space: small\narch: shuffle_3x3\n",
+            "small",
+            r"line 2: 'arch' must be a list of block names",
+        ),
+        (
+            _mmrazor1_text((0,) * 20, SMALL).replace(
+                "backbone.layers.2.3:\n  chosen: shuffle_3x3\n", ""
+            ),
+            "small",
+            r"^arch\.yaml: missing key backbone\.layers\.2\.3 \(space small\)$",
+        ),
+        (
+            _mmrazor1_text((0,) * 20, SMALL).replace("layers.3.3:", "layers.3.9:"),
+            "small",
+            r"line 39: unexpected key backbone\.layers\.3\.9",
+        ),
+        (
+            _mmrazor1_text((0,) * 20, SMALL) + "backbone.layers.0.0:\n  chosen: shuffle_3x3\n",
+            "small",
+            r"line 41: duplicate key backbone\.layers\.0\.0",
+        ),
+        (
+            _mmrazor1_text((0,) * 20, SMALL).replace("chosen: shuffle_3x3", "chosen: conv_1x1", 1),
+            "small",
+            r"line 2: unknown block 'conv_1x1'",
+        ),
+        (
+            _mmrazor1_text((0,) * 20, SMALL) + "neck.conv:\n  chosen: x\n",
+            "small",
+            r"line 41: unexpected key 'neck\.conv'",
+        ),
+        (
+            "backbone.layers.0.0: shuffle_3x3\n",
+            "small",
+            r"line 1: backbone\.layers\.0\.0: expected \{chosen",
+        ),
+        (
+            _mmrazor0_text((0,) * 20, SMALL).replace(
+                "  - shuffle_3x3\n", "  - shuffle_3x3\n  - shuffle_5x5\n", 1
+            ),
+            "small",
+            r"line 3: stage_0_block_0: 'chosen' must list exactly one block, found 2",
+        ),
+        (
+            "0\n1\n2\n" * 6 + "0\n",
+            "small",
+            r"^arch\.yaml: 20 layers expected for space small, found 19$",
+        ),
         ("0\n1\n2\n4\n" + "0\n" * 16, "small", r"^arch\.yaml: line 4: unknown block id 4"),
-        ("[" + "0, " * 40 + "]", "small",
-         r"20 layers expected for space small, found 40 \(an arch of space large or large-wide\?\)"),
-        ("[" + "0, " * 40 + "]", None, r"40 layers fit spaces large and large-wide: name the space"),
-        ("flops: 3\nlayers: [0, 1]\n", "small", r"line 1: unrecognised arch file.*found keys: flops, layers"),
+        (
+            "[" + "0, " * 40 + "]",
+            "small",
+            r"20 layers expected for space small, found 40 \(an arch of space large or large-wide\?\)",
+        ),
+        (
+            "[" + "0, " * 40 + "]",
+            None,
+            r"40 layers fit spaces large and large-wide: name the space",
+        ),
+        (
+            "flops: 3\nlayers: [0, 1]\n",
+            "small",
+            r"line 1: unrecognised arch file.*found keys: flops, layers",
+        ),
         ("arch: [0, 1\n", "small", r"^arch\.yaml: line 2: not valid YAML"),
         ("# nothing\n", "small", r"^arch\.yaml: empty arch file$"),
     ],
@@ -215,14 +308,18 @@ def test_malformed_specs(tmp_path):
         load_arch("0,1,9" + ",0" * 17, SMALL)
     with pytest.raises(ValueError, match=r"unknown search space 'tiny'"):
         get_space("tiny")
-    with pytest.raises(TypeError, match=r"expected a SearchSpace .*got 'small'"):  # names resolve at the edges
+    with pytest.raises(
+        TypeError, match=r"expected a SearchSpace .*got 'small'"
+    ):  # names resolve at the edges
         load_arch("random:1", "small")
     path = _write(tmp_path, "bad.yaml", "space: small\narch:\n  - shuffle_3x3\n  - nope\n")
     with pytest.raises(ValueError, match=r"bad\.yaml: line 4: unknown block 'nope'"):
         load_arch(path, SMALL)
     with pytest.raises(ValueError, match=r"invalid metadata key 'two words'"):
         save_arch(str(tmp_path / "x.yaml"), (0,) * 20, SMALL, **{"two words": 1})
-    with pytest.raises(ValueError, match=r"width_mult=0.5 conflicts with the space's width multiplier 0.25"):
+    with pytest.raises(
+        ValueError, match=r"width_mult=0.5 conflicts with the space's width multiplier 0.25"
+    ):
         save_arch(str(tmp_path / "x.yaml"), (0,) * 20, get_space("small", 0.25), width_mult=0.5)
     with pytest.raises(ValueError, match=r"arch has 3 layers"):
         save_arch(str(tmp_path / "x.yaml"), (0, 0, 0), SMALL)

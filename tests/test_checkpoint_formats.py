@@ -6,20 +6,24 @@ tests/fixtures/mmrazor_parity.pt was made by tools/make_parity_fixtures.py with 
 Megvii's DetNAS network code (see those scripts): they hold the keys and shapes of their state dicts, the
 seed of the weights (tests/fixtures/parity_weights.py) and their modules' outputs on seeded inputs.
 """
+
 import os
 import pickle
 import sys
 
+import detnas_d2  # noqa: F401  (first: compat shims, registrations)
+from detnas_d2 import train_net
+
 import numpy as np
 import pytest
 import torch
-
-import detnas_d2  # noqa: F401  (first: compat shims, registrations)
-from detnas_d2 import train_net
 from detectron2.modeling import build_model
 from detectron2.modeling.poolers import assign_boxes_to_levels
 from detectron2.structures import Boxes
+from fixtures.parity_weights import seeded_input, seeded_state_dict
 from log_capture import captured_log
+
+from detnas_d2.arch_io import load_arch
 from detnas_d2.checkpoint import (
     ALLOW_PICKLE_ENV,
     DetNASCheckpointer,
@@ -33,10 +37,8 @@ from detnas_d2.checkpoint.convert import to_detnas
 from detnas_d2.checkpoint.layouts import detect_format
 from detnas_d2.checkpoint.mmrazor import to_mmrazor
 from detnas_d2.checkpoint.official import MegviiLayoutError
-from detnas_d2.arch_io import load_arch
 from detnas_d2.config import get_detnas_cfg
 from detnas_d2.search_space import BLOCK_IDS, space_from_cfg
-from fixtures.parity_weights import seeded_input, seeded_state_dict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, "tests", "fixtures")
@@ -45,7 +47,12 @@ FIXTURE = torch.load(os.path.join(FIXTURES, "mmrazor_parity.pt"), weights_only=T
 SEED = FIXTURE["seed"]
 CASES = FIXTURE["cases"]
 MMDET_CONFIG = "configs/COCO-Detection/mmdet_detnas_frcnn_subnet_1x.yaml"
-RGB_MEAN = ["MODEL.PIXEL_MEAN", "[123.675, 116.28, 103.53]", "MODEL.PIXEL_STD", "[58.395, 57.12, 57.375]"]
+RGB_MEAN = [
+    "MODEL.PIXEL_MEAN",
+    "[123.675, 116.28, 103.53]",
+    "MODEL.PIXEL_STD",
+    "[58.395, 57.12, 57.375]",
+]
 CPU_NORMS = ["MODEL.DETNAS.NORM", "BN", "MODEL.FPN.NORM", "BN", "MODEL.ROI_BOX_HEAD.NORM", "BN"]
 
 
@@ -61,8 +68,14 @@ def mmrazor_state(case):
 
 def mmengine_file(path, state):
     """As mmengine's CheckpointHook writes it: meta (with numpy values), state_dict, message_hub."""
-    meta = {"epoch": 12, "iter": 87960, "seed": np.int64(SEED), "lr": np.float64(0.02),
-            "dataset_meta": {"classes": ("person", "bicycle")}, "mmengine_version": "0.10.7"}
+    meta = {
+        "epoch": 12,
+        "iter": 87960,
+        "seed": np.int64(SEED),
+        "lr": np.float64(0.02),
+        "dataset_meta": {"classes": ("person", "bicycle")},
+        "mmengine_version": "0.10.7",
+    }
     torch.save({"meta": meta, "state_dict": state}, path)
     return str(path)
 
@@ -73,8 +86,14 @@ def model(config, *opts):
 
 
 def classifier(*opts):
-    return model("configs/ImageNet/subnet_small.yaml", "MODEL.CLASSIFIER.NUM_CLASSES", "10",
-                 "MODEL.DETNAS.OUT_FEATURES", "['res2', 'res3', 'res4', 'res5']", *opts)
+    return model(
+        "configs/ImageNet/subnet_small.yaml",
+        "MODEL.CLASSIFIER.NUM_CLASSES",
+        "10",
+        "MODEL.DETNAS.OUT_FEATURES",
+        "['res2', 'res3', 'res4', 'res5']",
+        *opts,
+    )
 
 
 def classifier_outputs(net, image):
@@ -94,7 +113,9 @@ def test_mmrazor_subnet_classifier_matches_mmrazor(tmp_path):
     case = CASES["classifier_subnet"]
     path = mmengine_file(tmp_path / "detnas_subnet_in1k.pth", mmrazor_state(case))
     arch = ",".join(str(BLOCK_IDS[n]) for n in case["arch"])
-    assert weights_arch(path) == tuple(BLOCK_IDS[n] for n in case["arch"])  # read from '_candidates.<name>'
+    assert weights_arch(path) == tuple(
+        BLOCK_IDS[n] for n in case["arch"]
+    )  # read from '_candidates.<name>'
     net = classifier("MODEL.DETNAS.ARCH", arch, *RGB_MEAN)
     DetNASCheckpointer(net).load(path)
     image = seeded_input(SEED, case["input"], case["input_shape"])
@@ -106,8 +127,14 @@ def test_mmrazor_subnet_classifier_matches_mmrazor(tmp_path):
 def test_mmrazor_supernet_classifier_matches_mmrazor(tmp_path):
     case = CASES["classifier_supernet"]
     path = mmengine_file(tmp_path / "spos_supernet.pth", mmrazor_state(case))
-    net = model("configs/ImageNet/supernet_small.yaml", "MODEL.CLASSIFIER.NUM_CLASSES", "10",
-                "MODEL.DETNAS.OUT_FEATURES", "['res2', 'res3', 'res4', 'res5']", *RGB_MEAN)
+    net = model(
+        "configs/ImageNet/supernet_small.yaml",
+        "MODEL.CLASSIFIER.NUM_CLASSES",
+        "10",
+        "MODEL.DETNAS.OUT_FEATURES",
+        "['res2', 'res3', 'res4', 'res5']",
+        *RGB_MEAN,
+    )
     DetNASCheckpointer(net).load(path)
     net.backbone.set_arch([BLOCK_IDS[n] for n in case["arch"]])
     ours = classifier_outputs(net, seeded_input(SEED, case["input"], case["input_shape"]))
@@ -119,12 +146,16 @@ def test_mmdet_detector_matches_mmdetection(tmp_path):
     case = CASES["detector_subnet"]
     out = case["outputs"]
     path = mmengine_file(tmp_path / "detnas_frcnn.pth", mmrazor_state(case))
-    opts = arch_opts_from_weights(os.path.join(REPO, MMDET_CONFIG), ["MODEL.WEIGHTS", path, *CPU_NORMS])
+    opts = arch_opts_from_weights(
+        os.path.join(REPO, MMDET_CONFIG), ["MODEL.WEIGHTS", path, *CPU_NORMS]
+    )
     assert opts[-2:] == ["MODEL.DETNAS.ARCH", ",".join(str(BLOCK_IDS[n]) for n in case["arch"])]
     net = model(MMDET_CONFIG, *opts, "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96")
     checkpointer = DetNASCheckpointer(net)
     incompatible = checkpointer._load_model(checkpointer._load_file(path))
-    assert not incompatible.missing_keys and not incompatible.unexpected_keys  # every tensor, both ways
+    assert (
+        not incompatible.missing_keys and not incompatible.unexpected_keys
+    )  # every tensor, both ways
     with torch.no_grad():  # the whole Detectron2 detector runs on the converted weights
         (result,) = net([{"image": torch.randint(0, 255, (3, 64, 96), dtype=torch.uint8)}])
     assert result["instances"].pred_boxes.tensor.shape[1] == 4
@@ -143,14 +174,18 @@ def test_mmdet_detector_matches_mmdetection(tmp_path):
     close(box_deltas, out["box_reg"], "box deltas (80 x 4)")
 
     # Anchors, box coding and RoI levels of the generated config against MMDetection's own classes.
-    anchors = net.proposal_generator.anchor_generator([feats[f] for f in net.proposal_generator.in_features])
+    anchors = net.proposal_generator.anchor_generator(
+        [feats[f] for f in net.proposal_generator.in_features]
+    )
     for i, a in enumerate(anchors):
         close(a.tensor, out[f"anchors{i}"], f"anchors level {i}")
     boxes, targets = out["boxes"], out["targets"]
     raw = seeded_input(SEED, "deltas", (32, 4))
     h, w = case["max_shape"]
-    for name, transform in (("rpn", net.proposal_generator.box2box_transform),
-                            ("rcnn", net.roi_heads.box_predictor.box2box_transform)):
+    for name, transform in (
+        ("rpn", net.proposal_generator.box2box_transform),
+        ("rcnn", net.roi_heads.box_predictor.box2box_transform),
+    ):
         decoded = transform.apply_deltas(raw, boxes)
         close(decoded, out[f"decoded_{name}"], f"decoded {name}")
         clipped = Boxes(decoded.clone())
@@ -158,27 +193,38 @@ def test_mmdet_detector_matches_mmdetection(tmp_path):
         close(clipped.tensor, out[f"decoded_clipped_{name}"], f"decoded and clipped {name}")
         close(transform.get_deltas(boxes, targets), out[f"encoded_{name}"], f"encoded {name}")
     pooler = net.roi_heads.box_pooler
-    levels = assign_boxes_to_levels([Boxes(boxes)], pooler.min_level, pooler.max_level,
-                                    pooler.canonical_box_size, pooler.canonical_level)
+    levels = assign_boxes_to_levels(
+        [Boxes(boxes)],
+        pooler.min_level,
+        pooler.max_level,
+        pooler.canonical_box_size,
+        pooler.canonical_level,
+    )
     assert torch.equal(levels, out["roi_levels"])
 
 
 def test_mmrazor_0x_layout_converts_to_the_same_weights():
     case = CASES["classifier_subnet"]
     state = mmrazor_state(case)
-    v0 = {k.replace("architecture.", "architecture.model.").replace("._candidates.", ".choices."): v
-          for k, v in state.items()}
+    v0 = {
+        k.replace("architecture.", "architecture.model.").replace("._candidates.", ".choices."): v
+        for k, v in state.items()
+    }
     one, zero = to_detnas(state), to_detnas(v0)
     assert (one.format, zero.format) == ("mmrazor-1.x", "mmrazor-0.x")
     assert zero.prefix == "architecture.model." and zero.arch == one.arch
-    assert zero.state.keys() == one.state.keys() and all(torch.equal(zero.state[k], one.state[k]) for k in one.state)
+    assert zero.state.keys() == one.state.keys() and all(
+        torch.equal(zero.state[k], one.state[k]) for k in one.state
+    )
     assert to_mmrazor(one.state, version="0.x", prefix="architecture.model.").keys() == v0.keys()
 
 
 def test_bgr_model_gets_the_stem_flipped(tmp_path):
     case = CASES["classifier_subnet"]
     path = mmengine_file(tmp_path / "detnas_subnet_in1k.pth", mmrazor_state(case))
-    net = classifier("MODEL.DETNAS.ARCH", ",".join(str(BLOCK_IDS[n]) for n in case["arch"]))  # BGR config
+    net = classifier(
+        "MODEL.DETNAS.ARCH", ",".join(str(BLOCK_IDS[n]) for n in case["arch"])
+    )  # BGR config
     DetNASCheckpointer(net).load(path)
     rgb = seeded_input(SEED, case["input"], case["input_shape"])
     ours = classifier_outputs(net, rgb.flip(1))  # the same image, normalised in BGR order
@@ -207,7 +253,10 @@ def test_convert_tool_round_trips_exactly(tmp_path):
     net = classifier("MODEL.DETNAS.ARCH", "random:3")
     torch.save({"model": net.state_dict()}, tmp_path / "ours.pth")
     assert tool.main([str(tmp_path / "ours.pth"), str(tmp_path / "mm.pth"), "--to", "mmrazor"]) == 0
-    assert tool.main([str(tmp_path / "mm.pth"), str(tmp_path / "ours2.pth"), "--to", "detectron2"]) == 0
+    assert (
+        tool.main([str(tmp_path / "mm.pth"), str(tmp_path / "ours2.pth"), "--to", "detectron2"])
+        == 0
+    )
     again = torch.load(tmp_path / "ours2.pth", weights_only=True)["model"]
     ref = net.state_dict()
     assert again.keys() == ref.keys() and all(torch.equal(again[k], ref[k]) for k in ref)
@@ -222,7 +271,10 @@ def test_convert_tool_extracts_a_subnet_and_checks_the_arch(tmp_path, capsys):
     assert weights_arch(str(tmp_path / "sub.pth")) == (2,) * 20
     other = "0," + ",".join(["2"] * 19)
     assert tool.main([str(tmp_path / "sub.pth"), str(tmp_path / "sub2.pth"), "--arch", other]) == 2
-    assert "layer 0 (stage 0 block 0) is shuffle_7x7 in the file and shuffle_3x3" in capsys.readouterr().err
+    assert (
+        "layer 0 (stage 0 block 0) is shuffle_7x7 in the file and shuffle_3x3"
+        in capsys.readouterr().err
+    )
 
 
 # ---- arch from the file, mismatches, refusals ------------------------------------------------------
@@ -235,17 +287,25 @@ def test_arch_mismatch_names_the_first_layer(tmp_path):
     wrong = list(ids)
     wrong[5] = (wrong[5] + 1) % 4
     arch = ",".join(map(str, wrong))
-    with pytest.raises(ValueError, match=r"layer 5 \(stage 1 block 1\) is shuffle_3x3 in the file and shuffle_5x5"):
-        arch_opts_from_weights(os.path.join(REPO, "configs/ImageNet/subnet_small.yaml"),
-                               ["MODEL.WEIGHTS", path, "MODEL.DETNAS.ARCH", arch])
+    with pytest.raises(
+        ValueError, match=r"layer 5 \(stage 1 block 1\) is shuffle_3x3 in the file and shuffle_5x5"
+    ):
+        arch_opts_from_weights(
+            os.path.join(REPO, "configs/ImageNet/subnet_small.yaml"),
+            ["MODEL.WEIGHTS", path, "MODEL.DETNAS.ARCH", arch],
+        )
     net = classifier("MODEL.DETNAS.ARCH", arch)
-    with pytest.raises(ValueError, match=r"do not fit .* layer 5 \(stage 1 block 1\) is shuffle_3x3 in the file"):
+    with pytest.raises(
+        ValueError, match=r"do not fit .* layer 5 \(stage 1 block 1\) is shuffle_3x3 in the file"
+    ):
         DetNASCheckpointer(net).load(path)
 
 
 def test_unknown_layout_names_the_layouts_tried(tmp_path):
-    torch.save({"state_dict": {"conv1.weight": torch.zeros(4, 3, 3, 3), "fc.weight": torch.zeros(10, 4)}},
-               tmp_path / "resnet.pth")
+    torch.save(
+        {"state_dict": {"conv1.weight": torch.zeros(4, 3, 3, 3), "fc.weight": torch.zeros(10, 4)}},
+        tmp_path / "resnet.pth",
+    )
     net = classifier("MODEL.DETNAS.ARCH", "random:0")
     tried = r"layouts tried: detnas-d2 .*MMRazor 1\.x / 0\.x.*official DetNAS"
     with pytest.raises(ValueError, match=r"resnet\.pth: .*" + tried):
@@ -254,26 +314,37 @@ def test_unknown_layout_names_the_layouts_tried(tmp_path):
 
 def test_official_oneshot_checkpoint_is_refused_naming_its_channels():
     """ShuffleNet-Series OneShot (SPOS with searched mid channels): first_conv.0, features.<i>.branch_main."""
-    state = {"module.first_conv.0.weight": torch.zeros(16, 3, 3, 3),
-             "module.features.0.branch_main.0.weight": torch.zeros(38, 16, 1, 1),
-             "module.features.1.branch_main.0.weight": torch.zeros(19, 32, 1, 1),
-             "module.classifier.0.weight": torch.zeros(1000, 1024)}
+    state = {
+        "module.first_conv.0.weight": torch.zeros(16, 3, 3, 3),
+        "module.features.0.branch_main.0.weight": torch.zeros(38, 16, 1, 1),
+        "module.features.1.branch_main.0.weight": torch.zeros(19, 32, 1, 1),
+        "module.classifier.0.weight": torch.zeros(1000, 1024),
+    }
     assert detect_format(state) == "official-oneshot"
-    with pytest.raises(MegviiLayoutError, match=r"One-Shot .* mid channels .* by layer: \[38, 19\]"):
+    with pytest.raises(
+        MegviiLayoutError, match=r"One-Shot .* mid channels .* by layer: \[38, 19\]"
+    ):
         to_detnas(state)
 
 
 def test_pickle_needs_opt_in_and_zero_matches_is_an_error(tmp_path, monkeypatch):
     path = tmp_path / "R-50.pkl"
-    data = {"model": {"res2.0.conv1.weight": np.zeros((64, 64, 1, 1), np.float32)},
-            "__author__": "Detectron2 Model Zoo", "matching_heuristics": True}
+    data = {
+        "model": {"res2.0.conv1.weight": np.zeros((64, 64, 1, 1), np.float32)},
+        "__author__": "Detectron2 Model Zoo",
+        "matching_heuristics": True,
+    }
     path.write_bytes(pickle.dumps(data))
     net = classifier("MODEL.DETNAS.ARCH", "random:0")
     monkeypatch.delenv(ALLOW_PICKLE_ENV, raising=False)
-    with pytest.raises(RefusedCheckpointError, match=rf"pickle file .* can run any code .* {ALLOW_PICKLE_ENV}=1"):
+    with pytest.raises(
+        RefusedCheckpointError, match=rf"pickle file .* can run any code .* {ALLOW_PICKLE_ENV}=1"
+    ):
         DetNASCheckpointer(net).load(str(path))
     monkeypatch.setenv(ALLOW_PICKLE_ENV, "1")
-    with pytest.raises(ValueError, match=r"none of its 1 tensors fits the model's .* Layouts tried"):
+    with pytest.raises(
+        ValueError, match=r"none of its 1 tensors fits the model's .* Layouts tried"
+    ):
         DetNASCheckpointer(net).load(str(path))
 
 
@@ -288,7 +359,9 @@ def test_files_asking_for_code_are_refused_naming_the_type(tmp_path, monkeypatch
     with pytest.raises(RefusedCheckpointError, match=r"asks for '(posix|os|nt)\.system'"):
         read_checkpoint(str(tmp_path / "evil.pkl"))
     torch.save({"state_dict": {"w": torch.zeros(1)}, "hook": _Payload()}, tmp_path / "evil.pth")
-    with pytest.raises(RefusedCheckpointError, match=r"evil\.pth: refused: .* asks for '(posix|os|nt)\.system'"):
+    with pytest.raises(
+        RefusedCheckpointError, match=r"evil\.pth: refused: .* asks for '(posix|os|nt)\.system'"
+    ):
         read_checkpoint(str(tmp_path / "evil.pth"))
 
 
@@ -296,14 +369,24 @@ def test_mmengine_bookkeeping_reads_as_data(tmp_path, monkeypatch):
     """A training checkpoint of mmengine: numpy scalars/arrays and HistoryBuffer objects in message_hub."""
     history = type("HistoryBuffer", (), {})
     history.__module__, history.__qualname__ = "mmengine.logging.history_buffer", "HistoryBuffer"
-    for name in ("mmengine", "mmengine.logging", "mmengine.logging.history_buffer"):  # pickling needs the
+    for name in (
+        "mmengine",
+        "mmengine.logging",
+        "mmengine.logging.history_buffer",
+    ):  # pickling needs the
         monkeypatch.setitem(sys.modules, name, type(sys)(name))  # class under its real name
     sys.modules["mmengine.logging.history_buffer"].HistoryBuffer = history
     buffer = history()
     buffer._log_history = np.array([0.5, 0.25])
     state = mmrazor_state(CASES["classifier_subnet"])
-    torch.save({"meta": {"seed": np.int64(1)}, "state_dict": state, "message_hub": {"log_scalars": {"loss": buffer}}},
-               tmp_path / "epoch_1.pth")
+    torch.save(
+        {
+            "meta": {"seed": np.int64(1)},
+            "state_dict": state,
+            "message_hub": {"log_scalars": {"loss": buffer}},
+        },
+        tmp_path / "epoch_1.pth",
+    )
     loaded = read_checkpoint(str(tmp_path / "epoch_1.pth"))
     assert loaded["meta"]["seed"] == 1 and loaded["state_dict"].keys() == state.keys()
 
@@ -318,16 +401,25 @@ def test_train_net_fills_an_empty_arch_from_the_weights(tmp_path, monkeypatch):
         raise SystemExit(0)
 
     monkeypatch.setattr(train_net, "frozen_cfg", frozen_cfg)
-    args = type("Args", (), {"config_file": os.path.join(REPO, MMDET_CONFIG), "opts": ["MODEL.WEIGHTS", path]})()
+    args = type(
+        "Args",
+        (),
+        {"config_file": os.path.join(REPO, MMDET_CONFIG), "opts": ["MODEL.WEIGHTS", path]},
+    )()
     with pytest.raises(SystemExit):
         train_net.main(args)
-    assert seen["opts"][-2:] == ["MODEL.DETNAS.ARCH", ",".join(str(BLOCK_IDS[n]) for n in case["arch"])]
+    assert seen["opts"][-2:] == [
+        "MODEL.DETNAS.ARCH",
+        ",".join(str(BLOCK_IDS[n]) for n in case["arch"]),
+    ]
 
 
 def test_mmrazor_supernet_into_a_subnet_model_takes_the_path(tmp_path):
     case = CASES["classifier_supernet"]
     path = mmengine_file(tmp_path / "spos_supernet.pth", mmrazor_state(case))
-    net = classifier("MODEL.DETNAS.ARCH", ",".join(str(BLOCK_IDS[n]) for n in case["arch"]), *RGB_MEAN)
+    net = classifier(
+        "MODEL.DETNAS.ARCH", ",".join(str(BLOCK_IDS[n]) for n in case["arch"]), *RGB_MEAN
+    )
     with captured_log("fvcore.common.checkpoint") as log:
         DetNASCheckpointer(net).load(path)
     ours = classifier_outputs(net, seeded_input(SEED, case["input"], case["input_shape"]))
@@ -342,26 +434,39 @@ def test_mmrazor_supernet_into_a_subnet_model_takes_the_path(tmp_path):
 def test_mmdet_retinanet_gives_its_backbone_only():
     """MMRazor's DetNAS RetinaNet supernet: its neck starts at another level and its head has no Faster R-CNN
     counterpart, so only the backbone converts; the rest is listed as dropped."""
-    state = {k: v for k, v in mmrazor_state(CASES["detector_subnet"]).items() if ".roi_head." not in k}
+    state = {
+        k: v for k, v in mmrazor_state(CASES["detector_subnet"]).items() if ".roi_head." not in k
+    }
     state = {k.replace(".rpn_head.rpn_", ".bbox_head.retina_"): v for k, v in state.items()}
     conversion = to_detnas(state)
     assert conversion.form == "detector" and conversion.arch is not None
     assert all(k.startswith("backbone.bottom_up.") for k in conversion.state)
-    assert {"neck.lateral_convs.*", "neck.fpn_convs.*", "bbox_head.retina_conv.*"} <= set(conversion.dropped)
+    assert {"neck.lateral_convs.*", "neck.fpn_convs.*", "bbox_head.retina_conv.*"} <= set(
+        conversion.dropped
+    )
 
 
 # ---- official (Megvii) DetNAS checkpoints ----------------------------------------------------------
 
 OFFICIAL = torch.load(os.path.join(FIXTURES, "official_parity.pt"), weights_only=True)
-OFFICIAL_CONFIGS = {"subnet_300M": "configs/ImageNet/official_subnet_small.yaml",
-                    "subnet_1.3G": "configs/ImageNet/official_subnet_large.yaml",
-                    "subnet_3.8G": "configs/ImageNet/official_subnet_large_wide.yaml"}
-OFFICIAL_ARCHS = {"subnet_300M": "COCO_FPN_300M", "subnet_1.3G": "COCO_FPN_1.3G", "subnet_3.8G": "COCO_FPN_3.8G"}
+OFFICIAL_CONFIGS = {
+    "subnet_300M": "configs/ImageNet/official_subnet_small.yaml",
+    "subnet_1.3G": "configs/ImageNet/official_subnet_large.yaml",
+    "subnet_3.8G": "configs/ImageNet/official_subnet_large_wide.yaml",
+}
+OFFICIAL_ARCHS = {
+    "subnet_300M": "COCO_FPN_300M",
+    "subnet_1.3G": "COCO_FPN_1.3G",
+    "subnet_3.8G": "COCO_FPN_3.8G",
+}
 
 
 def official_state(name, prefix="module."):
     case = OFFICIAL["cases"][name]
-    return {prefix + k: v for k, v in seeded_state_dict(OFFICIAL["seed"], case["keys"], case["shapes"]).items()}
+    return {
+        prefix + k: v
+        for k, v in seeded_state_dict(OFFICIAL["seed"], case["keys"], case["shapes"]).items()
+    }
 
 
 def official_classifier(config, *opts):
@@ -373,7 +478,9 @@ def official_outputs(net, name):
     seed = OFFICIAL["seed"]
     with torch.no_grad():
         feats = net.backbone(seeded_input(seed, name + ":stages", OFFICIAL["stages_input"]))
-        logits = net.head(net.backbone(seeded_input(seed, name + ":logits", OFFICIAL["logits_input"]))["res5"])
+        logits = net.head(
+            net.backbone(seeded_input(seed, name + ":logits", OFFICIAL["logits_input"]))["res5"]
+        )
     return {"logits": logits, **{f"stage{i}": feats[f"res{i + 2}"] for i in range(4)}}
 
 
@@ -394,7 +501,9 @@ def test_official_subnet_matches_the_official_code(tmp_path, name):
     torch.save(official_state(name, prefix=""), shipped)
     published = os.path.join(REPO, "configs", "archs", "official", OFFICIAL_ARCHS[name] + ".yaml")
     for path in (str(saved), str(shipped)):
-        opts = arch_opts_from_weights(os.path.join(REPO, OFFICIAL_CONFIGS[name]), ["MODEL.WEIGHTS", path])
+        opts = arch_opts_from_weights(
+            os.path.join(REPO, OFFICIAL_CONFIGS[name]), ["MODEL.WEIGHTS", path]
+        )
         assert opts[-2] == "MODEL.DETNAS.ARCH"
         space = get_detnas_cfg(os.path.join(REPO, OFFICIAL_CONFIGS[name]), [])
         assert opts[-1] == ",".join(map(str, load_arch(published, space_from_cfg(space))))
@@ -417,16 +526,26 @@ def test_official_supernet_matches_the_official_code(tmp_path):
     supernet.backbone.set_arch(case["path"])
     assert_official_outputs(supernet, "supernet_300M")
     arch = ",".join(map(str, case["path"]))
-    subnet = official_classifier("configs/ImageNet/official_subnet_small.yaml", "MODEL.DETNAS.BLOCK_STYLE", "official-shuffle1",
-                   "MODEL.DETNAS.ARCH", arch)
+    subnet = official_classifier(
+        "configs/ImageNet/official_subnet_small.yaml",
+        "MODEL.DETNAS.BLOCK_STYLE",
+        "official-shuffle1",
+        "MODEL.DETNAS.ARCH",
+        arch,
+    )
     with captured_log("fvcore.common.checkpoint") as log:
         DetNASCheckpointer(subnet).load(path)
     assert "Backbone hand-off" in log.getvalue() and f"supernet, path {arch}" in log.getvalue()
     assert_official_outputs(subnet, "supernet_300M")
-    split2 = official_classifier("configs/ImageNet/official_subnet_small.yaml", "MODEL.DETNAS.ARCH", arch)
+    split2 = official_classifier(
+        "configs/ImageNet/official_subnet_small.yaml", "MODEL.DETNAS.ARCH", arch
+    )
     with captured_log("fvcore.common.checkpoint") as log:
         DetNASCheckpointer(split2).load(path)
-    assert "block style 'official-shuffle1'" in log.getvalue() and "the model 'official'" in log.getvalue()
+    assert (
+        "block style 'official-shuffle1'" in log.getvalue()
+        and "the model 'official'" in log.getvalue()
+    )
     theirs = case["outputs"]["stage3"]
     assert (official_outputs(split2, "supernet_300M")["stage3"] - theirs).abs().max() > 1e-2
 
@@ -434,33 +553,64 @@ def test_official_supernet_matches_the_official_code(tmp_path):
 def test_official_detector_gives_its_backbone(tmp_path):
     """maskrcnn_benchmark's DetNAS detector (module.backbone.body.*): the backbone converts, its FPN and heads
     are listed as dropped."""
-    state = {k.replace("module.", "module.backbone.body."): v for k, v in official_state("subnet_300M").items()
-             if not k.startswith(("module.last_conv.", "module.fc."))}
+    state = {
+        k.replace("module.", "module.backbone.body."): v
+        for k, v in official_state("subnet_300M").items()
+        if not k.startswith(("module.last_conv.", "module.fc."))
+    }
     state["module.backbone.fpn.fpn_inner1.weight"] = torch.zeros(256, 64, 1, 1)
     state["module.rpn.head.conv.weight"] = torch.zeros(256, 256, 3, 3)
     conversion = to_detnas(state)
-    assert (conversion.format, conversion.form, conversion.prefix) == ("official-detnas", "detector", "module.backbone.body.")
+    assert (conversion.format, conversion.form, conversion.prefix) == (
+        "official-detnas",
+        "detector",
+        "module.backbone.body.",
+    )
     assert set(conversion.dropped) == {"module.backbone.fpn.*", "module.rpn.head.*"}
     path = str(tmp_path / "model_final.pth")
     torch.save({"model": state, "iteration": 90000}, path)
-    net = model("configs/COCO-Detection/official_subnet_small_FPN_1x.yaml", *CPU_NORMS,
-                "MODEL.DETNAS.ARCH", ",".join(map(str, conversion.arch)))
+    net = model(
+        "configs/COCO-Detection/official_subnet_small_FPN_1x.yaml",
+        *CPU_NORMS,
+        "MODEL.DETNAS.ARCH",
+        ",".join(map(str, conversion.arch)),
+    )
     DetNASCheckpointer(net).load(path)
     with torch.no_grad():
-        feats = net.backbone.bottom_up(seeded_input(OFFICIAL["seed"], "subnet_300M:stages", OFFICIAL["stages_input"]))
+        feats = net.backbone.bottom_up(
+            seeded_input(OFFICIAL["seed"], "subnet_300M:stages", OFFICIAL["stages_input"])
+        )
     for i in range(4):
-        close(feats[f"res{i + 2}"], OFFICIAL["cases"]["subnet_300M"]["outputs"][f"stage{i}"], f"stage{i}")
+        close(
+            feats[f"res{i + 2}"],
+            OFFICIAL["cases"]["subnet_300M"]["outputs"][f"stage{i}"],
+            f"stage{i}",
+        )
     # step 5 from the official ImageNet model: its backbone goes to backbone.bottom_up, its classifier is dropped
     torch.save(official_state("subnet_300M", prefix=""), tmp_path / "COCO_FPN_300M.pkl")
-    net = model("configs/COCO-Detection/official_subnet_small_FPN_1x.yaml", *CPU_NORMS,
-                *arch_opts_from_weights(os.path.join(REPO, "configs/COCO-Detection/official_subnet_small_FPN_1x.yaml"),
-                                        ["MODEL.WEIGHTS", str(tmp_path / "COCO_FPN_300M.pkl")]))
+    net = model(
+        "configs/COCO-Detection/official_subnet_small_FPN_1x.yaml",
+        *CPU_NORMS,
+        *arch_opts_from_weights(
+            os.path.join(REPO, "configs/COCO-Detection/official_subnet_small_FPN_1x.yaml"),
+            ["MODEL.WEIGHTS", str(tmp_path / "COCO_FPN_300M.pkl")],
+        ),
+    )
     with captured_log("fvcore.common.checkpoint") as log:
         DetNASCheckpointer(net).load(str(tmp_path / "COCO_FPN_300M.pkl"))
-    assert "| backbone.layers.* | backbone.bottom_up.layers.* |" in log.getvalue() and "no place for: head.*" in log.getvalue()
+    assert (
+        "| backbone.layers.* | backbone.bottom_up.layers.* |" in log.getvalue()
+        and "no place for: head.*" in log.getvalue()
+    )
     with torch.no_grad():
-        feats = net.backbone.bottom_up(seeded_input(OFFICIAL["seed"], "subnet_300M:stages", OFFICIAL["stages_input"]))
-    close(feats["res5"], OFFICIAL["cases"]["subnet_300M"]["outputs"]["stage3"], "stage3 after the hand-off")
+        feats = net.backbone.bottom_up(
+            seeded_input(OFFICIAL["seed"], "subnet_300M:stages", OFFICIAL["stages_input"])
+        )
+    close(
+        feats["res5"],
+        OFFICIAL["cases"]["subnet_300M"]["outputs"]["stage3"],
+        "stage3 after the hand-off",
+    )
 
 
 def test_official_wrong_arch_or_style_is_an_error(tmp_path):
@@ -470,12 +620,21 @@ def test_official_wrong_arch_or_style_is_an_error(tmp_path):
     arch[6] = 0  # shuffle_5x5 in the file
     wrong = ",".join(map(str, arch))
     config = os.path.join(REPO, OFFICIAL_CONFIGS["subnet_300M"])
-    with pytest.raises(ValueError, match=r"layer 6 \(stage 1 block 2\) is shuffle_5x5 in the file and shuffle_3x3"):
+    with pytest.raises(
+        ValueError, match=r"layer 6 \(stage 1 block 2\) is shuffle_5x5 in the file and shuffle_3x3"
+    ):
         arch_opts_from_weights(config, ["MODEL.WEIGHTS", path, "MODEL.DETNAS.ARCH", wrong])
-    with pytest.raises(ValueError, match=r"layer 6 \(stage 1 block 2\) is shuffle_5x5 in the file and shuffle_3x3"):
-        DetNASCheckpointer(official_classifier(OFFICIAL_CONFIGS["subnet_300M"], "MODEL.DETNAS.ARCH", wrong)).load(path)
+    with pytest.raises(
+        ValueError, match=r"layer 6 \(stage 1 block 2\) is shuffle_5x5 in the file and shuffle_3x3"
+    ):
+        DetNASCheckpointer(
+            official_classifier(OFFICIAL_CONFIGS["subnet_300M"], "MODEL.DETNAS.ARCH", wrong)
+        ).load(path)
     mmrazor_style = classifier("MODEL.DETNAS.ARCH", wrong)  # this project's network
-    with pytest.raises(ValueError, match=r"block style 'official', the model is .* 'mmrazor'.*Set MODEL.DETNAS.BLOCK_STYLE official"):
+    with pytest.raises(
+        ValueError,
+        match=r"block style 'official', the model is .* 'mmrazor'.*Set MODEL.DETNAS.BLOCK_STYLE official",
+    ):
         DetNASCheckpointer(mmrazor_style).load(path)
 
 
@@ -483,7 +642,9 @@ def test_official_weights_warn_a_normalising_model(tmp_path):
     path = str(tmp_path / "official_300M.pth")
     torch.save({"state_dict": official_state("subnet_300M")}, path)
     arch = ",".join(map(str, to_detnas(official_state("subnet_300M")).arch))
-    net = classifier("MODEL.DETNAS.BLOCK_STYLE", "official", "MODEL.DETNAS.ARCH", arch)  # ImageNet mean/std
+    net = classifier(
+        "MODEL.DETNAS.BLOCK_STYLE", "official", "MODEL.DETNAS.ARCH", arch
+    )  # ImageNet mean/std
     with captured_log("fvcore.common.checkpoint") as log:
         DetNASCheckpointer(net).load(path)
     assert "BGR pixels in 0-255 without normalisation" in log.getvalue()

@@ -1,10 +1,12 @@
 """Classification steps: mapper, loaders, ClassificationEvaluator (one and two processes),
 DetNASClassifier, and toy subnet / supernet training far above chance."""
-import detnas_d2  # noqa: F401  (compat shims, registrations)
 
 import json
 import os
 import socket
+
+import detnas_d2  # noqa: F401  (compat shims, registrations)
+from detnas_d2 import add_detnas_config
 
 import numpy as np
 import pytest
@@ -20,7 +22,6 @@ from detectron2.utils.events import EventStorage
 from PIL import Image
 from torchvision import transforms as T
 
-from detnas_d2 import add_detnas_config
 from detnas_d2.data.classification import (
     ClassificationDatasetMapper,
     build_classification_test_loader,
@@ -31,7 +32,6 @@ from detnas_d2.evaluation import ClassificationEvaluator
 from detnas_d2.modeling import find_supernet
 
 NUM_TOY_CLASSES = 5
-
 
 
 def _toy_cfg(name="cls_subnet.yaml", **overrides):
@@ -187,7 +187,10 @@ def _evaluate(evaluator, items, num_classes, batch_size=3):
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
         inputs = [{"label": label} for label, _ in chunk]
-        outputs = [{"pred_logits": _scores_with_label_rank(label, rank, num_classes)} for label, rank in chunk]
+        outputs = [
+            {"pred_logits": _scores_with_label_rank(label, rank, num_classes)}
+            for label, rank in chunk
+        ]
         evaluator.process(inputs, outputs)
     return evaluator.evaluate()
 
@@ -208,7 +211,9 @@ def _free_port():
 
 
 def _evaluate_on_rank(rank, world_size, port, out_dir):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
+    )
     try:
         shard = [KNOWN[i] for i in InferenceSampler(len(KNOWN))]  # this rank's part (4 or 3 images)
         results = _evaluate(ClassificationEvaluator("known"), shard, 8, batch_size=2)
@@ -247,7 +252,9 @@ def test_classifier_inputs_and_outputs():
     model.eval()
     with torch.no_grad():
         outputs = model(batch)
-        assert len(outputs) == 3 and all(o["pred_logits"].shape == (NUM_TOY_CLASSES,) for o in outputs)
+        assert len(outputs) == 3 and all(
+            o["pred_logits"].shape == (NUM_TOY_CLASSES,) for o in outputs
+        )
         # Per-image results do not depend on the batch (BN in eval mode).
         torch.testing.assert_close(model(batch[1:2])[0]["pred_logits"], outputs[1]["pred_logits"])
         with pytest.raises(ValueError, match="one size per batch"):
@@ -330,8 +337,12 @@ def test_toy_subnet_trains_above_chance(hue_datasets, tmp_path):
 def test_toy_supernet_trainer_runs_random_paths(hue_datasets, tmp_path):
     from detnas_d2.engine import DetNASTrainer, RandomPathHook
 
-    cfg = _hue_cfg("cls_supernet.yaml", hue_datasets, tmp_path,
-                   **{"SOLVER.MAX_ITER": 8, "DETNAS.SAMPLER.PROGRESSIVE_ITERS": 4})
+    cfg = _hue_cfg(
+        "cls_supernet.yaml",
+        hue_datasets,
+        tmp_path,
+        **{"SOLVER.MAX_ITER": 8, "DETNAS.SAMPLER.PROGRESSIVE_ITERS": 4},
+    )
     trainer = DetNASTrainer(cfg)
     path_hook = next(h for h in trainer._hooks if isinstance(h, RandomPathHook))
     paths = []
@@ -345,7 +356,9 @@ def test_toy_supernet_trainer_runs_random_paths(hue_datasets, tmp_path):
     supernet = find_supernet(trainer.model)
     results = DetNASTrainer.test(cfg, trainer.model)["classification"]
     assert 0 <= results["top1"] <= results["top5"] == 100.0  # 4 classes: top-5 is everything
-    assert supernet.arch == paths[-1]  # evaluation (on the reference arch) restores the training path
+    assert (
+        supernet.arch == paths[-1]
+    )  # evaluation (on the reference arch) restores the training path
 
 
 class _RecordPath(HookBase):
@@ -388,7 +401,9 @@ def test_supernet_evaluation_recalibrates_bn_and_restores_it(hue_datasets, tmp_p
         assert not torch.allclose(plain, recalibrated[-1], atol=1e-3)
         restored = model.state_dict()
         assert all(torch.equal(trained[k], restored[k]) for k in trained)
-    torch.testing.assert_close(recalibrated[0], recalibrated[1])  # the trained statistics do not matter
+    torch.testing.assert_close(
+        recalibrated[0], recalibrated[1]
+    )  # the trained statistics do not matter
 
     DetNASTrainer.test(cfg, model)
     restored = model.state_dict()
@@ -397,4 +412,3 @@ def test_supernet_evaluation_recalibrates_bn_and_restores_it(hue_datasets, tmp_p
     off.DETNAS.BN_RECALIB.IMAGES = 0
     with recalibrated_bn(off, model):
         torch.testing.assert_close(logits(), plain)
-

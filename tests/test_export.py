@@ -2,17 +2,18 @@
 folding, TorchScript/ONNX export of the toy subnet detectors (Faster R-CNN FPN, RetinaNet), classifier
 and backbone, parity against PyTorch on toy images (onnxruntime on CPU), and clear errors for bad
 inputs (NaN weights or outputs, heads a checkpoint does not hold, a sample image that is no image)."""
+
 import json
 import os
 import re
 
+import detnas_d2  # noqa: F401  (compat shims, registrations)
+
 import pytest
 import torch
-from torch import nn
-
-import detnas_d2  # noqa: F401  (compat shims, registrations)
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
+from torch import nn
 
 from detnas_d2.config import get_detnas_cfg
 from detnas_d2.export import cli as export_cli
@@ -28,9 +29,24 @@ CLS_CFG = os.path.join(ROOT, "configs/Toy/cls_subnet.yaml")
 # The COCO RetinaNet config with the toy options (narrow backbone, plain BN, 128 px, 5 classes, toy data).
 RETINA_CFG = os.path.join(ROOT, "configs/COCO-Detection/subnet_small_RetinaNet_1x.yaml")
 RETINA_TOY_OPTS = [
-    "MODEL.DEVICE", "cpu", "MODEL.DETNAS.WIDTH_MULT", "0.25", "MODEL.DETNAS.NORM", "BN", "MODEL.FPN.NORM", "",
-    "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.RETINANET.NUM_CLASSES", "5", "INPUT.MIN_SIZE_TEST", "128",
-    "INPUT.MAX_SIZE_TEST", "128", "DATASETS.TEST", "('toy_det_val',)",
+    "MODEL.DEVICE",
+    "cpu",
+    "MODEL.DETNAS.WIDTH_MULT",
+    "0.25",
+    "MODEL.DETNAS.NORM",
+    "BN",
+    "MODEL.FPN.NORM",
+    "",
+    "MODEL.FPN.OUT_CHANNELS",
+    "32",
+    "MODEL.RETINANET.NUM_CLASSES",
+    "5",
+    "INPUT.MIN_SIZE_TEST",
+    "128",
+    "INPUT.MAX_SIZE_TEST",
+    "128",
+    "DATASETS.TEST",
+    "('toy_det_val',)",
 ]
 
 
@@ -73,13 +89,27 @@ def _weights(tmp_path, config, opts, seed=0):
 
 def _run(tool, tmp_path, config, fmt, opts=(), extra=(), name="out"):
     out = str(tmp_path / name)
-    rc = tool.main(["--config-file", config, "--format", fmt, "--output", out, "--num-samples", "3", *extra, *opts])
+    rc = tool.main(
+        [
+            "--config-file",
+            config,
+            "--format",
+            fmt,
+            "--output",
+            out,
+            "--num-samples",
+            "3",
+            *extra,
+            *opts,
+        ]
+    )
     info_path = os.path.join(out, "export_info.json")
     info = json.load(open(info_path)) if os.path.exists(info_path) else None
     return rc, out, info
 
 
 # ---- BN folding ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("norm", ["BN", "SyncBN", "FrozenBN"])
 def test_fold_batchnorm_equals_unfolded_and_removes_every_bn(norm):
@@ -108,8 +138,13 @@ class _Res5(nn.Module):
 
 def test_fold_batchnorm_sequential_and_frozen_bn():
     torch.manual_seed(0)
-    seq = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1, bias=False),
-                        FrozenBatchNorm2d(4))
+    seq = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 4, 1, bias=False),
+        FrozenBatchNorm2d(4),
+    )
     _randomize(seq, 3, head_std=0)
     seq.eval()
     folded, n = fold_batchnorm(seq)
@@ -123,12 +158,15 @@ def test_fold_batchnorm_sequential_and_frozen_bn():
 
 # ---- export and parity --------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_export_faster_rcnn(tool, tmp_path, fmt):
     weights = _weights(tmp_path, DET_CFG, [])
     rc, out, info = _run(tool, tmp_path, DET_CFG, fmt, ["MODEL.WEIGHTS", weights])
     assert rc == 0, info
-    assert info["ok"] and info["model"] == "rcnn" and info["outputs"] == ["boxes", "scores", "classes"]
+    assert (
+        info["ok"] and info["model"] == "rcnn" and info["outputs"] == ["boxes", "scores", "classes"]
+    )
     assert info["bn_folded"] == 84 and info["bn_left"] == 0
     assert len(info["parity"]) == 3 and all(r["detections"] > 0 for r in info["parity"])
     assert max(r["outputs"]["scores"]["rel"] for r in info["parity"]) <= 1e-4
@@ -147,7 +185,9 @@ def test_export_retinanet_onnx(tool, tmp_path):
     # The exported file alone: onnxruntime, named inputs and outputs, another input size.
     import onnxruntime as ort
 
-    session = ort.InferenceSession(os.path.join(out, "model.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        os.path.join(out, "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     assert [i.name for i in session.get_inputs()] == ["image"]
     boxes, scores, classes = session.run(None, {"image": torch.rand(3, 96, 160).mul(255).numpy()})
     assert boxes.shape[1] == 4 and scores.shape == classes.shape == boxes.shape[:1]
@@ -167,11 +207,15 @@ def test_export_classifier(tool, tmp_path, fmt):
 
 def test_export_backbone_only_onnx(tool, tmp_path):
     weights = _weights(tmp_path, DET_CFG, [])
-    rc, out, info = _run(tool, tmp_path, DET_CFG, "onnx", ["MODEL.WEIGHTS", weights], extra=["--backbone-only"])
+    rc, out, info = _run(
+        tool, tmp_path, DET_CFG, "onnx", ["MODEL.WEIGHTS", weights], extra=["--backbone-only"]
+    )
     assert rc == 0, info
     assert info["model"] == "backbone" and info["outputs"] == ["res2", "res3", "res4", "res5"]
     assert info["arch"] == [0, 1, 2, 3] * 5  # det_subnet.yaml's MODEL.DETNAS.ARCH
-    assert info["bn_folded"] == count_batchnorms(ShuffleNetV2Subnet(get_space("small", 0.25), info["arch"]))
+    assert info["bn_folded"] == count_batchnorms(
+        ShuffleNetV2Subnet(get_space("small", 0.25), info["arch"])
+    )
 
 
 def test_scripting_a_detector_is_refused(tool, tmp_path, capsys):
@@ -180,6 +224,7 @@ def test_scripting_a_detector_is_refused(tool, tmp_path, capsys):
 
 
 # ---- parity failures and bad inputs -------------------------------------------------------------
+
 
 def test_compare_outputs_flags_mismatches():
     boxes = torch.tensor([[0.0, 0, 10, 10], [5, 5, 20, 20], [1, 1, 4, 4]])
@@ -235,6 +280,7 @@ def test_missing_config_file(tool, tmp_path, capsys):
 
 # ---- broken weights and inputs: one line, status 2, nothing written -------------------------------------
 
+
 def _broken_weights(tmp_path, config, key_suffix, value):
     """A checkpoint of the config's model with the first tensor whose name ends with `key_suffix` set to
     `value` (NaN weights, or a BN running variance of -1: finite weights whose outputs are NaN)."""
@@ -255,7 +301,9 @@ def _broken_weights(tmp_path, config, key_suffix, value):
     ],
     ids=["detector NaN outputs", "classifier NaN outputs", "NaN weights"],
 )
-def test_nan_is_refused_before_anything_is_exported(tool, tmp_path, capsys, config, suffix, value, message):
+def test_nan_is_refused_before_anything_is_exported(
+    tool, tmp_path, capsys, config, suffix, value, message
+):
     weights = _broken_weights(tmp_path, config, suffix, value)
     rc, out, _ = _run(tool, tmp_path, config, "torchscript", ["MODEL.WEIGHTS", weights])
     err = capsys.readouterr().err
@@ -266,8 +314,19 @@ def test_nan_is_refused_before_anything_is_exported(tool, tmp_path, capsys, conf
 def test_detector_export_of_a_classifier_checkpoint_needs_backbone_only(tool, tmp_path, capsys):
     weights = _weights(tmp_path, CLS_CFG, [])
     rc, out, _ = _run(tool, tmp_path, DET_CFG, "torchscript", ["MODEL.WEIGHTS", weights])
-    assert rc == 2 and "MODEL.DETNAS.ALLOW_RANDOM_HEADS True" in capsys.readouterr().err and not os.path.exists(out)
-    rc, _, info = _run(tool, tmp_path, DET_CFG, "torchscript", ["MODEL.WEIGHTS", weights], extra=["--backbone-only"])
+    assert (
+        rc == 2
+        and "MODEL.DETNAS.ALLOW_RANDOM_HEADS True" in capsys.readouterr().err
+        and not os.path.exists(out)
+    )
+    rc, _, info = _run(
+        tool,
+        tmp_path,
+        DET_CFG,
+        "torchscript",
+        ["MODEL.WEIGHTS", weights],
+        extra=["--backbone-only"],
+    )
     assert rc == 0 and info["ok"] and info["model"] == "backbone"
 
 
@@ -276,5 +335,9 @@ def test_a_sample_image_that_is_no_image(tool, tmp_path, capsys):
     text.write_text("not an image")
     rc, out, _ = _run(tool, tmp_path, DET_CFG, "torchscript", extra=["--sample-image", str(text)])
     err = capsys.readouterr().err
-    assert rc == 2 and f"--sample-image {text}: cannot be read as an image" in err and err.count("\n") == 1
+    assert (
+        rc == 2
+        and f"--sample-image {text}: cannot be read as an image" in err
+        and err.count("\n") == 1
+    )
     assert not os.path.exists(out)

@@ -2,6 +2,7 @@
 equals COCOeval on the resampled dataset), finalist selection and intervals on a synthetic fitness with
 known per-image scores, exact resume of a search stopped among its finalists, the mean of several
 supernets, and both on the toy supernet detector end to end."""
+
 import contextlib
 import copy
 import io
@@ -79,31 +80,47 @@ def test_resampled_ap_is_cocoeval_on_the_resampled_images():
         x, y, w, h = ann["bbox"]
         for _ in range(rng.randint(0, 3)):
             jitter = lambda v: v + rng.uniform(-0.3, 0.3) * max(w, h)  # noqa: E731
-            detections.append({
-                "image_id": ann["image_id"], "category_id": rng.choice([ann["category_id"]] * 3 + categories),
-                "bbox": [jitter(x), jitter(y), w * rng.uniform(0.7, 1.3), h * rng.uniform(0.7, 1.3)],
-                "score": round(rng.random(), 1),
-            })
+            detections.append(
+                {
+                    "image_id": ann["image_id"],
+                    "category_id": rng.choice([ann["category_id"]] * 3 + categories),
+                    "bbox": [
+                        jitter(x),
+                        jitter(y),
+                        w * rng.uniform(0.7, 1.3),
+                        h * rng.uniform(0.7, 1.3),
+                    ],
+                    "score": round(rng.random(), 1),
+                }
+            )
     img_ids = sorted(im["id"] for im in data["images"])
     evaluation = DetectionImages(gt, copy.deepcopy(detections), img_ids)
-    assert evaluation.score(np.ones(len(img_ids), dtype=int)) == _cocoeval_ap(gt, detections, img_ids)
+    assert evaluation.score(np.ones(len(img_ids), dtype=int)) == _cocoeval_ap(
+        gt, detections, img_ids
+    )
     for counts in resample_counts(len(img_ids), 3, seed=0):
         assert counts.sum() == len(img_ids)
         copies = copy.deepcopy(data)
         copies["images"], copies["annotations"], copied = [], [], []
-        for i, img_id in enumerate(img_ids):  # copy k of image i gets id 100 i + k: COCOeval keeps the order
+        for i, img_id in enumerate(
+            img_ids
+        ):  # copy k of image i gets id 100 i + k: COCOeval keeps the order
             image = next(im for im in data["images"] if im["id"] == img_id)
             for k in range(counts[i]):
                 new_id = img_id * 100 + k
                 copies["images"].append(dict(image, id=new_id))
                 annotations = [a for a in data["annotations"] if a["image_id"] == img_id]
-                copies["annotations"] += [dict(a, image_id=new_id, id=len(copies["annotations"]) + j + 1)
-                                          for j, a in enumerate(annotations)]
+                copies["annotations"] += [
+                    dict(a, image_id=new_id, id=len(copies["annotations"]) + j + 1)
+                    for j, a in enumerate(annotations)
+                ]
                 copied += [dict(d, image_id=new_id) for d in detections if d["image_id"] == img_id]
         expected = _cocoeval_ap(_coco(copies), copied, [im["id"] for im in copies["images"]])
         assert evaluation.score(counts) == expected
     assert (resample_counts(10, 4, 1) == resample_counts(10, 4, 1)).all()
-    assert DetectionImages(gt, [], img_ids).score(np.ones(len(img_ids), dtype=int)) == 0.0  # no detection: AP 0
+    assert (
+        DetectionImages(gt, [], img_ids).score(np.ones(len(img_ids), dtype=int)) == 0.0
+    )  # no detection: AP 0
     assert ImageMean([1, 0, 1, 1], scale=100.0).score(np.array([2, 1, 0, 1])) == 75.0
 
 
@@ -118,7 +135,15 @@ def fake_score(archs):
 
 
 def search_settings(**kw):
-    base = dict(population=8, generations=3, topk=3, num_mutation=3, mutation_prob=0.2, num_crossover=3, seed=3)
+    base = dict(
+        population=8,
+        generations=3,
+        topk=3,
+        num_mutation=3,
+        mutation_prob=0.2,
+        num_crossover=3,
+        seed=3,
+    )
     base.update(kw)
     return SearchSettings(**base)
 
@@ -135,7 +160,12 @@ class SyntheticFinalists:
 
     def per_image(self, arch, supernet):
         rng = np.random.default_rng([*arch, supernet])
-        return self.quality[tuple(arch)] + self.offsets[supernet] + self.difficulty + rng.normal(0, self.noise, IMAGES)
+        return (
+            self.quality[tuple(arch)]
+            + self.offsets[supernet]
+            + self.difficulty
+            + rng.normal(0, self.noise, IMAGES)
+        )
 
     def __call__(self, archs, fraction, supernets, bootstrap):
         assert fraction == 1.0
@@ -143,8 +173,13 @@ class SyntheticFinalists:
         for arch, supernet in zip(archs, supernets):
             self.calls.append((tuple(arch), supernet))
             values = ImageMean(self.per_image(arch, supernet))
-            out.append({"score": values.score(np.ones(IMAGES)), "images_eval": IMAGES,
-                        "replicates": [values.score(c) for c in resample_counts(IMAGES, *bootstrap)]})
+            out.append(
+                {
+                    "score": values.score(np.ones(IMAGES)),
+                    "images_eval": IMAGES,
+                    "replicates": [values.score(c) for c in resample_counts(IMAGES, *bootstrap)],
+                }
+            )
         return out
 
 
@@ -155,12 +190,17 @@ def run_synthetic(tmp_path, gaps, offsets=(0.0,), name="state.json", **finalists
     weights = tuple(str(tmp_path / f"w{i}.pth") for i in range(len(offsets)))
     for i, path in enumerate(weights):  # the fingerprint holds the supernets' contents
         open(path, "w").write(f"supernet {i}")
-    settings = FinalistSettings(**dict(dict(topk=len(gaps), weights=weights, bootstrap=BOOTSTRAP, seed=3),
-                                       **finalists))
-    search = EvolutionSearch(search_settings(), SPACE, constraints, str(tmp_path / name), finalists=settings)
+    settings = FinalistSettings(
+        **dict(dict(topk=len(gaps), weights=weights, bootstrap=BOOTSTRAP, seed=3), **finalists)
+    )
+    search = EvolutionSearch(
+        search_settings(), SPACE, constraints, str(tmp_path / name), finalists=settings
+    )
     search.run(fake_score)
-    top = [tuple(search.history[i]["arch"]) for i in sorted(range(len(search.history)),
-                                                            key=lambda i: (-search.history[i]["score"], i))]
+    top = [
+        tuple(search.history[i]["arch"])
+        for i in sorted(range(len(search.history)), key=lambda i: (-search.history[i]["score"], i))
+    ]
     fitness = SyntheticFinalists({arch: 20.0 - gap for arch, gap in zip(top, gaps)}, offsets)
     return search, settings, fitness
 
@@ -169,12 +209,17 @@ def test_finalist_selection_and_intervals_on_a_synthetic_fitness(tmp_path):
     # the search's 2nd best is truly best; its 1st equal to it; its 3rd 0.5 below; its 4th 3 below
     search, settings, fitness = run_synthetic(tmp_path, gaps=(0.0, -0.0001, 0.5, 3.0))
     finalists = Finalists(search, settings)
-    assert finalists.indices == sorted(range(len(search.history)), key=lambda i: (-search.history[i]["score"], i))[:4]
+    assert (
+        finalists.indices
+        == sorted(range(len(search.history)), key=lambda i: (-search.history[i]["score"], i))[:4]
+    )
     rows = finalists.run(fitness)
     assert len(search.state.finalists) == 4 and [r["finalist"] for r in rows] == [0, 1, 2, 3]
     for row in rows:
         values = fitness.per_image(row["arch"], 0)
-        assert row["mean"] == pytest.approx(values.mean(), abs=1e-12) and row["scores"] == [row["mean"]]
+        assert row["mean"] == pytest.approx(values.mean(), abs=1e-12) and row["scores"] == [
+            row["mean"]
+        ]
         # the interval of a mean of 200 images: about +-1.96 sd / sqrt(200)
         half = 1.96 * values.std() / IMAGES**0.5
         assert row["interval"][0] < row["mean"] < row["interval"][1]
@@ -189,9 +234,13 @@ def test_finalist_selection_and_intervals_on_a_synthetic_fitness(tmp_path):
 def test_intervals_over_images_and_supernets():
     """Two supernets: the mean is over supernets; the replicates resample supernets too, so a finalist
     whose supernets disagree gets a wider interval than the images alone give."""
+
     def records(scores, replicates):
-        return [{"candidate": 0, "arch": [0] * 20, "search_score": 1.0, "score": s, "replicates": r}
-                for s, r in zip(scores, replicates)]
+        return [
+            {"candidate": 0, "arch": [0] * 20, "search_score": 1.0, "score": s, "replicates": r}
+            for s, r in zip(scores, replicates)
+        ]
+
     flat = np.linspace(-0.1, 0.1, 200)
     agree = records([10.0, 10.0], [10.0 + flat, 10.0 + flat])
     disagree = records([8.0, 12.0], [8.0 + flat, 12.0 + flat])
@@ -223,18 +272,36 @@ def test_search_stopped_among_its_finalists_resumes_exactly(tmp_path):
     with open(tmp_path / "stopped.json") as f:
         assert len(json.load(f)["finalists"]) == 4
     done = list(fitness.calls)
-    resumed = EvolutionSearch(search_settings(), SPACE, search.constraints, str(tmp_path / "stopped.json"),
-                              resume=True, finalists=settings)
+    resumed = EvolutionSearch(
+        search_settings(),
+        SPACE,
+        search.constraints,
+        str(tmp_path / "stopped.json"),
+        resume=True,
+        finalists=settings,
+    )
     resumed.run(fake_score)  # finished: nothing to score
     fitness.calls.clear()
     rows = Finalists(resumed, settings).run(fitness)
     assert rows == whole
-    assert len(fitness.calls) == 2 and not set(fitness.calls) & set(done), "a finalist record was scored again"
+    assert len(fitness.calls) == 2 and not set(fitness.calls) & set(done), (
+        "a finalist record was scored again"
+    )
     (tmp_path / "other.pth").write_text("another supernet")
-    for change in (dict(topk=2), dict(bootstrap=100), dict(weights=(settings.weights[0], str(tmp_path / "other.pth")))):
+    for change in (
+        dict(topk=2),
+        dict(bootstrap=100),
+        dict(weights=(settings.weights[0], str(tmp_path / "other.pth"))),
+    ):
         with pytest.raises(SearchStateError, match="finalists"):
-            EvolutionSearch(search_settings(), SPACE, search.constraints, str(tmp_path / "stopped.json"),
-                            resume=True, finalists=FinalistSettings(**{**settings.__dict__, **change}))
+            EvolutionSearch(
+                search_settings(),
+                SPACE,
+                search.constraints,
+                str(tmp_path / "stopped.json"),
+                resume=True,
+                finalists=FinalistSettings(**{**settings.__dict__, **change}),
+            )
 
 
 # ---- on the toy supernet detector ------------------------------------------------------------------
@@ -247,8 +314,15 @@ def make_cfg(config, out_dir, weights, **search):
     cfg.OUTPUT_DIR = str(out_dir)
     cfg.MODEL.WEIGHTS = str(weights)
     cfg.DETNAS.BN_RECALIB.IMAGES, cfg.DETNAS.BN_RECALIB.BATCH_SIZE = 16, 4
-    small = dict(POPULATION=3, GENERATIONS=1, TOPK=2, NUM_MUTATION=1, NUM_CROSSOVER=1, EVAL_IMAGES=16,
-                 EVAL_BATCH_SIZE=8)
+    small = dict(
+        POPULATION=3,
+        GENERATIONS=1,
+        TOPK=2,
+        NUM_MUTATION=1,
+        NUM_CROSSOVER=1,
+        EVAL_IMAGES=16,
+        EVAL_BATCH_SIZE=8,
+    )
     for key, value in dict(small, **search).items():
         node, *rest = key.split(".")
         target = cfg.DETNAS.SEARCH if not rest else getattr(cfg.DETNAS.SEARCH, node)
@@ -259,7 +333,9 @@ def make_cfg(config, out_dir, weights, **search):
 def save_supernet(config, path, seed):
     cfg = make_cfg(config, os.path.dirname(path), "")
     torch.manual_seed(seed)
-    DetectionCheckpointer(build_model(cfg), save_dir=os.path.dirname(path)).save(os.path.basename(path)[:-4])
+    DetectionCheckpointer(build_model(cfg), save_dir=os.path.dirname(path)).save(
+        os.path.basename(path)[:-4]
+    )
     return path
 
 
@@ -274,25 +350,35 @@ def test_ensemble_score_is_the_mean_of_the_single_supernet_scores(supernets, tmp
     singles = [build_scorer(make_cfg(DET_CONFIG, tmp_path, w, EVAL_IMAGES=0)) for w in supernets]
     scores = [s.score(arch)["score"] for s in singles]
     assert len(set(scores)) == 2, "the two supernets should score differently"
-    ensemble = build_scorer(make_cfg(DET_CONFIG, tmp_path, "", EVAL_IMAGES=0, ENSEMBLE_WEIGHTS=supernets))
+    ensemble = build_scorer(
+        make_cfg(DET_CONFIG, tmp_path, "", EVAL_IMAGES=0, ENSEMBLE_WEIGHTS=supernets)
+    )
     result = ensemble.score(arch)
     assert result["supernet_scores"] == scores and result["score"] == (scores[0] + scores[1]) / 2
     assert result["images_recalib"] == 32 and result["images_eval"] == 128
 
 
-@pytest.mark.parametrize("config, weights_index", [(DET_CONFIG, 0), (CLS_CONFIG, None)],
-                         ids=["detection", "classification"])
-def test_per_image_evaluation_of_a_real_candidate_gives_its_score(supernets, tmp_path, monkeypatch, config,
-                                                                  weights_index):
+@pytest.mark.parametrize(
+    "config, weights_index",
+    [(DET_CONFIG, 0), (CLS_CONFIG, None)],
+    ids=["detection", "classification"],
+)
+def test_per_image_evaluation_of_a_real_candidate_gives_its_score(
+    supernets, tmp_path, monkeypatch, config, weights_index
+):
     """With every image counted once, the per-image evaluation of the scorer's outputs is the headline
     score itself (COCOEvaluator's AP; ClassificationEvaluator's top-1)."""
     if weights_index is None:
         weights = save_supernet(config, str(tmp_path / "c.pth"), 0)
     else:
         weights = supernets[weights_index]
-    cfg = make_cfg(config, tmp_path, weights, EVAL_IMAGES=0, EVAL_BATCH_SIZE=8 if config == DET_CONFIG else 50)
+    cfg = make_cfg(
+        config, tmp_path, weights, EVAL_IMAGES=0, EVAL_BATCH_SIZE=8 if config == DET_CONFIG else 50
+    )
     scorer = build_scorer(cfg)
-    monkeypatch.setattr(scoring_module, "resample_counts", lambda n, samples, seed: np.ones((samples, n), dtype=int))
+    monkeypatch.setattr(
+        scoring_module, "resample_counts", lambda n, samples, seed: np.ones((samples, n), dtype=int)
+    )
     for arch in (SPACE.default_arch(), SPACE.random_arch(random.Random(4))):
         result = scorer.score(arch, bootstrap=(2, 0))
         assert result["replicates"] == [result["score"]] * 2 and result["score"] > 0
@@ -317,9 +403,16 @@ def _read(path):
 
 
 @pytest.mark.slow
-def test_search_with_finalists_end_to_end_resumed_and_in_two_processes(supernets, tmp_path, monkeypatch):
-    cfg = make_cfg(DET_CONFIG, tmp_path / "one", supernets[0], **FINALIST_OPTS,
-                   **{"FINALISTS.WEIGHTS": supernets})
+def test_search_with_finalists_end_to_end_resumed_and_in_two_processes(
+    supernets, tmp_path, monkeypatch
+):
+    cfg = make_cfg(
+        DET_CONFIG,
+        tmp_path / "one",
+        supernets[0],
+        **FINALIST_OPTS,
+        **{"FINALISTS.WEIGHTS": supernets},
+    )
     best = run_search(cfg)
     records = _read(tmp_path / "one/finalists.jsonl")
     assert [(r["finalist"], r["supernet"]) for r in records] == [(0, 0), (0, 1), (1, 0), (1, 1)]
@@ -327,10 +420,14 @@ def test_search_with_finalists_end_to_end_resumed_and_in_two_processes(supernets
     record = load_arch_record(str(tmp_path / "one/best_arch.yaml"))
     rows = best["finalist"]
     assert tuple(record.arch) == tuple(best["arch"]) and record.metadata["score"] == rows["mean"]
-    means = {r["candidate"]: np.mean([x["score"] for x in records if x["candidate"] == r["candidate"]])
-             for r in records}
+    means = {
+        r["candidate"]: np.mean([x["score"] for x in records if x["candidate"] == r["candidate"]])
+        for r in records
+    }
     assert rows["mean"] == pytest.approx(max(means.values()))
-    assert {f["arch"] for f in record.metadata["finalists"]} == {arch_to_str(r["arch"]) for r in records}
+    assert {f["arch"] for f in record.metadata["finalists"]} == {
+        arch_to_str(r["arch"]) for r in records
+    }
 
     # stopped after the first finalist record, resumed: the same records, none scored again
     calls, stop_at, score = [], [2], scoring_module.CandidateScorer.score
@@ -358,10 +455,14 @@ def test_search_with_finalists_end_to_end_resumed_and_in_two_processes(supernets
     assert len(calls) == 3 and (tuple(records[0]["arch"]), 0) not in calls
     monkeypatch.setattr(scoring_module.CandidateScorer, "score", score)
 
-    launch(_finalists_in_two_processes, 2, dist_url="auto", args=(cfg.dump(), str(tmp_path / "two")))
+    launch(
+        _finalists_in_two_processes, 2, dist_url="auto", args=(cfg.dump(), str(tmp_path / "two"))
+    )
     for mode in ("split_images", "split_candidates"):
         two = _read(tmp_path / "two" / mode / "finalists.jsonl")
-        assert [(r["arch"], r["supernet"]) for r in two] == [(r["arch"], r["supernet"]) for r in records], mode
+        assert [(r["arch"], r["supernet"]) for r in two] == [
+            (r["arch"], r["supernet"]) for r in records
+        ], mode
         for a, b in zip(two, records):
             assert a["score"] == pytest.approx(b["score"], rel=1e-4, abs=1e-9), mode
             assert a["replicates"] == pytest.approx(b["replicates"], rel=1e-4, abs=1e-9), mode

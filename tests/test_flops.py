@@ -4,13 +4,15 @@ import random
 import subprocess
 import sys
 
+import detnas_d2  # noqa: F401  (compat shims before detectron2 imports)
+from detnas_d2 import flops as flops_module
+
 import pytest
 import torch
 from torch import nn
 
-import detnas_d2  # noqa: F401  (compat shims before detectron2 imports)
-from detnas_d2 import flops as flops_module
-from detnas_d2.arch_info import human, main as arch_info_main
+from detnas_d2.arch_info import human
+from detnas_d2.arch_info import main as arch_info_main
 from detnas_d2.arch_io import save_arch
 from detnas_d2.flops import count_flops, get_flops_table
 from detnas_d2.modeling.backbone import ShuffleNetV2Subnet
@@ -18,7 +20,6 @@ from detnas_d2.modeling.heads import ClassifierHead
 from detnas_d2.search_space import NUM_CHOICES, get_space
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 
 class _Classifier(nn.Module):
@@ -32,7 +33,9 @@ class _Classifier(nn.Module):
 
 
 def _fvcore(space, arch, size, head="none", num_classes=1000):
-    model = ShuffleNetV2Subnet(space, arch) if head == "none" else _Classifier(space, arch, num_classes)
+    model = (
+        ShuffleNetV2Subnet(space, arch) if head == "none" else _Classifier(space, arch, num_classes)
+    )
     flops = count_flops(model, torch.zeros(1, 3, *size))
     return flops, sum(p.numel() for p in model.parameters())
 
@@ -44,7 +47,13 @@ def _fvcore(space, arch, size, head="none", num_classes=1000):
         ("small", 0.25, (48, 80), "classifier", "mmrazor"),
         ("large", 0.25, (64, 64), "none", "mmrazor"),
         ("large-wide", 0.25, (80, 48), "classifier", "mmrazor"),
-        ("small", 0.5, (64, 64), "classifier", "official"),  # Megvii's network: other stride-2 units, biases
+        (
+            "small",
+            0.5,
+            (64, 64),
+            "classifier",
+            "official",
+        ),  # Megvii's network: other stride-2 units, biases
     ],
 )
 def test_table_equals_fvcore_on_random_archs(name, width, size, head, style):
@@ -53,7 +62,9 @@ def test_table_equals_fvcore_on_random_archs(name, width, size, head, style):
     rng = random.Random(name)
     archs = [space.random_arch(rng) for _ in range(2 if name == "small" else 1)]
     for arch in archs:
-        assert (table.flops(arch), table.params(arch)) == _fvcore(space, arch, size, head, num_classes=10)
+        assert (table.flops(arch), table.params(arch)) == _fvcore(
+            space, arch, size, head, num_classes=10
+        )
 
 
 def test_small_space_at_224():
@@ -140,7 +151,11 @@ def test_bad_arch():
 def _cli(*args, env=None):
     return subprocess.run(
         [sys.executable, "-m", "detnas_d2.arch_info", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -168,7 +183,10 @@ def test_arch_info_cli(tmp_path, capsys):
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
     assert info["arch"] == list(arch) and info["space"] == "large" and info["width_mult"] == 0.25
-    assert info["choices"][0] == ("shuffle_3x3", "shuffle_5x5", "shuffle_7x7", "shuffle_xception")[arch[0]]
+    assert (
+        info["choices"][0]
+        == ("shuffle_3x3", "shuffle_5x5", "shuffle_7x7", "shuffle_xception")[arch[0]]
+    )
     assert (info["flops"], info["params"]) == (backbone.flops(arch), backbone.params(arch))
     assert sum(s["flops"] for s in info["stages"]) + info["stem"]["flops"] == info["flops"]
     assert info["metadata"] == {"width_mult": 0.25, "score": 0.5}
@@ -177,8 +195,11 @@ def test_arch_info_cli(tmp_path, capsys):
     bad.write_text("space: small\narch:\n  - shuffle_9x9\n")
     result = _cli(str(bad))
     assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr == f"python -m detnas_d2.arch_info: error: {bad}: line 3: unknown block 'shuffle_9x9' " \
+    assert (
+        result.stderr
+        == f"python -m detnas_d2.arch_info: error: {bad}: line 3: unknown block 'shuffle_9x9' "
         "(blocks: shuffle_3x3, shuffle_5x5, shuffle_7x7, shuffle_xception)\n"
+    )
 
 
 def test_arch_info_options(capsys):
@@ -186,7 +207,11 @@ def test_arch_info_options(capsys):
     assert arch_info_main([ids, "--width-mult", "0.25", "--input-size", "32x48", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     table = get_flops_table(get_space("small", 0.25), (32, 48))
-    assert (info["space"], info["input_size"], info["flops"]) == ("small", [32, 48], table.flops((1,) * 20))
+    assert (info["space"], info["input_size"], info["flops"]) == (
+        "small",
+        [32, 48],
+        table.flops((1,) * 20),
+    )
     # the space of a 40-layer list must be named
     assert arch_info_main([",".join(["0"] * 40)]) == 2
     assert "40 layers fit spaces large and large-wide: name the space" in capsys.readouterr().err
@@ -195,4 +220,7 @@ def test_arch_info_options(capsys):
     with pytest.raises(SystemExit) as exit_info:
         arch_info_main([ids, "--input-size", "big"])
     assert exit_info.value.code == 2
-    assert "an input size is HxW or one number (square), e.g. 224x224 or 800x1333; got 'big'" in capsys.readouterr().err
+    assert (
+        "an input size is HxW or one number (square), e.g. 224x224 or 800x1333; got 'big'"
+        in capsys.readouterr().err
+    )

@@ -1,6 +1,7 @@
 """Exact FLOPs/params/latency bands: the dynamic programme over layers against brute force on a tiny space,
 the toy space's limits decided exactly (refusals name the achievable range and the nearest setting), and
 uniform sampling inside a narrow band in bounded time."""
+
 import itertools
 import random
 import time
@@ -26,8 +27,10 @@ def table():
 def tiny_cost(seed, layers=5, floats=False):
     """A random additive cost over `layers` layers of 4 blocks (4**layers archs): small enough to enumerate."""
     rng = random.Random(seed)
-    rows = tuple(tuple(rng.uniform(0, 10) if floats else rng.randrange(0, 40) * 8 for _ in range(4))
-                 for _ in range(layers))
+    rows = tuple(
+        tuple(rng.uniform(0, 10) if floats else rng.randrange(0, 40) * 8 for _ in range(4))
+        for _ in range(layers)
+    )
     return AdditiveCost("cost", 100 if not floats else 1.5, rows)
 
 
@@ -100,20 +103,29 @@ def test_impossible_band_is_refused_with_the_range_and_the_nearest_setting(table
         constraints.check_feasible()
     message = str(info.value)
     assert "\n" not in message
-    assert message.startswith("Impossible search constraints: no arch has FLOPs in [7000000, 7000300]: the "
-                              "nearest achievable are 6999808 and 7000320 (nearest feasible: "
-                              "DETNAS.SEARCH.FLOPS_MIN=6999808 or DETNAS.SEARCH.FLOPS_MAX=7000320)")
+    assert message.startswith(
+        "Impossible search constraints: no arch has FLOPs in [7000000, 7000300]: the "
+        "nearest achievable are 6999808 and 7000320 (nearest feasible: "
+        "DETNAS.SEARCH.FLOPS_MIN=6999808 or DETNAS.SEARCH.FLOPS_MAX=7000320)"
+    )
     assert "backbone FLOPs 6.55M..11.33M" in message
     ArchConstraints(table, SPACE, INPUT_SIZE, flops_min=7.0e6, flops_max=7000320).check_feasible()
 
     # a params limit no arch of the FLOPs band meets: the least params there is named
     band = CostBand(table.flops_cost(), 11.0e6, 11.3e6)
     least = band.least(table.params_cost())
-    constraints = ArchConstraints(table, SPACE, INPUT_SIZE, flops_min=11.0e6, flops_max=11.3e6, params_max=least - 1)
-    with pytest.raises(ValueError, match=rf"has params <= {int(least) - 1}: the least there is {int(least)} "
-                                         rf"\(nearest feasible: DETNAS.SEARCH.PARAMS_MAX={int(least)}\)"):
+    constraints = ArchConstraints(
+        table, SPACE, INPUT_SIZE, flops_min=11.0e6, flops_max=11.3e6, params_max=least - 1
+    )
+    with pytest.raises(
+        ValueError,
+        match=rf"has params <= {int(least) - 1}: the least there is {int(least)} "
+        rf"\(nearest feasible: DETNAS.SEARCH.PARAMS_MAX={int(least)}\)",
+    ):
         constraints.check_feasible()
-    ArchConstraints(table, SPACE, INPUT_SIZE, flops_min=11.0e6, flops_max=11.3e6, params_max=least).check_feasible()
+    ArchConstraints(
+        table, SPACE, INPUT_SIZE, flops_min=11.0e6, flops_max=11.3e6, params_max=least
+    ).check_feasible()
 
 
 def test_narrow_band_near_the_max_is_sampled_in_bounded_time(table):
@@ -128,6 +140,10 @@ def test_narrow_band_near_the_max_is_sampled_in_bounded_time(table):
     assert time.perf_counter() - start < 5.0
     assert all(lo <= table.flops(a) <= hi for a in archs) and len(set(archs)) > 20
     # the search fills its populations from the band
-    settings = SearchSettings(population=6, generations=2, topk=2, num_mutation=2, num_crossover=2, max_candidates=12)
-    state = EvolutionSearch(settings, SPACE, constraints, None).run(lambda archs: [{"score": sum(a)} for a in archs])
+    settings = SearchSettings(
+        population=6, generations=2, topk=2, num_mutation=2, num_crossover=2, max_candidates=12
+    )
+    state = EvolutionSearch(settings, SPACE, constraints, None).run(
+        lambda archs: [{"score": sum(a)} for a in archs]
+    )
     assert len(state.history) == 12 and all(lo <= r["flops"] <= hi for r in state.history)

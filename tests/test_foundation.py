@@ -1,19 +1,23 @@
 """The Detectron2 0.6 install with detnas_d2's shims: imports, env report, missing compiled ops, and a
 standard Faster R-CNN that trains one step and runs inference on CPU on the toy detection images."""
-import pytest
-import torch
 
 import detnas_d2
+from detnas_d2 import compat
+
 import detectron2
+import pytest
+import torch
 from detectron2.config import get_cfg
 from detectron2.data import build_detection_train_loader
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
-from detnas_d2 import compat
+
 from detnas_d2.compat import MissingCompiledOpError, has_compiled_ops
 from detnas_d2.data import toy
 
-without_compiled_ops = pytest.mark.skipif(has_compiled_ops(), reason="Detectron2 has its compiled ops here")
+without_compiled_ops = pytest.mark.skipif(
+    has_compiled_ops(), reason="Detectron2 has its compiled ops here"
+)
 
 
 def test_imports_and_pil_alias():
@@ -22,7 +26,10 @@ def test_imports_and_pil_alias():
     assert detnas_d2.__version__ and detectron2.__version__.startswith("0.6")  # main still says 0.6
     if compat.uses_image_linear():  # v0.6 sources as released: compat aliased it
         assert Image.LINEAR == Image.BILINEAR
-    from detectron2.data.transforms import ExtentTransform, ResizeTransform  # v0.6: Image.LINEAR default
+    from detectron2.data.transforms import (
+        ExtentTransform,
+        ResizeTransform,
+    )  # v0.6: Image.LINEAR default
 
     image = torch.zeros(4, 4, 3, dtype=torch.uint8).numpy()
     assert ResizeTransform(4, 4, 8, 8).apply_image(image).shape == (8, 8, 3)
@@ -123,7 +130,12 @@ def test_faster_rcnn_trains_and_infers_on_toy_images():
     sum(losses.values()).backward()
     optimizer.step()
     changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
-    parts = ("backbone.bottom_up.stem", "backbone.fpn_output2", "proposal_generator", "roi_heads.box_head")
+    parts = (
+        "backbone.bottom_up.stem",
+        "backbone.fpn_output2",
+        "proposal_generator",
+        "roi_heads.box_head",
+    )
     for part in parts + ("roi_heads.box_predictor",):
         assert any(name.startswith(part) for name in changed), part
 

@@ -5,6 +5,7 @@ on pb1-detectron2 0.6 this works because tools/install.sh fixes its sources, on 
 needs no fixes. A Detectron2 v0.6 of the user's own without those fixes still works when `import detnas_d2`
 comes first (compat's shims), which the last test checks on an unfixed copy of the installed sources.
 """
+
 import importlib.util
 import os
 import re
@@ -43,15 +44,25 @@ print("OK", detectron2.__file__)
 
 def _run(code, env_extra=None, timeout=120):
     env = dict(os.environ, **(env_extra or {}))
-    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _skip_unless_any_order_expected():
     state, unfixed = check_env.detectron2_state()
     if state == "own" and unfixed:
-        pytest.skip(f"this Detectron2 of your own needs `import detnas_d2` first ({', '.join(unfixed)})")
-    assert state != "pb1-unfixed", "pb1-detectron2 without install.sh's fixes: rerun tools/install.sh"
+        pytest.skip(
+            f"this Detectron2 of your own needs `import detnas_d2` first ({', '.join(unfixed)})"
+        )
+    assert state != "pb1-unfixed", (
+        "pb1-detectron2 without install.sh's fixes: rerun tools/install.sh"
+    )
 
 
 @pytest.mark.slow
@@ -59,13 +70,19 @@ def _skip_unless_any_order_expected():
     "first",
     [
         ("detectron2.modeling",),  # -> layers: the `_C` imports
-        ("detectron2.engine", "detectron2.data", "detectron2.evaluation"),  # data: Image.LINEAR; evaluation
+        (
+            "detectron2.engine",
+            "detectron2.data",
+            "detectron2.evaluation",
+        ),  # data: Image.LINEAR; evaluation
     ],
     ids=["modeling", "engine-data-evaluation"],
 )
 def test_detectron2_first_then_detnas_builds_a_model(first):
     _skip_unless_any_order_expected()
-    code = "".join(f"import {m}\n" for m in first) + BUILD_AND_RUN.format(config="configs/Toy/det_subnet.yaml")
+    code = "".join(f"import {m}\n" for m in first) + BUILD_AND_RUN.format(
+        config="configs/Toy/det_subnet.yaml"
+    )
     result = _run(code)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith("OK")
@@ -101,16 +118,24 @@ def test_compat_judges_sources_not_versions(tmp_path):
         _write(root, "evaluation/coco_evaluation.py", coco)
         _write(root, "evaluation/fast_eval_api.py", FAST_EVAL)
     _write(v06, "data/transforms/transform.py", "def f(interp=Image.LINEAR, fill=0):\n    pass\n")
-    _write(main, "data/transforms/transform.py", "def f(interp=Image.BILINEAR, fill=0):\n    pass\n")
+    _write(
+        main, "data/transforms/transform.py", "def f(interp=Image.BILINEAR, fill=0):\n    pass\n"
+    )
 
     assert compat.unguarded_c_imports(v06) == {
-        "layers/deform_conv.py", "layers/rotated_boxes.py", "layers/roi_align_rotated.py",
+        "layers/deform_conv.py",
+        "layers/rotated_boxes.py",
+        "layers/roi_align_rotated.py",
         "evaluation/coco_evaluation.py",
     }
     assert compat.unguarded_c_imports(main) == set()
     assert compat.uses_image_linear(v06) and not compat.uses_image_linear(main)
     # a `_C` import inside a function runs only when called: not a module-level import
-    _write(main, "layers/deform_conv.py", "def op(x):\n    from detectron2 import _C\n    return _C.op(x)\n")
+    _write(
+        main,
+        "layers/deform_conv.py",
+        "def op(x):\n    from detectron2 import _C\n    return _C.op(x)\n",
+    )
     assert compat.unguarded_c_imports(main) == set()
     # relative import of an unguarded fast_eval_api counts too
     _write(main, "evaluation/coco_evaluation.py", "from .fast_eval_api import COCOeval_opt\n")
@@ -134,10 +159,19 @@ import detectron2.evaluation  # imports fast_eval_api through the stub
 
 def _unfix(text):
     """Undo tools/install.sh's source fixes (back to v0.6 as released)."""
-    text = re.sub(r"try:  # detnas-d2 tools/install.sh: compiled ops optional.*?\n    _C = _MissingCompiledOps\(\)\n",
-                  "from detectron2 import _C\n", text, flags=re.S)
-    text = re.sub(r"try:  # detnas-d2 tools/install.sh: as on Detectron2 main.*?\n    (from .*?\n)except ImportError:\n"
-                  r"    COCOeval_opt = COCOeval\n", r"\1", text, flags=re.S)
+    text = re.sub(
+        r"try:  # detnas-d2 tools/install.sh: compiled ops optional.*?\n    _C = _MissingCompiledOps\(\)\n",
+        "from detectron2 import _C\n",
+        text,
+        flags=re.S,
+    )
+    text = re.sub(
+        r"try:  # detnas-d2 tools/install.sh: as on Detectron2 main.*?\n    (from .*?\n)except ImportError:\n"
+        r"    COCOeval_opt = COCOeval\n",
+        r"\1",
+        text,
+        flags=re.S,
+    )
     text = re.sub(r"^ *# detnas-d2 tools/install.sh:.*\n", "", text, flags=re.M)
     return text.replace("interp=Image.BILINEAR, fill=0", "interp=Image.LINEAR, fill=0")
 
@@ -147,10 +181,14 @@ def test_unfixed_v06_sources_work_with_detnas_first(tmp_path):
     """A user's own v0.6 (no compiled ops, unfixed sources): `import detnas_d2` first still works."""
     state, _ = check_env.detectron2_state()
     if state != "pb1":
-        pytest.skip(f"needs the install.sh-fixed pb1-detectron2 to make an unfixed copy from (here: {state})")
+        pytest.skip(
+            f"needs the install.sh-fixed pb1-detectron2 to make an unfixed copy from (here: {state})"
+        )
     installed = Path(importlib.util.find_spec("detectron2").submodule_search_locations[0])
     copy = tmp_path / "detectron2"
-    shutil.copytree(installed, copy, ignore=shutil.ignore_patterns("__pycache__", "model_zoo", "projects"))
+    shutil.copytree(
+        installed, copy, ignore=shutil.ignore_patterns("__pycache__", "model_zoo", "projects")
+    )
     for relative in list(compat._C_IMPORTERS) + [compat._LINEAR_USER]:
         (copy / relative).write_text(_unfix((copy / relative).read_text()))
     assert len(compat.unguarded_c_imports(copy)) == 4 and compat.uses_image_linear(copy)

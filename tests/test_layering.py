@@ -1,6 +1,7 @@
 """The package is a strict stack (docs/design.md, "Layers"): every module imports only from lower
 layers, engine/ and search/ never import each other, and no import of the package hides inside a
 function."""
+
 import ast
 import os
 
@@ -13,8 +14,21 @@ PACKAGE = os.path.join(ROOT, "detnas_d2")
 # modules of one subpackage may also import each other (checked for loops separately).
 LAYERS = [
     ["user_errors"],
-    ["compat", "search_space", "file_io", "output_files", "config", "solver", "data", "evaluation", "rank_stats",
-     "input_size", "process", "config_files", "run_lock"],
+    [
+        "compat",
+        "search_space",
+        "file_io",
+        "output_files",
+        "config",
+        "solver",
+        "data",
+        "evaluation",
+        "rank_stats",
+        "input_size",
+        "process",
+        "config_files",
+        "run_lock",
+    ],
     ["arch_io"],
     ["modeling"],
     ["flops", "tasks", "checkpoint", "pipeline", "latency"],
@@ -41,8 +55,13 @@ def _imports(module, path):
     tree = ast.parse(open(path).read())
     is_package = path.endswith("__init__.py")
     base = module.split(".") if is_package else module.split(".")[:-1]
-    functions = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
-                 for n in ast.walk(f) if n is not f}
+    functions = {
+        id(n)
+        for f in ast.walk(tree)
+        if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+        for n in ast.walk(f)
+        if n is not f
+    }
     for node in ast.walk(tree):
         names = []
         if isinstance(node, ast.ImportFrom):
@@ -76,16 +95,28 @@ def test_imports_go_down_only(module):
     for name, line, in_function in _imports(module, MODULES[module]):
         target = _top(name)
         where = f"{MODULES[module]}:{line} imports {name}"
-        assert not in_function, f"{where} inside a function: import it at the top (a loop means a wrong layer)"
+        assert not in_function, (
+            f"{where} inside a function: import it at the top (a loop means a wrong layer)"
+        )
         if target == own or not target:
             continue
         assert RANK[target] < RANK[own], f"{where}: '{target}' is not below '{own}' in the stack"
 
 
 def test_no_import_loop_inside_subpackages():
-    graph = {m: {n for n, _, _ in _imports(m, p) if n in MODULES and n != m} for m, p in MODULES.items()}
-    for package in ("detnas_d2.engine", "detnas_d2.search", "detnas_d2.modeling", "detnas_d2.data",
-                    "detnas_d2.latency", "detnas_d2.export", "detnas_d2.checkpoint", "detnas_d2.audit"):
+    graph = {
+        m: {n for n, _, _ in _imports(m, p) if n in MODULES and n != m} for m, p in MODULES.items()
+    }
+    for package in (
+        "detnas_d2.engine",
+        "detnas_d2.search",
+        "detnas_d2.modeling",
+        "detnas_d2.data",
+        "detnas_d2.latency",
+        "detnas_d2.export",
+        "detnas_d2.checkpoint",
+        "detnas_d2.audit",
+    ):
         nodes = {m for m in graph if m.startswith(package + ".")}
         state = {}
 

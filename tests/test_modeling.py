@@ -1,16 +1,17 @@
 """ShuffleNetV2 supernet/subnet backbones, weight inheritance, the six backbone builders, norms, freezing."""
+
 import random
+
+import detnas_d2  # noqa: F401  (compat shims and registrations before detectron2.modeling)
+from detnas_d2 import add_detnas_config
 
 import pytest
 import torch
-from torch import nn
-
-import detnas_d2  # noqa: F401  (compat shims and registrations before detectron2.modeling)
 from detectron2.config import get_cfg
 from detectron2.layers import FrozenBatchNorm2d, NaiveSyncBatchNorm
 from detectron2.modeling import build_backbone
+from torch import nn
 
-from detnas_d2 import add_detnas_config
 from detnas_d2.modeling import (
     ClassifierHead,
     ShuffleNetV2Subnet,
@@ -22,8 +23,6 @@ from detnas_d2.modeling import (
 )
 from detnas_d2.modeling.blocks import ShuffleBlock, ShuffleXceptionBlock, get_block_norm
 from detnas_d2.search_space import arch_to_str, get_space
-
-
 
 STAGES = ("res2", "res3", "res4", "res5")
 STRIDES = (4, 8, 16, 32)
@@ -82,7 +81,12 @@ def test_stage_strides_and_channels(space_name):
             out = model.eval()(torch.randn(2, 3, 64, 96))
         assert list(out) == list(STAGES)
         for s in STAGES:
-            assert out[s].shape == (2, shapes[s].channels, 64 // shapes[s].stride, 96 // shapes[s].stride)
+            assert out[s].shape == (
+                2,
+                shapes[s].channels,
+                64 // shapes[s].stride,
+                96 // shapes[s].stride,
+            )
 
 
 def test_block_structure():
@@ -95,7 +99,9 @@ def test_block_structure():
     assert isinstance(xception, ShuffleXceptionBlock) and not hasattr(xception, "branch_proj")
     depthwise = [m for m in xception.branch_main if m.groups > 1]
     assert len(depthwise) == 3 and all(m.kernel_size == (3, 3) for m in depthwise)
-    assert xception.branch_main[0].in_channels == 20  # stride 1: the main branch sees half the input
+    assert (
+        xception.branch_main[0].in_channels == 20
+    )  # stride 1: the main branch sees half the input
     assert build_block(3, 16, 40, 2, "BN").branch_proj[0].kernel_size == (3, 3)
     with pytest.raises(ValueError, match="unknown block id 4"):
         build_block(4, 16, 16, 1, "BN")
@@ -120,13 +126,18 @@ def test_supernet_equals_inherited_subnet(seed):
     _randomize_norms(supernet, seed)
     supernet.eval()
     x = torch.randn(2, 3, 64, 64)
-    for arch in (space.random_arch(random.Random(seed)), space.random_arch(random.Random(seed + 10))):
+    for arch in (
+        space.random_arch(random.Random(seed)),
+        space.random_arch(random.Random(seed + 10)),
+    ):
         supernet.set_arch(arch)
         subnet = ShuffleNetV2Subnet(space, arch).eval()
         subnet.load_state_dict(subnet_state_dict_from_supernet(supernet.state_dict(), space, arch))
         inherited = supernet.state_dict()[f"layers.5.choices.{arch[5]}.branch_main.0.weight"]
         assert torch.equal(subnet.state_dict()["layers.5.branch_main.0.weight"], inherited)
-        assert torch.equal(subnet.state_dict()["stem.conv.weight"], supernet.state_dict()["stem.conv.weight"])
+        assert torch.equal(
+            subnet.state_dict()["stem.conv.weight"], supernet.state_dict()["stem.conv.weight"]
+        )
         with torch.no_grad():
             expected, got = supernet(x), subnet(x)
         for name in STAGES:
@@ -165,7 +176,9 @@ def test_inheritance_errors():
     with pytest.raises(ValueError, match="40 layers .* space 'small' has 20"):
         subnet_state_dict_from_supernet(large_supernet.state_dict(), small, arch)
     wide = ShuffleNetV2Supernet(get_space("small", 0.5)).state_dict()
-    with pytest.raises(ValueError, match=r"'stem.conv.weight' has shape \(8, 3, 3, 3\).*needs \(4, 3, 3, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"'stem.conv.weight' has shape \(8, 3, 3, 3\).*needs \(4, 3, 3, 3\)"
+    ):
         subnet_state_dict_from_supernet(wide, small, arch)
     state = ShuffleNetV2Supernet(small).state_dict()
     del state["layers.7.choices.0.branch_main.2.weight"]
@@ -261,7 +274,12 @@ def test_builders(kind, form):
         out = backbone.eval()(torch.randn(1, 3, 128, 128))
     assert list(out) == list(shapes)
     for name, tensor in out.items():
-        assert tensor.shape == (1, shapes[name].channels, 128 // shapes[name].stride, 128 // shapes[name].stride)
+        assert tensor.shape == (
+            1,
+            shapes[name].channels,
+            128 // shapes[name].stride,
+            128 // shapes[name].stride,
+        )
     if form != "backbone":
         assert all(s.channels == cfg.MODEL.FPN.OUT_CHANNELS for s in shapes.values())
 
@@ -306,9 +324,17 @@ def test_norms_build_and_run(norm):
     space = get_space("small", 0.25)
     supernet = ShuffleNetV2Supernet(space, norm=norm)
     supernet.set_arch(space.random_arch(random.Random(7)))
-    norm_type = {"BN": nn.BatchNorm2d, "GN": nn.GroupNorm, "FrozenBN": FrozenBatchNorm2d,
-                 "naiveSyncBN": NaiveSyncBatchNorm}[norm]
-    norms = [m for m in supernet.modules() if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, FrozenBatchNorm2d))]
+    norm_type = {
+        "BN": nn.BatchNorm2d,
+        "GN": nn.GroupNorm,
+        "FrozenBN": FrozenBatchNorm2d,
+        "naiveSyncBN": NaiveSyncBatchNorm,
+    }[norm]
+    norms = [
+        m
+        for m in supernet.modules()
+        if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, FrozenBatchNorm2d))
+    ]
     assert norms and all(type(m) is norm_type for m in norms)
     out = supernet.train()(torch.randn(2, 3, 64, 64))
     assert all(torch.isfinite(v).all() for v in out.values())
@@ -337,7 +363,9 @@ def test_freeze_at(kind, freeze_at):
     frozen_parts = [backbone.stem] if freeze_at >= 1 else []
     trainable_parts = [] if freeze_at >= 1 else [backbone.stem]
     for layer, spec in enumerate(backbone.space.layers()):
-        (frozen_parts if freeze_at >= spec.stage + 2 else trainable_parts).append(backbone.layers[layer])
+        (frozen_parts if freeze_at >= spec.stage + 2 else trainable_parts).append(
+            backbone.layers[layer]
+        )
     for part in frozen_parts:
         assert all(not p.requires_grad for p in part.parameters())
         assert not any(isinstance(m, nn.BatchNorm2d) for m in part.modules())
@@ -369,9 +397,13 @@ def test_arch_on_a_supernet_backbone_is_an_error():
 
 def test_block_style_errors_and_default():
     assert get_space("small").block_style == "mmrazor" and not get_space("small").official
-    with pytest.raises(ValueError, match=r"unknown block style 'megvii'.*'official', 'official-shuffle1'"):
+    with pytest.raises(
+        ValueError, match=r"unknown block style 'megvii'.*'official', 'official-shuffle1'"
+    ):
         get_space("small", 1.0, "megvii")
-    with pytest.raises(ValueError, match=r"'official' needs every stage wider than its input .* layer 0"):
+    with pytest.raises(
+        ValueError, match=r"'official' needs every stage wider than its input .* layer 0"
+    ):
         get_space("small", 0.05, "official")  # stem and stage 0 both round to 4 channels
     official = ShuffleNetV2Subnet(get_space("small", 0.5, "official"), [0, 1, 2, 3] * 5)
     ours = ShuffleNetV2Subnet(get_space("small", 0.5), [0, 1, 2, 3] * 5)
@@ -409,10 +441,14 @@ def test_paired_init_shares_the_blocks_archs_have_in_common():
     assert all(torch.equal(v, fpn_only(fpn_b)[k]) for k, v in fpn_only(fpn_a).items())
     # another seed: other weights; without pairing the global RNG draws them as before
     other, _, _ = _paired("build_detnas_subnet_fpn_backbone", arch_to_str(a), seed=1)
-    assert not torch.equal(other.layers[0].branch_main[0].weight, net_a.layers[0].branch_main[0].weight)
+    assert not torch.equal(
+        other.layers[0].branch_main[0].weight, net_a.layers[0].branch_main[0].weight
+    )
     torch.manual_seed(123)
     plain = build_backbone(_cfg("build_detnas_subnet_backbone", arch=arch_to_str(a)))
-    assert not torch.equal(plain.layers[0].branch_main[0].weight, net_a.layers[0].branch_main[0].weight)
+    assert not torch.equal(
+        plain.layers[0].branch_main[0].weight, net_a.layers[0].branch_main[0].weight
+    )
 
 
 def test_paired_init_supernet_blocks_start_as_the_subnets():

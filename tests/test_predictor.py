@@ -1,13 +1,15 @@
 """Predictor-screened search (DETNAS.SEARCH.PREDICTOR): the ridge predictor recovers an additive fitness's ranking, a
 screened search scores only the kept fraction, logs predictions, never scores an arch twice and resumes
 exactly after a crash."""
+
 import json
 import random
+
+import detnas_d2  # noqa: F401  (compat shims before detectron2 imports)
 
 import numpy as np
 import pytest
 
-import detnas_d2  # noqa: F401  (compat shims before detectron2 imports)
 from detnas_d2.flops import get_flops_table
 from detnas_d2.rank_stats import kendall_tau_b
 from detnas_d2.search import ArchConstraints, EvolutionSearch, SearchSettings
@@ -35,8 +37,17 @@ def test_ridge_recovers_an_additive_ranking():
 
 
 def _settings(**kw):
-    base = dict(population=10, generations=4, topk=3, num_mutation=4, num_crossover=4, seed=1,
-                predictor="ridge", predictor_keep=0.4, predictor_min_scored=10)
+    base = dict(
+        population=10,
+        generations=4,
+        topk=3,
+        num_mutation=4,
+        num_crossover=4,
+        seed=1,
+        predictor="ridge",
+        predictor_keep=0.4,
+        predictor_min_scored=10,
+    )
     base.update(kw)
     return SearchSettings(**base)
 

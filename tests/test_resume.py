@@ -1,5 +1,6 @@
 """Exact training resume: a run killed with SIGKILL between checkpoints and resumed with --resume ends
 with the weights of an uninterrupted run, bit for bit (CPU, one thread per process, fixed seed)."""
+
 import os
 import signal
 import subprocess
@@ -13,16 +14,35 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A toy supernet classifier whose last iterations follow random paths, with random-resized crops,
 # colour jitter and flips: every source of randomness a training step has.
 OPTS = [
-    "SOLVER.MAX_ITER", "40", "SOLVER.CHECKPOINT_PERIOD", "10", "SOLVER.IMS_PER_BATCH", "8",
-    "SOLVER.WARMUP_ITERS", "5", "DETNAS.SAMPLER.PROGRESSIVE_ITERS", "20", "DETNAS.BN_RECALIB.IMAGES", "0",
-    "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()",
+    "SOLVER.MAX_ITER",
+    "40",
+    "SOLVER.CHECKPOINT_PERIOD",
+    "10",
+    "SOLVER.IMS_PER_BATCH",
+    "8",
+    "SOLVER.WARMUP_ITERS",
+    "5",
+    "DETNAS.SAMPLER.PROGRESSIVE_ITERS",
+    "20",
+    "DETNAS.BN_RECALIB.IMAGES",
+    "0",
+    "TEST.EVAL_PERIOD",
+    "0",
+    "DATASETS.TEST",
+    "()",
 ]
 KILL_AFTER = "model_0000019.pth"
 
 
 def _command(out_dir, num_gpus, resume=False):
-    cmd = [sys.executable, os.path.join(ROOT, "train_net.py"), "--config-file",
-           os.path.join(ROOT, "configs", "Toy", "cls_supernet.yaml"), "--num-gpus", str(num_gpus)]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "train_net.py"),
+        "--config-file",
+        os.path.join(ROOT, "configs", "Toy", "cls_supernet.yaml"),
+        "--num-gpus",
+        str(num_gpus),
+    ]
     return cmd + (["--resume"] if resume else []) + OPTS + ["OUTPUT_DIR", str(out_dir)]
 
 
@@ -31,16 +51,29 @@ def _env(num_gpus):
 
 
 def _run(out_dir, num_gpus, resume=False):
-    proc = subprocess.run(_command(out_dir, num_gpus, resume), env=_env(num_gpus), cwd=ROOT,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    proc = subprocess.run(
+        _command(out_dir, num_gpus, resume),
+        env=_env(num_gpus),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:]
     return proc.stdout
 
 
 def _run_and_kill(out_dir, num_gpus):
     """Start a run and SIGKILL it (launcher and workers) once the checkpoint KILL_AFTER is complete."""
-    proc = subprocess.Popen(_command(out_dir, num_gpus), env=_env(num_gpus), cwd=ROOT, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _command(out_dir, num_gpus),
+        env=_env(num_gpus),
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     tag = out_dir / "last_checkpoint"
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
@@ -49,7 +82,9 @@ def _run_and_kill(out_dir, num_gpus):
             break
         time.sleep(0.02)
     proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, f"the run was not killed mid-way (exit {proc.returncode})"
+    assert proc.returncode == -signal.SIGKILL, (
+        f"the run was not killed mid-way (exit {proc.returncode})"
+    )
     assert not (out_dir / "model_final.pth").exists()
 
 
@@ -67,7 +102,9 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(tmp_path, num_gpus):
     straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "killed")
     assert straight.keys() == resumed.keys()
     differing = [k for k in straight if not torch.equal(straight[k], resumed[k])]
-    assert not differing, f"{len(differing)} of {len(straight)} tensors differ, first {differing[:3]}"
+    assert not differing, (
+        f"{len(differing)} of {len(straight)} tensors differ, first {differing[:3]}"
+    )
 
 
 def test_corrupt_checkpoint_names_the_file_and_the_way_back(tmp_path):
@@ -105,5 +142,7 @@ def test_deleted_last_checkpoint_names_the_way_back(tmp_path):
     assert checkpointer.resume_or_load("", resume=True) is not None
     for name in ("model_0000009", "model_0000019"):
         (tmp_path / f"{name}.pth").unlink()
-    with pytest.raises(UnreadableCheckpointError, match="No other checkpoint is in its folder: start again"):
+    with pytest.raises(
+        UnreadableCheckpointError, match="No other checkpoint is in its folder: start again"
+    ):
         checkpointer.resume_or_load("", resume=True)

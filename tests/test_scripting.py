@@ -1,8 +1,10 @@
 """TorchScript: every block and the plain subnet backbone script, with the same outputs and state-dict keys."""
+
+import detnas_d2  # noqa: F401  (first: compat shims)
+
 import pytest
 import torch
 
-import detnas_d2  # noqa: F401  (first: compat shims)
 from detnas_d2.modeling.backbone import ShuffleNetV2Subnet
 from detnas_d2.modeling.blocks import Stem, build_block
 from detnas_d2.search_space import BLOCKS, get_space

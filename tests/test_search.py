@@ -1,5 +1,6 @@
 """Step 3, the search: algorithm and state (fake fitness), BN recalibration, scoring with one and two
 processes, end to end runs on the toy supernet detector, and the errors a user can run into."""
+
 import json
 import math
 import os
@@ -63,8 +64,16 @@ def make_cfg(config, out_dir, weights, opts=(), **search):
     cfg.OUTPUT_DIR = str(out_dir)
     cfg.MODEL.WEIGHTS = str(weights)
     small = dict(
-        POPULATION=4, GENERATIONS=2, TOPK=2, NUM_MUTATION=1, NUM_CROSSOVER=1, MAX_CANDIDATES=100,
-        BN_RECALIB_IMAGES=18, BN_RECALIB_BATCH_SIZE=4, EVAL_IMAGES=18, EVAL_BATCH_SIZE=4,
+        POPULATION=4,
+        GENERATIONS=2,
+        TOPK=2,
+        NUM_MUTATION=1,
+        NUM_CROSSOVER=1,
+        MAX_CANDIDATES=100,
+        BN_RECALIB_IMAGES=18,
+        BN_RECALIB_BATCH_SIZE=4,
+        EVAL_IMAGES=18,
+        EVAL_BATCH_SIZE=4,
     )
     small.update(search)
     recalib = {"BN_RECALIB_IMAGES": "IMAGES", "BN_RECALIB_BATCH_SIZE": "BATCH_SIZE"}
@@ -103,8 +112,16 @@ def fake_score(archs):
 
 
 def settings(**kw):
-    base = dict(population=8, generations=4, topk=3, num_mutation=3, mutation_prob=0.2, num_crossover=3,
-                max_candidates=1000, seed=3)
+    base = dict(
+        population=8,
+        generations=4,
+        topk=3,
+        num_mutation=3,
+        mutation_prob=0.2,
+        num_crossover=3,
+        max_candidates=1000,
+        seed=3,
+    )
     base.update(kw)
     return SearchSettings(**base)
 
@@ -117,13 +134,19 @@ def test_evolution_rules(table, tmp_path):
     assert len(history) == 32 and state.finished and state.generation == 4
     archs = [tuple(r["arch"]) for r in history]
     assert len(set(archs)) == len(archs), "an arch was scored twice"
-    assert all(table.flops(a) <= FLOPS_MAX and r["flops"] == table.flops(a) for a, r in zip(archs, history))
+    assert all(
+        table.flops(a) <= FLOPS_MAX and r["flops"] == table.flops(a) for a, r in zip(archs, history)
+    )
     assert {r["origin"] for r in history if r["generation"] == 0} == {"random"}
     for g in range(1, 4):
         origins = [r["origin"] for r in history if r["generation"] == g]
-        assert origins.count("mutation") == 3 and origins.count("crossover") == 3 and len(origins) == 8
+        assert (
+            origins.count("mutation") == 3 and origins.count("crossover") == 3 and len(origins) == 8
+        )
         # parents: the top-3 of all earlier generations; every child comes from them
-        earlier = sorted((r for r in history if r["generation"] < g), key=lambda r: (-r["score"], r["index"]))
+        earlier = sorted(
+            (r for r in history if r["generation"] < g), key=lambda r: (-r["score"], r["index"])
+        )
         parents = [r["arch"] for r in earlier[:3]]
         for r in history:
             if r["generation"] == g and r["origin"] == "crossover":
@@ -153,7 +176,9 @@ def without_timings(history):
 @pytest.mark.parametrize("chunk_size", [1, 3])
 def test_resume_after_crash_matches_uninterrupted(table, tmp_path, chunk_size):
     constraints = ArchConstraints(table, SPACE, INPUT_SIZE, flops_max=FLOPS_MAX)
-    full = EvolutionSearch(settings(), SPACE, constraints, str(tmp_path / "full.json")).run(fake_score, chunk_size)
+    full = EvolutionSearch(settings(), SPACE, constraints, str(tmp_path / "full.json")).run(
+        fake_score, chunk_size
+    )
 
     path = str(tmp_path / "crashed.json")
     calls = []
@@ -175,12 +200,21 @@ def test_resume_after_crash_matches_uninterrupted(table, tmp_path, chunk_size):
     assert without_timings(state.history) == without_timings(full.history)
     assert resumed.best()["arch"] == full.history[full.topk[0]]["arch"]
     done = {tuple(r["arch"]) for r in saved["history"]}
-    assert len(rescored) == 32 - len(done) and not done & set(rescored), "a scored candidate was scored again"
+    assert len(rescored) == 32 - len(done) and not done & set(rescored), (
+        "a scored candidate was scored again"
+    )
 
     # A larger budget continues a finished search exactly like a search run with it from the start.
-    more = EvolutionSearch(settings(generations=5), SPACE, constraints, path, resume=True).run(fake_score, chunk_size)
-    reference = EvolutionSearch(settings(generations=5), SPACE, constraints, None).run(fake_score, chunk_size)
-    assert without_timings(more.history) == without_timings(reference.history) and len(more.history) == 40
+    more = EvolutionSearch(settings(generations=5), SPACE, constraints, path, resume=True).run(
+        fake_score, chunk_size
+    )
+    reference = EvolutionSearch(settings(generations=5), SPACE, constraints, None).run(
+        fake_score, chunk_size
+    )
+    assert (
+        without_timings(more.history) == without_timings(reference.history)
+        and len(more.history) == 40
+    )
 
 
 def test_state_errors(table, tmp_path):
@@ -206,7 +240,9 @@ def test_state_errors(table, tmp_path):
 
 def test_impossible_constraints(table, tmp_path):
     lo, hi = table.min_flops, table.max_flops
-    expected_range = rf"FLOPs {lo / 1e6:.2f}M\.\.{hi / 1e6:.2f}M, params {table.min_params / 1e6:.3f}M"
+    expected_range = (
+        rf"FLOPs {lo / 1e6:.2f}M\.\.{hi / 1e6:.2f}M, params {table.min_params / 1e6:.3f}M"
+    )
     # MODEL.WEIGHTS does not exist: the constraints fail first, before anything is loaded.
     for limits, problem in [
         (dict(FLOPS_MAX=lo - 1), "below the smallest FLOPs"),
@@ -240,14 +276,20 @@ def test_bn_recalibration_touches_only_the_active_path(det_weights, tmp_path):
     for layer in bn_layers(model):
         name = names[id(layer)]
         changed = not torch.equal(before[name + ".running_mean"], after[name + ".running_mean"])
-        assert changed == (id(layer) in active), f"{name}: changed={changed}, on the path={id(layer) in active}"
-    assert all(torch.equal(before[k], after[k]) for k in before if "running" not in k), "weights changed"
+        assert changed == (id(layer) in active), (
+            f"{name}: changed={changed}, on the path={id(layer) in active}"
+        )
+    assert all(torch.equal(before[k], after[k]) for k in before if "running" not in k), (
+        "weights changed"
+    )
 
     # The stem's BN sees conv(image) of every recalibration image: its statistics are exact.
     conv = supernet.stem.conv  # detectron2 Conv2d: conv, then its norm, then ReLU
     stem_bn = conv.norm
     inputs = [
-        F.conv2d(model.preprocess_image(b).tensor, conv.weight, conv.bias, conv.stride, conv.padding)
+        F.conv2d(
+            model.preprocess_image(b).tensor, conv.weight, conv.bias, conv.stride, conv.padding
+        )
         for b in scorer.recalib_batches
     ]
     x = torch.cat([i.transpose(0, 1).reshape(i.shape[1], -1) for i in inputs], dim=1).double()
@@ -263,10 +305,20 @@ def test_bn_recalibration_touches_only_the_active_path(det_weights, tmp_path):
 def test_bn_recalibration_covers_fpn_and_box_head(tmp_path):
     """SyncBN in FPN and the box head (the COCO recipe) run on every path: recalibrated too, with the
     whole model running, and without synchronising (here: no process group, CPU)."""
-    opts = ["MODEL.FPN.NORM", "SyncBN", "MODEL.ROI_BOX_HEAD.NUM_CONV", 1, "MODEL.ROI_BOX_HEAD.CONV_DIM", 16,
-            "MODEL.ROI_BOX_HEAD.NORM", "SyncBN"]
+    opts = [
+        "MODEL.FPN.NORM",
+        "SyncBN",
+        "MODEL.ROI_BOX_HEAD.NUM_CONV",
+        1,
+        "MODEL.ROI_BOX_HEAD.CONV_DIM",
+        16,
+        "MODEL.ROI_BOX_HEAD.NORM",
+        "SyncBN",
+    ]
     weights = save_random_supernet(DET_CONFIG, str(tmp_path / "syncbn.pth"), opts)
-    scorer = build_scorer(make_cfg(DET_CONFIG, tmp_path, weights, opts, BN_RECALIB_IMAGES=8, EVAL_IMAGES=4))
+    scorer = build_scorer(
+        make_cfg(DET_CONFIG, tmp_path, weights, opts, BN_RECALIB_IMAGES=8, EVAL_IMAGES=4)
+    )
     model = scorer.models[0]
     heads = bn_layers(model.roi_heads) + [
         m for m in bn_layers(model.backbone) if m not in set(model.backbone.bottom_up.modules())
@@ -328,14 +380,23 @@ def test_one_and_two_processes_give_the_same_scores(det_weights, tmp_path):
 
 def test_top1_fitness_scores_a_classifier(tmp_path):
     weights = save_random_supernet(CLS_CONFIG, str(tmp_path / "cls_supernet.pth"))
-    cfg = make_cfg(CLS_CONFIG, tmp_path, weights, BN_RECALIB_IMAGES=40, BN_RECALIB_BATCH_SIZE=20,
-                   EVAL_IMAGES=0, EVAL_BATCH_SIZE=50)
+    cfg = make_cfg(
+        CLS_CONFIG,
+        tmp_path,
+        weights,
+        BN_RECALIB_IMAGES=40,
+        BN_RECALIB_BATCH_SIZE=20,
+        EVAL_IMAGES=0,
+        EVAL_BATCH_SIZE=50,
+    )
     scorer = build_scorer(cfg)
     head_bn = bn_layers(scorer.models[0].head)[0]
     before = head_bn.running_mean.clone()
     result = scorer.score(SPACE.default_arch())
     assert 0.0 <= result["score"] <= 100.0
-    assert sum(b.num_images for b in scorer.eval_segments) == len(DatasetCatalog.get("toy_cls_search"))  # 0: all
+    assert sum(b.num_images for b in scorer.eval_segments) == len(
+        DatasetCatalog.get("toy_cls_search")
+    )  # 0: all
     # the head's BN runs on every path and is recalibrated with it
     assert not torch.equal(before, head_bn.running_mean)
 
@@ -348,7 +409,12 @@ def test_search_end_to_end_and_resume(det_weights, tmp_path):
     out = tmp_path / "full"
     best = run_search(make_cfg(DET_CONFIG, out, det_weights))
     names = sorted(os.listdir(out))
-    for expected in ("best_arch.yaml", "candidates.jsonl", "search_scores.png", "search_state.json"):
+    for expected in (
+        "best_arch.yaml",
+        "candidates.jsonl",
+        "search_scores.png",
+        "search_state.json",
+    ):
         assert expected in names
     assert any(n.startswith("events.out.tfevents") for n in names)
     with open(out / "search_scores.png", "rb") as f:
@@ -358,7 +424,9 @@ def test_search_end_to_end_and_resume(det_weights, tmp_path):
     assert len(lines) == 8 and [r["generation"] for r in lines] == [0] * 4 + [1] * 4
     assert len({tuple(r["arch"]) for r in lines}) == 8
     assert all(r["flops"] <= FLOPS_MAX for r in lines)
-    assert all(r["arch_names"][0].startswith("shuffle") and r["seconds_inference"] > 0 for r in lines)
+    assert all(
+        r["arch_names"][0].startswith("shuffle") and r["seconds_inference"] > 0 for r in lines
+    )
     assert best["score"] == max(r["score"] for r in lines)
     assert load_arch(str(out / "best_arch.yaml"), SPACE) == tuple(best["arch"])
     # The file says at which input size its FLOPs were measured, and arch_info reports the same FLOPs.
@@ -371,7 +439,9 @@ def test_search_end_to_end_and_resume(det_weights, tmp_path):
     with open(out2 / "candidates.jsonl") as f:
         first_part = [json.loads(line) for line in f]
     assert len(first_part) == 5
-    resumed_best = run_search(make_cfg(DET_CONFIG, out2, det_weights, DIST_MODE="split_candidates"), resume=True)
+    resumed_best = run_search(
+        make_cfg(DET_CONFIG, out2, det_weights, DIST_MODE="split_candidates"), resume=True
+    )
     with open(out2 / "candidates.jsonl") as f:
         resumed = [json.loads(line) for line in f]
     assert resumed[:5] == first_part, "scored candidates are kept as they were (not scored again)"
@@ -383,8 +453,12 @@ def test_search_end_to_end_and_resume(det_weights, tmp_path):
 def test_checkpoint_errors(tmp_path):
     with pytest.raises(UserError, match=r"MODEL.WEIGHTS .*nothing\.pth: no such file"):
         run_search(make_cfg(DET_CONFIG, tmp_path, tmp_path / "nothing.pth"))
-    large = save_random_supernet(DET_CONFIG, str(tmp_path / "large.pth"), ["MODEL.DETNAS.SPACE", "large"])
-    with pytest.raises(ValueError, match=r"large\.pth.*do not fit.*space 'small'.*MODEL.DETNAS.SPACE"):
+    large = save_random_supernet(
+        DET_CONFIG, str(tmp_path / "large.pth"), ["MODEL.DETNAS.SPACE", "large"]
+    )
+    with pytest.raises(
+        ValueError, match=r"large\.pth.*do not fit.*space 'small'.*MODEL.DETNAS.SPACE"
+    ):
         build_scorer(make_cfg(DET_CONFIG, tmp_path, large))
 
 
@@ -427,9 +501,15 @@ def test_racing_rule_never_drops_a_top_k_candidate():
         dropped_without_margin += any(top and not g for g, top in zip(go, in_topk))
     assert dropped_without_margin > 0, "without a margin the rule should lose some top-k candidates"
     # The margin grows to twice the largest slice error measured on fully scored candidates.
-    history = [{"score": 10.0, SLICE_SCORES: [9.0, 10.5]}, {"score": 5.0, SLICE_SCORES: [7.5], "full": False},
-               {"score": 3.0}]
-    assert rung_margin(history, 0, 0.5, "absolute") == 2.0 and rung_margin(history, 1, 0.5, "absolute") == 1.0
+    history = [
+        {"score": 10.0, SLICE_SCORES: [9.0, 10.5]},
+        {"score": 5.0, SLICE_SCORES: [7.5], "full": False},
+        {"score": 3.0},
+    ]
+    assert (
+        rung_margin(history, 0, 0.5, "absolute") == 2.0
+        and rung_margin(history, 1, 0.5, "absolute") == 1.0
+    )
     assert rung_margin(history, 2, 0.5, "absolute") == 0.5
     # "offset": the spread of the slice errors about their common offset (one error: no spread)
     assert rung_margin(history, 0, 0.5) == 0.5
@@ -448,16 +528,22 @@ def test_offset_margin_never_drops_a_top_k_candidate():
         truth = [rng.gauss(0, 2) for _ in range(rng.randint(2, 30))]
         slices = [t + offset + rng.uniform(-d, d) for t in truth]
         earlier_truth = [rng.gauss(0, 2) for _ in range(rng.randint(0, 20))]
-        history = [{"score": t, SLICE_SCORES: [t + offset + rng.uniform(-d, d)]} for t in earlier_truth]
+        history = [
+            {"score": t, SLICE_SCORES: [t + offset + rng.uniform(-d, d)]} for t in earlier_truth
+        ]
         # the margin measured on every candidate's slice error (the guarantee's premise)
         measured = history + [{"score": t, SLICE_SCORES: [s]} for t, s in zip(truth, slices)]
         ranked = sorted(truth + earlier_truth, reverse=True)
         in_topk = [t >= ranked[min(k, len(ranked)) - 1] for t in truth]
         for mode in raced_out:
             go = promoted(slices, history, 0, k, rung_margin(measured, 0, 0.0, mode))
-            assert all(g for g, top in zip(go, in_topk) if top), f"{mode}: a top-k candidate was raced out"
+            assert all(g for g, top in zip(go, in_topk) if top), (
+                f"{mode}: a top-k candidate was raced out"
+            )
             raced_out[mode] += go.count(False)
-        assert rung_margin(measured, 0, 0.0) <= min(2 * d, rung_margin(measured, 0, 0.0, "absolute"))
+        assert rung_margin(measured, 0, 0.0) <= min(
+            2 * d, rung_margin(measured, 0, 0.0, "absolute")
+        )
     assert raced_out["offset"] > 2 * raced_out["absolute"]
 
 
@@ -468,7 +554,10 @@ def offset_race_score(archs, fraction=1.0):
     out = []
     for a in archs:
         quality = fake_fitness(a)
-        values = [quality / 10 + v - quality + 3.0 * (j < RACE_IMAGES // 10) for j, v in enumerate(per_image_scores(a))]
+        values = [
+            quality / 10 + v - quality + 3.0 * (j < RACE_IMAGES // 10)
+            for j, v in enumerate(per_image_scores(a))
+        ]
         out.append({"score": sum(values[:n]) / n, "images_eval": n})
     return out
 
@@ -478,8 +567,12 @@ def test_offset_margin_races_on_fewer_candidates_under_a_common_offset(table):
     full = EvolutionSearch(settings(), SPACE, constraints, None).run(offset_race_score)
     images = {}
     for mode in ("offset", "absolute"):
-        raced = EvolutionSearch(settings(racing_slices=(0.1, 0.3), racing_margin=RACE_NOISE,
-                                         racing_margin_mode=mode), SPACE, constraints, None).run(offset_race_score)
+        raced = EvolutionSearch(
+            settings(racing_slices=(0.1, 0.3), racing_margin=RACE_NOISE, racing_margin_mode=mode),
+            SPACE,
+            constraints,
+            None,
+        ).run(offset_race_score)
         assert raced.topk == full.topk, f"{mode}: racing changed the top-k"
         images[mode] = sum(r["images_eval"] for r in raced.history)
     assert images["offset"] < 0.85 * images["absolute"], images
@@ -491,8 +584,9 @@ def test_racing_search_keeps_the_full_protocols_top_k_at_a_fraction_of_the_image
     constraints = ArchConstraints(table, SPACE, INPUT_SIZE, flops_max=FLOPS_MAX)
     full = EvolutionSearch(settings(), SPACE, constraints, None).run(race_score)
     # Per-image scores within RACE_NOISE of the quality: slice and full means differ by at most 2 x RACE_NOISE.
-    raced = EvolutionSearch(settings(racing_slices=(0.1, 0.3), racing_margin=4 * RACE_NOISE), SPACE, constraints,
-                            None).run(race_score)
+    raced = EvolutionSearch(
+        settings(racing_slices=(0.1, 0.3), racing_margin=4 * RACE_NOISE), SPACE, constraints, None
+    ).run(race_score)
     assert [r["arch"] for r in raced.history] == [r["arch"] for r in full.history]
     assert raced.topk == full.topk, "racing changed the top-k, hence the search"
     by_arch = {tuple(r["arch"]): r for r in full.history}
@@ -527,13 +621,20 @@ def test_racing_search_resumes_exactly_after_a_crash(table, tmp_path):
         EvolutionSearch(raced, SPACE, constraints, path).run(crash_in_generation_2, 3)
     with open(path) as f:
         saved = json.load(f)
-    assert saved["generation"] == 2 and saved["race"], "the slice results of the crashed generation are kept"
+    assert saved["generation"] == 2 and saved["race"], (
+        "the slice results of the crashed generation are kept"
+    )
     rescored = []
     resumed = EvolutionSearch(raced, SPACE, constraints, path, resume=True)
-    state = resumed.run(lambda archs, f: rescored.extend((tuple(a), f) for a in archs) or race_score(archs, f), 3)
+    state = resumed.run(
+        lambda archs, f: rescored.extend((tuple(a), f) for a in archs) or race_score(archs, f), 3
+    )
     assert without_timings(state.history) == without_timings(full.history)
-    done = {(tuple(map(int, a.split(","))), f) for a, results in saved["race"].items()
-            for f, _ in zip((0.1, 0.3, 1.0), results)}
+    done = {
+        (tuple(map(int, a.split(","))), f)
+        for a, results in saved["race"].items()
+        for f, _ in zip((0.1, 0.3, 1.0), results)
+    }
     assert rescored and not done & set(rescored), "a slice already scored was scored again"
     with pytest.raises(SearchStateError, match="racing_margin"):
         EvolutionSearch(settings(racing_slices=(0.1, 0.3)), SPACE, constraints, path, resume=True)
@@ -544,16 +645,28 @@ def test_racing_scorer_slices_give_the_unsliced_scores(det_weights, tmp_path):
     archs = [SPACE.random_arch(random.Random(s)) for s in (2, 3)]
     cfg = make_cfg(DET_CONFIG, tmp_path, det_weights, EVAL_IMAGES=0, EVAL_BATCH_SIZE=8)
     whole = build_scorer(cfg)
-    first_half = build_scorer(make_cfg(DET_CONFIG, tmp_path, det_weights, EVAL_IMAGES=32, EVAL_BATCH_SIZE=8))
+    first_half = build_scorer(
+        make_cfg(DET_CONFIG, tmp_path, det_weights, EVAL_IMAGES=32, EVAL_BATCH_SIZE=8)
+    )
     racing = build_scorer(cfg, search=SearchSettings(population=4, racing_slices=(0.5, 0.99)))
     for arch in archs:
-        half, rest, last = racing.score(arch, 0.5), racing.score(arch, 0.99), racing.score(arch, 1.0)
+        half, rest, last = (
+            racing.score(arch, 0.5),
+            racing.score(arch, 0.99),
+            racing.score(arch, 1.0),
+        )
         assert half["score"] == first_half.score(arch)["score"]
         assert rest["score"] == last["score"] == whole.score(arch)["score"]
         # a larger slice reuses the BN statistics and outputs of the smaller one (0.99 rounds up to all 64)
-        assert [(r["images_recalib"], r["images_eval"]) for r in (half, rest, last)] == [(18, 32), (0, 32), (0, 0)]
+        assert [(r["images_recalib"], r["images_eval"]) for r in (half, rest, last)] == [
+            (18, 32),
+            (0, 32),
+            (0, 0),
+        ]
     assert racing.score(archs[0], 1.0)["images_eval"] == 64, "a fully scored candidate is not held"
-    with pytest.raises(ValueError, match=r"No evaluation slice 0.3: the scorer has \[0.5, 0.99, 1.0\]"):
+    with pytest.raises(
+        ValueError, match=r"No evaluation slice 0.3: the scorer has \[0.5, 0.99, 1.0\]"
+    ):
         racing.score(archs[0], 0.3)
 
 
@@ -587,22 +700,36 @@ def _race_in_two_processes(cfg_text, out_root):
 def test_racing_search_end_to_end_two_processes_and_resume(det_weights, tmp_path, monkeypatch):
     run_search(racing_cfg(tmp_path, det_weights))
     single = read_candidates(tmp_path)
-    assert [r["generation"] for r in single] == [0] * 4 + [1] * 4 and any(not r["full"] for r in single)
-    assert all(len(r[SLICE_SCORES]) == 1 and r["images_eval"] == (64 if r["full"] else 32) for r in single)
+    assert [r["generation"] for r in single] == [0] * 4 + [1] * 4 and any(
+        not r["full"] for r in single
+    )
+    assert all(
+        len(r[SLICE_SCORES]) == 1 and r["images_eval"] == (64 if r["full"] else 32) for r in single
+    )
 
-    launch(_race_in_two_processes, 2, dist_url="auto",
-           args=(racing_cfg(tmp_path, det_weights).dump(), str(tmp_path / "two")))
+    launch(
+        _race_in_two_processes,
+        2,
+        dist_url="auto",
+        args=(racing_cfg(tmp_path, det_weights).dump(), str(tmp_path / "two")),
+    )
     for mode in DIST_MODES:
         two = read_candidates(tmp_path / "two" / mode)
-        assert [[r[k] for k in RACE_KEY] for r in two] == [[r[k] for k in RACE_KEY] for r in single], mode
-        assert [r["score"] for r in two] == pytest.approx([r["score"] for r in single], rel=1e-4, abs=1e-9), mode
+        assert [[r[k] for k in RACE_KEY] for r in two] == [
+            [r[k] for k in RACE_KEY] for r in single
+        ], mode
+        assert [r["score"] for r in two] == pytest.approx(
+            [r["score"] for r in single], rel=1e-4, abs=1e-9
+        ), mode
 
     # Killed in the second generation's full rung, then resumed: the same candidates, nothing scored again.
     calls, score = [], CandidateScorer.score
 
     def crashing(scorer, arch, fraction=1.0, *rest):
         calls.append((tuple(arch), fraction))
-        if fraction == 1.0 and len([c for c in calls if c[1] == 1.0]) > sum(r["full"] for r in single[:4]):
+        if fraction == 1.0 and len([c for c in calls if c[1] == 1.0]) > sum(
+            r["full"] for r in single[:4]
+        ):
             raise Crash()
         return score(scorer, arch, fraction, *rest)
 
@@ -613,13 +740,19 @@ def test_racing_search_end_to_end_two_processes_and_resume(det_weights, tmp_path
     monkeypatch.setattr(CandidateScorer, "score", score)
     done = set(calls[:-1])
     calls.clear()
-    monkeypatch.setattr(CandidateScorer, "score", lambda *a, **k: calls.append(a[1:3]) or score(*a, **k))
+    monkeypatch.setattr(
+        CandidateScorer, "score", lambda *a, **k: calls.append(a[1:3]) or score(*a, **k)
+    )
     resumed_best = run_search(racing_cfg(out, det_weights), resume=True)
     resumed = read_candidates(out)
     assert [[r[k] for k in RACE_KEY + ("score",)] for r in resumed] == [
-        [r[k] for k in RACE_KEY + ("score",)] for r in single]
+        [r[k] for k in RACE_KEY + ("score",)] for r in single
+    ]
     assert not done & {(tuple(a), f) for a, f in calls}, "a slice already scored was scored again"
-    assert resumed_best["arch"] == max((r for r in single if r["full"]), key=lambda r: r["score"])["arch"]
+    assert (
+        resumed_best["arch"]
+        == max((r for r in single if r["full"]), key=lambda r: r["score"])["arch"]
+    )
 
 
 def test_cheaper_scoring_knobs_are_part_of_the_protocol(table, tmp_path):
@@ -628,16 +761,29 @@ def test_cheaper_scoring_knobs_are_part_of_the_protocol(table, tmp_path):
     constraints = ArchConstraints(table, SPACE, INPUT_SIZE, flops_max=FLOPS_MAX)
     path = str(tmp_path / "state.json")
     (tmp_path / "w.pth").write_bytes(b"supernet")  # the fingerprint holds its contents
-    scoring = lambda **kw: ScoringSettings.from_cfg(make_cfg(DET_CONFIG, tmp_path, tmp_path / "w.pth", **kw))  # noqa: E731
-    EvolutionSearch(settings(generations=1), SPACE, constraints, path, scoring=scoring()).run(fake_score)
-    for change, message in [(dict(EVAL_MIN_SIZE=64), "eval_min_size: None -> 64"),
-                            (dict(BN_RECALIB_IMAGES=8), "recalib_images: 18 -> 8")]:
+
+    def scoring(**kw):
+        return ScoringSettings.from_cfg(make_cfg(DET_CONFIG, tmp_path, tmp_path / "w.pth", **kw))
+
+    EvolutionSearch(settings(generations=1), SPACE, constraints, path, scoring=scoring()).run(
+        fake_score
+    )
+    for change, message in [
+        (dict(EVAL_MIN_SIZE=64), "eval_min_size: None -> 64"),
+        (dict(BN_RECALIB_IMAGES=8), "recalib_images: 18 -> 8"),
+    ]:
         with pytest.raises(SearchStateError, match=message):
-            EvolutionSearch(settings(), SPACE, constraints, path, scoring=scoring(**change), resume=True)
+            EvolutionSearch(
+                settings(), SPACE, constraints, path, scoring=scoring(**change), resume=True
+            )
 
     cfg = make_cfg(DET_CONFIG, tmp_path, "w.pth", EVAL_MIN_SIZE=64)
     small = scoring_cfg(cfg, 64)
-    assert (small.INPUT.MIN_SIZE_TEST, small.INPUT.MAX_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST) == (64, 64, 128)
+    assert (small.INPUT.MIN_SIZE_TEST, small.INPUT.MAX_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST) == (
+        64,
+        64,
+        128,
+    )
     image = get_task(cfg).mapper(small, False)(DatasetCatalog.get("toy_det_search")[0])["image"]
     assert max(image.shape[1:]) == 64
     with pytest.raises(ValueError, match="EVAL_MIN_SIZE=64: a detector's .*INPUT.CLS.TEST_RESIZE"):

@@ -1,7 +1,9 @@
 """detnas_d2.solver: weight-decay groups, untouched unsampled blocks, WarmupLinearDecay and its resume."""
-import detnas_d2  # noqa: F401  (compat shims before detectron2 imports)
 
 import os
+
+import detnas_d2  # noqa: F401  (compat shims before detectron2 imports)
+from detnas_d2 import add_detnas_config
 
 import pytest
 import torch
@@ -13,10 +15,8 @@ from detectron2.utils.events import EventStorage
 from fvcore.common.checkpoint import Checkpointer
 from torch import nn
 
-from detnas_d2 import add_detnas_config
 from detnas_d2.modeling import find_supernet, set_model_arch
 from detnas_d2.solver import build_lr_scheduler, build_optimizer
-
 
 
 def _cfg(**solver):
@@ -46,7 +46,9 @@ class _AllLayerKinds(nn.Module):
         self.linear = nn.Linear(8, 4)
 
     def forward(self, x):
-        x = self.frozen_bn(self.gn(self.sync_bn(self.bn(self.grouped(self.depthwise(self.conv(x)))))))
+        x = self.frozen_bn(
+            self.gn(self.sync_bn(self.bn(self.grouped(self.depthwise(self.conv(x))))))
+        )
         return self.linear(x.mean(dim=(2, 3)))
 
 
@@ -84,7 +86,14 @@ def test_zero_grad_step_decays_only_decayed_groups():
         p.grad = torch.zeros_like(p)
     optimizer.step()
     after = dict(model.named_parameters())
-    for name in ("bn.weight", "bn.bias", "gn.weight", "depthwise.weight", "depthwise.bias", "linear.bias"):
+    for name in (
+        "bn.weight",
+        "bn.bias",
+        "gn.weight",
+        "depthwise.weight",
+        "depthwise.bias",
+        "linear.bias",
+    ):
         assert torch.equal(after[name], before[name]), name
     for name in ("conv.weight", "grouped.weight", "linear.weight"):
         torch.testing.assert_close(after[name], before[name] * (1 - 0.1 * 0.01))
@@ -109,7 +118,10 @@ def test_unsampled_blocks_get_no_update():
     optimizer = build_optimizer(cfg, model)
     supernet = find_supernet(model)
     layers = supernet.space.num_layers
-    batch = [{"image": torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8), "label": i % 3} for i in range(4)]
+    batch = [
+        {"image": torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8), "label": i % 3}
+        for i in range(4)
+    ]
 
     def train_step(arch):
         set_model_arch(model, arch)
@@ -199,7 +211,10 @@ def _trainer(cfg, save_dir, checkpoint_period=1000):
     trainer = SimpleTrainer(model, iter(lambda: torch.ones(4, 2), None), optimizer)
     checkpointer = Checkpointer(model, save_dir, trainer=trainer)
     trainer.register_hooks(
-        [hooks.LRScheduler(optimizer, scheduler), hooks.PeriodicCheckpointer(checkpointer, checkpoint_period)]
+        [
+            hooks.LRScheduler(optimizer, scheduler),
+            hooks.PeriodicCheckpointer(checkpointer, checkpoint_period),
+        ]
     )
     return trainer, checkpointer
 

@@ -9,13 +9,13 @@ import signal
 import time
 
 import detnas_d2  # noqa: F401  (compat shims, registrations)
+from detnas_d2 import submit_net
 
 import pytest
 import torch
 
 from detnas_d2.engine import parse_args
 from detnas_d2.engine.submit import TrainingJob, build_executor, job_launch_args, submit_training
-from detnas_d2 import submit_net
 from detnas_d2.train_net import main as train_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,4 +1,5 @@
 """Toy datasets (generation, determinism, cache integrity, registration) and ImageNet-layout folders."""
+
 import contextlib
 import io
 import itertools
@@ -8,16 +9,17 @@ import os
 import re
 import shutil
 
+import detnas_d2  # noqa: F401  (registers the datasets)
+
 import numpy as np
 import pytest
-from PIL import Image
-
-import detnas_d2  # noqa: F401  (registers the datasets)
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import COCOEvaluator
+from PIL import Image
+from pycocotools.coco import COCO
+
 from detnas_d2.data import toy
 from detnas_d2.data.datasets import DatasetError, load_imagenet_layout, register_imagenet_layout
-from pycocotools.coco import COCO
 
 SMALL_DET = {"train": 24, "val": 8, "search": 8}
 SMALL_CLS = {"train": 3, "val": 2, "search": 2}
@@ -112,7 +114,9 @@ def test_detection_has_overlaps_small_objects_and_all_categories(small_det):
 def test_boxes_are_on_the_shapes(small_det):
     """In single-object images, most of the box differs in colour from the background ring around it."""
     coco = _coco(os.path.join(small_det, "annotations", "val.json"))
-    single = [img for img in coco.loadImgs(coco.getImgIds()) if len(coco.getAnnIds(imgIds=img["id"])) == 1]
+    single = [
+        img for img in coco.loadImgs(coco.getImgIds()) if len(coco.getAnnIds(imgIds=img["id"])) == 1
+    ]
     assert len(single) >= 2
     for img in single:
         (ann,) = coco.loadAnns(coco.getAnnIds(imgIds=img["id"]))
@@ -139,7 +143,9 @@ def test_boxes_are_on_the_shapes(small_det):
 def test_shape_rasteriser_areas(category, area):
     grid = (np.arange(400, dtype=np.float32) + 0.5) / 200 - 1
     v, u = np.meshgrid(grid, grid, indexing="ij")
-    assert toy._inside(category, u, v, {"arm": 0.3, "inner": 0.4}).mean() == pytest.approx(area, abs=0.01)
+    assert toy._inside(category, u, v, {"arm": 0.3, "inner": 0.4}).mean() == pytest.approx(
+        area, abs=0.01
+    )
 
 
 def test_star_is_a_five_pointed_star():
@@ -178,7 +184,9 @@ def test_splits_are_disjoint(small_det):
 def test_split_sizes_are_validated(tmp_path):
     with pytest.raises(ValueError, match="split_sizes"):
         toy.ensure_toy_data("det", 0, {"train": 2, "val": 0, "search": 1}, root=str(tmp_path))
-    with pytest.raises(ValueError, match=r"some of \['search', 'train', 'val'\], got \{'test': 4\}"):
+    with pytest.raises(
+        ValueError, match=r"some of \['search', 'train', 'val'\], got \{'test': 4\}"
+    ):
         toy.ensure_toy_data("det", 0, {"test": 4}, root=str(tmp_path))
 
 
@@ -188,9 +196,14 @@ def test_a_larger_search_split_extends_the_default_one(tmp_path, small_det):
     larger = toy.ensure_toy_data("det", 0, {"search": 12}, root=str(tmp_path))
     assert os.path.basename(larger) == "det-v1-seed0-search12"
     files, small = _files(larger), _files(small_det)
-    assert sorted(f for f in files if f.endswith(".jpg")) == [f"images/search/{i:06d}.jpg" for i in range(1, 13)]
+    assert sorted(f for f in files if f.endswith(".jpg")) == [
+        f"images/search/{i:06d}.jpg" for i in range(1, 13)
+    ]
     assert all(files[f] == small[f] for f in small if f.startswith("images/search/"))
-    coco, first = json.loads(files["annotations/search.json"]), json.loads(small["annotations/search.json"])
+    coco, first = (
+        json.loads(files["annotations/search.json"]),
+        json.loads(small["annotations/search.json"]),
+    )
     assert coco["images"][:8] == first["images"] and len(coco["images"]) == 12
     assert coco["annotations"][: len(first["annotations"])] == first["annotations"]
     with pytest.raises(ValueError, match="kind"):
@@ -225,7 +238,9 @@ def test_damaged_cache_is_reported(tmp_path, small_det):
     json_file = os.path.join(damaged, "annotations", "val.json")
     with open(json_file, "ab") as f:
         f.write(b"\n")
-    with pytest.raises(ValueError, match=f"{re.escape(json_file)} has .* bytes.*Delete {re.escape(damaged)}"):
+    with pytest.raises(
+        ValueError, match=f"{re.escape(json_file)} has .* bytes.*Delete {re.escape(damaged)}"
+    ):
         toy.ensure_toy_data("det", 0, SMALL_DET, root=str(tmp_path))
 
     manifest = os.path.join(damaged, "manifest.json")
@@ -259,7 +274,10 @@ def test_classification_folders(small_cls):
 
 
 def test_generator_version_is_per_kind(tmp_path, small_cls):
-    assert os.path.basename(small_cls) == f"cls-v{toy.GENERATOR_VERSIONS['cls']}-seed0-train3-val2-search2"
+    assert (
+        os.path.basename(small_cls)
+        == f"cls-v{toy.GENERATOR_VERSIONS['cls']}-seed0-train3-val2-search2"
+    )
     assert toy.GENERATOR_VERSIONS["det"] != toy.GENERATOR_VERSIONS["cls"]  # cls changed alone
     stale = str(tmp_path / os.path.basename(small_cls))
     shutil.copytree(small_cls, stale)
@@ -293,23 +311,29 @@ def test_registered_toy_detection(registered_root):
         dicts = DatasetCatalog.get(name)
         assert len(dicts) == count
         for d in dicts:
-            assert d["file_name"].startswith(meta.image_root + os.sep) and os.path.isfile(d["file_name"])
+            assert d["file_name"].startswith(meta.image_root + os.sep) and os.path.isfile(
+                d["file_name"]
+            )
             assert all(0 <= a["category_id"] < len(toy.CATEGORIES) for a in d["annotations"])
     val = {os.path.basename(d["file_name"]) for d in DatasetCatalog.get("toy_det_val")}
     assert len(val) == toy.DET_SPLIT_SIZES["val"]
     large = DatasetCatalog.get("toy_det_search_large")
     assert len(large) == toy.DET_LARGE_SEARCH_IMAGES
     assert os.path.dirname(MetadataCatalog.get("toy_det_search_large").json_file) == os.path.join(
-        registered_root, f"det-v1-seed0-search{toy.DET_LARGE_SEARCH_IMAGES}", "annotations")
+        registered_root, f"det-v1-seed0-search{toy.DET_LARGE_SEARCH_IMAGES}", "annotations"
+    )
     assert os.listdir(folder + f"-search{toy.DET_LARGE_SEARCH_IMAGES}/images") == ["search"]
     large_train = DatasetCatalog.get("toy_det_train_large")
     assert len(large_train) == toy.DET_LARGE_TRAIN_IMAGES
     assert os.listdir(folder + f"-train{toy.DET_LARGE_TRAIN_IMAGES}/images") == ["train"]
     # toy_det_train's images come first, box for box; the rest are new
-    train = [(os.path.basename(d["file_name"]), d["annotations"]) for d in DatasetCatalog.get("toy_det_train")]
+    train = [
+        (os.path.basename(d["file_name"]), d["annotations"])
+        for d in DatasetCatalog.get("toy_det_train")
+    ]
     large_train = [(os.path.basename(d["file_name"]), d["annotations"]) for d in large_train]
     assert large_train[: len(train)] == train
-    assert all(d[1] not in [t[1] for t in train] for d in large_train[len(train):len(train) + 8])
+    assert all(d[1] not in [t[1] for t in train] for d in large_train[len(train) : len(train) + 8])
 
 
 def test_registered_toy_classification(registered_root):
@@ -373,7 +397,9 @@ def test_imagenet_errors_name_the_path(tmp_path, monkeypatch):
     _write_image(str(tmp_path / "train" / "n01" / "a.jpg"))
     _write_image(str(tmp_path / "val" / "a.jpg"))  # raw ImageNet val: no class folders
     monkeypatch.setenv("DETNAS_IMAGENET", str(tmp_path))
-    with pytest.raises(ValueError, match=f"{re.escape(str(tmp_path / 'val'))} has no class folders"):
+    with pytest.raises(
+        ValueError, match=f"{re.escape(str(tmp_path / 'val'))} has no class folders"
+    ):
         DatasetCatalog.get("imagenet_val")
 
     (tmp_path / "val" / "n99").mkdir()
@@ -407,8 +433,13 @@ def test_held_out_split_is_a_disjoint_seeded_partition(tmp_path, monkeypatch):
     # the same seed gives the same split; the ground truth file holds exactly the held-out images
     assert {d["image_id"] for d in DatasetCatalog.get("test_val_20")} == held_ids
     assert set(COCO(MetadataCatalog.get("test_val_20").json_file).getImgIds()) == held_ids
-    assert MetadataCatalog.get("test_val_20").thing_classes == MetadataCatalog.get("toy_det_val").thing_classes
-    COCOEvaluator("test_val_20", output_dir=None, use_fast_impl=False)  # builds from the written json
+    assert (
+        MetadataCatalog.get("test_val_20").thing_classes
+        == MetadataCatalog.get("toy_det_val").thing_classes
+    )
+    COCOEvaluator(
+        "test_val_20", output_dir=None, use_fast_impl=False
+    )  # builds from the written json
 
     register_held_out_split("toy_det_val", 200, "test_val_rest_all", "test_val_all")
     with pytest.raises(ValueError, match="cannot hold out 200 of the 80 images of 'toy_det_val'"):

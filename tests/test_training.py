@@ -1,5 +1,6 @@
 """Supernet and subnet detection training on the toy data: path sampling, no update of unsampled blocks,
 resume, supernet evaluation with the reference arch, and a subnet detector that learns."""
+
 import collections
 import io
 import json
@@ -8,24 +9,30 @@ import os
 import random
 import shutil
 
+import detnas_d2  # noqa: F401  (first: compat shims, registrations)
+from detnas_d2 import add_detnas_config
+
 import pytest
 import torch
-
-import detnas_d2  # noqa: F401  (first: compat shims, registrations)
 from detectron2.config import get_cfg
 from detectron2.engine import HookBase
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.modeling import build_model
 from detectron2.utils.env import seed_all_rng
-from detnas_d2 import add_detnas_config
-from detnas_d2.engine import DetNASTrainer, FlopsBinSampler, RandomPathHook, build_path_sampler, path_rng
+
+from detnas_d2.engine import (
+    DetNASTrainer,
+    FlopsBinSampler,
+    RandomPathHook,
+    build_path_sampler,
+    path_rng,
+)
 from detnas_d2.engine.sampling import num_random_layers, progressive_path
-from detnas_d2.output_files import EVAL_RESULTS_FILE
 from detnas_d2.modeling import find_supernet
+from detnas_d2.output_files import EVAL_RESULTS_FILE
 from detnas_d2.search_space import SearchSpace, get_space
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 
 def toy_cfg(config, output_dir, *opts):
@@ -55,7 +62,9 @@ class AdditiveTable:
     def __init__(self, space, seed):
         rng = random.Random(seed)
         self.fixed = 1000
-        self.layer_flops = [[rng.randrange(10, 200) for _ in range(4)] for _ in range(space.num_layers)]
+        self.layer_flops = [
+            [rng.randrange(10, 200) for _ in range(4)] for _ in range(space.num_layers)
+        ]
 
     def flops(self, arch):
         return self.fixed + sum(row[c] for row, c in zip(self.layer_flops, arch))
@@ -65,7 +74,7 @@ def test_flops_uniform_sampler_matches_exhaustive_distribution():
     space = SearchSpace("tiny", 4, (8, 8, 8, 8), (2, 1, 1, 1))  # 5 layers: 1024 paths, enumerable
     table = AdditiveTable(space, seed=3)
     sampler = FlopsBinSampler(space, table, 0, 0, num_bins=4)
-    all_paths = [tuple((n >> (2 * i)) & 3 for i in range(5)) for n in range(4 ** 5)]
+    all_paths = [tuple((n >> (2 * i)) & 3 for i in range(5)) for n in range(4**5)]
     flops = {p: table.flops(p) for p in all_paths}
     assert sampler.flops_min == min(flops.values()) and sampler.flops_max == max(flops.values())
 
@@ -85,7 +94,7 @@ def test_flops_uniform_sampler_matches_exhaustive_distribution():
     counts = collections.Counter(p for p in draws if bin_of(flops[p]) == 0)
     expected = per_bin[0] / len(cheapest)
     assert 10 < expected and set(counts) == cheapest
-    assert all(abs(c - expected) < 5 * expected ** 0.5 for c in counts.values()), (expected, counts)
+    assert all(abs(c - expected) < 5 * expected**0.5 for c in counts.values()), (expected, counts)
     # The same (seed, iteration) gives the same path; another seed another sequence.
     assert [sampler(path_rng(7, i)) for i in range(50)] == draws[:50]
     assert [sampler(path_rng(8, i)) for i in range(50)] != draws[:50]
@@ -119,10 +128,24 @@ def test_progressive_warmup_randomises_layers_from_the_last(tmp_path):
     """During DETNAS.SAMPLER.PROGRESSIVE_ITERS the first layers keep the reference arch and the random
     part grows from the last layer to all of them; afterwards the sampler's paths pass unchanged."""
     reference = ",".join(["shuffle_xception"] * 20)  # names: yacs reads a list of ids as a tuple
-    cfg = toy_cfg("det_supernet.yaml", tmp_path, "DETNAS.SAMPLER.PROGRESSIVE_ITERS", "40",
-                  "MODEL.DETNAS.REFERENCE_ARCH", reference)
+    cfg = toy_cfg(
+        "det_supernet.yaml",
+        tmp_path,
+        "DETNAS.SAMPLER.PROGRESSIVE_ITERS",
+        "40",
+        "MODEL.DETNAS.REFERENCE_ARCH",
+        reference,
+    )
     hook, plain = RandomPathHook(cfg), RandomPathHook(toy_cfg("det_supernet.yaml", tmp_path))
-    assert [num_random_layers(it, 40, 20) for it in (0, 1, 2, 20, 39, 40, 100)] == [1, 1, 2, 11, 20, 20, 20]
+    assert [num_random_layers(it, 40, 20) for it in (0, 1, 2, 20, 39, 40, 100)] == [
+        1,
+        1,
+        2,
+        11,
+        20,
+        20,
+        20,
+    ]
     assert progressive_path((0, 1, 2, 0), (3, 3, 3, 3), 0, 4) == (3, 3, 3, 0)
     assert progressive_path((0, 1, 2, 0), (3, 3, 3, 3), 2, 4) == (3, 1, 2, 0)
     assert progressive_path((0, 1, 2, 0), (3, 3, 3, 3), 4, 4) == (0, 1, 2, 0)
@@ -140,7 +163,12 @@ def test_rotating_warmup_fixes_a_new_sampled_arch_per_phase(tmp_path):
     """DETNAS.SAMPLER.PROGRESSIVE_REFERENCE rotating: within a phase of the warm-up the fixed layers keep
     one arch, each phase draws another one (a pure function of the seed and the phase, so resumes and
     ranks agree), the reference arch plays no part, and after the warm-up paths are the sampler's."""
-    opts = ("DETNAS.SAMPLER.PROGRESSIVE_ITERS", "40", "DETNAS.SAMPLER.PROGRESSIVE_REFERENCE", "rotating")
+    opts = (
+        "DETNAS.SAMPLER.PROGRESSIVE_ITERS",
+        "40",
+        "DETNAS.SAMPLER.PROGRESSIVE_REFERENCE",
+        "rotating",
+    )
     hook = RandomPathHook(toy_cfg("det_supernet.yaml", tmp_path, *opts))
     plain = RandomPathHook(toy_cfg("det_supernet.yaml", tmp_path))
     paths, sampled = [hook.sample(it) for it in range(60)], [plain.sample(it) for it in range(60)]
@@ -148,35 +176,59 @@ def test_rotating_warmup_fixes_a_new_sampled_arch_per_phase(tmp_path):
     fixed_per_phase = {}
     for it, (path, free) in enumerate(zip(paths[:40], sampled)):
         phase = num_random_layers(it, 40, 20)
-        assert path[20 - phase:] == free[20 - phase:]
-        fixed_per_phase.setdefault(phase, set()).add(path[:20 - phase])
+        assert path[20 - phase :] == free[20 - phase :]
+        fixed_per_phase.setdefault(phase, set()).add(path[: 20 - phase])
     assert all(len(prefixes) == 1 for prefixes in fixed_per_phase.values())
     firsts = [next(iter(fixed_per_phase[p])) for p in (1, 2, 3)]
-    assert firsts[0][:18] != firsts[1][:18] and firsts[1][:17] != firsts[2][:17]  # redrawn per phase
+    assert (
+        firsts[0][:18] != firsts[1][:18] and firsts[1][:17] != firsts[2][:17]
+    )  # redrawn per phase
     assert set(firsts[0]) != {0}  # not the reference arch (all shuffle_3x3)
     again = RandomPathHook(toy_cfg("det_supernet.yaml", tmp_path, *opts))
-    assert [again.sample(it) for it in range(39, -1, -1)] == paths[39::-1]  # any order: resume-exact
+    assert [again.sample(it) for it in range(39, -1, -1)] == paths[
+        39::-1
+    ]  # any order: resume-exact
 
     with pytest.raises(ValueError, match="PROGRESSIVE_REFERENCE 'random' is unknown"):
-        RandomPathHook(toy_cfg("det_supernet.yaml", tmp_path, "DETNAS.SAMPLER.PROGRESSIVE_REFERENCE", "random"))
+        RandomPathHook(
+            toy_cfg("det_supernet.yaml", tmp_path, "DETNAS.SAMPLER.PROGRESSIVE_REFERENCE", "random")
+        )
 
 
 # ---- configs --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["supernet_small_FPN_1x", "supernet_large_FPN_1x", "subnet_small_FPN_1x",
-                                  "subnet_large_FPN_1x", "subnet_small_RetinaNet_1x"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "supernet_small_FPN_1x",
+        "supernet_large_FPN_1x",
+        "subnet_small_FPN_1x",
+        "subnet_large_FPN_1x",
+        "subnet_small_RetinaNet_1x",
+    ],
+)
 def test_coco_configs_build_the_recipe(name):
     cfg = get_cfg()
     add_detnas_config(cfg)
     cfg.merge_from_file(os.path.join(REPO, "configs", "COCO-Detection", name + ".yaml"))
     supernet = name.startswith("supernet")
-    cfg.merge_from_list(["MODEL.DEVICE", "cpu"] + ([] if supernet else ["MODEL.DETNAS.ARCH", "random:0"]))
+    cfg.merge_from_list(
+        ["MODEL.DEVICE", "cpu"] + ([] if supernet else ["MODEL.DETNAS.ARCH", "random:0"])
+    )
     model = build_model(cfg)
     assert (find_supernet(model) is not None) == supernet
-    assert cfg.MODEL.DETNAS.SPACE == name.split("_")[1] and cfg.MODEL.DETNAS.NORM == cfg.MODEL.FPN.NORM == "SyncBN"
+    assert (
+        cfg.MODEL.DETNAS.SPACE == name.split("_")[1]
+        and cfg.MODEL.DETNAS.NORM == cfg.MODEL.FPN.NORM == "SyncBN"
+    )
     s = cfg.SOLVER
-    assert (s.MAX_ITER, s.IMS_PER_BATCH, s.STEPS, s.WARMUP_ITERS) == (90000, 16, (60000, 80000), 500)
+    assert (s.MAX_ITER, s.IMS_PER_BATCH, s.STEPS, s.WARMUP_ITERS) == (
+        90000,
+        16,
+        (60000, 80000),
+        500,
+    )
     if "FPN" in name:
         assert s.BASE_LR == 0.02
         head = cfg.MODEL.ROI_BOX_HEAD
@@ -221,7 +273,10 @@ class CheckNoUpdateOffPath(HookBase):
                 names = [n for n in params1 if n.startswith(f"{prefix}.{layer}.choices.{choice}.")]
                 assert names
                 if choice == c1:  # trained in iteration 1
-                    assert any(not torch.equal(params0[n], params1[n]) for n in names), (layer, choice)
+                    assert any(not torch.equal(params0[n], params1[n]) for n in names), (
+                        layer,
+                        choice,
+                    )
                     assert all(n in momentum1 for n in names)
                     continue
                 for n in names:  # off the path in iteration 1: no gradient, no decay, no momentum
@@ -235,8 +290,18 @@ class CheckNoUpdateOffPath(HookBase):
 
 
 def test_unsampled_blocks_get_no_update(tmp_path):
-    cfg = toy_cfg("det_supernet.yaml", tmp_path, "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2",
-                  "SOLVER.WARMUP_ITERS", "0", "SOLVER.WEIGHT_DECAY", "0.01")
+    cfg = toy_cfg(
+        "det_supernet.yaml",
+        tmp_path,
+        "SOLVER.MAX_ITER",
+        "2",
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "SOLVER.WARMUP_ITERS",
+        "0",
+        "SOLVER.WEIGHT_DECAY",
+        "0.01",
+    )
     trainer = DetNASTrainer(cfg)
     check = CheckNoUpdateOffPath()
     trainer.register_hooks([check])
@@ -270,7 +335,9 @@ def _paths_of_run(cfg, resume, fail_at=None):
 @pytest.mark.slow
 def test_resume_samples_the_paths_of_an_uninterrupted_run(tmp_path):
     opts = ["SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "3", "SOLVER.IMS_PER_BATCH", "2"]
-    _, uninterrupted, _ = _paths_of_run(toy_cfg("det_supernet.yaml", tmp_path / "a", *opts), resume=False)
+    _, uninterrupted, _ = _paths_of_run(
+        toy_cfg("det_supernet.yaml", tmp_path / "a", *opts), resume=False
+    )
     assert len(uninterrupted) == 6 and len(set(uninterrupted.values())) == 6
 
     cfg = toy_cfg("det_supernet.yaml", tmp_path / "b", *opts)
@@ -286,7 +353,9 @@ def test_resume_samples_the_paths_of_an_uninterrupted_run(tmp_path):
     shutil.copy(tmp_path / "b" / "model_0000002.pth", cfg.OUTPUT_DIR)
     (tmp_path / "c" / "last_checkpoint").write_text("model_0000002.pth")
     stream = io.StringIO()
-    handler = logging.StreamHandler(stream)  # caplog misses it once setup_logger stopped propagation
+    handler = logging.StreamHandler(
+        stream
+    )  # caplog misses it once setup_logger stopped propagation
     logging.getLogger("detnas_d2").addHandler(handler)
     try:
         start, other_seed, _ = _paths_of_run(cfg, resume=True)
@@ -313,8 +382,18 @@ class RecordArchEvaluator(DatasetEvaluator):
 @pytest.mark.slow
 def test_supernet_evaluates_reference_arch_and_restores_training_path(tmp_path):
     reference = "shuffle_7x7," * 19 + "shuffle_5x5"
-    cfg = toy_cfg("det_supernet.yaml", tmp_path, "DATASETS.TEST", "('toy_det_val',)",
-                  "MODEL.DETNAS.REFERENCE_ARCH", reference, "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "64")
+    cfg = toy_cfg(
+        "det_supernet.yaml",
+        tmp_path,
+        "DATASETS.TEST",
+        "('toy_det_val',)",
+        "MODEL.DETNAS.REFERENCE_ARCH",
+        reference,
+        "INPUT.MIN_SIZE_TEST",
+        "64",
+        "INPUT.MAX_SIZE_TEST",
+        "64",
+    )
     model = DetNASTrainer.build_model(cfg)
     supernet = find_supernet(model)
     training_path = supernet.set_arch([3] * 20)
@@ -335,8 +414,18 @@ def test_toy_subnet_detector_learns(tmp_path):
     # proposal background): 250 iterations of det_subnet.yaml's recipe (batch 8, ~40 s on one core) gave
     # AP 0.62, AP50 2.35 (percent), where the untrained detector has AP50 < 0.01. (From a trained step-4
     # classifier, 1,500 iterations reach 16-32 AP: the demo and the study.)
-    cfg = toy_cfg("det_subnet.yaml", tmp_path, "DATASETS.TEST", "('toy_det_val',)", "SOLVER.MAX_ITER", "250",
-                  "SOLVER.STEPS", "(200,)", "SOLVER.CHECKPOINT_PERIOD", "1000")
+    cfg = toy_cfg(
+        "det_subnet.yaml",
+        tmp_path,
+        "DATASETS.TEST",
+        "('toy_det_val',)",
+        "SOLVER.MAX_ITER",
+        "250",
+        "SOLVER.STEPS",
+        "(200,)",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "1000",
+    )
     seed_all_rng(cfg.SEED)  # initialisation and data order, as train_net.py's default_setup does
     trainer = DetNASTrainer(cfg)
     untrained = DetNASTrainer.test(cfg, trainer.model)["bbox"]

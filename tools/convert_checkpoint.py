@@ -1,5 +1,7 @@
 #!/usr/bin/env python
-"""Convert DetNAS checkpoints between MMRazor's, the official DetNAS code's and detnas-d2's layouts. The command line of detnas_d2.checkpoint.cli (`python tools/convert_checkpoint.py --help`)."""
+"""Convert DetNAS checkpoints between MMRazor's, the official DetNAS code's and detnas-d2's layouts.
+
+The command line of detnas_d2.checkpoint.cli (`python tools/convert_checkpoint.py --help`)."""
 
 import sys
 

@@ -5,6 +5,7 @@ cannot build `detectron2._C`. This installs the same Python packages (and the pr
 installs under `detectron2.projects`) with no extension; `detnas_d2.compat` covers the missing ops.
 Dependencies are installed by detnas-d2's own setup.py.
 """
+
 from setuptools import find_packages, setup
 
 PROJECTS = {

@@ -24,6 +24,7 @@ network (MODEL.DETNAS.BLOCK_STYLE mmrazor: other tensor shapes) and detector par
 its own detector, maskrcnn_benchmark's). A subnet file whose blocks disagree with --arch is an error naming
 the first layer that differs.
 """
+
 import argparse
 import sys
 from collections import OrderedDict
@@ -50,18 +51,38 @@ from detnas_d2.search_space import arch_to_str
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("src", help="checkpoint to convert (MMRazor 1.x / 0.x, official DetNAS or detnas-d2)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "src", help="checkpoint to convert (MMRazor 1.x / 0.x, official DetNAS or detnas-d2)"
+    )
     parser.add_argument("dst", help="output file")
     parser.add_argument("--to", choices=("detectron2", "mmrazor", "official"), default="detectron2")
-    parser.add_argument("--arch", default="", help="subnet arch (file, ids or names): extract it from a supernet, "
-                        "or check a subnet against it")
-    parser.add_argument("--input-format", choices=("BGR", "RGB"), default="BGR",
-                        help="--to detectron2: channel order the written stem expects (default BGR, as the configs)")
-    parser.add_argument("--mmrazor-version", choices=("1.x", "0.x"), default="1.x",
-                        help="--to mmrazor: '_candidates' (1.x) or 'choices' (0.x) keys")
-    parser.add_argument("--prefix", default=None, help="--to mmrazor / official: key prefix (default: the source's, "
-                        "else 'architecture.' for MMRazor 1.x, 'architecture.model.' for 0.x, '' for official)")
+    parser.add_argument(
+        "--arch",
+        default="",
+        help="subnet arch (file, ids or names): extract it from a supernet, "
+        "or check a subnet against it",
+    )
+    parser.add_argument(
+        "--input-format",
+        choices=("BGR", "RGB"),
+        default="BGR",
+        help="--to detectron2: channel order the written stem expects (default BGR, as the configs)",
+    )
+    parser.add_argument(
+        "--mmrazor-version",
+        choices=("1.x", "0.x"),
+        default="1.x",
+        help="--to mmrazor: '_candidates' (1.x) or 'choices' (0.x) keys",
+    )
+    parser.add_argument(
+        "--prefix",
+        default=None,
+        help="--to mmrazor / official: key prefix (default: the source's, "
+        "else 'architecture.' for MMRazor 1.x, 'architecture.model.' for 0.x, '' for official)",
+    )
     return parser.parse_args(argv)
 
 
@@ -100,8 +121,14 @@ def main(argv=None) -> int:
     state = checkpoint["model"]
     source_format = source.get("input_format", "BGR")  # ours, unrecorded: the configs' BGR
     if conversion.format != "detnas-d2":
-        print(f"{args.src}: {conversion.format} {conversion.form}, "
-              + ("supernet" if conversion.is_supernet else f"subnet {arch_to_str(conversion.arch or ())}"))
+        print(
+            f"{args.src}: {conversion.format} {conversion.form}, "
+            + (
+                "supernet"
+                if conversion.is_supernet
+                else f"subnet {arch_to_str(conversion.arch or ())}"
+            )
+        )
         print(conversion_table(conversion))
     try:
         if args.arch:
@@ -117,19 +144,29 @@ def main(argv=None) -> int:
                 state = flip_stem_channels(state)
             prefix = args.prefix
             if prefix is None:
-                prefix = source.get("prefix", "") if source.get("format") == "official-detnas" else ""
+                prefix = (
+                    source.get("prefix", "") if source.get("format") == "official-detnas" else ""
+                )
             out = {"state_dict": OrderedDict(to_official(state, prefix))}
         else:
             if source_format != MMRAZOR_INPUT_FORMAT:
                 state = flip_stem_channels(state)
             prefix = args.prefix
             if prefix is None:
-                if source.get("format", "").startswith("mmrazor") and args.mmrazor_version == source["format"][-3:]:
+                if (
+                    source.get("format", "").startswith("mmrazor")
+                    and args.mmrazor_version == source["format"][-3:]
+                ):
                     prefix = source.get("prefix", "")
                 else:
-                    prefix = "architecture." if args.mmrazor_version == "1.x" else "architecture.model."
+                    prefix = (
+                        "architecture." if args.mmrazor_version == "1.x" else "architecture.model."
+                    )
             meta = source.get("meta") or {"converted_by": "detnas-d2 tools/convert_checkpoint.py"}
-            out = {"meta": meta, "state_dict": OrderedDict(to_mmrazor(state, args.mmrazor_version, prefix))}
+            out = {
+                "meta": meta,
+                "state_dict": OrderedDict(to_mmrazor(state, args.mmrazor_version, prefix)),
+            }
     except ValueError as e:
         print(f"convert_checkpoint: {args.src}: {e}", file=sys.stderr)
         return 2
@@ -139,8 +176,11 @@ def main(argv=None) -> int:
         print(f"convert_checkpoint: cannot write {args.dst}: {e}", file=sys.stderr)
         return 2
     tensors = out["model"] if args.to == "detectron2" else out["state_dict"]
-    stem = {"detectron2": out.get("converted_from", {}).get("input_format"), "mmrazor": MMRAZOR_INPUT_FORMAT,
-            "official": OFFICIAL_INPUT_FORMAT}[args.to]
+    stem = {
+        "detectron2": out.get("converted_from", {}).get("input_format"),
+        "mmrazor": MMRAZOR_INPUT_FORMAT,
+        "official": OFFICIAL_INPUT_FORMAT,
+    }[args.to]
     print(f"wrote {args.dst}: {len(tensors)} tensors, {args.to} layout, stem for {stem} input")
     return 0
 

@@ -8,6 +8,7 @@ JPEGs are decoded at a reduced scale (PIL draft mode: 1/2, 1/4 or 1/8 in the dec
 crop still has at least the output resolution there, and crop + resize run as one PIL resize with a
 source box. Like torchvision's ImageFolder, EXIF orientation is not applied.
 """
+
 import logging
 import math
 
@@ -78,10 +79,14 @@ class ClassificationDatasetMapper:
         test_crop: int = 224,
     ):
         if image_format not in ("RGB", "BGR"):
-            raise ValueError(f"INPUT.FORMAT must be RGB or BGR for classification, got '{image_format}'")
+            raise ValueError(
+                f"INPUT.FORMAT must be RGB or BGR for classification, got '{image_format}'"
+            )
         lo, hi = train_scale
         if not 0 < lo <= hi <= 1:
-            raise ValueError(f"INPUT.CLS.TRAIN_SCALE must satisfy 0 < min <= max <= 1, got {train_scale}")
+            raise ValueError(
+                f"INPUT.CLS.TRAIN_SCALE must satisfy 0 < min <= max <= 1, got {train_scale}"
+            )
         if test_crop > test_resize:
             raise ValueError(
                 f"INPUT.CLS.TEST_CROP ({test_crop}) must not exceed INPUT.CLS.TEST_RESIZE ({test_resize})"
@@ -143,7 +148,11 @@ def check_classification_dicts(dataset_dicts, dataset_names, num_classes):
     """Raise ValueError naming the dataset and file of the first dict without a valid label."""
     for i, d in enumerate(dataset_dicts):
         label = d.get("label")
-        if "file_name" not in d or not isinstance(label, (int, np.integer)) or not 0 <= label < num_classes:
+        if (
+            "file_name" not in d
+            or not isinstance(label, (int, np.integer))
+            or not 0 <= label < num_classes
+        ):
             raise ValueError(
                 f"dataset {list(dataset_names)}, item {i} ({d.get('file_name', 'no file_name')}): "
                 f"needs 'file_name' and an int 'label' in [0, {num_classes}) "
@@ -166,7 +175,11 @@ def build_classification_train_loader(cfg, mapper=None):
         mapper = ClassificationDatasetMapper(cfg, is_train=True)
     logger.info(f"Classification training on {list(cfg.DATASETS.TRAIN)}: {len(dicts)} images")
     return build_resumable_loader(
-        dicts, mapper, cfg.SOLVER.IMS_PER_BATCH, stream_seed(cfg), group_by_aspect=False,
+        dicts,
+        mapper,
+        cfg.SOLVER.IMS_PER_BATCH,
+        stream_seed(cfg),
+        group_by_aspect=False,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
     )
 

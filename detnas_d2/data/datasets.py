@@ -29,6 +29,7 @@ under $DETECTRON2_DATASETS/VOC2007 and VOC2012), plus, as the DetNAS paper split
 Own folders: `register_imagenet_layout("mydata_train", "/path/train")`; more toy seeds:
 `register_toy_datasets(seed=1, prefix="toy1")` (toy1_det_train, ...).
 """
+
 import difflib
 import os
 import random
@@ -65,7 +66,11 @@ def require_registered(names, key: str):
     for name in names:
         if name not in DatasetCatalog.list():
             close = difflib.get_close_matches(name, DatasetCatalog.list(), n=3)
-            hint = f"did you mean {', '.join(close)}?" if close else "register it first (Detectron2's guide)"
+            hint = (
+                f"did you mean {', '.join(close)}?"
+                if close
+                else "register it first (Detectron2's guide)"
+            )
             raise DatasetError(f"{key}: no dataset '{name}' is registered; {hint}")
 
 
@@ -162,7 +167,9 @@ def register_toy_datasets(
         loader = _load_toy_detection if kind == "det" else _load_toy_classification
         name = f"{prefix}_{kind}_{suffix}"
         DatasetCatalog.register(name, lambda name=name, loader=loader: loader(name))
-        meta = _ToyMetadata(name=name, toy_kind=kind, toy_split=split, toy_seed=int(seed), toy_split_sizes=sizes)
+        meta = _ToyMetadata(
+            name=name, toy_kind=kind, toy_split=split, toy_seed=int(seed), toy_split_sizes=sizes
+        )
         meta.thing_classes = list(toy.CATEGORIES)
         if kind == "det":
             meta.thing_dataset_id_to_contiguous_id = {i + 1: i for i in range(len(toy.CATEGORIES))}
@@ -275,11 +282,15 @@ class _HeldOutMetadata(Metadata):
 
     @property
     def json_file(self):
-        cache = os.path.join(os.environ.get("DETNAS_CACHE", os.path.expanduser("~/.cache/detnas-d2")),
-                             "held_out_splits")
+        cache = os.path.join(
+            os.environ.get("DETNAS_CACHE", os.path.expanduser("~/.cache/detnas-d2")),
+            "held_out_splits",
+        )
         path = os.path.join(cache, f"{self.name}.json")
         if not os.path.exists(path):
-            convert_to_coco_json(self.name, path)  # under a file lock; a file another process wrote is kept
+            convert_to_coco_json(
+                self.name, path
+            )  # under a file lock; a file another process wrote is kept
         return path
 
 

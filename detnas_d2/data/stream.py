@@ -12,6 +12,7 @@ states that a checkpoint does not hold. Here the stream is a pure function of (s
 - `SeededMapDataset`: before mapping the item at stream position p, Python's, NumPy's and torch's
   RNGs are seeded from (seed, p), so its augmentation is the same in any worker, process or run.
 """
+
 import itertools
 import random
 from typing import Dict, Iterator, List, Sequence, Tuple
@@ -63,7 +64,9 @@ def seed_all(seed: int, devices: bool = True):
 class ResumableBatchSampler:
     """Batches of (stream position, dataset index) for this rank (module doc)."""
 
-    def __init__(self, dataset_dicts: Sequence[Dict], batch_size: int, seed: int, group_by_aspect: bool):
+    def __init__(
+        self, dataset_dicts: Sequence[Dict], batch_size: int, seed: int, group_by_aspect: bool
+    ):
         if batch_size < 1:
             raise ValueError(f"batch size per process must be >= 1, got {batch_size}")
         self.size = len(dataset_dicts)
@@ -132,13 +135,16 @@ class SeededMapDataset(torchdata.Dataset):
             index = random.randrange(len(self._dicts))
 
 
-def build_resumable_loader(dataset_dicts, mapper, total_batch_size: int, seed: int, group_by_aspect: bool,
-                           num_workers: int) -> torchdata.DataLoader:
+def build_resumable_loader(
+    dataset_dicts, mapper, total_batch_size: int, seed: int, group_by_aspect: bool, num_workers: int
+) -> torchdata.DataLoader:
     """An infinite loader of lists of `total_batch_size / world size` mapped dicts per process; its
     `batch_sampler` is the ResumableBatchSampler (trainer: seed and start batch)."""
     world = comm.get_world_size()
     if total_batch_size % world:
-        raise ValueError(f"SOLVER.IMS_PER_BATCH={total_batch_size} must be divisible by the {world} processes")
+        raise ValueError(
+            f"SOLVER.IMS_PER_BATCH={total_batch_size} must be divisible by the {world} processes"
+        )
     sampler = ResumableBatchSampler(dataset_dicts, total_batch_size // world, seed, group_by_aspect)
     return torchdata.DataLoader(
         SeededMapDataset(dataset_dicts, mapper, sampler),

@@ -27,6 +27,7 @@ under a file lock so that concurrent processes (DDP ranks) generate it once. Its
 file and its size; a damaged folder raises an error naming it (delete it and it is generated again).
 The same seed gives byte-identical files (every image has its own RNG stream from (seed, split, index)).
 """
+
 import io
 import json
 import logging
@@ -106,8 +107,10 @@ def _check_sizes(kind, split_sizes):
     default = _default_sizes(kind)
     if split_sizes is None:
         return dict(default)
-    if not split_sizes or not set(split_sizes) <= set(default) or any(
-        not isinstance(n, int) or n < 1 for n in split_sizes.values()
+    if (
+        not split_sizes
+        or not set(split_sizes) <= set(default)
+        or any(not isinstance(n, int) or n < 1 for n in split_sizes.values())
     ):
         raise ValueError(
             f"split_sizes for toy {kind!r} must give a positive int for each of the splits it makes, some of "
@@ -207,7 +210,9 @@ def verify_toy_dir(path, kind=None, seed=None, split_sizes=None):
             manifest = json.load(f)
         listed = dict(manifest["files"])
     except (ValueError, KeyError, TypeError) as e:
-        raise ToyDataError(f"Toy dataset manifest {manifest_file} is unreadable ({e}). {fix}") from e
+        raise ToyDataError(
+            f"Toy dataset manifest {manifest_file} is unreadable ({e}). {fix}"
+        ) from e
     expected_kind = manifest.get("kind") if kind is None else kind
     if expected_kind not in GENERATOR_VERSIONS:
         raise ToyDataError(
@@ -232,7 +237,9 @@ def verify_toy_dir(path, kind=None, seed=None, split_sizes=None):
         except OSError as e:
             raise ToyDataError(f"Toy dataset file {file} is missing. {fix}") from e
         if actual != size:
-            raise ToyDataError(f"Toy dataset file {file} has {actual} bytes, expected {size}. {fix}")
+            raise ToyDataError(
+                f"Toy dataset file {file} has {actual} bytes, expected {size}. {fix}"
+            )
 
 
 # ---- file contents ------------------------------------------------------------------------------
@@ -257,10 +264,17 @@ def _detection_split_files(seed, split, count):
         image, objects = _render_detection_image(_rng(seed, "det", split, image_id))
         files[f"images/{split}/{file_name}"] = _jpeg_bytes(image)
         images.append(
-            {"id": image_id, "file_name": file_name, "height": image.shape[0], "width": image.shape[1]}
+            {
+                "id": image_id,
+                "file_name": file_name,
+                "height": image.shape[0],
+                "width": image.shape[1],
+            }
         )
         for obj in objects:
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "iscrowd": 0, **obj})
+            annotations.append(
+                {"id": len(annotations) + 1, "image_id": image_id, "iscrowd": 0, **obj}
+            )
     coco = {
         "info": {
             "description": f"detnas-d2 toy shapes, split {split}",
@@ -271,7 +285,8 @@ def _detection_split_files(seed, split, count):
         "images": images,
         "annotations": annotations,
         "categories": [
-            {"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CATEGORIES)
+            {"id": i + 1, "name": name, "supercategory": "shape"}
+            for i, name in enumerate(CATEGORIES)
         ],
     }
     files[f"annotations/{split}.json"] = json.dumps(coco).encode()
@@ -353,7 +368,10 @@ def _inside(category, u, v, params):
         radii = np.tile([1.0, params["inner"]], 5)
     n = len(radii)
     angles = -np.pi / 2 + 2 * np.pi * np.arange(n + 1) / n
-    vx, vy = np.append(radii, radii[0]) * np.cos(angles), np.append(radii, radii[0]) * np.sin(angles)
+    vx, vy = (
+        np.append(radii, radii[0]) * np.cos(angles),
+        np.append(radii, radii[0]) * np.sin(angles),
+    )
     sector = (np.floor((np.arctan2(v, u) + np.pi / 2) / (2 * np.pi / n)).astype(np.int64)) % n
     x0, y0, x1, y1 = vx[sector], vy[sector], vx[sector + 1], vy[sector + 1]
     return (x1 - x0) * (v - y0) - (y1 - y0) * (u - x0) >= 0
@@ -363,7 +381,9 @@ def _sample_shape(rng, category, radius_range, centre_range, max_tilt=None):
     """A random shape; rotated by at most max_tilt radians, default: rectangles and crosses by at most
     0.35, the other shapes by any angle."""
     radius = np.exp(rng.uniform(*np.log(radius_range)))
-    aspect = np.exp(rng.uniform(np.log(0.8), np.log(1.25)) if category == "star" else rng.uniform(-0.5, 0.5))
+    aspect = np.exp(
+        rng.uniform(np.log(0.8), np.log(1.25)) if category == "star" else rng.uniform(-0.5, 0.5)
+    )
     if max_tilt is not None:
         rotation = rng.uniform(-max_tilt, max_tilt)
     elif category in ("rectangle", "cross"):
@@ -436,14 +456,22 @@ def _render_detection_image(rng, size=DET_IMAGE_SIZE):
             category = int(rng.integers(len(CATEGORIES)))
             small = rng.random() < 0.25
             shape = _sample_shape(
-                rng, CATEGORIES[category], (5, 10) if small else (10, 34), (0.05 * size, 0.95 * size)
+                rng,
+                CATEGORIES[category],
+                (5, 10) if small else (10, 34),
+                (0.05 * size, 0.95 * size),
             )
             mask, u, inside = _rasterise(shape, size)
             pixels = np.count_nonzero(mask)
             if inside < 0.5 or pixels < _MIN_PIXELS:
                 continue
             rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-            box = [int(cols[0]), int(rows[0]), int(cols[-1] + 1 - cols[0]), int(rows[-1] + 1 - rows[0])]
+            box = [
+                int(cols[0]),
+                int(rows[0]),
+                int(cols[-1] + 1 - cols[0]),
+                int(rows[-1] + 1 - rows[0]),
+            ]
             if min(box[2:]) < _MIN_SIDE:
                 continue
             if all(
@@ -474,7 +502,9 @@ def _render_classification_image(rng, label, size=CLS_IMAGE_SIZE):
     flat = background.mean(axis=(0, 1))
     image = _CLS_BACKGROUND_DIM * (flat + rng.uniform(*_CLS_TEXTURE_CONTRAST) * (background - flat))
     for _attempt in range(20):
-        shape = _sample_shape(rng, CATEGORIES[label], _CLS_RADIUS, (0.4 * size, 0.6 * size), _CLS_MAX_TILT)
+        shape = _sample_shape(
+            rng, CATEGORIES[label], _CLS_RADIUS, (0.4 * size, 0.6 * size), _CLS_MAX_TILT
+        )
         mask, u, inside = _rasterise(shape, size)
         if inside >= 0.9:
             break

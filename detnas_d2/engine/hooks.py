@@ -1,4 +1,5 @@
 """Training hooks for supernets."""
+
 import logging
 
 from detectron2.engine import HookBase
@@ -44,15 +45,21 @@ class RandomPathHook(HookBase):
         self.seed = int(cfg.DETNAS.SAMPLER.SEED)
         self.progressive_iters = int(cfg.DETNAS.SAMPLER.PROGRESSIVE_ITERS)
         if self.progressive_iters < 0:
-            raise ValueError(f"DETNAS.SAMPLER.PROGRESSIVE_ITERS must be >= 0, got {self.progressive_iters}")
+            raise ValueError(
+                f"DETNAS.SAMPLER.PROGRESSIVE_ITERS must be >= 0, got {self.progressive_iters}"
+            )
         self.rotating = cfg.DETNAS.SAMPLER.PROGRESSIVE_REFERENCE == "rotating"
         if cfg.DETNAS.SAMPLER.PROGRESSIVE_REFERENCE not in WARMUP_REFERENCES:
             raise ValueError(
                 f"DETNAS.SAMPLER.PROGRESSIVE_REFERENCE '{cfg.DETNAS.SAMPLER.PROGRESSIVE_REFERENCE}' is "
                 f"unknown; choose one of {list(WARMUP_REFERENCES)}"
             )
-        self.reference = reference_arch(cfg) if self.progressive_iters and not self.rotating else None
-        self._flops_table = flops_table or get_flops_table(self.space, cfg.DETNAS.SAMPLER.INPUT_SIZE)
+        self.reference = (
+            reference_arch(cfg) if self.progressive_iters and not self.rotating else None
+        )
+        self._flops_table = flops_table or get_flops_table(
+            self.space, cfg.DETNAS.SAMPLER.INPUT_SIZE
+        )
         self._sampler = sampler or build_path_sampler(cfg, self.space, self._flops_table)
         self.num_sampled = 0  # paths drawn so far (over resumes)
         self._phase_references = {}  # rotating warm-up: phase -> its fixed layers' arch
@@ -72,8 +79,10 @@ class RandomPathHook(HookBase):
                 f"has space {self._supernet.space}"
             )
         if self.progressive_iters > self.trainer.start_iter:
-            fixed = "a new sampled arch's in each phase" if self.rotating else (
-                f"the reference arch's {arch_to_str(self.reference)}"
+            fixed = (
+                "a new sampled arch's in each phase"
+                if self.rotating
+                else (f"the reference arch's {arch_to_str(self.reference)}")
             )
             logger.info(
                 f"Progressive path warm-up until iteration {self.progressive_iters}: the last 1 to "
@@ -87,8 +96,12 @@ class RandomPathHook(HookBase):
             reference = self.reference
             if self.rotating:
                 phase = num_random_layers(iteration, self.progressive_iters, self.space.num_layers)
-                if phase not in self._phase_references:  # a pure function of (seed, phase): drawn once
-                    self._phase_references[phase] = warmup_reference(self._sampler, self.seed, phase)
+                if (
+                    phase not in self._phase_references
+                ):  # a pure function of (seed, phase): drawn once
+                    self._phase_references[phase] = warmup_reference(
+                        self._sampler, self.seed, phase
+                    )
                 reference = self._phase_references[phase]
             arch = progressive_path(arch, reference, iteration, self.progressive_iters)
         return arch
@@ -149,10 +162,15 @@ class DataStreamHook(HookBase):
             inner._data_loader_iter_obj = None
         else:
             inner._data_loader_iter = iter(inner.data_loader)
-        logger.info(f"Data stream (seed {self.sampler.seed}) resumes at batch {self.trainer.start_iter}")
+        logger.info(
+            f"Data stream (seed {self.sampler.seed}) resumes at batch {self.trainer.start_iter}"
+        )
 
     def before_step(self):
-        seed_all(derived_seed(self.sampler.seed, self.trainer.iter, comm.get_rank()), devices=self._accelerator)
+        seed_all(
+            derived_seed(self.sampler.seed, self.trainer.iter, comm.get_rank()),
+            devices=self._accelerator,
+        )
 
     def state_dict(self):
         return {"seed": self.sampler.seed}  # an int: checkpoints load with weights_only=True

@@ -32,6 +32,7 @@ efficiently: backbone FLOPs are a sum of per-layer terms, so a dynamic program o
 the paths per quantised total; the proposal is uniform over the paths whose quantised FLOPs can lie in
 the bin (a superset of the bin), and an exact FLOPs check rejects the few outside it.
 """
+
 import logging
 import math
 import random
@@ -114,20 +115,32 @@ class FlopsBinSampler:
     Every bin is checked at construction: one without any path raises ValueError naming it.
     """
 
-    GRID_PER_BIN = 256  # quantisation steps per bin: the proposal overshoots a bin by <= num_layers/2 steps
+    GRID_PER_BIN = (
+        256  # quantisation steps per bin: the proposal overshoots a bin by <= num_layers/2 steps
+    )
     MAX_GRID = 8192  # cap on the steps over the whole FLOPs span of the space (DP cost)
 
     def __init__(
-        self, space: SearchSpace, flops_table, flops_min: float, flops_max: float, num_bins: int = 1,
+        self,
+        space: SearchSpace,
+        flops_table,
+        flops_min: float,
+        flops_max: float,
+        num_bins: int = 1,
         max_tries: int = 1000,
     ):
         self.space = space
         self.table = flops_table
         self.max_tries = max_tries
         num_layers = space.num_layers
-        layer_flops = [[float(flops_table.layer_flops[i][c]) for c in range(NUM_CHOICES)] for i in range(num_layers)]
+        layer_flops = [
+            [float(flops_table.layer_flops[i][c]) for c in range(NUM_CHOICES)]
+            for i in range(num_layers)
+        ]
         default = space.default_arch()
-        base = float(flops_table.flops(default)) - sum(layer_flops[i][c] for i, c in enumerate(default))
+        base = float(flops_table.flops(default)) - sum(
+            layer_flops[i][c] for i, c in enumerate(default)
+        )
         lowest = [min(row) for row in layer_flops]
         space_min = base + sum(lowest)
         space_max = base + sum(max(row) for row in layer_flops)
@@ -140,11 +153,19 @@ class FlopsBinSampler:
                 f"DETNAS.SAMPLER FLOPs range is empty: FLOPS_MIN {self.flops_min:.4g} >= FLOPS_MAX "
                 f"{self.flops_max:.4g} (space '{space.name}' spans {space_min:.4g}..{space_max:.4g} MACs)"
             )
-        self.edges = [self.flops_min + (self.flops_max - self.flops_min) * b / num_bins for b in range(num_bins + 1)]
+        self.edges = [
+            self.flops_min + (self.flops_max - self.flops_min) * b / num_bins
+            for b in range(num_bins + 1)
+        ]
 
-        unit = max((self.flops_max - self.flops_min) / (num_bins * self.GRID_PER_BIN),
-                   (space_max - space_min) / self.MAX_GRID, 1e-12)
-        self._steps = [[round((f - low) / unit) for f in row] for row, low in zip(layer_flops, lowest)]
+        unit = max(
+            (self.flops_max - self.flops_min) / (num_bins * self.GRID_PER_BIN),
+            (space_max - space_min) / self.MAX_GRID,
+            1e-12,
+        )
+        self._steps = [
+            [round((f - low) / unit) for f in row] for row, low in zip(layer_flops, lowest)
+        ]
         # _counts[i][s]: number of ways layers i.. add up to s quantised steps.
         total_steps = sum(max(row) for row in self._steps)
         counts: List[List[int]] = [[0] * (total_steps + 1) for _ in range(num_layers + 1)]
@@ -237,13 +258,19 @@ def build_path_sampler(cfg, space: SearchSpace = None, flops_table=None):
     space = space or space_from_cfg(cfg)
     name = sampler_cfg.NAME
     if name not in SAMPLER_NAMES:
-        raise ValueError(f"DETNAS.SAMPLER.NAME '{name}' is unknown; choose one of {list(SAMPLER_NAMES)}")
+        raise ValueError(
+            f"DETNAS.SAMPLER.NAME '{name}' is unknown; choose one of {list(SAMPLER_NAMES)}"
+        )
     if name == "latency_uniform":
         if not sampler_cfg.LATENCY_TABLE:
-            raise ValueError("DETNAS.SAMPLER.NAME latency_uniform needs DETNAS.SAMPLER.LATENCY_TABLE")
+            raise ValueError(
+                "DETNAS.SAMPLER.NAME latency_uniform needs DETNAS.SAMPLER.LATENCY_TABLE"
+            )
         table = LatencyTable.load(sampler_cfg.LATENCY_TABLE, expect_space=space)
         sampler = FlopsBinSampler(space, LatencyCosts(table), 0.0, 0.0, sampler_cfg.NUM_BINS)
-        logger.info(f"Path sampler 'latency_uniform': {sampler.num_bins} bins of {table.describe()}")
+        logger.info(
+            f"Path sampler 'latency_uniform': {sampler.num_bins} bins of {table.describe()}"
+        )
         return sampler
     limited = sampler_cfg.FLOPS_MIN > 0 or sampler_cfg.FLOPS_MAX > 0
     if name == "uniform" and not limited:
@@ -251,7 +278,9 @@ def build_path_sampler(cfg, space: SearchSpace = None, flops_table=None):
     if flops_table is None:
         flops_table = get_flops_table(space, sampler_cfg.INPUT_SIZE)
     num_bins = sampler_cfg.NUM_BINS if name == "flops_uniform" else 1
-    sampler = FlopsBinSampler(space, flops_table, sampler_cfg.FLOPS_MIN, sampler_cfg.FLOPS_MAX, num_bins)
+    sampler = FlopsBinSampler(
+        space, flops_table, sampler_cfg.FLOPS_MIN, sampler_cfg.FLOPS_MAX, num_bins
+    )
     logger.info(
         f"Path sampler '{name}': FLOPs {sampler.flops_min / 1e6:.2f}M..{sampler.flops_max / 1e6:.2f}M "
         f"(input {sampler_cfg.INPUT_SIZE}) in {sampler.num_bins} bin(s)"

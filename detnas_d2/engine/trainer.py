@@ -13,6 +13,7 @@
 - DDP without CUDA (gloo, no device_ids);
 - every evaluation's results also go to OUTPUT_DIR/eval_results.json.
 """
+
 import json
 import logging
 import os
@@ -26,12 +27,12 @@ from detectron2.utils.logger import setup_logger
 
 from .. import solver
 from ..checkpoint import DetNASCheckpointer
+from ..data.stream import ResumableBatchSampler
 from ..modeling import find_supernet
 from ..output_files import EVAL_RESULTS_FILE
 from ..recalibration import recalibrated_bn
 from ..search_space import arch_to_str
 from ..tasks import get_task
-from ..data.stream import ResumableBatchSampler
 from .hooks import DataStreamHook, RandomPathHook
 from .launch import create_ddp_model
 from .sampling import reference_arch
@@ -70,7 +71,9 @@ class DetNASTrainer(DefaultTrainer):
         model = self.build_model(cfg)
         self.is_supernet = find_supernet(model) is not None
         if self.is_supernet and cfg.TEST.PRECISE_BN.ENABLED:
-            logger.warning("TEST.PRECISE_BN is off for supernets: BN statistics differ from path to path")
+            logger.warning(
+                "TEST.PRECISE_BN is off for supernets: BN statistics differ from path to path"
+            )
             cfg = cfg.clone()
             cfg.defrost()
             cfg.TEST.PRECISE_BN.ENABLED = False
@@ -78,8 +81,12 @@ class DetNASTrainer(DefaultTrainer):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
 
-        model = create_ddp_model(model, broadcast_buffers=False, find_unused_parameters=self.is_supernet)
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
+        model = create_ddp_model(
+            model, broadcast_buffers=False, find_unused_parameters=self.is_supernet
+        )
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
+            model, data_loader, optimizer
+        )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = DetNASCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
@@ -99,8 +106,10 @@ class DetNASTrainer(DefaultTrainer):
         if "_trainer" in state_dict:
             self._trainer.load_state_dict(state_dict["_trainer"])
         else:
-            logger.warning("The checkpoint holds no optimizer state (written by plain Detectron2 v0.6?): "
-                           "the optimizer starts afresh")
+            logger.warning(
+                "The checkpoint holds no optimizer state (written by plain Detectron2 v0.6?): "
+                "the optimizer starts afresh"
+            )
 
     def build_hooks(self):
         hooks = super().build_hooks()

@@ -1,4 +1,5 @@
 """Top-1 / top-5 accuracy of a classifier, exact over a dataset split across processes."""
+
 import itertools
 import logging
 from collections import OrderedDict

@@ -385,7 +385,9 @@ def main(argv=None) -> int:
     try:  # a path, or one of the package's configs, as train_net.py finds them
         args.config_file = config_file(args.config_file)
     except FileNotFoundError:
-        return _error(f"--config-file {args.config_file}: no such file (nor one of the package's configs)")
+        return _error(
+            f"--config-file {args.config_file}: no such file (nor one of the package's configs)"
+        )
     if not os.path.isfile(args.config_file):
         return _error(f"--config-file {args.config_file}: no such file")
     if args.format == "onnx" and args.opset < 16:

@@ -4,14 +4,14 @@ Parameter names make weight inheritance a key mapping:
 supernet `layers.{i}.choices.{c}.<rest>` -> subnet `layers.{i}.<rest>` for the chosen block `c`;
 `stem.<rest>` is shared by both.
 """
+
 import contextlib
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from torch import nn
-
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import Backbone
+from torch import nn
 
 from ..search_space import NUM_CHOICES, SearchSpace, stage_stride
 from .blocks import Stem, build_block
@@ -60,7 +60,9 @@ class _ShuffleNetV2Base(Backbone):
     paired: common random numbers, the noise of the initialisation they share cancels.
     """
 
-    def __init__(self, space: SearchSpace, norm, out_features, in_channels, init_seed: Optional[int] = None):
+    def __init__(
+        self, space: SearchSpace, norm, out_features, in_channels, init_seed: Optional[int] = None
+    ):
         super().__init__()
         out_features = list(out_features)
         unknown = [f for f in out_features if f not in FEATURE_NAMES]
@@ -94,7 +96,9 @@ class _ShuffleNetV2Base(Backbone):
     def _start(self, x: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """The stem's output and the outputs dict (with "stem" if requested)."""
         if x.dim() != 4:
-            raise ValueError("ShuffleNetV2 backbones take (N, C, H, W) input, got shape " + str(x.shape))
+            raise ValueError(
+                "ShuffleNetV2 backbones take (N, C, H, W) input, got shape " + str(x.shape)
+            )
         outputs: Dict[str, torch.Tensor] = {}
         x = self.stem(x)
         if self._stem_is_output:
@@ -129,7 +133,9 @@ class ChoiceLayer(nn.Module):
     It has no forward: the supernet runs the chosen block directly.
     """
 
-    def __init__(self, in_channels, out_channels, stride, norm, style="mmrazor", init_seed=None, layer=0):
+    def __init__(
+        self, in_channels, out_channels, stride, norm, style="mmrazor", init_seed=None, layer=0
+    ):
         super().__init__()
         self.choices = nn.ModuleList()
         for c in range(NUM_CHOICES):
@@ -140,11 +146,25 @@ class ChoiceLayer(nn.Module):
 class ShuffleNetV2Supernet(_ShuffleNetV2Base):
     """The one-shot supernet. Call `set_arch(arch)` before forward; only the chosen blocks run."""
 
-    def __init__(self, space: SearchSpace, norm="BN", out_features=STAGE_NAMES, in_channels=3,
-                 init_seed: Optional[int] = None):
+    def __init__(
+        self,
+        space: SearchSpace,
+        norm="BN",
+        out_features=STAGE_NAMES,
+        in_channels=3,
+        init_seed: Optional[int] = None,
+    ):
         super().__init__(space, norm, out_features, in_channels, init_seed)
         self.layers = nn.ModuleList(
-            ChoiceLayer(spec.in_channels, spec.out_channels, spec.stride, norm, space.block_style, init_seed, spec.index)
+            ChoiceLayer(
+                spec.in_channels,
+                spec.out_channels,
+                spec.stride,
+                norm,
+                space.block_style,
+                init_seed,
+                spec.index,
+            )
             for spec in space.layers()
         )
         self.arch: Optional[Tuple[int, ...]] = None
@@ -188,14 +208,25 @@ class ShuffleNetV2Supernet(_ShuffleNetV2Base):
 class ShuffleNetV2Subnet(_ShuffleNetV2Base):
     """A plain ShuffleNetV2 made of the blocks of one arch: `layers[i]` is the chosen block of layer i."""
 
-    def __init__(self, space: SearchSpace, arch: Sequence[int], norm="BN", out_features=STAGE_NAMES, in_channels=3,
-                 init_seed: Optional[int] = None):
+    def __init__(
+        self,
+        space: SearchSpace,
+        arch: Sequence[int],
+        norm="BN",
+        out_features=STAGE_NAMES,
+        in_channels=3,
+        init_seed: Optional[int] = None,
+    ):
         super().__init__(space, norm, out_features, in_channels, init_seed)
         self.arch = space.validate(arch)
         self.layers = nn.ModuleList()
         for c, spec in zip(self.arch, space.layers()):
             with _block_rng(init_seed, spec.index, c):
-                self.layers.append(build_block(c, spec.in_channels, spec.out_channels, spec.stride, norm, space.block_style))
+                self.layers.append(
+                    build_block(
+                        c, spec.in_channels, spec.out_channels, spec.stride, norm, space.block_style
+                    )
+                )
 
     def forward(self, x):
         x, outputs = self._start(x)
@@ -209,7 +240,7 @@ class ShuffleNetV2Subnet(_ShuffleNetV2Base):
 def _layer_count(state_dict, prefix: str) -> int:
     """1 + the largest layer index among keys `<prefix>layers.<i>.`, 0 if there is none."""
     indices = [
-        int(key[len(prefix) + len("layers."):].split(".", 1)[0])
+        int(key[len(prefix) + len("layers.") :].split(".", 1)[0])
         for key in state_dict
         if key.startswith(prefix + "layers.")
     ]
@@ -247,9 +278,11 @@ def subnet_state_dict_from_supernet(
         if not key.startswith(layers_prefix):
             subnet_sd[key] = value
             continue
-        layer, kind, choice, rest = key[len(layers_prefix):].split(".", 3)
+        layer, kind, choice, rest = key[len(layers_prefix) :].split(".", 3)
         if kind != "choices":
-            raise ValueError(f"'{key}' is not a supernet key (expected '{layers_prefix}<i>.choices.<c>.*')")
+            raise ValueError(
+                f"'{key}' is not a supernet key (expected '{layers_prefix}<i>.choices.<c>.*')"
+            )
         if int(choice) == arch[int(layer)]:
             subnet_sd[f"{layers_prefix}{layer}.{rest}"] = value
 
@@ -258,7 +291,9 @@ def subnet_state_dict_from_supernet(
     with torch.device("meta"):
         expected = ShuffleNetV2Subnet(space, arch).state_dict()
     missing = [
-        prefix + _supernet_key(k, arch) for k in expected if ".norm." not in k and prefix + k not in subnet_sd
+        prefix + _supernet_key(k, arch)
+        for k in expected
+        if ".norm." not in k and prefix + k not in subnet_sd
     ]
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
@@ -279,7 +314,9 @@ def find_detnas_backbone(model: nn.Module) -> Tuple[str, Optional[nn.Module]]:
     DDP-wrapped, in an FPN, in a meta-arch), or ("", None). More than one is an error."""
     found = [(name, m) for name, m in model.named_modules() if isinstance(m, _ShuffleNetV2Base)]
     if len(found) > 1:
-        raise ValueError(f"model holds {len(found)} ShuffleNetV2 backbones ({[n for n, _ in found]}); expected one")
+        raise ValueError(
+            f"model holds {len(found)} ShuffleNetV2 backbones ({[n for n, _ in found]}); expected one"
+        )
     if not found:
         return "", None
     name, module = found[0]
@@ -296,5 +333,7 @@ def set_model_arch(model: nn.Module, arch: Sequence[int]) -> Tuple[int, ...]:
     """Select `arch` in the supernet inside `model`; returns the validated arch tuple."""
     supernet = find_supernet(model)
     if supernet is None:
-        raise ValueError(f"{type(model).__name__} contains no ShuffleNetV2Supernet to set an arch on")
+        raise ValueError(
+            f"{type(model).__name__} contains no ShuffleNetV2Supernet to set an arch on"
+        )
     return supernet.set_arch(arch)

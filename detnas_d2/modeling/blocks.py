@@ -22,14 +22,21 @@ Norms come from `detectron2.layers.get_norm` (BN, SyncBN, naiveSyncBN, FrozenBN,
 narrow layers of this space (4 stem channels at width 0.25, 86 mid channels in large-wide) rarely divide
 by Detectron2's fixed 32 groups, so GN here uses the largest group count <= 32 that divides the channels.
 """
-import torch
-from torch import nn
 
+import torch
 from detectron2.layers import CNNBlockBase, Conv2d, get_norm
+from torch import nn
 
 from ..search_space import BLOCK_STYLES, BLOCKS
 
-__all__ = ["Stem", "ShuffleBlock", "ShuffleXceptionBlock", "OfficialShuffleBlock", "build_block", "get_block_norm"]
+__all__ = [
+    "Stem",
+    "ShuffleBlock",
+    "ShuffleXceptionBlock",
+    "OfficialShuffleBlock",
+    "build_block",
+    "get_block_norm",
+]
 
 MAX_GN_GROUPS = 32
 
@@ -42,7 +49,18 @@ def get_block_norm(norm, channels: int):
     return get_norm(norm, channels)
 
 
-def _conv(in_channels, out_channels, kernel_size, *, stride=1, depthwise=False, relu, norm, init_std=None, bias=False):
+def _conv(
+    in_channels,
+    out_channels,
+    kernel_size,
+    *,
+    stride=1,
+    depthwise=False,
+    relu,
+    norm,
+    init_std=None,
+    bias=False,
+):
     """A conv followed by a norm and, if `relu`, ReLU; bias when there is no norm or `bias` is set.
 
     Weights: normal with std 1 / (input channels per group), the SPOS/DetNAS initialisation (`init_std`
@@ -80,7 +98,9 @@ class Stem(CNNBlockBase):
 
     def __init__(self, in_channels=3, out_channels=16, norm="BN", bias=False):
         super().__init__(in_channels, out_channels, 2)
-        self.conv = _conv(in_channels, out_channels, 3, stride=2, relu=True, norm=norm, init_std=0.01, bias=bias)
+        self.conv = _conv(
+            in_channels, out_channels, 3, stride=2, relu=True, norm=norm, init_std=0.01, bias=bias
+        )
 
     def forward(self, x):
         return self.conv(x)
@@ -102,11 +122,21 @@ class ShuffleBlock(CNNBlockBase):
         mid_channels = out_channels // 2
         main_in = in_channels if stride == 2 else in_channels // 2
         main_out = out_channels - out_channels // 2
-        self.branch_main = self._main_branch(main_in, mid_channels, main_out, kernel_size, stride, norm)
+        self.branch_main = self._main_branch(
+            main_in, mid_channels, main_out, kernel_size, stride, norm
+        )
         if stride == 2:
             proj_kernel = self._projection_kernel(kernel_size)
             self.branch_proj = nn.Sequential(
-                _conv(in_channels, in_channels, proj_kernel, stride=2, depthwise=True, relu=False, norm=norm),
+                _conv(
+                    in_channels,
+                    in_channels,
+                    proj_kernel,
+                    stride=2,
+                    depthwise=True,
+                    relu=False,
+                    norm=norm,
+                ),
                 _conv(in_channels, out_channels // 2, 1, relu=True, norm=norm),
             )
 
@@ -118,7 +148,15 @@ class ShuffleBlock(CNNBlockBase):
     def _main_branch(in_channels, mid_channels, out_channels, kernel_size, stride, norm):
         return nn.Sequential(
             _conv(in_channels, mid_channels, 1, relu=True, norm=norm),
-            _conv(mid_channels, mid_channels, kernel_size, stride=stride, depthwise=True, relu=False, norm=norm),
+            _conv(
+                mid_channels,
+                mid_channels,
+                kernel_size,
+                stride=stride,
+                depthwise=True,
+                relu=False,
+                norm=norm,
+            ),
             _conv(mid_channels, out_channels, 1, relu=True, norm=norm),
         )
 
@@ -145,7 +183,9 @@ class ShuffleXceptionBlock(ShuffleBlock):
     @staticmethod
     def _main_branch(in_channels, mid_channels, out_channels, kernel_size, stride, norm):
         return nn.Sequential(
-            _conv(in_channels, in_channels, 3, stride=stride, depthwise=True, relu=False, norm=norm),
+            _conv(
+                in_channels, in_channels, 3, stride=stride, depthwise=True, relu=False, norm=norm
+            ),
             _conv(in_channels, mid_channels, 1, relu=True, norm=norm),
             _conv(mid_channels, mid_channels, 3, depthwise=True, relu=False, norm=norm),
             _conv(mid_channels, mid_channels, 1, relu=True, norm=norm),
@@ -164,16 +204,22 @@ class OfficialShuffleBlock(CNNBlockBase):
         if stride not in (1, 2):
             raise ValueError(f"a ShuffleNetV2 unit has stride 1 or 2, got {stride}")
         if stride == 1 and in_channels != out_channels:
-            raise ValueError(f"a stride-1 ShuffleNetV2 unit keeps its channels, got {in_channels} -> {out_channels}")
+            raise ValueError(
+                f"a stride-1 ShuffleNetV2 unit keeps its channels, got {in_channels} -> {out_channels}"
+            )
         if stride == 2 and out_channels <= in_channels:
             raise ValueError(
                 "an official stride-2 unit needs out > in channels (main branch out - in), "
                 f"got {in_channels} -> {out_channels}"
             )
         if out_channels % 4:  # their channel split asserts it
-            raise ValueError(f"official ShuffleNetV2 unit output channels must be a multiple of 4, got {out_channels}")
+            raise ValueError(
+                f"official ShuffleNetV2 unit output channels must be a multiple of 4, got {out_channels}"
+            )
         if split not in (1, 2):
-            raise ValueError(f"channel split method is 1 (shuffle, then halves) or 2 (even/odd), got {split}")
+            raise ValueError(
+                f"channel split method is 1 (shuffle, then halves) or 2 (even/odd), got {split}"
+            )
         self.split = split
         kernel = 3 if name == "shuffle_xception" else _SHUFFLE_KERNELS[name]
         main = ShuffleXceptionBlock if name == "shuffle_xception" else ShuffleBlock
@@ -181,10 +227,20 @@ class OfficialShuffleBlock(CNNBlockBase):
             main_in, main_out = in_channels, out_channels - in_channels
         else:
             main_in, main_out = in_channels // 2, out_channels // 2
-        self.branch_main = main._main_branch(main_in, out_channels // 2, main_out, kernel, stride, norm)
+        self.branch_main = main._main_branch(
+            main_in, out_channels // 2, main_out, kernel, stride, norm
+        )
         if stride == 2:
             self.branch_proj = nn.Sequential(
-                _conv(in_channels, in_channels, kernel, stride=2, depthwise=True, relu=False, norm=norm),
+                _conv(
+                    in_channels,
+                    in_channels,
+                    kernel,
+                    stride=2,
+                    depthwise=True,
+                    relu=False,
+                    norm=norm,
+                ),
                 _conv(in_channels, in_channels, 1, relu=True, norm=norm),
             )
 
@@ -208,12 +264,18 @@ def build_block(
     """The block with id `choice` (an index into `search_space.BLOCKS`) in block style `style`
     (`search_space.BLOCK_STYLES`)."""
     if choice not in range(len(BLOCKS)):
-        raise ValueError(f"unknown block id {choice!r}; ids are 0..{len(BLOCKS) - 1} = {list(BLOCKS)}")
+        raise ValueError(
+            f"unknown block id {choice!r}; ids are 0..{len(BLOCKS) - 1} = {list(BLOCKS)}"
+        )
     if style not in BLOCK_STYLES:
         raise ValueError(f"unknown block style '{style}'; styles are {list(BLOCK_STYLES)}")
     name = BLOCKS[int(choice)]
     if style != "mmrazor":
-        return OfficialShuffleBlock(name, in_channels, out_channels, stride, norm=norm, split=_OFFICIAL_SPLIT[style])
+        return OfficialShuffleBlock(
+            name, in_channels, out_channels, stride, norm=norm, split=_OFFICIAL_SPLIT[style]
+        )
     if name == "shuffle_xception":
         return ShuffleXceptionBlock(in_channels, out_channels, stride, norm=norm)
-    return ShuffleBlock(in_channels, out_channels, stride, kernel_size=_SHUFFLE_KERNELS[name], norm=norm)
+    return ShuffleBlock(
+        in_channels, out_channels, stride, kernel_size=_SHUFFLE_KERNELS[name], norm=norm
+    )

@@ -1,5 +1,6 @@
 """The BN layers of a model that hold running statistics (recalibrated per path by the search and by
 supernet evaluation)."""
+
 from typing import List
 
 from torch import nn

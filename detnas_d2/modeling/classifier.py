@@ -1,4 +1,5 @@
 """`DetNASClassifier`: the classification form of a DetNAS backbone (ImageNet steps 1 and 4)."""
+
 from typing import Dict, List
 
 import torch
@@ -85,7 +86,9 @@ class DetNASClassifier(nn.Module):
                 f"DetNASClassifier needs images of one size per batch, got sizes {sorted(sizes)}; "
                 "use the classification mapper (detnas_d2.data.classification), which crops to a fixed size"
             )
-        images = torch.stack([x["image"] for x in batched_inputs]).to(self.device, non_blocking=True)
+        images = torch.stack([x["image"] for x in batched_inputs]).to(
+            self.device, non_blocking=True
+        )
         return (images.float() - self.pixel_mean) / self.pixel_std
 
     def forward(self, batched_inputs: List[Dict]):

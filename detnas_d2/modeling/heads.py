@@ -1,11 +1,11 @@
 """Classification head of the DetNAS backbones (ImageNet steps): 1x1 conv + norm + ReLU, global average
 pool, dropout, linear. `conv_bias`: the official (Megvii) code's conv has a bias besides its norm."""
+
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from detectron2.layers import Conv2d
 from fvcore.nn import weight_init
+from torch import nn
 
 from .blocks import get_block_norm
 
@@ -14,7 +14,12 @@ __all__ = ["ClassifierHead"]
 
 class ClassifierHead(nn.Module):
     def __init__(
-        self, in_channels: int, num_classes: int, head_channels: int = 1024, dropout: float = 0.0, norm="BN",
+        self,
+        in_channels: int,
+        num_classes: int,
+        head_channels: int = 1024,
+        dropout: float = 0.0,
+        norm="BN",
         conv_bias: bool = False,
     ):
         super().__init__()
@@ -22,7 +27,12 @@ class ClassifierHead(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         norm_layer = get_block_norm(norm, head_channels)
         self.conv = Conv2d(
-            in_channels, head_channels, 1, bias=conv_bias or norm_layer is None, norm=norm_layer, activation=F.relu
+            in_channels,
+            head_channels,
+            1,
+            bias=conv_bias or norm_layer is None,
+            norm=norm_layer,
+            activation=F.relu,
         )
         weight_init.c2_msra_fill(self.conv)
         self.dropout = nn.Dropout(dropout)

@@ -8,6 +8,7 @@ with bootstrap intervals) ; per_image.py (a candidate's score on any resample of
 (files, logs, TensorBoard) < runner.py (`run_search`: processes, scorers, search, finalists and outputs
 together).
 """
+
 from .candidates import generate_candidates
 from .constraints import ArchConstraints
 from .evolution import EvolutionSearch

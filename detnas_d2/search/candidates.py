@@ -1,5 +1,6 @@
 """One generation's candidate list: mutations and crossovers of the top-k, filled with random archs drawn
 uniformly among those that meet the constraints (constraints.py: exact, however narrow the band)."""
+
 import random
 from typing import List, Sequence, Tuple
 

@@ -8,6 +8,7 @@ of the most selective limit (the one the fewest archs meet); an arch that misses
 inexact grid, the band itself) is drawn again, so the result is uniform over the archs that meet every
 limit. With one limit of integer costs (a FLOPs band, a params limit) no draw is ever repeated.
 """
+
 import random
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -18,7 +19,9 @@ from detnas_d2.tasks import get_task
 
 __all__ = ["ArchConstraints"]
 
-SAMPLE_DRAWS = 10000  # draws from the most selective band before sampling gives up on the other limits
+SAMPLE_DRAWS = (
+    10000  # draws from the most selective band before sampling gives up on the other limits
+)
 
 
 class ArchConstraints:
@@ -26,8 +29,15 @@ class ArchConstraints:
     (ms) predicted by a latency table measured on the target device (`latency`, optional)."""
 
     def __init__(
-        self, table, space: SearchSpace, input_size: int, flops_min=0.0, flops_max=0.0, params_max=0.0,
-        latency: Optional[LatencyTable] = None, latency_max_ms=0.0,
+        self,
+        table,
+        space: SearchSpace,
+        input_size: int,
+        flops_min=0.0,
+        flops_max=0.0,
+        params_max=0.0,
+        latency: Optional[LatencyTable] = None,
+        latency_max_ms=0.0,
     ):
         self.table = table
         self.space = space
@@ -50,10 +60,21 @@ class ArchConstraints:
         latency = None
         if s.LATENCY_TABLE:
             latency = LatencyTable.load(
-                s.LATENCY_TABLE, expect_device=s.LATENCY_DEVICE or None, expect_space=space,
+                s.LATENCY_TABLE,
+                expect_device=s.LATENCY_DEVICE or None,
+                expect_space=space,
                 expect_input_size=s.LATENCY_INPUT_SIZE or get_task(cfg).test_input_size(cfg),
             )
-        return cls(table, space, s.INPUT_SIZE, s.FLOPS_MIN, s.FLOPS_MAX, s.PARAMS_MAX, latency, s.LATENCY_MAX_MS)
+        return cls(
+            table,
+            space,
+            s.INPUT_SIZE,
+            s.FLOPS_MIN,
+            s.FLOPS_MAX,
+            s.PARAMS_MAX,
+            latency,
+            s.LATENCY_MAX_MS,
+        )
 
     def measure(self, arch: Sequence[int]) -> Dict[str, float]:
         """{"flops", "params"[, "latency_ms"]} of `arch` (what candidate records hold)."""
@@ -86,8 +107,15 @@ class ArchConstraints:
         """(config key of the lower bound, of the upper bound, cost, lo, hi) of every limit that is set."""
         limits = []
         if self.flops_min or self.flops_max:
-            limits.append(("FLOPS_MIN", "FLOPS_MAX", self.table.flops_cost(), self.flops_min or None,
-                           self.flops_max or None))
+            limits.append(
+                (
+                    "FLOPS_MIN",
+                    "FLOPS_MAX",
+                    self.table.flops_cost(),
+                    self.flops_min or None,
+                    self.flops_max or None,
+                )
+            )
         if self.params_max:
             limits.append(("", "PARAMS_MAX", self.table.params_cost(), None, self.params_max))
         if self.latency_max_ms:
@@ -99,7 +127,10 @@ class ArchConstraints:
     def bands(self) -> List[Tuple[Tuple[str, str], CostBand]]:
         """((lower, upper bound's config key), band) of every limit, the most selective (fewest archs) first."""
         if self._bands is None:
-            bands = [((lo_key, hi_key), CostBand(cost, lo, hi)) for lo_key, hi_key, cost, lo, hi in self._limits()]
+            bands = [
+                ((lo_key, hi_key), CostBand(cost, lo, hi))
+                for lo_key, hi_key, cost, lo, hi in self._limits()
+            ]
             self._bands = sorted(bands, key=lambda kb: kb[1].count)
         return self._bands
 
@@ -129,22 +160,34 @@ class ArchConstraints:
         )
         if self.latency is not None:
             lat_lo, lat_hi = self.latency.range_ms()
-            ranges += f", predicted latency {lat_lo:.3f}..{lat_hi:.3f} ms ({self.latency.describe()})"
+            ranges += (
+                f", predicted latency {lat_lo:.3f}..{lat_hi:.3f} ms ({self.latency.describe()})"
+            )
         problems = []
         if self.flops_min and self.flops_max and self.flops_min > self.flops_max:
-            problems.append(f"DETNAS.SEARCH.FLOPS_MIN={self.flops_min:g} > DETNAS.SEARCH.FLOPS_MAX={self.flops_max:g}")
+            problems.append(
+                f"DETNAS.SEARCH.FLOPS_MIN={self.flops_min:g} > DETNAS.SEARCH.FLOPS_MAX={self.flops_max:g}"
+            )
         if self.flops_max and self.flops_max < flops_lo:
-            problems.append(f"DETNAS.SEARCH.FLOPS_MAX={self.flops_max:g} is below the smallest FLOPs "
-                            f"(nearest feasible: DETNAS.SEARCH.FLOPS_MAX={cost_str(flops_lo)})")
+            problems.append(
+                f"DETNAS.SEARCH.FLOPS_MAX={self.flops_max:g} is below the smallest FLOPs "
+                f"(nearest feasible: DETNAS.SEARCH.FLOPS_MAX={cost_str(flops_lo)})"
+            )
         if self.flops_min and self.flops_min > flops_hi:
-            problems.append(f"DETNAS.SEARCH.FLOPS_MIN={self.flops_min:g} is above the largest FLOPs "
-                            f"(nearest feasible: DETNAS.SEARCH.FLOPS_MIN={cost_str(flops_hi)})")
+            problems.append(
+                f"DETNAS.SEARCH.FLOPS_MIN={self.flops_min:g} is above the largest FLOPs "
+                f"(nearest feasible: DETNAS.SEARCH.FLOPS_MIN={cost_str(flops_hi)})"
+            )
         if self.params_max and self.params_max < params_lo:
-            problems.append(f"DETNAS.SEARCH.PARAMS_MAX={self.params_max:g} is below the smallest params "
-                            f"(nearest feasible: DETNAS.SEARCH.PARAMS_MAX={cost_str(params_lo)})")
+            problems.append(
+                f"DETNAS.SEARCH.PARAMS_MAX={self.params_max:g} is below the smallest params "
+                f"(nearest feasible: DETNAS.SEARCH.PARAMS_MAX={cost_str(params_lo)})"
+            )
         if self.latency_max_ms and self.latency_max_ms < self.latency.range_ms()[0]:
-            problems.append(f"DETNAS.SEARCH.LATENCY_MAX_MS={self.latency_max_ms:g} is below the fastest arch "
-                            f"(nearest feasible: DETNAS.SEARCH.LATENCY_MAX_MS={cost_str(self.latency.range_ms()[0])})")
+            problems.append(
+                f"DETNAS.SEARCH.LATENCY_MAX_MS={self.latency_max_ms:g} is below the fastest arch "
+                f"(nearest feasible: DETNAS.SEARCH.LATENCY_MAX_MS={cost_str(self.latency.range_ms()[0])})"
+            )
         if not problems:
             problems = self._band_problems()
         if not problems:
@@ -163,8 +206,11 @@ class ArchConstraints:
         if not band.count:
             below, above = band.nearest()
             near = " and ".join(cost_str(v) for v in (below, above) if v is not None)
-            fixes = [f"DETNAS.SEARCH.{key}={cost_str(v)}" for key, v in ((lo_key, below), (hi_key, above))
-                     if key and v is not None]
+            fixes = [
+                f"DETNAS.SEARCH.{key}={cost_str(v)}"
+                for key, v in ((lo_key, below), (hi_key, above))
+                if key and v is not None
+            ]
             fix = f" (nearest feasible: {' or '.join(fixes)})" if fixes else ""
             return [f"no arch has {name}: the nearest achievable are {near}{fix}"]
         problems = []

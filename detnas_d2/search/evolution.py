@@ -14,6 +14,7 @@ search never interrupted. The state is written after every scored chunk of candi
 With racing (racing.py), a generation is scored rung by rung: the slice results so far are kept in the
 state (`race`), and the generation's records are written when its race ends, in candidate order.
 """
+
 import logging
 import random
 import time
@@ -131,9 +132,13 @@ class EvolutionSearch:
         parents = [tuple(self.history[i]["arch"]) for i in self.state.topk]
         population = generate_candidates(rng, self.settings, g, parents, self.constraints, seen)
         predicted = {}
-        earlier = [r for r in self.history if r["generation"] < g and is_full(r)]  # what the generation started with
+        earlier = [
+            r for r in self.history if r["generation"] < g and is_full(r)
+        ]  # what the generation started with
         if self.settings.predictor and g > 0 and len(earlier) >= self.settings.predictor_min_scored:
-            population, values = screen_candidates(population, earlier, self.settings.predictor_keep)
+            population, values = screen_candidates(
+                population, earlier, self.settings.predictor_keep
+            )
             predicted = {arch: value for (arch, _), value in zip(population, values)}
         self._predicted = predicted
         if self.state.population and population != self.state.population:
@@ -174,7 +179,10 @@ class EvolutionSearch:
                 self._race(g, pending, score_fn, chunk_size, callbacks)
             else:
                 for chunk, results in self._score_chunks(pending, chunk_size, score_fn):
-                    records = [self._record(g, arch, origin, result) for (arch, origin), result in zip(chunk, results)]
+                    records = [
+                        self._record(g, arch, origin, result)
+                        for (arch, origin), result in zip(chunk, results)
+                    ]
                     self.history.extend(records)
                     self.save()
                     _call_each(callbacks, "after_candidate", self, records)
@@ -212,7 +220,10 @@ class EvolutionSearch:
 
     def _race(self, g, pending, score_fn, chunk_size, callbacks):
         """Score `pending` rung by rung (racing.py) and add their records, in candidate order, at the end."""
-        s, race = self.settings, self.state.race  # race: arch key -> the results of the rungs run so far
+        s, race = (
+            self.settings,
+            self.state.race,
+        )  # race: arch key -> the results of the rungs run so far
         fractions = list(s.racing_slices) + [1.0]
         alive = pending
         for rung, fraction in enumerate(fractions):
@@ -225,7 +236,11 @@ class EvolutionSearch:
                 break
             margin = rung_margin(self.history, rung, s.racing_margin, s.racing_margin_mode)
             scores = [race[_key(a)][rung]["score"] for a, _ in alive]
-            alive = [c for c, go in zip(alive, promoted(scores, self.history, rung, s.topk, margin)) if go]
+            alive = [
+                c
+                for c, go in zip(alive, promoted(scores, self.history, rung, s.topk, margin))
+                if go
+            ]
         records = []
         for arch, origin in pending:
             results = race[_key(arch)]

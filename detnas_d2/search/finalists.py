@@ -17,6 +17,7 @@ replicates at FINALISTS.CONFIDENCE. The best finalist has the best mean (ties: t
 another cannot be told apart from it when the percentile interval of the paired differences (best minus
 it, replicate by replicate, on the same images and supernets) contains 0.
 """
+
 import logging
 from typing import Dict, List, Optional, Sequence
 
@@ -41,13 +42,24 @@ class Finalists:
     def __init__(self, search: EvolutionSearch, settings: FinalistSettings):
         self.search, self.settings = search, settings
         self.indices = top_candidates(search.history, settings.topk)
-        self.plan = [(rank, index, s) for rank, index in enumerate(self.indices)
-                     for s in range(len(settings.weights))]
+        self.plan = [
+            (rank, index, s)
+            for rank, index in enumerate(self.indices)
+            for s in range(len(settings.weights))
+        ]
         rank_of = {self._key(index, s): rank for rank, index, s in self.plan}
-        kept = [r for r in search.state.finalists if (tuple(r["arch"]), r["supernet"], r["weights"]) in rank_of]
-        if len(kept) < len(search.state.finalists):  # a resumed search with a larger budget found better ones
-            logger.info(f"{len(search.state.finalists) - len(kept)} finalist record(s) of candidates no longer "
-                        "among the finalists dropped.")
+        kept = [
+            r
+            for r in search.state.finalists
+            if (tuple(r["arch"]), r["supernet"], r["weights"]) in rank_of
+        ]
+        if len(kept) < len(
+            search.state.finalists
+        ):  # a resumed search with a larger budget found better ones
+            logger.info(
+                f"{len(search.state.finalists) - len(kept)} finalist record(s) of candidates no longer "
+                "among the finalists dropped."
+            )
             search.state.finalists = kept
         for r in kept:
             r["finalist"] = rank_of[tuple(r["arch"]), r["supernet"], r["weights"]]
@@ -72,12 +84,21 @@ class Finalists:
         pending = self.pending()
         for start in range(0, len(pending), chunk_size):
             chunk = pending[start : start + chunk_size]
-            results = score_fn([history[index]["arch"] for _, index, _ in chunk], 1.0,
-                               [supernet for _, _, supernet in chunk], (s.bootstrap, s.seed))
+            results = score_fn(
+                [history[index]["arch"] for _, index, _ in chunk],
+                1.0,
+                [supernet for _, _, supernet in chunk],
+                (s.bootstrap, s.seed),
+            )
             for (rank, index, supernet), result in zip(chunk, results):
-                record = {"finalist": rank, "candidate": index, "arch": list(history[index]["arch"]),
-                          "supernet": supernet, "weights": s.weights[supernet],
-                          "search_score": history[index]["score"]}
+                record = {
+                    "finalist": rank,
+                    "candidate": index,
+                    "arch": list(history[index]["arch"]),
+                    "supernet": supernet,
+                    "weights": s.weights[supernet],
+                    "search_score": history[index]["score"],
+                }
                 record.update(result)
                 record["score"] = float(record["score"])
                 record["replicates"] = [float(v) for v in record["replicates"]]
@@ -89,8 +110,13 @@ class Finalists:
     def summary(self) -> List[Dict]:
         """One row per finalist (summarize_finalists), in search rank order."""
         by_key = {(tuple(r["arch"]), r["supernet"]): r for r in self.records}
-        per_finalist = [[by_key[tuple(self.search.history[i]["arch"]), s] for s in range(len(self.settings.weights))]
-                        for i in self.indices]
+        per_finalist = [
+            [
+                by_key[tuple(self.search.history[i]["arch"]), s]
+                for s in range(len(self.settings.weights))
+            ]
+            for i in self.indices
+        ]
         return summarize_finalists(per_finalist, self.settings.confidence, self.settings.seed)
 
 
@@ -106,15 +132,23 @@ def _interval(values: np.ndarray, confidence: float) -> List[float]:
     return [float(v) for v in np.percentile(values, [tail, 100.0 - tail])]
 
 
-def summarize_finalists(per_finalist: Sequence[Sequence[Dict]], confidence: float, seed: int) -> List[Dict]:
+def summarize_finalists(
+    per_finalist: Sequence[Sequence[Dict]], confidence: float, seed: int
+) -> List[Dict]:
     """Rows {"finalist", "candidate", "arch", "search_score", "scores" (per supernet), "mean", "interval",
     "difference" (the best's mean less this one's), "difference_interval", "best", "tied"} from each
     finalist's records (one per supernet, in supernet order), as the module doc says."""
-    scores = np.array([[r["score"] for r in records] for records in per_finalist])  # (finalists, supernets)
-    replicates = np.array([[r["replicates"] for r in records] for records in per_finalist])  # (f, s, b)
+    scores = np.array(
+        [[r["score"] for r in records] for records in per_finalist]
+    )  # (finalists, supernets)
+    replicates = np.array(
+        [[r["replicates"] for r in records] for records in per_finalist]
+    )  # (f, s, b)
     num_supernets, samples = replicates.shape[1], replicates.shape[2]
     if num_supernets > 1:
-        drawn = np.random.default_rng([seed, 1]).integers(0, num_supernets, size=(samples, num_supernets))
+        drawn = np.random.default_rng([seed, 1]).integers(
+            0, num_supernets, size=(samples, num_supernets)
+        )
         replicates = replicates[:, drawn, np.arange(samples)[:, None]].mean(axis=2)  # (f, b)
     else:
         replicates = replicates[:, 0, :]
@@ -124,13 +158,20 @@ def summarize_finalists(per_finalist: Sequence[Sequence[Dict]], confidence: floa
     for f, records in enumerate(per_finalist):
         first = records[0]
         diff = replicates[best] - replicates[f]
-        rows.append({
-            "finalist": f, "candidate": first["candidate"], "arch": list(first["arch"]),
-            "search_score": first["search_score"], "scores": [float(v) for v in scores[f]],
-            "mean": float(means[f]), "interval": _interval(replicates[f], confidence),
-            "difference": float(means[best] - means[f]), "difference_interval": _interval(diff, confidence),
-            "best": f == best,
-        })
+        rows.append(
+            {
+                "finalist": f,
+                "candidate": first["candidate"],
+                "arch": list(first["arch"]),
+                "search_score": first["search_score"],
+                "scores": [float(v) for v in scores[f]],
+                "mean": float(means[f]),
+                "interval": _interval(replicates[f], confidence),
+                "difference": float(means[best] - means[f]),
+                "difference_interval": _interval(diff, confidence),
+                "best": f == best,
+            }
+        )
         rows[-1]["tied"] = f != best and rows[-1]["difference_interval"][0] <= 0.0
     return rows
 
@@ -139,14 +180,30 @@ def finalists_table(rows: List[Dict], confidence: float) -> str:
     """The finalists as a Markdown table (the search log)."""
     pct = f"{100 * confidence:g}%"
     table = [
-        (r["finalist"] + 1, r["candidate"], f"{r['search_score']:.3f}", f"{r['mean']:.3f}",
-         "[{:.3f}, {:.3f}]".format(*r["interval"]),
-         "" if r["best"] else "{:.3f} [{:.3f}, {:.3f}]".format(r["difference"], *r["difference_interval"]),
-         "best" if r["best"] else ("tied" if r["tied"] else ""), arch_to_str(r["arch"]))
+        (
+            r["finalist"] + 1,
+            r["candidate"],
+            f"{r['search_score']:.3f}",
+            f"{r['mean']:.3f}",
+            "[{:.3f}, {:.3f}]".format(*r["interval"]),
+            ""
+            if r["best"]
+            else "{:.3f} [{:.3f}, {:.3f}]".format(r["difference"], *r["difference_interval"]),
+            "best" if r["best"] else ("tied" if r["tied"] else ""),
+            arch_to_str(r["arch"]),
+        )
         for r in rows
     ]
-    headers = ["finalist", "candidate", "search score", "mean", f"{pct} interval", f"best - it [{pct}]", "",
-               "arch"]
+    headers = [
+        "finalist",
+        "candidate",
+        "search score",
+        "mean",
+        f"{pct} interval",
+        f"best - it [{pct}]",
+        "",
+        "arch",
+    ]
     return tabulate(table, headers=headers, tablefmt="pipe")
 
 

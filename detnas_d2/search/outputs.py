@@ -14,6 +14,7 @@
   best candidate, or with finalists the finalist of the best mean (its score: that mean), the finalists'
   table and those that cannot be told apart from it.
 """
+
 import datetime
 import json
 import logging
@@ -61,8 +62,15 @@ def pareto_front(records: List[Dict]) -> List[Dict]:
 
 def topk_table(records: List[Dict], indices: List[int]) -> str:
     rows = [
-        (rank + 1, r["index"], r["generation"], f"{r['score']:.3f}", f"{r['flops'] / 1e6:.2f}",
-         f"{r['params'] / 1e6:.3f}", arch_to_str(r["arch"]))
+        (
+            rank + 1,
+            r["index"],
+            r["generation"],
+            f"{r['score']:.3f}",
+            f"{r['flops'] / 1e6:.2f}",
+            f"{r['params'] / 1e6:.3f}",
+            arch_to_str(r["arch"]),
+        )
         for rank, r in enumerate(records[i] for i in indices)
     ]
     headers = ["rank", "candidate", "generation", "score", "MFLOPs", "Mparams", "arch"]
@@ -78,8 +86,14 @@ def plot_search(records: List[Dict], path: str, title: str = ""):
     fig, ax = plt.subplots(figsize=(7, 5), dpi=100)
     raced_out = [r for r in records if not is_full(r)]
     if raced_out:
-        ax.scatter([r["flops"] / 1e6 for r in raced_out], [r["score"] for r in raced_out], marker="x", s=10,
-                   color="0.6", label="raced out (slice score)")
+        ax.scatter(
+            [r["flops"] / 1e6 for r in raced_out],
+            [r["score"] for r in raced_out],
+            marker="x",
+            s=10,
+            color="0.6",
+            label="raced out (slice score)",
+        )
     records = [r for r in records if is_full(r)]
     flops = [r["flops"] / 1e6 for r in records]
     scores = [r["score"] for r in records]
@@ -87,10 +101,18 @@ def plot_search(records: List[Dict], path: str, title: str = ""):
     points = ax.scatter(flops, scores, c=gens, cmap="viridis", s=14, alpha=0.8)
     fig.colorbar(points, ax=ax, label="generation")
     front = pareto_front(records)
-    ax.step([r["flops"] / 1e6 for r in front], [r["score"] for r in front], where="post",
-            color="tab:red", linewidth=1.2, label="Pareto front")
+    ax.step(
+        [r["flops"] / 1e6 for r in front],
+        [r["score"] for r in front],
+        where="post",
+        color="tab:red",
+        linewidth=1.2,
+        label="Pareto front",
+    )
     best = max(records, key=lambda r: r["score"])
-    ax.scatter([best["flops"] / 1e6], [best["score"]], marker="*", s=160, color="tab:red", label="best")
+    ax.scatter(
+        [best["flops"] / 1e6], [best["score"]], marker="*", s=160, color="tab:red", label="best"
+    )
     ax.set_xlabel("backbone MFLOPs")
     ax.set_ylabel("score")
     ax.set_title(title)
@@ -129,7 +151,11 @@ class SearchOutputs:
         done = len(search.history)
         per_candidate = (time.perf_counter() - self._start) / self._scored_here
         eta = datetime.timedelta(seconds=int(per_candidate * max(self.budget - done, 0)))
-        timings = ", ".join(f"{k[len('seconds_'):]} {v:.2f}s" for k, v in record.items() if k.startswith("seconds_"))
+        timings = ", ".join(
+            f"{k[len('seconds_') :]} {v:.2f}s"
+            for k, v in record.items()
+            if k.startswith("seconds_")
+        )
         logger.info(
             f"[generation {record['generation']}] candidate {record['index']} ({done}/{self.budget} scored; "
             f"{record['origin']}, {record['flops'] / 1e6:.1f} MFLOPs): {self.fitness} {record['score']:.3f}"
@@ -140,7 +166,9 @@ class SearchOutputs:
     def after_generation(self, search, generation):
         history = search.history
         records = [r for r in history if r["generation"] == generation]
-        scores = [r["score"] for r in records if is_full(r)]  # raced-out slice scores are not comparable
+        scores = [
+            r["score"] for r in records if is_full(r)
+        ]  # raced-out slice scores are not comparable
         topk = search.state.topk
         storage = get_event_storage()
         # Step = candidates scored so far; written with the next candidate's scalars (or at the end),
@@ -148,28 +176,38 @@ class SearchOutputs:
         storage.iter = len(history)
         storage.put_scalar("search/best_score", history[topk[0]]["score"], smoothing_hint=False)
         if scores:
-            storage.put_scalar("search/generation_mean", sum(scores) / len(scores), smoothing_hint=False)
+            storage.put_scalar(
+                "search/generation_mean", sum(scores) / len(scores), smoothing_hint=False
+            )
             storage.put_scalar("search/generation_max", max(scores), smoothing_hint=False)
         storage.put_scalar(
-            "search/topk_mean", sum(history[i]["score"] for i in topk) / len(topk), smoothing_hint=False
+            "search/topk_mean",
+            sum(history[i]["score"] for i in topk) / len(topk),
+            smoothing_hint=False,
         )
         storage.put_scalar("search/generation", generation, smoothing_hint=False)
         screened = [r for r in records if "predicted" in r and is_full(r)]
         if len(screened) >= 2:
             tau = kendall_tau_b([r["predicted"] for r in screened], [r["score"] for r in screened])
             storage.put_scalar("search/predictor_tau", tau, smoothing_hint=False)
-            logger.info(f"Generation {generation}: predictor Kendall tau {tau:.3f} on its {len(screened)} candidates")
-        raced = f", {len(records) - len(scores)} raced out on a slice" if len(scores) < len(records) else ""
+            logger.info(
+                f"Generation {generation}: predictor Kendall tau {tau:.3f} on its {len(screened)} candidates"
+            )
+        raced = (
+            f", {len(records) - len(scores)} raced out on a slice"
+            if len(scores) < len(records)
+            else ""
+        )
         logger.info(
             f"Generation {generation} done ({len(records)} candidates{raced}, {len(history)} in all); "
-            f"top {len(topk)}:\n"
-            + topk_table(history, topk)
+            f"top {len(topk)}:\n" + topk_table(history, topk)
         )
         self.plot(search)
 
     def plot(self, search):
         plot_search(
-            search.history, os.path.join(self.output_dir, PLOT_FILE),
+            search.history,
+            os.path.join(self.output_dir, PLOT_FILE),
             title=f"{self.fitness} of {len(search.history)} candidates ({self.space.name} space)",
         )
 
@@ -203,14 +241,23 @@ class SearchOutputs:
             row = best_finalist(rows)
             best = dict(search.history[row["candidate"]], finalist=row)
             score = row["mean"]
-            logger.info(f"Finalists ({self.fitness} on {len(finalists.settings.weights)} supernet(s)):\n"
-                        + finalists_table(rows, finalists.settings.confidence))
+            logger.info(
+                f"Finalists ({self.fitness} on {len(finalists.settings.weights)} supernet(s)):\n"
+                + finalists_table(rows, finalists.settings.confidence)
+            )
             metadata.update(
-                search_score=best["score"], finalist_interval=row["interval"],
+                search_score=best["score"],
+                finalist_interval=row["interval"],
                 indistinguishable=[arch_to_str(r["arch"]) for r in rows if r["tied"]],
                 finalists=[
-                    {"candidate": r["candidate"], "arch": arch_to_str(r["arch"]), "search_score": r["search_score"],
-                     "mean": r["mean"], "interval": r["interval"], "tied": r["tied"]}
+                    {
+                        "candidate": r["candidate"],
+                        "arch": arch_to_str(r["arch"]),
+                        "search_score": r["search_score"],
+                        "mean": r["mean"],
+                        "interval": r["interval"],
+                        "tied": r["tied"],
+                    }
                     for r in rows
                 ],
             )
@@ -218,9 +265,17 @@ class SearchOutputs:
         if "latency_ms" in best:
             metadata["latency_ms"] = best["latency_ms"]
         save_arch(
-            path, best["arch"], self.space, score=score, fitness=self.fitness, flops=best["flops"],
-            params=best["params"], generation=best["generation"], candidate=best["index"],
-            candidates_scored=len(search.history), **metadata,
+            path,
+            best["arch"],
+            self.space,
+            score=score,
+            fitness=self.fitness,
+            flops=best["flops"],
+            params=best["params"],
+            generation=best["generation"],
+            candidate=best["index"],
+            candidates_scored=len(search.history),
+            **metadata,
         )
         self.plot(search)
         self._writer.write()

@@ -17,6 +17,7 @@ of 100 detections (80 categories, one CPU core), i.e. minutes for FINALISTS.BOOT
 The resample plan (`resample_counts`) depends only on the number of images, the number of resamples and
 the seed: every finalist and supernet is resampled alike, so differences are paired.
 """
+
 import contextlib
 import io
 from typing import Dict, List, Sequence
@@ -28,7 +29,11 @@ from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from pycocotools.cocoeval import COCOeval
 
 __all__ = [
-    "ClassificationCollector", "DetectionCollector", "DetectionImages", "ImageMean", "NoPerImageCollector",
+    "ClassificationCollector",
+    "DetectionCollector",
+    "DetectionImages",
+    "ImageMean",
+    "NoPerImageCollector",
     "per_image_collector",
     "resample_counts",
 ]
@@ -70,8 +75,12 @@ class _Category:
     def finish(self):
         thresholds = self.num_thresholds
         self.scores = np.concatenate(self.scores) if self.scores else np.zeros(0)
-        self.tps = np.concatenate(self.tps, axis=1) if self.tps else np.zeros((thresholds, 0), dtype=bool)
-        self.fps = np.concatenate(self.fps, axis=1) if self.fps else np.zeros((thresholds, 0), dtype=bool)
+        self.tps = (
+            np.concatenate(self.tps, axis=1) if self.tps else np.zeros((thresholds, 0), dtype=bool)
+        )
+        self.fps = (
+            np.concatenate(self.fps, axis=1) if self.fps else np.zeros((thresholds, 0), dtype=bool)
+        )
         # COCOeval's order of the detections of an image list without repeats: by score, ties by image then
         # by place in the image (a stable sort of the concatenation)
         order = np.argsort(-self.scores, kind="mergesort")
@@ -87,11 +96,16 @@ class _Category:
         appears counts[i] times (`copies`: the image of each place of that list)."""
         if self.repeat_in_order:
             repeats = counts[self.sorted_image]
-            tps, fps = np.repeat(self.sorted_tps, repeats, axis=1), np.repeat(self.sorted_fps, repeats, axis=1)
+            tps, fps = (
+                np.repeat(self.sorted_tps, repeats, axis=1),
+                np.repeat(self.sorted_fps, repeats, axis=1),
+            )
         else:
             lengths = self.lengths[copies]
             # the detections of every copy of every image, concatenated in the list's order, then sorted
-            index = np.repeat(self.starts[copies] - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+            index = np.repeat(
+                self.starts[copies] - np.cumsum(lengths) + lengths, lengths
+            ) + np.arange(lengths.sum())
             order = index[np.argsort(-self.scores[index], kind="mergesort")]
             tps, fps = self.tps[:, order], self.fps[:, order]
         return np.cumsum(tps, axis=1).astype(float), np.cumsum(fps, axis=1).astype(float)
@@ -112,7 +126,10 @@ class DetectionImages:
             evaluator = COCOeval(coco_gt, coco_gt.loadRes(results), "bbox")
             params = evaluator.params
             params.imgIds = list(img_ids)
-            params.areaRng, params.areaRngLbl = params.areaRng[:1], params.areaRngLbl[:1]  # "all" alone
+            params.areaRng, params.areaRngLbl = (
+                params.areaRng[:1],
+                params.areaRngLbl[:1],
+            )  # "all" alone
             evaluator.evaluate()
         max_det = params.maxDets[-1]
         self._rec_thrs = params.recThrs
@@ -140,8 +157,12 @@ class DetectionImages:
         """AP (x100) on the list in which image i appears counts[i] times; 0 where COCO's AP is NaN."""
         if not self._categories:
             return 0.0
-        precision = -np.ones((self._categories[0].num_thresholds, len(self._rec_thrs), len(self._categories)))
-        copies = np.repeat(np.arange(len(counts)), counts)  # the image of each copy, in the list's order
+        precision = -np.ones(
+            (self._categories[0].num_thresholds, len(self._rec_thrs), len(self._categories))
+        )
+        copies = np.repeat(
+            np.arange(len(counts)), counts
+        )  # the image of each copy, in the list's order
         for k, cat in enumerate(self._categories):
             if not (counts * cat.present).any():
                 continue
@@ -195,7 +216,9 @@ class DetectionCollector:
 
     def evaluation(self, items: List, evaluator) -> DetectionImages:
         # the ground truth COCOEvaluator loaded (once) for the same dataset
-        return DetectionImages(evaluator._coco_api, [b for _, boxes in items for b in boxes], [i for i, _ in items])
+        return DetectionImages(
+            evaluator._coco_api, [b for _, boxes in items for b in boxes], [i for i, _ in items]
+        )
 
 
 class NoPerImageCollector:

@@ -4,6 +4,7 @@ children it ranks best (as Once-for-All's and NSGANetV2's surrogates do).
 Features: one-hot block choice per layer (the supernet's own parameterisation); model: ridge regression
 in closed form (float64, deterministic: a resumed search refits exactly the same predictor).
 """
+
 import math
 from typing import List, Sequence, Tuple
 
@@ -33,15 +34,18 @@ class RidgePredictor:
     def fit(self, archs: Sequence[Sequence[int]], scores: Sequence[float]) -> "RidgePredictor":
         x, y = self.features(archs), np.asarray(scores, dtype=np.float64)
         self._mean = float(y.mean())
-        self._weights = np.linalg.solve(x.T @ x + self.alpha * np.eye(x.shape[1]), x.T @ (y - self._mean))
+        self._weights = np.linalg.solve(
+            x.T @ x + self.alpha * np.eye(x.shape[1]), x.T @ (y - self._mean)
+        )
         return self
 
     def predict(self, archs: Sequence[Sequence[int]]) -> np.ndarray:
         return self.features(archs) @ self._weights + self._mean
 
 
-def screen_candidates(population: List[Tuple[Tuple[int, ...], str]], history, keep: float
-                      ) -> Tuple[List[Tuple[Tuple[int, ...], str]], List[float]]:
+def screen_candidates(
+    population: List[Tuple[Tuple[int, ...], str]], history, keep: float
+) -> Tuple[List[Tuple[Tuple[int, ...], str]], List[float]]:
     """The ceil(keep * n) candidates a predictor fitted on `history` ranks best (in their generated
     order), and their predicted scores."""
     predictor = RidgePredictor().fit([r["arch"] for r in history], [r["score"] for r in history])

@@ -17,6 +17,7 @@ max(RACING.MARGIN, max d_i - min d_i) (MARGIN_MODE "offset", the default). MARGI
 c = 0: max(RACING.MARGIN, 2 max |d_i|), never smaller, and larger by twice the offset, which moves no
 ranking but made a biased slice race almost every candidate on.
 """
+
 from typing import Dict, List, Sequence
 
 __all__ = ["MARGIN_MODES", "SLICE_SCORES", "is_full", "rung_margin", "promoted"]
@@ -35,7 +36,8 @@ def rung_margin(history: Sequence[Dict], rung: int, base: float, mode: str = "of
     error measured from the candidates' common offset ("offset") or from 0 ("absolute")."""
     errors = [
         r[SLICE_SCORES][rung] - r["score"]
-        for r in history if is_full(r) and len(r.get(SLICE_SCORES, ())) > rung
+        for r in history
+        if is_full(r) and len(r.get(SLICE_SCORES, ())) > rung
     ]
     if not errors:
         return base
@@ -44,7 +46,9 @@ def rung_margin(history: Sequence[Dict], rung: int, base: float, mode: str = "of
     return max(base, max(errors) - min(errors))
 
 
-def promoted(scores: Sequence[float], history: Sequence[Dict], rung: int, topk: int, margin: float) -> List[bool]:
+def promoted(
+    scores: Sequence[float], history: Sequence[Dict], rung: int, topk: int, margin: float
+) -> List[bool]:
     """Which candidates (their slice scores at `rung`, `scores`) go on to the next rung: those that fewer
     than `topk` competitors (the others and the earlier candidates scored on this slice) beat by more than
     `margin`."""

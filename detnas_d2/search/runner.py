@@ -9,6 +9,7 @@ Both give the same scores as one process (see scoring.py), so a search may be re
 number of processes or mode. The finalists (finalists.py) are scored the same way, after the search, by a
 scorer of their own (their evaluation images and supernets).
 """
+
 import dataclasses
 import logging
 import os
@@ -47,8 +48,13 @@ class DistributedScoring:
         # Candidates scored between two state saves.
         self.chunk_size = comm.get_world_size() if self.split_candidates else 1
 
-    def _score_share(self, archs: Sequence, fraction: float, supernets: Optional[Sequence[Optional[int]]],
-                     bootstrap: Optional[Tuple[int, int]]) -> Optional[List[Dict]]:
+    def _score_share(
+        self,
+        archs: Sequence,
+        fraction: float,
+        supernets: Optional[Sequence[Optional[int]]],
+        bootstrap: Optional[Tuple[int, int]],
+    ) -> Optional[List[Dict]]:
         work = list(zip(archs, supernets or [None] * len(archs)))
         if not self.split_candidates:
             return [self.scorer.score(a, fraction, s, bootstrap) for a, s in work]
@@ -60,8 +66,13 @@ class DistributedScoring:
         gathered = comm.gather(mine, dst=0)
         return gathered[: len(work)] if comm.is_main_process() else None
 
-    def score(self, archs: Sequence, fraction: float = 1.0, supernets: Optional[Sequence[Optional[int]]] = None,
-              bootstrap: Optional[Tuple[int, int]] = None) -> List[Dict]:
+    def score(
+        self,
+        archs: Sequence,
+        fraction: float = 1.0,
+        supernets: Optional[Sequence[Optional[int]]] = None,
+        bootstrap: Optional[Tuple[int, int]] = None,
+    ) -> List[Dict]:
         """Scores on the first `fraction` of the evaluation images (racing; 1.0: all); `supernets`, `bootstrap`:
         CandidateScorer.score's, `supernets` one per arch."""
         work = (list(archs), fraction, supernets, bootstrap)
@@ -80,8 +91,12 @@ class DistributedScoring:
             comm.all_gather(None)
 
 
-def build_scorer(cfg, scoring: Optional[ScoringSettings] = None, search: Optional[SearchSettings] = None,
-                 weights: Sequence[str] = ()) -> CandidateScorer:
+def build_scorer(
+    cfg,
+    scoring: Optional[ScoringSettings] = None,
+    search: Optional[SearchSettings] = None,
+    weights: Sequence[str] = (),
+) -> CandidateScorer:
     """The supernet model of `cfg` loaded from each of `weights` (default: the scoring's supernets,
     MODEL.WEIGHTS or ENSEMBLE_WEIGHTS) and their CandidateScorer (with the racing slices of `search`,
     holding a population's partial scores)."""
@@ -91,10 +106,18 @@ def build_scorer(cfg, scoring: Optional[ScoringSettings] = None, search: Optiona
     for path in weights:
         _check_weights(path)
         models.append(build_model(cfg))
-        DetNASCheckpointer(models[-1], allow_random_heads=cfg.MODEL.DETNAS.ALLOW_RANDOM_HEADS).load(path)
+        DetNASCheckpointer(models[-1], allow_random_heads=cfg.MODEL.DETNAS.ALLOW_RANDOM_HEADS).load(
+            path
+        )
     slices, keep = (search.racing_slices, search.population) if search is not None else ((), 0)
     return CandidateScorer(
-        cfg, get_task(cfg), scoring, models, distributed=scoring.dist_mode == "split_images", slices=slices, keep=keep,
+        cfg,
+        get_task(cfg),
+        scoring,
+        models,
+        distributed=scoring.dist_mode == "split_images",
+        slices=slices,
+        keep=keep,
     )
 
 
@@ -106,10 +129,14 @@ def _check_weights(weights: str, key: str = "MODEL.WEIGHTS"):
         raise UserError(f"{key} {weights}: {what}; give the supernet checkpoint to search")
 
 
-def _finalist_pool(cfg, scoring: ScoringSettings, finalists: FinalistSettings) -> DistributedScoring:
+def _finalist_pool(
+    cfg, scoring: ScoringSettings, finalists: FinalistSettings
+) -> DistributedScoring:
     """Every process: the scorer of the finalists (their images and supernets), spread like the search's."""
     settings = dataclasses.replace(scoring, eval_images=finalists.eval_images)
-    return DistributedScoring(build_scorer(cfg, settings, weights=finalists.weights), scoring.dist_mode)
+    return DistributedScoring(
+        build_scorer(cfg, settings, weights=finalists.weights), scoring.dist_mode
+    )
 
 
 def _read_settings(cfg):
@@ -126,9 +153,11 @@ def _read_settings(cfg):
         raise
     except (ValueError, FileNotFoundError) as e:
         raise UserError(str(e)) from e
-    for key, paths in (("MODEL.WEIGHTS", () if scoring.ensemble_weights else (scoring.weights,)),
-                       ("DETNAS.SEARCH.ENSEMBLE_WEIGHTS", scoring.ensemble_weights),
-                       ("DETNAS.SEARCH.FINALISTS.WEIGHTS", cfg.DETNAS.SEARCH.FINALISTS.WEIGHTS)):
+    for key, paths in (
+        ("MODEL.WEIGHTS", () if scoring.ensemble_weights else (scoring.weights,)),
+        ("DETNAS.SEARCH.ENSEMBLE_WEIGHTS", scoring.ensemble_weights),
+        ("DETNAS.SEARCH.FINALISTS.WEIGHTS", cfg.DETNAS.SEARCH.FINALISTS.WEIGHTS),
+    ):
         for path in paths:
             _check_weights(path, key)
     return space, settings, constraints, scoring, finalist_settings
@@ -136,7 +165,12 @@ def _read_settings(cfg):
 
 def _evolution(cfg, resume: bool, space, settings, constraints, scoring, finalist_settings):
     return EvolutionSearch(
-        settings, space, constraints, os.path.join(cfg.OUTPUT_DIR, STATE_FILE), scoring=scoring, resume=resume,
+        settings,
+        space,
+        constraints,
+        os.path.join(cfg.OUTPUT_DIR, STATE_FILE),
+        scoring=scoring,
+        resume=resume,
         finalists=finalist_settings,
     )
 
@@ -173,8 +207,12 @@ def run_search(cfg, resume: bool = False) -> Optional[Dict]:
             f"fitness {scoring.fitness}"
             + (f" (the mean over {len(supernets)} supernets)" if len(supernets) > 1 else "")
             + f"; {comm.get_world_size()} process(es), {scoring.dist_mode}."
-            + (f" Racing on slices {settings.racing_slices} of the evaluation images, margin >= "
-               f"{settings.racing_margin} ({settings.racing_margin_mode})." if settings.racing_slices else "")
+            + (
+                f" Racing on slices {settings.racing_slices} of the evaluation images, margin >= "
+                f"{settings.racing_margin} ({settings.racing_margin_mode})."
+                if settings.racing_slices
+                else ""
+            )
         )
     pool = DistributedScoring(build_scorer(cfg, scoring, settings), scoring.dist_mode)
     if not comm.is_main_process():
@@ -189,15 +227,27 @@ def run_search(cfg, resume: bool = False) -> Optional[Dict]:
         search.run(pool.score, pool.chunk_size, callbacks=[outputs])
         pool.stop()
         del pool
-        finalists = Finalists(search, finalist_settings) if finalist_settings.topk and search.history else None
-        if comm.all_gather(finalists is not None and bool(finalists.pending()))[0]:  # the others build a scorer
+        finalists = (
+            Finalists(search, finalist_settings)
+            if finalist_settings.topk and search.history
+            else None
+        )
+        if comm.all_gather(finalists is not None and bool(finalists.pending()))[
+            0
+        ]:  # the others build a scorer
             finalist_pool = _finalist_pool(cfg, scoring, finalist_settings)
             finalists.run(finalist_pool.score, finalist_pool.chunk_size, callbacks=[outputs])
             finalist_pool.stop()
-        elif finalists is not None:  # all scored before a resume: the files and the table from the state
+        elif (
+            finalists is not None
+        ):  # all scored before a resume: the files and the table from the state
             finalists.run(None, callbacks=[outputs])
         if not search.history:
             raise RuntimeError(f"No arch meets {constraints.describe()}: nothing was scored")
         supernets = scoring.supernets
-        return outputs.finish(search, finalists=finalists, input_size=constraints.input_size,
-                              supernet=supernets[0] if len(supernets) == 1 else list(supernets))
+        return outputs.finish(
+            search,
+            finalists=finalists,
+            input_size=constraints.input_size,
+            supernet=supernets[0] if len(supernets) == 1 else list(supernets),
+        )

@@ -16,6 +16,7 @@ those of an unsliced evaluation and the whole-set score equals it), and the scor
 recalibrates and evaluates what is new. A candidate it no longer holds (after a resume, or handed to
 another process) is scored from the start; either way the score is the same.
 """
+
 import contextlib
 import io
 import logging
@@ -108,8 +109,16 @@ class CandidateScorer:
     held to go on (module doc).
     """
 
-    def __init__(self, cfg, task: Task, settings: ScoringSettings, models: Sequence[nn.Module], distributed: bool,
-                 slices: Sequence[float] = (), keep: int = 0):
+    def __init__(
+        self,
+        cfg,
+        task: Task,
+        settings: ScoringSettings,
+        models: Sequence[nn.Module],
+        distributed: bool,
+        slices: Sequence[float] = (),
+        keep: int = 0,
+    ):
         self.models = [model.eval() for model in models]
         self.supernets = [find_supernet(model) for model in self.models]
         if any(supernet is None for supernet in self.supernets):
@@ -125,8 +134,14 @@ class CandidateScorer:
         workers = cfg.DATALOADER.NUM_WORKERS
         recalib = settings.recalib
         self.recalib_batches = recalibration_batches(
-            recalib.dataset, recalib.images, recalib.batch_size, settings.seed, mapper, self.distributed,
-            workers, cache_bytes,
+            recalib.dataset,
+            recalib.images,
+            recalib.batch_size,
+            settings.seed,
+            mapper,
+            self.distributed,
+            workers,
+            cache_bytes,
         )
         self.eval_name = settings.eval_dataset
         self._eval_dicts = dataset_dicts(self.eval_name)
@@ -134,34 +149,52 @@ class CandidateScorer:
             self._eval_dicts = self._eval_dicts[: settings.eval_images]
         num = len(self._eval_dicts)
         self._batch_size = settings.eval_batch_size
-        self._bounds = {f: slice_images(num, settings.eval_batch_size, f) for f in list(slices) + [1.0]}
+        self._bounds = {
+            f: slice_images(num, settings.eval_batch_size, f) for f in list(slices) + [1.0]
+        }
         self._segment_ends = bounds = sorted(set(self._bounds.values()))
         self.eval_segments = [
             InputBatches(
-                self._eval_dicts[start:end], mapper, settings.eval_batch_size, self.distributed, workers,
-                cache_bytes * (end - start) // num, name=f"evaluation ({self.eval_name}, images {start}-{end - 1})",
+                self._eval_dicts[start:end],
+                mapper,
+                settings.eval_batch_size,
+                self.distributed,
+                workers,
+                cache_bytes * (end - start) // num,
+                name=f"evaluation ({self.eval_name}, images {start}-{end - 1})",
             )
             for start, end in zip([0] + bounds[:-1], bounds)
         ]
         self._keep = keep
         self._partial: "OrderedDict[tuple, _Partial]" = OrderedDict()
         with _quiet():
-            self.evaluator = task.build_evaluator(cfg, self.eval_name, output_dir=None, distributed=self.distributed)
+            self.evaluator = task.build_evaluator(
+                cfg, self.eval_name, output_dir=None, distributed=self.distributed
+            )
         self._per_image = per_image_collector(task.name, self.eval_name)
         self._recalib_forwards = [task.recalibration_forward(model) for model in self.models]
         self._bn = [bn_layers(model) for model in self.models]
 
     @torch.no_grad()
-    def score(self, arch: Sequence[int], fraction: float = 1.0, supernet: Optional[int] = None,
-              bootstrap: Optional[Tuple[int, int]] = None) -> Dict:
+    def score(
+        self,
+        arch: Sequence[int],
+        fraction: float = 1.0,
+        supernet: Optional[int] = None,
+        bootstrap: Optional[Tuple[int, int]] = None,
+    ) -> Dict:
         """`supernet`: on that one of the models only (None: all, the mean). `bootstrap` (samples, seed), on
         one supernet and the whole set: the result also holds "replicates", the score on each resample of
         the images (per_image.py; on the main process, None elsewhere)."""
         if fraction not in self._bounds:
-            raise ValueError(f"No evaluation slice {fraction}: the scorer has {sorted(self._bounds)}")
+            raise ValueError(
+                f"No evaluation slice {fraction}: the scorer has {sorted(self._bounds)}"
+            )
         indices = range(len(self.models)) if supernet is None else [supernet]
         if bootstrap is not None and (len(indices) != 1 or fraction != 1.0):
-            raise ValueError("bootstrap replicates are scored on one supernet and the whole evaluation set")
+            raise ValueError(
+                "bootstrap replicates are scored on one supernet and the whole evaluation set"
+            )
         results = [self._score_on(i, tuple(arch), fraction, bootstrap) for i in indices]
         if len(results) == 1:
             return results[0]
@@ -186,7 +219,12 @@ class CandidateScorer:
         t0 = time.perf_counter()
         images_recalib = 0
         if partial is None:
-            recalibrate_bn(model, self.recalib_batches, self._recalib_forwards[index], all_reduce=self.distributed)
+            recalibrate_bn(
+                model,
+                self.recalib_batches,
+                self._recalib_forwards[index],
+                all_reduce=self.distributed,
+            )
             images_recalib = self.recalib_batches.total_images
             partial = _Partial([(m.running_mean.clone(), m.running_var.clone()) for m in bn], [], 0)
         else:
@@ -208,14 +246,18 @@ class CandidateScorer:
                 if keep:
                     partial.outputs.append(_kept(batch, outputs))
                 if bootstrap is not None:
-                    items += self._per_image.items(batch, outputs, self._positions(s, b, len(batch)))
+                    items += self._per_image.items(
+                        batch, outputs, self._positions(s, b, len(batch))
+                    )
             images_eval += self.eval_segments[s].total_images
         partial.segments = max(partial.segments, segments)
         _sync(self.device)
         t2 = time.perf_counter()
         with _quiet(type(self.evaluator).__module__):
             results = self.task.evaluate(self.evaluator, self._eval_dicts[:num])
-        score = self.task.headline(results) if comm.is_main_process() or not self.distributed else None
+        score = (
+            self.task.headline(results) if comm.is_main_process() or not self.distributed else None
+        )
         if self.distributed:
             score = comm.all_gather(score)[0]
         if keep:
@@ -224,8 +266,12 @@ class CandidateScorer:
                 self._partial.popitem(last=False)
         t3 = time.perf_counter()
         out = {
-            "score": score, "images_recalib": images_recalib, "images_eval": images_eval,
-            "seconds_recalib": t1 - t0, "seconds_inference": t2 - t1, "seconds_metric": t3 - t2,
+            "score": score,
+            "images_recalib": images_recalib,
+            "images_eval": images_eval,
+            "seconds_recalib": t1 - t0,
+            "seconds_inference": t2 - t1,
+            "seconds_metric": t3 - t2,
         }
         if bootstrap is not None:
             out["replicates"] = self._replicates(items, *bootstrap)

@@ -1,4 +1,5 @@
 """A search's settings, read once from the config, and the fingerprint that guards its resume."""
+
 import hashlib
 import json
 import os
@@ -41,39 +42,69 @@ class SearchSettings:
     num_crossover: int = 25
     max_candidates: int = 1000
     seed: int = 0
-    predictor: str = ""  # "ridge": score only the children a predictor fitted on the history ranks best
+    predictor: str = (
+        ""  # "ridge": score only the children a predictor fitted on the history ranks best
+    )
     predictor_keep: float = 0.5  # the fraction of each generation (after the first) that is scored
     predictor_min_scored: int = 20  # candidates scored before the predictor screens
-    racing_slices: Tuple[float, ...] = ()  # fractions of the evaluation images of the first rungs (racing.py)
+    racing_slices: Tuple[
+        float, ...
+    ] = ()  # fractions of the evaluation images of the first rungs (racing.py)
     racing_margin: float = 1.0  # the least safety margin, in score units
-    racing_margin_mode: str = "offset"  # slice errors measured from the candidates' common offset, or from 0
+    racing_margin_mode: str = (
+        "offset"  # slice errors measured from the candidates' common offset, or from 0
+    )
 
     @classmethod
     def from_cfg(cls, cfg) -> "SearchSettings":
         s = cfg.DETNAS.SEARCH
         settings = cls(
-            s.MODE, s.POPULATION, s.GENERATIONS, s.TOPK, s.NUM_MUTATION, s.MUTATION_PROB,
-            s.NUM_CROSSOVER, s.MAX_CANDIDATES, s.SEED, s.PREDICTOR, s.PREDICTOR_KEEP, s.PREDICTOR_MIN_SCORED,
-            tuple(float(f) for f in s.RACING.SLICES), float(s.RACING.MARGIN), s.RACING.MARGIN_MODE,
+            s.MODE,
+            s.POPULATION,
+            s.GENERATIONS,
+            s.TOPK,
+            s.NUM_MUTATION,
+            s.MUTATION_PROB,
+            s.NUM_CROSSOVER,
+            s.MAX_CANDIDATES,
+            s.SEED,
+            s.PREDICTOR,
+            s.PREDICTOR_KEEP,
+            s.PREDICTOR_MIN_SCORED,
+            tuple(float(f) for f in s.RACING.SLICES),
+            float(s.RACING.MARGIN),
+            s.RACING.MARGIN_MODE,
         )
         settings.validate()
         return settings
 
     def validate(self):
         if self.mode not in ("evolution", "random"):
-            raise UserError(f"DETNAS.SEARCH.MODE must be 'evolution' or 'random', got '{self.mode}'")
+            raise UserError(
+                f"DETNAS.SEARCH.MODE must be 'evolution' or 'random', got '{self.mode}'"
+            )
         for key in ("population", "generations", "topk", "max_candidates"):
             if getattr(self, key) < 1:
-                raise UserError(f"DETNAS.SEARCH.{key.upper()} must be >= 1, got {getattr(self, key)}")
+                raise UserError(
+                    f"DETNAS.SEARCH.{key.upper()} must be >= 1, got {getattr(self, key)}"
+                )
         for key in ("num_mutation", "num_crossover", "predictor_min_scored"):
             if getattr(self, key) < 0:
-                raise UserError(f"DETNAS.SEARCH.{key.upper()} must be >= 0, got {getattr(self, key)}")
+                raise UserError(
+                    f"DETNAS.SEARCH.{key.upper()} must be >= 0, got {getattr(self, key)}"
+                )
         if not 0.0 <= self.mutation_prob <= 1.0:
-            raise UserError(f"DETNAS.SEARCH.MUTATION_PROB must be in [0, 1], got {self.mutation_prob}")
+            raise UserError(
+                f"DETNAS.SEARCH.MUTATION_PROB must be in [0, 1], got {self.mutation_prob}"
+            )
         if self.predictor not in PREDICTORS:
-            raise UserError(f"DETNAS.SEARCH.PREDICTOR must be one of {PREDICTORS}, got '{self.predictor}'")
+            raise UserError(
+                f"DETNAS.SEARCH.PREDICTOR must be one of {PREDICTORS}, got '{self.predictor}'"
+            )
         if not 0.0 < self.predictor_keep <= 1.0:
-            raise UserError(f"DETNAS.SEARCH.PREDICTOR_KEEP must be in (0, 1], got {self.predictor_keep}")
+            raise UserError(
+                f"DETNAS.SEARCH.PREDICTOR_KEEP must be in (0, 1], got {self.predictor_keep}"
+            )
         slices = list(self.racing_slices)
         if any(not 0.0 < f < 1.0 for f in slices) or slices != sorted(set(slices)):
             raise UserError(
@@ -107,7 +138,9 @@ class ScoringSettings:
     cache_mb: float
     dist_mode: str
     seed: int
-    ensemble_weights: Tuple[str, ...] = ()  # several supernets: a candidate's score is the mean of theirs
+    ensemble_weights: Tuple[
+        str, ...
+    ] = ()  # several supernets: a candidate's score is the mean of theirs
 
     @property
     def supernets(self) -> Tuple[str, ...]:
@@ -118,7 +151,9 @@ class ScoringSettings:
     def from_cfg(cls, cfg) -> "ScoringSettings":
         s = cfg.DETNAS.SEARCH
         if s.DIST_MODE not in DIST_MODES:
-            raise UserError(f"DETNAS.SEARCH.DIST_MODE must be one of {DIST_MODES}, got '{s.DIST_MODE}'")
+            raise UserError(
+                f"DETNAS.SEARCH.DIST_MODE must be one of {DIST_MODES}, got '{s.DIST_MODE}'"
+            )
         recalib = RecalibrationSettings.from_cfg(cfg)
         recalib.require_dataset()
         eval_dataset = s.EVAL_DATASET or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "")
@@ -133,18 +168,37 @@ class ScoringSettings:
                 "(the model's own); a classifier's test size is INPUT.CLS.TEST_RESIZE / TEST_CROP"
             )
         settings = cls(
-            cfg.MODEL.WEIGHTS, cfg.MODEL.META_ARCHITECTURE, task.fitness, recalib, eval_dataset,
-            int(s.EVAL_IMAGES), int(s.EVAL_BATCH_SIZE), int(s.EVAL_MIN_SIZE), float(s.CACHE_MB), s.DIST_MODE,
-            int(s.SEED), tuple(s.ENSEMBLE_WEIGHTS),
+            cfg.MODEL.WEIGHTS,
+            cfg.MODEL.META_ARCHITECTURE,
+            task.fitness,
+            recalib,
+            eval_dataset,
+            int(s.EVAL_IMAGES),
+            int(s.EVAL_BATCH_SIZE),
+            int(s.EVAL_MIN_SIZE),
+            float(s.CACHE_MB),
+            s.DIST_MODE,
+            int(s.SEED),
+            tuple(s.ENSEMBLE_WEIGHTS),
         )
         settings.validate()
         return settings
 
     def validate(self):
         counts = (
-            ("DETNAS.SEARCH.EVAL_IMAGES", self.eval_images, 0, "the first N images of the split; 0: all"),
+            (
+                "DETNAS.SEARCH.EVAL_IMAGES",
+                self.eval_images,
+                0,
+                "the first N images of the split; 0: all",
+            ),
             ("DETNAS.SEARCH.EVAL_BATCH_SIZE", self.eval_batch_size, 1, "images per forward"),
-            ("DETNAS.BN_RECALIB.IMAGES", self.recalib.images, 1, "training images for each path's BN"),
+            (
+                "DETNAS.BN_RECALIB.IMAGES",
+                self.recalib.images,
+                1,
+                "training images for each path's BN",
+            ),
             ("DETNAS.BN_RECALIB.BATCH_SIZE", self.recalib.batch_size, 1, "images per forward"),
             ("DETNAS.SEARCH.CACHE_MB", self.cache_mb, 0, "megabytes of inputs kept in memory"),
         )
@@ -169,28 +223,44 @@ class FinalistSettings:
     @classmethod
     def from_cfg(cls, cfg, scoring: ScoringSettings) -> "FinalistSettings":
         f = cfg.DETNAS.SEARCH.FINALISTS
-        settings = cls(int(f.TOPK), int(f.EVAL_IMAGES), tuple(f.WEIGHTS) or scoring.supernets, int(f.BOOTSTRAP),
-                       float(f.CONFIDENCE), int(cfg.DETNAS.SEARCH.SEED))
+        settings = cls(
+            int(f.TOPK),
+            int(f.EVAL_IMAGES),
+            tuple(f.WEIGHTS) or scoring.supernets,
+            int(f.BOOTSTRAP),
+            float(f.CONFIDENCE),
+            int(cfg.DETNAS.SEARCH.SEED),
+        )
         settings.validate()
         return settings
 
     def validate(self):
         for key in ("topk", "eval_images"):
             if getattr(self, key) < 0:
-                raise UserError(f"DETNAS.SEARCH.FINALISTS.{key.upper()} must be >= 0, got {getattr(self, key)}")
+                raise UserError(
+                    f"DETNAS.SEARCH.FINALISTS.{key.upper()} must be >= 0, got {getattr(self, key)}"
+                )
         if self.bootstrap < 1:
             raise UserError(f"DETNAS.SEARCH.FINALISTS.BOOTSTRAP must be >= 1, got {self.bootstrap}")
         if not 0.0 < self.confidence < 1.0:
-            raise UserError(f"DETNAS.SEARCH.FINALISTS.CONFIDENCE must be in (0, 1), got {self.confidence}")
+            raise UserError(
+                f"DETNAS.SEARCH.FINALISTS.CONFIDENCE must be in (0, 1), got {self.confidence}"
+            )
 
 
-def search_fingerprint(settings: SearchSettings, space: SearchSpace, constraints,
-                       scoring: Optional[ScoringSettings] = None, finalists: Optional[FinalistSettings] = None
-                       ) -> Dict:
+def search_fingerprint(
+    settings: SearchSettings,
+    space: SearchSpace,
+    constraints,
+    scoring: Optional[ScoringSettings] = None,
+    finalists: Optional[FinalistSettings] = None,
+) -> Dict:
     """What fixes a search's candidate sequence and scores (and its finalists' records): a state file
     resumes only with the same. MAX_CANDIDATES and GENERATIONS only say when to stop, so a resumed search
     may extend them; FINALISTS.CONFIDENCE only how the records are summed up."""
-    fingerprint = {k: v for k, v in asdict(settings).items() if k not in ("max_candidates", "generations")}
+    fingerprint = {
+        k: v for k, v in asdict(settings).items() if k not in ("max_candidates", "generations")
+    }
     if not settings.predictor:  # searches without a predictor keep the fingerprint they always had
         fingerprint = {k: v for k, v in fingerprint.items() if not k.startswith("predictor")}
     if not settings.racing_slices:  # the same for searches without racing
@@ -201,24 +271,30 @@ def search_fingerprint(settings: SearchSettings, space: SearchSpace, constraints
         fingerprint["finalists"] = {k: v for k, v in asdict(finalists).items() if k != "confidence"}
         fingerprint["finalists"][_SHA256] = [file_sha256(path) for path in finalists.weights]
     fingerprint["space"] = [space.name, space.width_mult]
-    fingerprint["constraints"] = [constraints.flops_min, constraints.flops_max, constraints.params_max]
+    fingerprint["constraints"] = [
+        constraints.flops_min,
+        constraints.flops_max,
+        constraints.params_max,
+    ]
     if constraints.latency is not None:
         fingerprint["latency"] = [constraints.latency_max_ms, constraints.latency.to_dict()]
     if scoring is not None:
         supernets = scoring.supernets
-        fingerprint.update({
-            "weights": supernets[0] if len(supernets) == 1 else list(supernets),
-            _SHA256: _one_or_list([file_sha256(path) for path in supernets]),
-            "meta_architecture": scoring.meta_architecture,
-            "fitness": scoring.fitness,
-            "input_size": constraints.input_size,
-            "recalib_dataset": scoring.recalib.dataset,
-            "recalib_images": scoring.recalib.images,
-            "recalib_batch_size": scoring.recalib.batch_size,
-            "eval_dataset": scoring.eval_dataset,
-            "eval_images": scoring.eval_images,
-            "eval_batch_size": scoring.eval_batch_size,
-        })
+        fingerprint.update(
+            {
+                "weights": supernets[0] if len(supernets) == 1 else list(supernets),
+                _SHA256: _one_or_list([file_sha256(path) for path in supernets]),
+                "meta_architecture": scoring.meta_architecture,
+                "fitness": scoring.fitness,
+                "input_size": constraints.input_size,
+                "recalib_dataset": scoring.recalib.dataset,
+                "recalib_images": scoring.recalib.images,
+                "recalib_batch_size": scoring.recalib.batch_size,
+                "eval_dataset": scoring.eval_dataset,
+                "eval_images": scoring.eval_images,
+                "eval_batch_size": scoring.eval_batch_size,
+            }
+        )
         if scoring.eval_min_size:  # searches at the model's own size keep their fingerprint
             fingerprint["eval_min_size"] = scoring.eval_min_size
     return json.loads(json.dumps(fingerprint))  # as it reads back from the file
@@ -227,7 +303,9 @@ def search_fingerprint(settings: SearchSettings, space: SearchSpace, constraints
 # ---- the supernets' identity: their contents ---------------------------------------------------------
 
 _SHA256 = "weights_sha256"  # beside "weights" (the paths): the checkpoints' contents
-_file_hashes: Dict[Tuple[str, int, int], str] = {}  # (real path, size, mtime) -> sha256, this process
+_file_hashes: Dict[
+    Tuple[str, int, int], str
+] = {}  # (real path, size, mtime) -> sha256, this process
 
 
 def file_sha256(path: str) -> str:

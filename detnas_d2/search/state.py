@@ -1,4 +1,5 @@
 """The search state file (search_state.json): everything a search needs to resume exactly."""
+
 import json
 import os
 import random
@@ -84,7 +85,9 @@ class SearchState:
             record["score"] = float(record["score"])
         state.race = dict(data.get("race", {}))  # absent in files of searches before racing
         state.finished = bool(data["finished"])
-        state.finalists = list(data.get("finalists", []))  # absent in files of searches before finalists
+        state.finalists = list(
+            data.get("finalists", [])
+        )  # absent in files of searches before finalists
         return state
 
     def save(self, path: str):
@@ -114,4 +117,8 @@ class SearchState:
 
 def diff_fingerprints(saved: Dict, current: Dict) -> List[str]:
     keys = sorted(set(saved) | set(current))
-    return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
+    return [
+        f"{k}: {saved.get(k)!r} -> {current.get(k)!r}"
+        for k in keys
+        if saved.get(k) != current.get(k)
+    ]
