@@ -108,7 +108,8 @@ class InputBatches:
         local = [dicts[i] for batch in batches for i in batch]
         offsets = list(itertools.accumulate(len(b) for b in batches))
         self._batch_indices = [list(range(end - len(b), end)) for b, end in zip(batches, offsets)]
-        self._dataset = MapDataset(DatasetFromList(local, copy=False), mapper)
+        # A process may get no batch (fewer batches than processes): it then iterates over none.
+        self._dataset = MapDataset(DatasetFromList(local, copy=False), mapper) if local else None
         self._num_workers = num_workers
         self.name = name
         self.num_images = len(local)
@@ -126,6 +127,8 @@ class InputBatches:
         )
 
     def _fill_cache(self, cache_bytes) -> Optional[List[List[Dict]]]:
+        if self._dataset is None:
+            return []
         if cache_bytes <= 0:
             return None
         start, cache, size = time.perf_counter(), [], 0

@@ -10,6 +10,7 @@ as it found it).
 """
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -26,6 +27,7 @@ from .user_errors import UserError
 __all__ = ["LOCK_FILE", "RunLock", "RunLockError", "locked_output_dir"]
 
 LOCK_FILE = ".lock"
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP)  # file systems without flock (some NFS)
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +90,14 @@ class RunLock:
                         f"OUTPUT_DIR {self.folder} is in use by another run ({_describe(holder)}): "
                         "wait for it to end (or stop it), or give this run another OUTPUT_DIR"
                     ) from None
+                except OSError as e:
+                    if e.errno not in _NO_LOCKS:
+                        os.close(fd)
+                        raise
+                    logger.warning(
+                        f"{self.path}: this file system has no file locks ({e.strerror}): the run "
+                        "goes on without the lock, so make sure no other run uses its OUTPUT_DIR"
+                    )
                 if self._same_file(fd):
                     self._fd = fd
                 else:  # its holder removed the file between our open and flock: lock the new one

@@ -22,6 +22,8 @@ import random
 from dataclasses import dataclass
 from typing import List, NamedTuple, Sequence, Tuple
 
+from .user_errors import UserError
+
 BLOCKS = ("shuffle_3x3", "shuffle_5x5", "shuffle_7x7", "shuffle_xception")
 BLOCK_IDS = {name: i for i, name in enumerate(BLOCKS)}
 NUM_CHOICES = len(BLOCKS)
@@ -124,11 +126,11 @@ SPACES = {
 
 def get_space(name: str, width_mult: float = 1.0, block_style: str = "mmrazor") -> SearchSpace:
     if name not in SPACES:
-        raise ValueError(f"unknown search space '{name}'; choose one of {sorted(SPACES)}")
+        raise UserError(f"unknown search space '{name}'; choose one of {sorted(SPACES)}")
     if width_mult <= 0:
-        raise ValueError(f"width multiplier must be positive, got {width_mult}")
+        raise UserError(f"width multiplier must be positive, got {width_mult}")
     if block_style not in BLOCK_STYLES:
-        raise ValueError(
+        raise UserError(
             f"unknown block style '{block_style}' (MODEL.DETNAS.BLOCK_STYLE); choose one of {list(BLOCK_STYLES)}"
         )
     base = SPACES[name]

@@ -27,7 +27,7 @@ from .engine import DetNASTrainer, parse_args, run_command
 from .engine.checks import changed_settings, check_training
 from .evaluation import require_finite_results
 from .run_lock import locked_output_dir
-from .user_errors import UserError
+from .user_errors import UserError, debugging
 
 __all__ = ["main", "parse_args", "run"]  # parse_args: the command line main takes
 
@@ -66,6 +66,9 @@ def _train_or_evaluate(cfg, args):
 
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
+    train_loop = logging.getLogger("detectron2.engine.train_loop")  # logs the exception it raises
+    quiet = _DivergenceWithoutTraceback()
+    train_loop.addFilter(quiet)
     try:
         return trainer.train()
     except FloatingPointError as e:  # Detectron2: the loss or the predicted boxes became NaN or Inf
@@ -73,6 +76,20 @@ def _train_or_evaluate(cfg, args):
             f"the training diverged ({str(e).splitlines()[0]}): lower SOLVER.BASE_LR or raise "
             "SOLVER.WARMUP_ITERS, and check MODEL.WEIGHTS (the checkpoints saved before are kept)"
         ) from None
+    finally:
+        train_loop.removeFilter(quiet)
+
+
+class _DivergenceWithoutTraceback(logging.Filter):
+    """Drops the traceback of a diverged training from Detectron2's log of it: the divergence is
+    reported as one line (a UserError); with DETNAS_DEBUG=1 the traceback stays."""
+
+    def filter(self, record):
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, FloatingPointError) and not debugging():
+            record.msg = f"{record.msg} {error}"
+            record.exc_info, record.exc_text = None, None
+        return True
 
 
 def run(argv=None):

@@ -13,6 +13,7 @@ from detnas_d2 import search_net, submit_net, train_net
 
 import pytest
 from detectron2.data import DatasetCatalog
+from detectron2.utils import comm
 
 from detnas_d2.arch_io import ArchError, load_arch
 from detnas_d2.config import frozen_cfg
@@ -22,6 +23,7 @@ from detnas_d2.engine import parse_args
 from detnas_d2.engine.checks import changed_settings, check_training
 from detnas_d2.gpu_check.command import main as gpu_check
 from detnas_d2.pipeline import QUICK_OVERRIDES
+from detnas_d2.recalibration import InputBatches
 from detnas_d2.run_lock import RunLock
 from detnas_d2.search import (
     ArchConstraints,
@@ -211,25 +213,14 @@ def test_a_resume_with_other_settings_names_them(tmp_path):
 @pytest.mark.slow
 def test_a_diverging_training_is_one_line_and_keeps_its_folder(tmp_path, capsys):
     out = tmp_path / "out"
-    argv = [
-        "--config-file",
-        os.path.join(REPO, "configs", "Toy", "cls_supernet.yaml"),
-        "OUTPUT_DIR",
-        str(out),
-        "SOLVER.BASE_LR",
-        "1e6",
-        "SOLVER.MAX_ITER",
-        "20",
-        "SOLVER.WARMUP_ITERS",
-        "0",
-        "DATASETS.TEST",
-        "()",
-    ]
-    line = refused(train_net.run, argv, capsys)
-    assert (
-        line.startswith("train_net.py: error: the training diverged (")
-        and "lower SOLVER.BASE_LR" in line
-    )
+    config = os.path.join(REPO, "configs", "Toy", "cls_supernet.yaml")
+    opts = ["SOLVER.BASE_LR", "1e6", "SOLVER.MAX_ITER", "20", "SOLVER.WARMUP_ITERS", "0"]
+    opts += ["DATASETS.TEST", "()"]
+    line = refused(train_net.run, ["--config-file", config, "OUTPUT_DIR", str(out), *opts], capsys)
+    assert line.startswith("train_net.py: error: the training diverged (")
+    assert "lower SOLVER.BASE_LR" in line
+    log = (out / "log.txt").read_text()  # Detectron2 logs the error too: as one line
+    assert "Loss became infinite or NaN" in log and "Traceback" not in log
     assert (out / "config.yaml").is_file() and not (out / ".lock").exists()
 
 
@@ -408,3 +399,14 @@ def test_gpu_check_on_the_cpu_needs_quick(tmp_path, capsys):
     assert gpu_check(["--device", "cpu", "--output-dir", str(tmp_path / "out")]) == 2
     assert "--device cpu runs the check at tiny sizes only: add --quick" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_process_without_a_batch_of_its_own_iterates_over_none(monkeypatch):
+    """Fewer recalibration or evaluation batches than processes (e.g. a search resumed with more
+    processes on few images): the process without a share runs no batch instead of failing."""
+    monkeypatch.setattr(comm, "get_world_size", lambda: 2)
+    monkeypatch.setattr(comm, "get_rank", lambda: 1)
+    dicts = DatasetCatalog.get("toy_det_search")[:4]
+    for cache_bytes in (0, 1 << 30):
+        batches = InputBatches(dicts, lambda d: d, 4, True, 0, cache_bytes)
+        assert (len(batches), list(batches), batches.num_images) == (0, [], 0)

@@ -256,7 +256,7 @@ def test_mismatch_beyond_tolerance_exits_1(tool, tmp_path, capsys):
         (["MODEL.DETNAS.ARCH", ""], "MODEL.DETNAS.ARCH is empty"),
         (["MODEL.DETNAS.ARCH", "0,1,2"], "layers"),  # wording is arch_io's
         (["MODEL.WEIGHTS", "/nonexistent/model.pth"], "no such file"),
-        (["MODEL.NO_SUCH_KEY", "1"], "bad config"),
+        (["MODEL.NO_SUCH_KEY", "1"], "command line: no config key MODEL.NO_SUCH_KEY"),
     ],
 )
 def test_bad_inputs_give_clear_errors(tool, tmp_path, capsys, opts, message):

@@ -1,6 +1,7 @@
 """One run per output folder (detnas_d2.run_lock): a live holder refuses a second run with one line naming
 it, the lock of a killed run is taken over, and a refused run leaves the folder as it found it."""
 
+import errno
 import json
 import os
 import signal
@@ -8,6 +9,7 @@ import subprocess
 import sys
 
 import detnas_d2  # noqa: F401  (compat shims, registrations)
+from detnas_d2 import run_lock
 
 import pytest
 from log_capture import captured_log
@@ -106,3 +108,15 @@ def test_a_folder_that_cannot_be_created_is_one_line(tmp_path):
         RunLockError, match=f"cannot lock OUTPUT_DIR {blocker}/out .*a folder this user can write"
     ):
         RunLock(str(blocker / "out")).acquire()
+
+
+def test_a_file_system_without_locks_runs_with_a_warning(tmp_path, monkeypatch):
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(run_lock.fcntl, "flock", no_locks)
+    with captured_log("detnas_d2.run_lock") as log:
+        with RunLock(str(tmp_path)) as lock:
+            assert lock.held and json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+    assert "this file system has no file locks (No locks available)" in log.getvalue()
+    assert not (tmp_path / LOCK_FILE).exists()

@@ -57,7 +57,12 @@ from .layouts import (
     key_group,
     unwrap_state_dict,
 )
-from .safe_read import UnreadableCheckpointError, read_checkpoint, require_local_file
+from .safe_read import (
+    CheckpointError,
+    UnreadableCheckpointError,
+    read_checkpoint,
+    require_local_file,
+)
 from .weight_checks import require_finite, require_whole_model
 
 __all__ = ["DetNASCheckpointer", "model_input_format"]
@@ -192,11 +197,11 @@ class DetNASCheckpointer(DetectionCheckpointer):
             checkpoint, conversion = convert_checkpoint(loaded)
         except UnknownLayoutError as e:
             if find_detnas_backbone(self.model)[1] is not None:
-                raise ValueError(f"{filename}: {e}") from None
+                raise CheckpointError(f"{filename}: {e}") from None
             # Not a DetNAS model: Detectron2's plain load (the check in _load_model still applies).
             return loaded if isinstance(loaded, dict) and "model" in loaded else {"model": loaded}
         except ValueError as e:
-            raise ValueError(f"{filename}: {e}") from None
+            raise CheckpointError(f"{filename}: {e}") from None
         if conversion.format != "detnas-d2":
             self.logger.info(
                 f"Converted {filename} from {conversion.format} ({conversion.form}, "
@@ -241,7 +246,7 @@ class DetNASCheckpointer(DetectionCheckpointer):
         ours = backbone.space.block_style
         what = f"{filename} holds {conversion.format} weights of block style '{theirs}'"
         if (theirs == "mmrazor") != (ours == "mmrazor"):
-            raise ValueError(
+            raise CheckpointError(
                 f"{what}, the model is MODEL.DETNAS.BLOCK_STYLE '{ours}': another network (search_space.py). Set "
                 f"MODEL.DETNAS.BLOCK_STYLE {theirs}"
                 + (
@@ -324,7 +329,7 @@ class DetNASCheckpointer(DetectionCheckpointer):
         if fits or not model_state:
             return
         keys = list(state)
-        raise ValueError(
+        raise CheckpointError(
             f"{self._filename}: none of its {len(keys)} tensors fits the model's {len(model_state)} (same name "
             f"and shape), e.g. '{keys[0] if keys else ''}' vs the model's '{next(iter(model_state))}'. Layouts "
             "tried: "
@@ -345,7 +350,7 @@ class DetNASCheckpointer(DetectionCheckpointer):
             if k == DETNAS_STEM or k.endswith("." + DETNAS_STEM)
         ]
         if len(stems) != 1:
-            raise ValueError(
+            raise CheckpointError(
                 f"{source}: expected one ShuffleNetV2 backbone (a key '<prefix>{DETNAS_STEM}') for the model's "
                 f"{_describe(backbone)}, found {len(stems)}: {stems}. Layouts tried: "
                 + "; ".join(LAYOUTS_TRIED)
@@ -362,11 +367,11 @@ class DetNASCheckpointer(DetectionCheckpointer):
                     source_backbone, backbone.space, backbone.arch
                 )
             except ValueError as e:
-                raise ValueError(
+                raise CheckpointError(
                     f"{source}: supernet weights do not fit the model's {_describe(backbone)}: {e}"
                 )
         elif target_is_supernet and not source_is_supernet:
-            raise ValueError(
+            raise CheckpointError(
                 f"{source}: holds a subnet backbone (no 'layers.<i>.choices.<c>' keys under '{source_prefix}'), "
                 f"the model's backbone is a supernet ({_describe(backbone)}); a subnet cannot initialize a supernet"
             )
@@ -426,7 +431,7 @@ class DetNASCheckpointer(DetectionCheckpointer):
             return
         difference = arch_difference(file_arch, backbone.arch, backbone.space.stage_depths)
         if difference:
-            raise ValueError(
+            raise CheckpointError(
                 f"{source}: the backbone weights do not fit the model's {_describe(backbone)}: {difference}. "
                 f"The file's arch is {arch_to_str(file_arch)}: set MODEL.DETNAS.ARCH to it, or leave it empty "
                 "to read it from MODEL.WEIGHTS"
@@ -465,7 +470,7 @@ class DetNASCheckpointer(DetectionCheckpointer):
             problems.append(
                 f"{len(extra)} checkpoint keys unknown to the model (first '{extra[0]}')"
             )
-        raise ValueError(
+        raise CheckpointError(
             f"{source}: the backbone weights do not fit the model's {_describe(backbone)}: "
             + "; ".join(problems)
             + ". Wrong MODEL.DETNAS.SPACE / WIDTH_MULT / ARCH / BLOCK_STYLE for this checkpoint?"

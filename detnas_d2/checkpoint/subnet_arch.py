@@ -9,6 +9,7 @@ from detectron2.utils.file_io import PathManager
 from ..arch_io import load_arch
 from ..config import get_detnas_cfg
 from ..search_space import arch_to_str, space_from_cfg
+from ..user_errors import UserError
 from .backbone_keys import arch_difference
 from .convert import convert_checkpoint
 from .safe_read import read_checkpoint
@@ -56,7 +57,7 @@ def arch_opts_from_weights(config_file: str, opts: Sequence[str]) -> List[str]:
     space = space_from_cfg(cfg)
     difference = arch_difference(file_arch, load_arch(arch, space), space.stage_depths)
     if difference:
-        raise ValueError(
+        raise UserError(
             f"MODEL.DETNAS.ARCH ({arch}) and MODEL.WEIGHTS ({weights}) disagree: {difference}. The file's arch is "
             f"{arch_to_str(file_arch)}; leave MODEL.DETNAS.ARCH empty to use it"
         )

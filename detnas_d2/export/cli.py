@@ -33,7 +33,7 @@ from detectron2.modeling import build_model
 from torch import nn
 
 from detnas_d2.checkpoint import DetNASCheckpointer
-from detnas_d2.config import get_detnas_cfg
+from detnas_d2.config import ConfigError, get_detnas_cfg
 from detnas_d2.config_files import config_file
 from detnas_d2.data.classification import ClassificationDatasetMapper
 from detnas_d2.export import (
@@ -398,10 +398,8 @@ def main(argv=None) -> int:
         return _error("--num-samples must be at least 1")
     try:
         cfg = get_detnas_cfg(args.config_file, args.opts)
-    except (KeyError, ValueError, AssertionError, TypeError) as e:
-        return _error(
-            f"bad config {args.config_file} / options {args.opts}: {type(e).__name__}: {e}"
-        )
+    except ConfigError as e:  # names the file or option
+        return _error(str(e))
     try:
         model = build_export_model(cfg, args.backbone_only)
     except ExportError as e:

@@ -1,6 +1,7 @@
 """The command line of `python -m detnas_d2.latency`: build a latency table on this machine and save it."""
 
 import argparse
+import os
 import sys
 
 import torch
@@ -100,6 +101,12 @@ def main(argv=None) -> int:
         return _error(e)
     if device.type == "cuda" and not torch.cuda.is_available():
         return _error("--device cuda, but CUDA is not available here")
+    try:  # before the measurement, not after it
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        return _error(f"--output {args.output}: a file is in the way of its folder; give another path")
+    except OSError as e:
+        return _error(f"--output {args.output}: its folder cannot be made ({e.strerror or e})")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     try:
