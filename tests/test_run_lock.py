@@ -117,6 +117,8 @@ def test_a_file_system_without_locks_runs_with_a_warning(tmp_path, monkeypatch):
     monkeypatch.setattr(run_lock.fcntl, "flock", no_locks)
     with captured_log("detnas_d2.run_lock") as log:
         with RunLock(str(tmp_path)) as lock:
-            assert lock.held and json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+            assert (
+                lock.held and json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+            )
     assert "this file system has no file locks (No locks available)" in log.getvalue()
     assert not (tmp_path / LOCK_FILE).exists()

@@ -104,7 +104,9 @@ def main(argv=None) -> int:
     try:  # before the measurement, not after it
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        return _error(f"--output {args.output}: a file is in the way of its folder; give another path")
+        return _error(
+            f"--output {args.output}: a file is in the way of its folder; give another path"
+        )
     except OSError as e:
         return _error(f"--output {args.output}: its folder cannot be made ({e.strerror or e})")
     if args.threads > 0:
