@@ -4,6 +4,7 @@ status 2 (the traceback with DETNAS_DEBUG=1), and a refused run writes nothing i
 The search cases run the entry points in this process on a search folder made with a fake fitness (no
 model is loaded: they are refused before), so they take seconds."""
 
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from detnas_d2 import search_net, submit_net, train_net
 import pytest
 from detectron2.data import DatasetCatalog
 from detectron2.utils import comm
+from log_capture import captured_log
 
 from detnas_d2.arch_io import ArchError, load_arch
 from detnas_d2.config import frozen_cfg
@@ -32,7 +34,8 @@ from detnas_d2.search import (
     ScoringSettings,
     SearchSettings,
 )
-from detnas_d2.search.runner import STATE_FILE
+from detnas_d2.search.runner import STATE_FILE, check_search
+from detnas_d2.search.settings import changed_supernets, file_sha256
 from detnas_d2.search_space import get_space, space_from_cfg
 from detnas_d2.user_errors import DEBUG_ENV, UserError
 
@@ -104,6 +107,51 @@ def test_a_resume_on_other_supernet_weights_is_refused_and_writes_nothing(stoppe
         in line
     )
     assert folder_contents(out) == before
+
+
+def test_a_search_started_before_supernet_contents_were_recorded_resumes_with_a_warning(
+    stopped_search,
+):
+    out, weights = stopped_search
+    state = json.loads((out / STATE_FILE).read_text())
+    del state["fingerprint"]["weights_sha256"]
+    (out / STATE_FILE).write_text(json.dumps(state))
+    cfg = frozen_cfg(parse_args(search_argv(out, weights, resume=True), env={}))
+    with captured_log("detnas_d2.search.evolution") as log:
+        check_search(cfg, resume=True)
+    assert (
+        "MODEL.WEIGHTS cannot be checked to be the file the search started with" in log.getvalue()
+    )
+    space = space_from_cfg(cfg)
+    scoring = ScoringSettings.from_cfg(cfg)
+    resumed = EvolutionSearch(
+        SearchSettings.from_cfg(cfg),
+        space,
+        ArchConstraints.from_cfg(cfg, space),
+        str(out / STATE_FILE),
+        scoring=scoring,
+        resume=True,
+        finalists=FinalistSettings.from_cfg(cfg, scoring),
+    )
+    assert resumed.state.fingerprint["weights_sha256"] == file_sha256(str(weights))  # saved with it
+
+
+def test_ensemble_and_finalist_supernets_are_checked_by_contents_too():
+    saved = {
+        "weights": ["a.pth", "b.pth"],
+        "weights_sha256": ["1" * 64, "2" * 64],
+        "finalists": {"topk": 2, "weights": ["c.pth"], "weights_sha256": ["3" * 64]},
+    }
+    current = json.loads(json.dumps(saved))
+    assert changed_supernets(saved, current) == []
+    current["weights_sha256"][1] = "4" * 64
+    current["finalists"]["weights_sha256"] = ["5" * 64]
+    assert changed_supernets(saved, current) == [
+        f"DETNAS.SEARCH.ENSEMBLE_WEIGHTS b.pth (sha256 {'2' * 12} when the search started, {'4' * 12} now)",
+        f"DETNAS.SEARCH.FINALISTS.WEIGHTS c.pth (sha256 {'3' * 12} when the search started, {'5' * 12} now)",
+    ]
+    current["weights"][1] = "moved.pth"  # another path: a change of the settings, reported as such
+    assert len(changed_supernets(saved, current)) == 1
 
 
 def test_refused_searches_leave_config_yaml_and_the_rest_as_they_were(stopped_search, capsys):
