@@ -9,6 +9,8 @@
 #   bash studies/rank_audit_toy/run.sh converged 0 1     # pilots of a less noisy ground truth (below), given seeds
 #   bash studies/rank_audit_toy/run.sh converged-train1280 0 1
 #   JOBS=2 bash studies/rank_audit_toy/run.sh paired 0 1   # the converged pilot with paired initialisation
+#   JOBS=2 bash studies/rank_audit_toy/run.sh inband 0 1   # the in-band ground truth: 10 archs of the search's band
+#   bash studies/rank_audit_toy/run.sh inband-supernets 0  # recipe a's supernet seed s scores the in-band archs
 #   python studies/rank_audit_toy/pilots.py --scores ...  # the pilots against the shipped protocol (pilots.md)
 #   python studies/rank_audit_toy/bn_probe.py --scores studies/rank_audit_toy/standalone_paired.jsonl
 #   bash studies/rank_audit_toy/decompose.sh              # is the seed noise step 4's or step 5's?
@@ -56,8 +58,9 @@ det_opts() {
   esac
 }
 
-# Steps 1-2 of recipe $1 into folder $2 (extra options of both steps: $6), then the 13 archs' scores: step-1
-# top-1 (protocol "$3-step1", file $5) and step-2 bbox AP (protocol $3, file $4).
+# Steps 1-2 of recipe $1 into folder $2 (extra options of both steps: $6), then the scores of the archs of
+# $ARCHS (default: the 13 of archs.txt): step-1 top-1 (protocol "$3-step1", file $5) and step-2 bbox AP
+# (protocol $3, file $4).
 supernets() {
   local r=$1 dir=$2 label=$3 det_scores=$4 cls_scores=$5 extra=${6:-} opts det_opts
   opts=$(recipe_opts "$r")
@@ -67,12 +70,12 @@ supernets() {
   [ -f "$cls/model_final.pth" ] || "$PY" train_net.py --config-file configs/Toy/cls_supernet.yaml --resume \
     OUTPUT_DIR "$cls" $opts $extra
   # Step 1's own check: top-1 of each arch's path (BN recalibrated) on the classification supernet.
-  "$PY" tools/rank_audit.py supernet --config-file configs/Toy/search_cls.yaml --archs "$HERE/archs.txt" \
+  "$PY" tools/rank_audit.py supernet --config-file configs/Toy/search_cls.yaml --archs "${ARCHS:-$HERE/archs.txt}" \
     --protocol "$label-step1" --output "$cls_scores" MODEL.WEIGHTS "$cls/model_final.pth"
   # shellcheck disable=SC2086
   [ -f "$det/model_final.pth" ] || "$PY" train_net.py --config-file configs/Toy/det_supernet.yaml --resume \
     OUTPUT_DIR "$det" MODEL.WEIGHTS "$cls/model_final.pth" $det_opts $extra
-  "$PY" tools/rank_audit.py supernet --archs "$HERE/archs.txt" --protocol "$label" \
+  "$PY" tools/rank_audit.py supernet --archs "${ARCHS:-$HERE/archs.txt}" --protocol "$label" \
     --output "$det_scores" MODEL.WEIGHTS "$det/model_final.pth"
 }
 
@@ -180,6 +183,32 @@ case "${1:-}" in
     shift
     [ $# -gt 0 ] || set -- 0 1
     pilot converged-train1280 "" "DATASETS.TRAIN '(\"toy_det_train_large\",)'" "$@" ;;
+  inband)
+    # The in-band ground truth: 10 archs drawn one per FLOPs stratum inside the toy search's band (8.5-9.0M
+    # backbone FLOPs at 128 px, configs/Toy/search_det.yaml), where FLOPs cannot rank them; the paired
+    # protocol, seed by seed (every arch of a seed before the next seed: a partial file ranks all archs).
+    shift
+    [ $# -gt 0 ] || set -- 0 1 2 3 4
+    [ -f "$HERE/archs_inband.txt" ] || "$PY" tools/rank_audit.py sample --num 10 --seed 1 \
+      --output "$HERE/archs_inband.txt"
+    for s in "$@"; do
+      ARCHS=$HERE/archs_inband.txt pilot inband-paired "MODEL.DETNAS.PAIRED_INIT True" \
+        "MODEL.DETNAS.PAIRED_INIT True" "$s"
+    done ;;
+  inband-supernets)
+    # Recipe (a)'s supernet seeds (as supernet-seeds trains them, same folders) scoring the in-band archs:
+    # the search's 64 images, 512 held-out images, step-1 top-1.
+    shift
+    [ $# -gt 0 ] || set -- 0 1 2 3 4
+    mkdir -p "$HERE/inband"
+    for s in "$@"; do
+      dir=$RUNS/supernet_noise/seed$s
+      ARCHS=$HERE/archs_inband.txt supernets a "$dir" "a-seed$s" "$HERE/inband/a_seed$s.jsonl" \
+        "$HERE/inband/a_seed${s}_step1.jsonl" "SEED $s DETNAS.SAMPLER.SEED $s"
+      "$PY" tools/rank_audit.py supernet --archs "$HERE/archs_inband.txt" --protocol "a-seed$s-eval512" \
+        --output "$HERE/inband/a_seed${s}_eval512.jsonl" MODEL.WEIGHTS "$dir/det_supernet/model_final.pth" \
+        DETNAS.SEARCH.EVAL_DATASET toy_det_search_large
+    done ;;
   paired)
     # The 6 pilot archs first, then the other 7 of archs.txt.
     shift
@@ -188,5 +217,5 @@ case "${1:-}" in
       ARCHS=$a pilot paired "MODEL.DETNAS.PAIRED_INIT True" "MODEL.DETNAS.PAIRED_INIT True" "$@"
     done ;;
   *)
-    sed -n '2,27p' "$0"; exit 2 ;;
+    sed -n '2,29p' "$0"; exit 2 ;;
 esac
