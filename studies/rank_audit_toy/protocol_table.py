@@ -1,0 +1,210 @@
+#!/usr/bin/env python
+"""Every scoring protocol against both ground truths (protocol_table.md, protocol_table.json).
+
+Ground truths: the 13 study archs (standalone_paired.jsonl, 6.6-9.0M FLOPs, where FLOPs alone rank well)
+and the in-band archs (standalone_inband-paired.jsonl, 10 archs inside the search's 8.5-9.0M band).
+
+For a protocol scored by several supernets (recipe (a) trained with supernet seeds 0-4), tau is the mean
+over the supernets of each one's tau: what one run of that protocol is expected to reach. An ensemble of k
+supernets ranks by the mean of their scores; its tau is the mean over all k-subsets of the supernets. The
+intervals are percentile bootstraps over archs (2,000 resamples, the same for every protocol, so the gains
+are paired). The gain is over the best trivial ranking: FLOPs or params, in either direction, whichever has
+the highest tau against that truth (chosen on the full sample, which favours the trivial ranking).
+Forwards: the images a candidate costs (recalibration + evaluation, at the protocol's input size).
+
+A protocol whose score files are missing is listed as not measured.
+
+    python studies/rank_audit_toy/protocol_table.py
+"""
+
+import argparse
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+
+from detnas_d2 import rank_stats as rs
+from detnas_d2.audit.scores import read_scores
+
+HERE = Path(__file__).resolve().parent
+SUPERNET_SEEDS = range(5)
+SAMPLES = 2000
+
+TRUTHS = {
+    "13 study archs": HERE / "standalone_paired.jsonl",
+    "in-band archs": HERE / "standalone_inband-paired.jsonl",
+}
+# Score files per truth: "{s}" is the supernet seed.
+SCORES = {"13 study archs": "supernet_noise/a_seed{s}{suffix}.jsonl", "in-band archs": "inband/a_seed{s}{suffix}.jsonl"}
+SUPERNET_PROTOCOLS = {
+    "bbox AP, 64 + 64 images (shipped)": "",
+    "bbox AP, 64 + 512 images": "_eval512",
+    "step-1 top-1 (48 px, 128 + 200 images)": "_step1",
+}
+ZERO_SHOT = {
+    "13 study archs": "zero_shot/{name}_archs13.jsonl",
+    "in-band archs": "zero_shot/{name}_inband.jsonl",
+}
+ZERO_SHOT_PROTOCOLS = {"zero-shot: MAE-DET entropy": "entropy", "zero-shot: Zen-score": "zen"}
+NOT_MEASURED = [
+    "racing (absolute margin)",
+    "racing (margin less the common offset)",
+    "fewer recalibration images",
+    "lower resolution",
+    "ridge predictor",
+    "finalists procedure",
+]
+
+
+def read_truth(path):
+    truth = {}
+    for r in read_scores(path):
+        truth.setdefault(tuple(r["arch"]), {})[int(r["seed"])] = float(r["score"])
+        truth[tuple(r["arch"])]["info"] = (r["flops"], r["params"])
+    return truth
+
+
+def read_protocol(path):
+    """{arch: (score, forwards, seconds)} of a score file."""
+    out = {}
+    for r in read_scores(path):
+        forwards = r.get("images_recalib", 0) + r.get("images_eval", 0)
+        out[tuple(r["arch"])] = (float(r["score"]), forwards, float(r.get("seconds", "nan")))
+    return out
+
+
+def taus(columns, truth, idx):
+    """Mean over `columns` (each an array of scores over archs) of tau against `truth`, on rows `idx`."""
+    return float(np.mean([rs.kendall_tau_b(c[idx], truth[idx]) for c in columns]))
+
+
+def figures(columns, truth, trivial, resamples):
+    all_rows = np.arange(len(truth))
+    tau = taus(columns, truth, all_rows)
+    boot, gain = [], []
+    for idx in resamples:
+        t = taus(columns, truth, idx)
+        boot.append(t)
+        gain.append(t - rs.kendall_tau_b(trivial[idx], truth[idx]))
+    boot, gain = np.array(boot), np.array(gain)
+    ok = ~np.isnan(boot) & ~np.isnan(gain)
+    return {
+        "tau": tau,
+        "tau_ci": np.quantile(boot[ok], [0.025, 0.975]).tolist(),
+        "gain": tau - rs.kendall_tau_b(trivial, truth),
+        "gain_ci": np.quantile(gain[ok], [0.025, 0.975]).tolist(),
+    }
+
+
+def protocol_columns(truth_name, archs):
+    """{protocol: (list of score columns, forwards per candidate, seconds per candidate, supernets)}."""
+    out = {}
+    for label, suffix in SUPERNET_PROTOCOLS.items():
+        runs = []
+        for s in SUPERNET_SEEDS:
+            path = HERE / SCORES[truth_name].format(s=s, suffix=suffix)
+            if path.exists():
+                scores = read_protocol(path)
+                if all(a in scores for a in archs):
+                    runs.append(scores)
+        if not runs:
+            continue
+        columns = [np.array([r[a][0] for a in archs]) for r in runs]
+        forwards = float(np.mean([r[a][1] for r in runs for a in archs]))
+        seconds = float(np.mean([r[a][2] for r in runs for a in archs]))
+        out[label] = ([columns], forwards, seconds, len(runs))
+        if suffix == "":
+            for k in range(2, len(runs) + 1):
+                ensembles = [np.mean(c, axis=0) for c in itertools.combinations(columns, k)]
+                out[f"ensemble of {k} supernets, 64 + 64 images"] = (
+                    [ensembles],
+                    k * forwards,
+                    k * seconds,
+                    len(runs),
+                )
+    for label, name in ZERO_SHOT_PROTOCOLS.items():
+        path = HERE / ZERO_SHOT[truth_name].format(name=name)
+        if path.exists():
+            scores = read_protocol(path)
+            if all(a in scores for a in archs):
+                column = np.array([scores[a][0] for a in archs])
+                forwards = float(np.mean([scores[a][1] for a in archs]))
+                seconds = float(np.mean([scores[a][2] for a in archs]))
+                out[label] = ([[column]], forwards, seconds, 0)
+    return out
+
+
+def fmt_ci(value, ci):
+    return f"{value:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]"
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--output-dir", default=str(HERE))
+    args = parser.parse_args()
+    report, lines = {}, ["# Scoring protocols against both ground truths\n"]
+    rng = np.random.default_rng(0)
+    for truth_name, path in TRUTHS.items():
+        if not path.exists():
+            lines.append(f"## {truth_name}: not measured yet ({path.name} missing)\n")
+            continue
+        truth = read_truth(path)
+        archs = sorted(truth)
+        seed_scores = [{s: v for s, v in truth[a].items() if s != "info"} for a in archs]
+        mean = np.array([np.mean(list(s.values())) for s in seed_scores])
+        effect = rs.arch_effect(seed_scores)
+        flops = np.array([truth[a]["info"][0] for a in archs], dtype=float)
+        params = np.array([truth[a]["info"][1] for a in archs], dtype=float)
+        trivial_all = {"FLOPs": flops, "-FLOPs": -flops, "params": params, "-params": -params}
+        trivial_taus = {k: rs.kendall_tau_b(v, mean) for k, v in trivial_all.items()}
+        best = max(trivial_taus, key=trivial_taus.get)
+        resamples = [rng.integers(0, len(archs), len(archs)) for _ in range(SAMPLES)]
+        seeds = sorted({s for sc in seed_scores for s in sc})
+        lines += [
+            f"## {truth_name}: {len(archs)} archs, seeds {seeds}, FLOPs "
+            f"{flops.min() / 1e6:.2f}-{flops.max() / 1e6:.2f}M ({path.name})\n",
+            f"Ground truth: ICC {effect['icc']:.2f}, reliability of the seed mean "
+            f"{effect['reliability']:.2f}, tau ceiling {effect['tau_ceiling']:.2f}, p (archs differ) "
+            f"{effect['p_value']:.4f}. Trivial rankings: "
+            + ", ".join(f"{k} {v:+.2f}" for k, v in trivial_taus.items())
+            + f"; the best, {best}, is the baseline of the gains.\n",
+            "| protocol | supernets | tau [95% CI] | % of ceiling | gain over "
+            f"{best} [paired 95% CI] | forwards / candidate | seconds / candidate |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        rows = {}
+        for label, (columns, forwards, seconds, supernets) in protocol_columns(
+            truth_name, archs
+        ).items():
+            f = figures(columns[0], mean, trivial_all[best], resamples)
+            f.update(forwards=forwards, seconds=seconds, supernets=supernets)
+            rows[label] = f
+            ceiling = effect["tau_ceiling"]
+            lines.append(
+                f"| {label} | {supernets or '-'} | {fmt_ci(f['tau'], f['tau_ci'])} | "
+                f"{100 * f['tau'] / ceiling:.0f}% | {fmt_ci(f['gain'], f['gain_ci'])} | "
+                f"{forwards:.0f} | {seconds:.2f} |"
+            )
+        for label in NOT_MEASURED:
+            lines.append(f"| {label} | | not measured yet | | | | |")
+        lines.append("")
+        report[truth_name] = {
+            "standalone_file": path.name,
+            "archs": len(archs),
+            "seeds": seeds,
+            "arch_effect": effect,
+            "trivial_taus": trivial_taus,
+            "best_trivial": best,
+            "protocols": rows,
+        }
+    out = Path(args.output_dir)
+    (out / "protocol_table.md").write_text("\n".join(lines) + "\n")
+    (out / "protocol_table.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
