@@ -11,6 +11,8 @@
 #   JOBS=2 bash studies/rank_audit_toy/run.sh paired 0 1   # the converged pilot with paired initialisation
 #   JOBS=2 bash studies/rank_audit_toy/run.sh inband 0 1   # the in-band ground truth: 10 archs of the search's band
 #   bash studies/rank_audit_toy/run.sh inband-supernets 0  # recipe a's supernet seed s scores the in-band archs
+#   JOBS=2 bash studies/rank_audit_toy/run.sh claim-inband 0 0 1 2 3 4  # the claim at equal FLOPs: supernet seed 0,
+#                                                          # its archs retrained with seeds 0-4 (claim_inband.py)
 #   python studies/rank_audit_toy/pilots.py --scores ...  # the pilots against the shipped protocol (pilots.md)
 #   python studies/rank_audit_toy/bn_probe.py --scores studies/rank_audit_toy/standalone_paired.jsonl
 #   bash studies/rank_audit_toy/decompose.sh              # is the seed noise step 4's or step 5's?
@@ -209,6 +211,29 @@ case "${1:-}" in
         --output "$HERE/inband/a_seed${s}_eval512.jsonl" MODEL.WEIGHTS "$dir/det_supernet/model_final.pth" \
         DETNAS.SEARCH.EVAL_DATASET toy_det_search_large
     done ;;
+  claim-inband)
+    # DetNAS's claim at equal FLOPs: supernet seed $2's detection and classification supernets (inband-supernets)
+    # searched inside the band by the toy search configs (det-search, cls-search), each found arch retrained
+    # under the paired protocol with the given seeds. The random archs of the band are the in-band ground
+    # truth's (same protocol, same seeds, same training folders): claim_inband.py compares them.
+    shift
+    s=$1
+    shift
+    [ $# -gt 0 ] || set -- 0 1 2 3 4
+    dir=$RUNS/supernet_noise/seed$s
+    mkdir -p "$HERE/claim_inband"
+    for kind in det cls; do
+      [ -f "$dir/search_$kind/best_arch.yaml" ] || "$PY" search_net.py --config-file "configs/Toy/search_$kind.yaml" \
+        --resume OUTPUT_DIR "$dir/search_$kind" MODEL.WEIGHTS "$dir/${kind}_supernet/model_final.pth"
+      cp "$dir/search_$kind/best_arch.yaml" "$HERE/claim_inband/${kind}_search_supernet$s.yaml"
+    done
+    for seed in "$@"; do
+      ARCHS="$HERE/claim_inband/det_search_supernet$s.yaml --archs $HERE/claim_inband/cls_search_supernet$s.yaml"
+      # shellcheck disable=SC2086
+      "$PY" tools/rank_audit.py standalone --archs $ARCHS --seeds "$seed" --jobs "${JOBS:-1}" --threads 1 \
+        --protocol standalone-inband-paired --cls-opts "$PAIRED_CLS" --det-opts "$PAIRED_DET" \
+        --work-dir "$RUNS/standalone_inband-paired" --output "$HERE/claim_inband/searched_supernet$s.jsonl"
+    done ;;
   paired)
     # The 6 pilot archs first, then the other 7 of archs.txt.
     shift
@@ -217,5 +242,5 @@ case "${1:-}" in
       ARCHS=$a pilot paired "MODEL.DETNAS.PAIRED_INIT True" "MODEL.DETNAS.PAIRED_INIT True" "$@"
     done ;;
   *)
-    sed -n '2,29p' "$0"; exit 2 ;;
+    sed -n '2,31p' "$0"; exit 2 ;;
 esac
