@@ -437,6 +437,9 @@ def test_compare_report(toy, tmp_path):
             sup["tau_gain"]["FLOPs"]["value"] == pytest.approx(2.0)
             and "recipe-a" not in sup["tau_gain"]
         )
+        # "fewer FLOPs is better" ranks perfectly here: recipe-a gains nothing over the best trivial ranking
+        assert sub["best_trivial"] == "-FLOPs"
+        assert sup["tau_gain"]["best trivial"]["value"] == pytest.approx(0.0)
         # --baseline recipe-a: the paired difference; recipe-b ranks as FLOPs do, so every resample gives -2
         gain_b = sub["predictors"]["recipe-b"]["tau_gain"]["recipe-a"]
         assert gain_b["value"] == pytest.approx(-2.0) and gain_b["ci"]["high"] == pytest.approx(

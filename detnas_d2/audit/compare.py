@@ -7,7 +7,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from tabulate import tabulate
@@ -21,7 +21,13 @@ from .console import log
 from .formatting import fmt, fmt_ci, json_safe
 from .scores import read_scores
 
-__all__ = ["compare", "load_compare_inputs", "plot_compare", "predictor_figures"]
+__all__ = [
+    "best_trivial_ranking",
+    "compare",
+    "load_compare_inputs",
+    "plot_compare",
+    "predictor_figures",
+]
 
 
 def predictor_figures(predicted, truth, fraction, samples, seed, baselines=None) -> Dict:
@@ -101,6 +107,21 @@ def load_compare_inputs(supernet_files: Sequence[str], standalone_file: str):
     return predictors, truth, info
 
 
+def best_trivial_ranking(flops, params, truth) -> Tuple[str, List[float]]:
+    """The ranking by FLOPs or by params, in either direction, with the highest tau against `truth`:
+    (its name, e.g. "-FLOPs" for "fewer FLOPs is better", its values). Chosen on the full sample, which
+    favours it: a predictor's gain over it is, if anything, understated."""
+    rankings = {
+        "FLOPs": list(flops),
+        "-FLOPs": [-f for f in flops],
+        "params": list(params),
+        "-params": [-p for p in params],
+    }
+    taus = {name: rs.kendall_tau_b(values, truth) for name, values in rankings.items()}
+    best = max(rankings, key=lambda name: -math.inf if math.isnan(taus[name]) else taus[name])
+    return best, rankings[best]
+
+
 def _subset_figures(
     archs, predictors, truth, info, baseline, top_fraction, bootstrap, seed
 ) -> Dict:
@@ -108,9 +129,10 @@ def _subset_figures(
     mean = [float(np.mean(list(truth[a].values()))) for a in archs]
     flops = [info[a][0] for a in archs]
     params = [info[a][1] for a in archs]
+    best, trivial = best_trivial_ranking(flops, params, mean)
     figures = {}
     for label, scores in predictors.items():
-        baselines = {"FLOPs": flops}
+        baselines = {"FLOPs": flops, "best trivial": trivial}
         if baseline and label != baseline:
             baselines[baseline] = [predictors[baseline][a] for a in archs]
         figures[label] = predictor_figures(
@@ -123,7 +145,7 @@ def _subset_figures(
     noise["arch_effect_seed_blocks"] = rs.arch_effect_seed_blocks(
         [truth[a] for a in archs], seed=seed
     )
-    return {"n": len(archs), "predictors": figures, "noise": noise}
+    return {"n": len(archs), "predictors": figures, "noise": noise, "best_trivial": best}
 
 
 def plot_compare(path: Path, predictors, archs, truth, info, band, summary):
@@ -235,7 +257,7 @@ def compare(
     names = {"all": "all archs", "band": band_text}
     pct = f"top-{top_fraction:.0%}"
     rows, noise_rows, block_rows = [], [], []
-    gain_columns = ["FLOPs"] + ([baseline] if baseline else [])
+    gain_columns = ["FLOPs", "best trivial"] + ([baseline] if baseline else [])
     for name, sub in summary["subsets"].items():
         for label, f in sub["predictors"].items():
             gains = [
@@ -375,7 +397,10 @@ def compare(
         f"percentile bootstrap over archs ({bootstrap} resamples, seed {seed}; the same resamples "
         f"for every predictor, so tau - tau(...) is a paired difference). {pct} precision: how many of the "
         f"predictor's top {top_fraction:.0%} "
-        f"(ceil, at least 1) are in the stand-alone top {top_fraction:.0%}.\n\n"
+        f"(ceil, at least 1) are in the stand-alone top {top_fraction:.0%}. The best trivial ranking is "
+        "FLOPs or params in either direction, whichever ranks best against the ground truth ("
+        + ", ".join(f"{names[n]}: {sub['best_trivial']}" for n, sub in summary["subsets"].items())
+        + "): a protocol is worth its cost only where its gain over it is above 0.\n\n"
         f"## Stand-alone seed noise\n\n{noise}\n\n"
         "The tau between two seeds is how well one training run ranks the archs as another does: a bound on "
         "what any predictor can reach against a single-seed ground truth (a mean over seeds is steadier). "
