@@ -41,6 +41,9 @@ SUPERNET_PROTOCOLS = {
     "bbox AP, 64 + 64 images (shipped)": "",
     "bbox AP, 64 + 512 images": "_eval512",
     "step-1 top-1 (48 px, 128 + 200 images)": "_step1",
+    "bbox AP, 16 + 64 images": "_recalib16",
+    "bbox AP, 64 + 64 images at 96 px": "_res96",
+    "bbox AP, 16 + 32 images": "_r16e32",
 }
 ZERO_SHOT = {
     "13 study archs": "zero_shot/{name}_archs13.jsonl",
@@ -50,8 +53,6 @@ ZERO_SHOT_PROTOCOLS = {"zero-shot: MAE-DET entropy": "entropy", "zero-shot: Zen-
 NOT_MEASURED = [
     "racing (absolute margin)",
     "racing (margin less the common offset)",
-    "fewer recalibration images",
-    "lower resolution",
     "ridge predictor",
     "finalists procedure",
 ]
@@ -79,49 +80,58 @@ def taus(columns, truth, idx):
     return float(np.mean([rs.kendall_tau_b(c[idx], truth[idx]) for c in columns]))
 
 
-def figures(columns, truth, trivial, resamples):
+def figures(columns, truth, trivial, shipped, resamples):
+    """tau of `columns` with its interval, and its paired gains over the `trivial` ranking and over the
+    `shipped` protocol's columns (on the same supernets)."""
     all_rows = np.arange(len(truth))
     tau = taus(columns, truth, all_rows)
-    boot, gain = [], []
+    boot, gain, over_shipped = [], [], []
     for idx in resamples:
         t = taus(columns, truth, idx)
         boot.append(t)
         gain.append(t - rs.kendall_tau_b(trivial[idx], truth[idx]))
-    boot, gain = np.array(boot), np.array(gain)
+        over_shipped.append(t - taus(shipped, truth, idx) if shipped else np.nan)
+    boot, gain, over_shipped = np.array(boot), np.array(gain), np.array(over_shipped)
     ok = ~np.isnan(boot) & ~np.isnan(gain)
-    return {
+    out = {
         "tau": tau,
         "tau_ci": np.quantile(boot[ok], [0.025, 0.975]).tolist(),
         "gain": tau - rs.kendall_tau_b(trivial, truth),
         "gain_ci": np.quantile(gain[ok], [0.025, 0.975]).tolist(),
     }
+    if shipped:
+        out["over_shipped"] = tau - taus(shipped, truth, all_rows)
+        out["over_shipped_ci"] = np.quantile(over_shipped[ok], [0.025, 0.975]).tolist()
+    return out
 
 
 def protocol_columns(truth_name, archs):
-    """{protocol: (list of score columns, forwards per candidate, seconds per candidate, supernets)}."""
+    """{protocol: (score columns (one per supernet, or per ensemble), forwards per candidate, seconds per
+    candidate, the supernet seeds)}."""
     out = {}
     for label, suffix in SUPERNET_PROTOCOLS.items():
-        runs = []
+        runs, seeds = [], []
         for s in SUPERNET_SEEDS:
             path = HERE / SCORES[truth_name].format(s=s, suffix=suffix)
             if path.exists():
                 scores = read_protocol(path)
                 if all(a in scores for a in archs):
                     runs.append(scores)
+                    seeds.append(s)
         if not runs:
             continue
         columns = [np.array([r[a][0] for a in archs]) for r in runs]
         forwards = float(np.mean([r[a][1] for r in runs for a in archs]))
         seconds = float(np.mean([r[a][2] for r in runs for a in archs]))
-        out[label] = ([columns], forwards, seconds, len(runs))
+        out[label] = (columns, forwards, seconds, seeds)
         if suffix == "":
             for k in range(2, len(runs) + 1):
                 ensembles = [np.mean(c, axis=0) for c in itertools.combinations(columns, k)]
                 out[f"ensemble of {k} supernets, 64 + 64 images"] = (
-                    [ensembles],
+                    ensembles,
                     k * forwards,
                     k * seconds,
-                    len(runs),
+                    seeds,
                 )
     for label, name in ZERO_SHOT_PROTOCOLS.items():
         path = HERE / ZERO_SHOT[truth_name].format(name=name)
@@ -131,7 +141,7 @@ def protocol_columns(truth_name, archs):
                 column = np.array([scores[a][0] for a in archs])
                 forwards = float(np.mean([scores[a][1] for a in archs]))
                 seconds = float(np.mean([scores[a][2] for a in archs]))
-                out[label] = ([[column]], forwards, seconds, 0)
+                out[label] = ([column], forwards, seconds, [])
     return out
 
 
@@ -172,24 +182,30 @@ def main():
             + ", ".join(f"{k} {v:+.2f}" for k, v in trivial_taus.items())
             + f"; the best, {best}, is the baseline of the gains.\n",
             "| protocol | supernets | tau [95% CI] | % of ceiling | gain over "
-            f"{best} [paired 95% CI] | forwards / candidate | seconds / candidate |",
-            "|---|---|---|---|---|---|---|",
+            f"{best} [paired 95% CI] | gain over the shipped protocol, same supernets | "
+            "forwards / candidate | seconds / candidate |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         rows = {}
-        for label, (columns, forwards, seconds, supernets) in protocol_columns(
-            truth_name, archs
-        ).items():
-            f = figures(columns[0], mean, trivial_all[best], resamples)
+        protocols = protocol_columns(truth_name, archs)
+        shipped_label = next(iter(SUPERNET_PROTOCOLS))
+        shipped = protocols.get(shipped_label)
+        for label, (columns, forwards, seconds, supernets) in protocols.items():
+            same = []
+            if shipped and supernets and not label.startswith(("ensemble", shipped_label)):
+                same = [c for c, s in zip(shipped[0], shipped[3]) if s in supernets]
+            f = figures(columns, mean, trivial_all[best], same, resamples)
             f.update(forwards=forwards, seconds=seconds, supernets=supernets)
             rows[label] = f
             ceiling = effect["tau_ceiling"]
+            versus = fmt_ci(f["over_shipped"], f["over_shipped_ci"]) if same else ""
             lines.append(
-                f"| {label} | {supernets or '-'} | {fmt_ci(f['tau'], f['tau_ci'])} | "
-                f"{100 * f['tau'] / ceiling:.0f}% | {fmt_ci(f['gain'], f['gain_ci'])} | "
-                f"{forwards:.0f} | {seconds:.2f} |"
+                f"| {label} | {' '.join(map(str, supernets)) or '-'} | "
+                f"{fmt_ci(f['tau'], f['tau_ci'])} | {100 * f['tau'] / ceiling:.0f}% | "
+                f"{fmt_ci(f['gain'], f['gain_ci'])} | {versus} | {forwards:.0f} | {seconds:.2f} |"
             )
         for label in NOT_MEASURED:
-            lines.append(f"| {label} | | not measured yet | | | | |")
+            lines.append(f"| {label} | | not measured yet | | | | | |")
         lines.append("")
         report[truth_name] = {
             "standalone_file": path.name,

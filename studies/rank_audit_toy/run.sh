@@ -11,6 +11,7 @@
 #   JOBS=2 bash studies/rank_audit_toy/run.sh paired 0 1   # the converged pilot with paired initialisation
 #   JOBS=2 bash studies/rank_audit_toy/run.sh inband 0 1   # the in-band ground truth: 10 archs of the search's band
 #   bash studies/rank_audit_toy/run.sh inband-supernets 0  # recipe a's supernet seed s scores the in-band archs
+#   bash studies/rank_audit_toy/run.sh protocols 0         # cheaper protocols on supernet seed 0, both arch sets
 #   JOBS=2 bash studies/rank_audit_toy/run.sh claim-inband 0 0 1 2 3 4  # the claim at equal FLOPs: supernet seed 0,
 #                                                          # its archs retrained with seeds 0-4 (claim_inband.py)
 #   python studies/rank_audit_toy/pilots.py --scores ...  # the pilots against the shipped protocol (pilots.md)
@@ -211,6 +212,22 @@ case "${1:-}" in
         --output "$HERE/inband/a_seed${s}_eval512.jsonl" MODEL.WEIGHTS "$dir/det_supernet/model_final.pth" \
         DETNAS.SEARCH.EVAL_DATASET toy_det_search_large
     done ;;
+  protocols)
+    # Cheaper scoring protocols on supernet seed $2 (trained by supernet-seeds / inband-supernets), for the 13
+    # study archs and the in-band archs: 16 recalibration images; a 96 px shorter side; 16 recalibration + 32
+    # evaluation images (under a tenth of the 512-image protocol's forwards). protocol_table.py reads them.
+    s=$2
+    dir=$RUNS/supernet_noise/seed$s
+    for variant in "recalib16:DETNAS.BN_RECALIB.IMAGES 16" "res96:DETNAS.SEARCH.EVAL_MIN_SIZE 96" \
+      "r16e32:DETNAS.BN_RECALIB.IMAGES 16 DETNAS.SEARCH.EVAL_IMAGES 32"; do
+      name=${variant%%:*}
+      for set in "archs.txt:supernet_noise" "archs_inband.txt:inband"; do
+        # shellcheck disable=SC2086
+        "$PY" tools/rank_audit.py supernet --archs "$HERE/${set%%:*}" --protocol "a-seed$s-$name" \
+          --output "$HERE/${set#*:}/a_seed${s}_$name.jsonl" MODEL.WEIGHTS "$dir/det_supernet/model_final.pth" \
+          ${variant#*:}
+      done
+    done ;;
   claim-inband)
     # DetNAS's claim at equal FLOPs: supernet seed $2's detection and classification supernets (inband-supernets)
     # searched inside the band by the toy search configs (det-search, cls-search), each found arch retrained
@@ -242,5 +259,5 @@ case "${1:-}" in
       ARCHS=$a pilot paired "MODEL.DETNAS.PAIRED_INIT True" "MODEL.DETNAS.PAIRED_INIT True" "$@"
     done ;;
   *)
-    sed -n '2,31p' "$0"; exit 2 ;;
+    sed -n '2,32p' "$0"; exit 2 ;;
 esac
