@@ -10,10 +10,8 @@ from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads import FastRCNNConvFCHead
 
-from ..subnet_small_FPN_1x import dataloader, lr_multiplier, model, optimizer, train
-
-# The arch of configs/Toy/det_subnet.yaml.
-TOY_ARCH = ",".join(["shuffle_3x3", "shuffle_5x5", "shuffle_7x7", "shuffle_xception"] * 5)
+from ..subnet_small_FPN_1x import model, optimizer
+from .common import TOY_ARCH, dataloader, lr_multiplier, train  # noqa: F401  (entries of this config)
 
 backbone = model.backbone
 backbone.bottom_up.update(arch=TOY_ARCH, width_mult=0.25, norm="BN")
@@ -32,21 +30,5 @@ roi_heads.box_head = L(FastRCNNConvFCHead)(
 )
 roi_heads.box_predictor.input_shape = ShapeSpec(channels=128)
 
-dataloader.train.dataset.names = "toy_det_train"
-dataloader.train.mapper.augmentations[0].update(short_edge_length=(128,), max_size=128)
-dataloader.train.update(total_batch_size=8, num_workers=0)
-dataloader.test.dataset.names = "toy_det_val"
-dataloader.test.mapper.augmentations[0].update(short_edge_length=128, max_size=128)
-dataloader.test.num_workers = 0
-
 optimizer.lr = 0.04
-lr_multiplier.scheduler.update(values=[1.0, 0.1], milestones=[1300], num_updates=1500)
-lr_multiplier.warmup_length = 100 / 1500
-
-train.update(
-    output_dir="output/lazy/toy_subnet_FPN",
-    max_iter=1500,
-    checkpointer=dict(period=500, max_to_keep=100),
-    device="cpu",
-    seed=0,
-)
+train.output_dir = "output/lazy/toy_subnet_FPN"

@@ -8,8 +8,8 @@ BN, FPN P3-P7 of 32 channels, a 2-conv head, anchors 8-128 px), on toy_det_train
 
 from detectron2.layers import ShapeSpec
 
-from ..subnet_small_RetinaNet_1x import dataloader, lr_multiplier, model, optimizer, train
-from .subnet_FPN import TOY_ARCH
+from ..subnet_small_RetinaNet_1x import model, optimizer
+from .common import TOY_ARCH, dataloader, lr_multiplier, train  # noqa: F401  (entries of this config)
 
 backbone = model.backbone
 backbone.bottom_up.update(arch=TOY_ARCH, width_mult=0.25, norm="BN")
@@ -24,21 +24,5 @@ model.anchor_generator.sizes = [
 ]
 model.update(num_classes=5, test_topk_candidates=200)
 
-dataloader.train.dataset.names = "toy_det_train"
-dataloader.train.mapper.augmentations[0].update(short_edge_length=(128,), max_size=128)
-dataloader.train.update(total_batch_size=8, num_workers=0)
-dataloader.test.dataset.names = "toy_det_val"
-dataloader.test.mapper.augmentations[0].update(short_edge_length=128, max_size=128)
-dataloader.test.num_workers = 0
-
 optimizer.lr = 0.02
-lr_multiplier.scheduler.update(values=[1.0, 0.1], milestones=[1300], num_updates=1500)
-lr_multiplier.warmup_length = 100 / 1500
-
-train.update(
-    output_dir="output/lazy/toy_subnet_RetinaNet",
-    max_iter=1500,
-    checkpointer=dict(period=500, max_to_keep=100),
-    device="cpu",
-    seed=0,
-)
+train.output_dir = "output/lazy/toy_subnet_RetinaNet"
