@@ -248,6 +248,86 @@ def test_paired_permutation_test_by_hand():
         rs.paired_permutation_test([1], [2], alternative="bigger")
 
 
+# ---- bad input: one line, exit status 2 -------------------------------------------------------------
+
+
+def assert_user_error(raised, capsys, message):
+    """`raised` (pytest.raises' SystemExit) ended the command with exit status 2 and one line on
+    stderr, `<program> <part>: error: ...`, matching `message`."""
+    err = capsys.readouterr().err
+    assert raised.value.code == 2, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert re.search(r"^\S+ \w+: error: .*" + message, err), err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["sample", "--num", "2", "--include", "0,9"], r"arch '0,9'.*unknown block id 9"),
+        (["sample", "--num", "0"], "--num must be >= 1, got 0"),
+        (["standalone", "--archs", "0", "--output", "s.jsonl", "--jobs", "0"], "--jobs 0: give"),
+        (
+            ["protocols", "--reference", "missing.jsonl", "--cheap", "missing.jsonl"],
+            "missing.jsonl: no scores",
+        ),
+    ],
+    ids=["malformed arch", "no archs to sample", "no trainings at a time", "missing score file"],
+)
+def test_bad_input_ends_with_one_line_and_exit_status_2(
+    argv, message, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as raised:
+        rank_audit(argv)
+    assert_user_error(raised, capsys, message)
+    assert not list(tmp_path.iterdir())  # refused before anything is written
+
+
+def test_protocols_without_common_archs_is_a_user_error(tmp_path, capsys):
+    for name, arch in (("a.jsonl", [0] * 20), ("b.jsonl", [1] * 20)):
+        _write_scores(tmp_path / name, [{"arch": arch, "score": 1.0}])
+    with pytest.raises(SystemExit) as raised:
+        rank_audit(
+            [
+                "protocols",
+                "--reference",
+                str(tmp_path / "a.jsonl"),
+                "--cheap",
+                str(tmp_path / "b.jsonl"),
+            ]
+        )
+    assert_user_error(raised, capsys, "0 arch.* scored by both protocols: nothing to compare; give")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "tool, args, message",
+    [
+        ("rank_audit.py", ["sample", "--include", "0,9"], r"rank_audit\.py sample: error: .*id 9"),
+        (
+            "study.py",
+            ["--pipeline-dir", "no_pipeline"],
+            r"study\.py: error: .*no_pipeline/1_cls_supernet/model_final\.pth is missing: run "
+            r"tools/run_pipeline\.py",
+        ),
+    ],
+    ids=["rank_audit", "study"],
+)
+def test_tools_exit_2_with_one_line(tool, args, message, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / tool), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) == 1 and re.search(message, proc.stderr), (
+        proc.stderr
+    )
+    assert not list(tmp_path.iterdir())
+
+
 # ---- arch sets ----------------------------------------------------------------------------------------
 
 
@@ -569,7 +649,8 @@ def test_supernet_scores_resume_after_an_interruption(tmp_path, capsys):
     assert run(resumed) == 0 and resumed.read_text() == before
     assert "3 already scored" in capsys.readouterr().out
     # other settings into the same file are refused: another batch size, a checkpoint written again
-    with pytest.raises(SystemExit, match="other settings.*eval_batch_size"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:
         rank_audit(
             [
                 "supernet",
@@ -586,10 +667,12 @@ def test_supernet_scores_resume_after_an_interruption(tmp_path, capsys):
                 "12",
             ]
         )
+    assert_user_error(refused, capsys, "other settings.*eval_batch_size")
     with open(weights, "ab") as f:
         f.write(b"\0")
-    with pytest.raises(SystemExit, match="differing: weights_sha1"):
+    with pytest.raises(SystemExit) as refused:
         run(resumed)
+    assert_user_error(refused, capsys, "differing: weights_sha1")
 
 
 # ---- stand-alone scores: two tiny archs end to end, killed and resumed -----------------------------------

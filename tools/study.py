@@ -31,6 +31,7 @@ from detnas_d2.flops import get_flops_table
 from detnas_d2.pipeline import QUICK_OVERRIDES, SEARCH, TRAIN, Step, StepFailed, split_opts
 from detnas_d2.process import Stopped, raising_stop_signals, resend_signal
 from detnas_d2.search_space import get_space
+from detnas_d2.user_errors import UserError, reporting_user_errors
 
 CLS_SUBNET = "configs/Toy/cls_subnet.yaml"
 DET_SUBNET = "configs/Toy/det_subnet.yaml"
@@ -70,7 +71,7 @@ def main(argv=None):
     det_best = pipeline / "3_search/best_arch.yaml"
     for needed in (pipeline / "1_cls_supernet/model_final.pth", det_best):
         if not needed.exists():
-            sys.exit(
+            raise UserError(
                 f"{needed} is missing: run tools/run_pipeline.py --output-dir {pipeline} first"
             )
     out.mkdir(parents=True, exist_ok=True)
@@ -164,7 +165,8 @@ def main(argv=None):
 
 if __name__ == "__main__":
     try:
-        with raising_stop_signals():  # SIGTERM too: the running step gets it and time to stop
+        # SIGTERM too: the running step gets it and time to stop; bad input: one line, exit status 2
+        with raising_stop_signals(), reporting_user_errors():
             main()
     except Stopped as stop:
         resend_signal(stop.signum)

@@ -40,6 +40,7 @@ import sys
 from ..file_io import atomic_write
 from ..pipeline import split_opts
 from ..search_space import BLOCKS
+from ..user_errors import UserError, reporting_user_errors
 from .archs import (
     DEFAULT_SEARCH_CONFIG,
     arch_str,
@@ -57,19 +58,19 @@ from .supernet import score_supernet
 __all__ = ["build_parser", "main"]
 
 
-def _sample(args):
+def _sample(*, config, num, seed, flops_min, flops_max, include, output):
     """K archs stratified over FLOPs (and those of --include first), written as an arch list."""
-    cfg, space, table = search_space_and_table(args.config_file)
-    lo, hi = flops_band(cfg, table, args.flops_min, args.flops_max)
-    archs = sample_stratified(space, table, args.num, lo, hi, args.seed)
-    extra = read_archs(args.include, space) if args.include else []
+    cfg, space, table = search_space_and_table(config)
+    lo, hi = flops_band(cfg, table, flops_min, flops_max)
+    archs = sample_stratified(space, table, num, lo, hi, seed)
+    extra = read_archs(include, space) if include else []
     archs = list(dict.fromkeys(extra + archs))
     input_size = int(cfg.DETNAS.SEARCH.INPUT_SIZE)
     lines = [
         f"# {len(archs)} archs of space {space.name} (width {space.width_mult}): "
         + (f"{len(extra)} given (--include), then " if extra else "")
-        + f"{args.num} stratified over backbone FLOPs at {input_size}x{input_size} in "
-        f"[{lo / 1e6:.3f}M, {hi / 1e6:.3f}M], seed {args.seed}",
+        + f"{num} stratified over backbone FLOPs at {input_size}x{input_size} in "
+        f"[{lo / 1e6:.3f}M, {hi / 1e6:.3f}M], seed {seed}",
         f"# python tools/rank_audit.py {' '.join(sys.argv[1:])}",
         f"# one arch per line: block ids ({', '.join(f'{i} {b}' for i, b in enumerate(BLOCKS))})",
     ]
@@ -78,63 +79,11 @@ def _sample(args):
         for a in archs
     ]
     text = "\n".join(lines) + "\n"
-    if args.output:
-        atomic_write(args.output, text)
-        log(f"{len(archs)} archs written to {args.output}")
+    if output:
+        atomic_write(output, text)
+        log(f"{len(archs)} archs written to {output}")
     else:
         print(text, end="")
-
-
-def _supernet(args):
-    return score_supernet(
-        config=args.config_file,
-        opts=args.opts,
-        archs=args.archs,
-        output=args.output,
-        protocol=args.protocol,
-        limit=args.limit,
-    )
-
-
-def _standalone(args):
-    return score_standalone(
-        config=args.config_file,
-        archs=args.archs,
-        seeds=args.seeds,
-        output=args.output,
-        work_dir=args.work_dir,
-        cls_config=args.cls_config,
-        det_config=args.det_config,
-        opts=args.opts,
-        cls_opts=args.cls_opts,
-        det_opts=args.det_opts,
-        quick=args.quick,
-        jobs=args.jobs,
-        threads=args.threads,
-        num_gpus=args.num_gpus,
-        protocol=args.protocol,
-    )
-
-
-def _compare(args):
-    return compare(
-        supernet=args.supernet,
-        standalone=args.standalone,
-        config=args.config_file,
-        flops_min=args.flops_min,
-        flops_max=args.flops_max,
-        top_fraction=args.top_fraction,
-        baseline=args.baseline,
-        bootstrap=args.bootstrap,
-        seed=args.seed,
-        output_dir=args.output_dir,
-    )
-
-
-def _protocols(args):
-    return compare_protocols(
-        reference=args.reference, cheap=args.cheap, topk=args.topk, output=args.output
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,10 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     archs_help = "archs: a file (see above) or an inline arch; repeat to add more"
 
+    # Each part's options are the keyword arguments of the function it runs (`run`).
     p = sub.add_parser(
         "sample", help="K archs stratified over FLOPs inside a band, written as an arch list"
     )
-    p.add_argument("--config-file", default=DEFAULT_SEARCH_CONFIG, help=config_help)
+    p.set_defaults(run=_sample)
+    p.add_argument("--config-file", dest="config", default=DEFAULT_SEARCH_CONFIG, help=config_help)
     p.add_argument(
         "--num", "-k", type=int, default=12, help="archs to sample, one per FLOPs stratum"
     )
@@ -173,8 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Trailing KEY VALUE options go to the search config, as for search_net.py "
         "(MODEL.WEIGHTS, DETNAS.SEARCH.*, DETNAS.BN_RECALIB.*).",
     )
+    p.set_defaults(run=score_supernet)
     p.add_argument(
-        "--config-file", default=DEFAULT_SEARCH_CONFIG, help="the search config (scoring protocol)"
+        "--config-file",
+        dest="config",
+        default=DEFAULT_SEARCH_CONFIG,
+        help="the search config (scoring protocol)",
     )
     p.add_argument("--archs", action="append", required=True, help=archs_help)
     p.add_argument(
@@ -189,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "standalone", help="retrain archs as pipeline steps 4-5, several seeds (resumable)"
     )
-    p.add_argument("--config-file", default=DEFAULT_SEARCH_CONFIG, help=config_help)
+    p.set_defaults(run=score_standalone)
+    p.add_argument("--config-file", dest="config", default=DEFAULT_SEARCH_CONFIG, help=config_help)
     p.add_argument("--archs", action="append", required=True, help=archs_help)
     p.add_argument(
         "--seeds", type=int, nargs="+", default=[0, 1], help="training seeds (SEED) per arch"
@@ -220,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "compare", help="rank correlations, top-k precision, seed noise, table and plot"
     )
+    p.set_defaults(run=compare)
     p.add_argument(
         "--supernet",
         action="append",
@@ -228,7 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--standalone", required=True, help="stand-alone score file")
     p.add_argument(
-        "--config-file", default=DEFAULT_SEARCH_CONFIG, help="where the default FLOPs band is read"
+        "--config-file",
+        dest="config",
+        default=DEFAULT_SEARCH_CONFIG,
+        help="where the default FLOPs band is read",
     )
     p.add_argument(
         "--flops-min", type=float, help="band (default: DETNAS.SEARCH.FLOPS_MIN; 0: none)"
@@ -251,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "protocols", help="a cheaper scoring protocol against a reference: ranking, best, cost"
     )
+    p.set_defaults(run=compare_protocols)
     p.add_argument(
         "--reference",
         required=True,
@@ -267,27 +228,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "standalone":
-        if args.jobs < 1:
-            sys.exit(f"--jobs must be >= 1, got {args.jobs}")
-        args.opts, args.cls_opts, args.det_opts = (
-            split_opts(args.opts),
-            split_opts(args.cls_opts),
-            split_opts(args.det_opts),
-        )
-    commands = {
-        "sample": _sample,
-        "supernet": _supernet,
-        "standalone": _standalone,
-        "compare": _compare,
-        "protocols": _protocols,
-    }
-    try:
-        return commands[args.command](args) or 0
-    except ValueError as e:  # bad archs, files, options: say what, without a traceback
-        sys.exit(f"rank_audit {args.command}: {e}")
-    except (
-        KeyboardInterrupt
-    ):  # Ctrl-C / SIGTERM: what finished is in the output, a new start resumes
-        return 130
+    """Run the part the command line names. Bad input (archs, files, options) ends it as one line on
+    stderr and exit status 2 (detnas_d2.user_errors); a stand-alone run with a failed training ends
+    with 1."""
+    parser = build_parser()
+    options = dict(vars(parser.parse_args(argv)))
+    command, run = options.pop("command"), options.pop("run")
+    with reporting_user_errors(f"{parser.prog} {command}"):
+        if command == "standalone":
+            if options["jobs"] < 1:
+                raise UserError(
+                    f"--jobs {options['jobs']}: give the trainings at a time, at least 1"
+                )
+            for key in ("opts", "cls_opts", "det_opts"):
+                options[key] = split_opts(options[key])
+        try:
+            return run(**options) or 0
+        except UserError:
+            raise
+        except ValueError as e:  # bad archs, files, options: the message, without a traceback
+            raise UserError(str(e)) from None
+        # Ctrl-C / SIGTERM: what finished is in the output, a new start resumes
+        except KeyboardInterrupt:
+            return 130

@@ -3,7 +3,6 @@ Kendall tau-b and Spearman rho over the archs both scored, top-k overlap, whethe
 and the cost ratios (image forwards, seconds)."""
 
 import json
-import sys
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -11,6 +10,7 @@ from tabulate import tabulate
 
 from .. import rank_stats as rs
 from ..file_io import atomic_write
+from ..user_errors import UserError
 from .archs import Arch, arch_str
 from .console import log
 from .formatting import fmt, json_safe
@@ -96,7 +96,10 @@ def compare_protocols(*, reference: str, cheap: str, topk: int, output: Optional
     written as JSON to `output` if given. Returns the exit status."""
     figures = protocol_figures(read_protocol(reference), read_protocol(cheap), topk)
     if figures["archs_common"] < 2:
-        sys.exit(f"{figures['archs_common']} arch(s) scored by both protocols: nothing to compare")
+        raise UserError(
+            f"{figures['archs_common']} arch(s) scored by both protocols: nothing to compare; give "
+            "--reference and --cheap files that score the same archs"
+        )
     top, gap = figures["topk"], None
     if figures["best_cheap_reference_score"] is not None:
         gap = figures["best_reference_score"] - figures["best_cheap_reference_score"]

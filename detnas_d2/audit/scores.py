@@ -12,11 +12,11 @@ a kill is dropped on the next start.
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Callable, Dict, List
 
 from ..file_io import atomic_write, read_json_lines
+from ..user_errors import UserError
 from .console import log
 
 __all__ = ["append_score", "canonical_order", "check_protocol", "json_roundtrip", "read_scores"]
@@ -45,7 +45,7 @@ def check_protocol(records: List[Dict], kind: str, protocol: str, settings: Dict
                 for k in sorted(set(settings) | set(r.get("settings") or {}))
                 if settings.get(k) != (r.get("settings") or {}).get(k)
             ]
-            sys.exit(
+            raise UserError(
                 f"{path} holds {theirs[0]} scores of protocol '{theirs[1]}' with other settings (differing: "
                 f"{', '.join(diff) or 'kind/protocol'}); this run is {kind} '{protocol}'. Write to another "
                 "--output, or remove the file to start over."

@@ -10,7 +10,6 @@ runner passes the signal on to the trainings (detnas_d2.process), which also die
 
 import json
 import os
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -23,6 +22,7 @@ from ..output_files import EVAL_RESULTS_FILE
 from ..pipeline import QUICK_OVERRIDES, TRAIN, Step, StepFailed
 from ..process import raising_stop_signals, stop_children, stop_signal_of
 from ..search_space import space_from_cfg
+from ..user_errors import UserError
 from .archs import Arch, arch_str, read_archs, search_space_and_table
 from .console import log
 from .scores import append_score, canonical_order, check_protocol, json_roundtrip, read_scores
@@ -64,7 +64,7 @@ def score_standalone(
     cfg, space, table = search_space_and_table(config)
     det_space = space_from_cfg(get_detnas_cfg(config_file(det_config)))
     if (det_space.name, det_space.width_mult) != (space.name, space.width_mult):
-        sys.exit(
+        raise UserError(
             f"--det-config trains space {det_space.name} x{det_space.width_mult}, but --config-file "
             f"({config}) has {space.name} x{space.width_mult}: FLOPs would be of another network"
         )
