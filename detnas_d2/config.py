@@ -175,6 +175,18 @@ def add_detnas_config(cfg):
     _C.DETNAS.SEARCH.FINALISTS.WEIGHTS = []
     _C.DETNAS.SEARCH.FINALISTS.BOOTSTRAP = 1000  # resamples
     _C.DETNAS.SEARCH.FINALISTS.CONFIDENCE = 0.95
+    # What scores a candidate: "supernet" (BN recalibration and evaluation on the supernet of
+    # MODEL.WEIGHTS) or a zero-shot score of its subnet at random initialisation, with no supernet and no
+    # data (detnas_d2/zero_shot/): "zero_shot_entropy" (MAE-DET's multi-scale entropy) or
+    # "zero_shot_zen" (Zen-NAS's Zen-score). Zero-shot: MODEL.WEIGHTS, BN_RECALIB and the evaluation
+    # keys are not read.
+    _C.DETNAS.SEARCH.SCORER = "supernet"
+    _C.DETNAS.SEARCH.ZERO_SHOT = CN()
+    _C.DETNAS.SEARCH.ZERO_SHOT.REPEATS = 4  # Gaussian initialisations, each with its random images
+    _C.DETNAS.SEARCH.ZERO_SHOT.BATCH_SIZE = 32  # random images per initialisation
+    _C.DETNAS.SEARCH.ZERO_SHOT.INPUT_SIZE = 0  # their side (square); 0: DETNAS.SEARCH.INPUT_SIZE
+    # entropy: the weight of each feature level's entropy, the stem (stride 2) first, then the stages
+    _C.DETNAS.SEARCH.ZERO_SHOT.STAGE_WEIGHTS = (0.0, 0.0, 1.0, 1.0, 6.0)
 
 
 # Keys of earlier releases, read for one release with a warning naming the new key (None: dropped).

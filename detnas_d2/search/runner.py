@@ -7,13 +7,15 @@ to score to the other processes; DETNAS.SEARCH.DIST_MODE says how they share the
 - split_candidates: each process scores its own candidate on all images; the results are gathered.
 Both give the same scores as one process (see scoring.py), so a search may be resumed with another
 number of processes or mode. The finalists (finalists.py) are scored the same way, after the search, by a
-scorer of their own (their evaluation images and supernets).
+scorer of their own (their evaluation images and supernets). With a zero-shot DETNAS.SEARCH.SCORER, a
+ZeroShotScorer (detnas_d2/zero_shot) takes the supernet scorer's place: no checkpoint or data is read,
+and every process computes the same scores.
 """
 
 import dataclasses
 import logging
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from detectron2.modeling import build_model
 from detectron2.utils import comm
@@ -24,13 +26,14 @@ from detnas_d2.checkpoint import DetNASCheckpointer
 from detnas_d2.search_space import space_from_cfg
 from detnas_d2.tasks import get_task
 from detnas_d2.user_errors import UserError
+from detnas_d2.zero_shot import ZeroShotScorer, ZeroShotSettings
 
 from .constraints import ArchConstraints
 from .evolution import EvolutionSearch
 from .finalists import Finalists
 from .outputs import CANDIDATES_FILE, SearchOutputs
 from .scoring import CandidateScorer
-from .settings import FinalistSettings, ScoringSettings, SearchSettings
+from .settings import FinalistSettings, ScoringSettings, SearchSettings, scoring_from_cfg
 
 __all__ = ["run_search", "check_search", "DistributedScoring", "STATE_FILE", "build_scorer"]
 
@@ -93,14 +96,17 @@ class DistributedScoring:
 
 def build_scorer(
     cfg,
-    scoring: Optional[ScoringSettings] = None,
+    scoring: Optional[Union[ScoringSettings, ZeroShotSettings]] = None,
     search: Optional[SearchSettings] = None,
     weights: Sequence[str] = (),
-) -> CandidateScorer:
+) -> Union[CandidateScorer, ZeroShotScorer]:
     """The supernet model of `cfg` loaded from each of `weights` (default: the scoring's supernets,
     MODEL.WEIGHTS or ENSEMBLE_WEIGHTS) and their CandidateScorer (with the racing slices of `search`,
-    holding a population's partial scores)."""
-    scoring = scoring or ScoringSettings.from_cfg(cfg)
+    holding a population's partial scores); with zero-shot settings (DETNAS.SEARCH.SCORER), the
+    ZeroShotScorer, which reads no supernet."""
+    scoring = scoring or scoring_from_cfg(cfg)
+    if isinstance(scoring, ZeroShotSettings):
+        return ZeroShotScorer(cfg, scoring)
     weights = tuple(weights) or scoring.supernets
     models = []
     for path in weights:
@@ -147,12 +153,14 @@ def _read_settings(cfg):
         settings = SearchSettings.from_cfg(cfg)
         constraints = ArchConstraints.from_cfg(cfg, space)
         constraints.check_feasible(settings.seed)
-        scoring = ScoringSettings.from_cfg(cfg)
+        scoring = scoring_from_cfg(cfg)
         finalist_settings = FinalistSettings.from_cfg(cfg, scoring)
     except UserError:
         raise
     except (ValueError, FileNotFoundError) as e:
         raise UserError(str(e)) from e
+    if isinstance(scoring, ZeroShotSettings):  # no checkpoint is read
+        return space, settings, constraints, scoring, finalist_settings
     for key, paths in (
         ("MODEL.WEIGHTS", () if scoring.ensemble_weights else (scoring.weights,)),
         ("DETNAS.SEARCH.ENSEMBLE_WEIGHTS", scoring.ensemble_weights),
@@ -208,6 +216,11 @@ def run_search(cfg, resume: bool = False) -> Optional[Dict]:
             + (f" (the mean over {len(supernets)} supernets)" if len(supernets) > 1 else "")
             + f"; {comm.get_world_size()} process(es), {scoring.dist_mode}."
             + (
+                f" No supernet: MODEL.WEIGHTS ({cfg.MODEL.WEIGHTS}) is not read."
+                if isinstance(scoring, ZeroShotSettings) and cfg.MODEL.WEIGHTS
+                else ""
+            )
+            + (
                 f" Racing on slices {settings.racing_slices} of the evaluation images, margin >= "
                 f"{settings.racing_margin} ({settings.racing_margin_mode})."
                 if settings.racing_slices
@@ -244,10 +257,14 @@ def run_search(cfg, resume: bool = False) -> Optional[Dict]:
             finalists.run(None, callbacks=[outputs])
         if not search.history:
             raise RuntimeError(f"No arch meets {constraints.describe()}: nothing was scored")
-        supernets = scoring.supernets
         return outputs.finish(
-            search,
-            finalists=finalists,
-            input_size=constraints.input_size,
-            supernet=supernets[0] if len(supernets) == 1 else list(supernets),
+            search, finalists=finalists, input_size=constraints.input_size, **_provenance(scoring)
         )
+
+
+def _provenance(scoring) -> Dict:
+    """What best_arch.yaml says scored the arch: the supernet(s), or the zero-shot scorer."""
+    if isinstance(scoring, ZeroShotSettings):
+        return scoring.fingerprint()
+    supernets = scoring.supernets
+    return {"supernet": supernets[0] if len(supernets) == 1 else list(supernets)}

@@ -4,7 +4,7 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 from detectron2.utils.file_io import PathManager
 
@@ -13,22 +13,27 @@ from detnas_d2.recalibration import RecalibrationSettings
 from detnas_d2.search_space import SearchSpace
 from detnas_d2.tasks import get_task
 from detnas_d2.user_errors import UserError
+from detnas_d2.zero_shot import METHODS, SCORER_PREFIX, ZeroShotSettings
 
 from .predictor import PREDICTORS
 from .racing import MARGIN_MODES
 
 __all__ = [
     "DIST_MODES",
+    "SCORERS",
     "FinalistSettings",
     "ScoringSettings",
     "SearchSettings",
     "adopt_supernet_hashes",
     "changed_supernets",
     "file_sha256",
+    "scoring_from_cfg",
     "search_fingerprint",
 ]
 
 DIST_MODES = ("split_images", "split_candidates")
+# DETNAS.SEARCH.SCORER: the supernet, or a zero-shot score (detnas_d2/zero_shot)
+SCORERS = ("supernet",) + tuple(SCORER_PREFIX + method for method in METHODS)
 
 
 @dataclass(frozen=True)
@@ -209,6 +214,33 @@ class ScoringSettings:
         require_registered([self.recalib.dataset], "DETNAS.BN_RECALIB.DATASET (or DATASETS.TRAIN)")
 
 
+def scoring_from_cfg(cfg) -> Union[ScoringSettings, ZeroShotSettings]:
+    """How candidates are scored, by DETNAS.SEARCH.SCORER: on the supernet (ScoringSettings) or zero-shot
+    (ZeroShotSettings), which refuses the options that only apply to supernets."""
+    s = cfg.DETNAS.SEARCH
+    if s.SCORER not in SCORERS:
+        raise UserError(f"DETNAS.SEARCH.SCORER must be one of {list(SCORERS)}, got '{s.SCORER}'")
+    if s.SCORER == "supernet":
+        return ScoringSettings.from_cfg(cfg)
+    supernet_only = [
+        key
+        for key, value in (
+            ("DETNAS.SEARCH.FINALISTS.TOPK", s.FINALISTS.TOPK),
+            ("DETNAS.SEARCH.RACING.SLICES", tuple(s.RACING.SLICES)),
+            ("DETNAS.SEARCH.ENSEMBLE_WEIGHTS", tuple(s.ENSEMBLE_WEIGHTS)),
+        )
+        if value
+    ]
+    if supernet_only:
+        raise UserError(
+            f"DETNAS.SEARCH.SCORER {s.SCORER} scores without a supernet, but {', '.join(supernet_only)} "
+            "only apply to supernet scores: unset them (or search with SCORER supernet)"
+        )
+    if s.DIST_MODE not in DIST_MODES:
+        raise UserError(f"DETNAS.SEARCH.DIST_MODE must be one of {DIST_MODES}, got '{s.DIST_MODE}'")
+    return ZeroShotSettings.from_cfg(cfg)
+
+
 @dataclass(frozen=True)
 class FinalistSettings:
     """DETNAS.SEARCH.FINALISTS, read once (finalists.py)."""
@@ -252,7 +284,7 @@ def search_fingerprint(
     settings: SearchSettings,
     space: SearchSpace,
     constraints,
-    scoring: Optional[ScoringSettings] = None,
+    scoring: Optional[Union[ScoringSettings, ZeroShotSettings]] = None,
     finalists: Optional[FinalistSettings] = None,
 ) -> Dict:
     """What fixes a search's candidate sequence and scores (and its finalists' records): a state file
@@ -278,7 +310,9 @@ def search_fingerprint(
     ]
     if constraints.latency is not None:
         fingerprint["latency"] = [constraints.latency_max_ms, constraints.latency.to_dict()]
-    if scoring is not None:
+    if isinstance(scoring, ZeroShotSettings):  # the scorer and its settings; no supernet
+        fingerprint.update(scoring.fingerprint())
+    elif scoring is not None:
         supernets = scoring.supernets
         fingerprint.update(
             {
