@@ -5,6 +5,9 @@
     # 2. supernet scores, with the search's own scorer and settings (KEY VALUE options as in search_net.py)
     python tools/rank_audit.py supernet --archs output/audit/archs.txt --output output/audit/supernet.jsonl \\
         MODEL.WEIGHTS output/toy/2/model_final.pth
+    # 2b. or zero-shot scores, with no supernet and no data (MAE-DET's entropy or Zen-NAS's Zen-score)
+    python tools/rank_audit.py zeroshot --archs output/audit/archs.txt --scorer entropy \\
+        --output output/audit/zero_shot_entropy.jsonl
     # 3. stand-alone scores: steps 4-5 of the pipeline for each arch and seed, 2 trainings at a time
     python tools/rank_audit.py standalone --archs output/audit/archs.txt --seeds 0 1 --jobs 2 \\
         --output output/audit/standalone.jsonl
@@ -27,7 +30,11 @@ training seed), seconds, images_recalib and images_eval (supernet: the image for
 kind, metric, settings (everything that fixes the score; a file only takes lines of one protocol and
 settings), timings, top-1 of the stand-alone classifier, ...
 
-Both scoring parts resume: an arch (or (arch, seed)) with a line in the output is not scored again, so
+Zero-shot scores are lines of the same form, kind "supernet" (compare and protocols read them as they read
+supernet scores), with metric and protocol the scorer's name (zero_shot_entropy, zero_shot_zen),
+images_recalib 0 and images_eval the random images forwarded.
+
+The scoring parts resume: an arch (or (arch, seed)) with a line in the output is not scored again, so
 stopping a run (Ctrl-C, kill) and starting it again ends with the same lines (timings aside), in the
 order of the arch list. A line cut short by a kill is dropped on the next start. A stand-alone run that
 was stopped halfway continues: a step that finished with the same command is kept, a training that was
@@ -41,6 +48,7 @@ from ..file_io import atomic_write
 from ..pipeline import split_opts
 from ..search_space import BLOCKS
 from ..user_errors import UserError, reporting_user_errors
+from ..zero_shot import METHODS
 from .archs import (
     DEFAULT_SEARCH_CONFIG,
     arch_str,
@@ -54,6 +62,7 @@ from .console import log
 from .protocols import compare_protocols
 from .standalone import DEFAULT_CLS_CONFIG, DEFAULT_DET_CONFIG, score_standalone
 from .supernet import score_supernet
+from .zero_shot import score_zero_shot
 
 __all__ = ["build_parser", "main"]
 
@@ -138,6 +147,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--protocol", default="supernet", help="label of these scores (e.g. the supernet recipe)"
     )
+    p.add_argument("--limit", type=int, help="score at most this many new archs, then stop")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config options")
+
+    p = sub.add_parser(
+        "zeroshot",
+        help="score archs with a zero-shot proxy: no supernet, no data (resumable)",
+        description="Trailing KEY VALUE options go to the search config (DETNAS.SEARCH.ZERO_SHOT.*, "
+        "DETNAS.SEARCH.SEED, MODEL.DEVICE).",
+    )
+    p.set_defaults(run=score_zero_shot)
+    p.add_argument("--config-file", dest="config", default=DEFAULT_SEARCH_CONFIG, help=config_help)
+    p.add_argument("--archs", action="append", required=True, help=archs_help)
+    p.add_argument(
+        "--scorer",
+        dest="method",
+        required=True,
+        choices=METHODS,
+        help="entropy: MAE-DET's multi-scale entropy; zen: Zen-NAS's Zen-score",
+    )
+    p.add_argument(
+        "--output", required=True, help="score file (JSON lines); its archs are not scored again"
+    )
+    p.add_argument("--protocol", help="label of these scores (default: zero_shot_<scorer>)")
     p.add_argument("--limit", type=int, help="score at most this many new archs, then stop")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config options")
 
