@@ -26,28 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCH = "0,1,2,3,3,2,1,0,0,1,2,3,3,2,1,0,0,1,2,3"
 DET_CFG = os.path.join(ROOT, "configs/Toy/det_subnet.yaml")
 CLS_CFG = os.path.join(ROOT, "configs/Toy/cls_subnet.yaml")
-# The COCO RetinaNet config with the toy options (narrow backbone, plain BN, 128 px, 5 classes, toy data).
 RETINA_CFG = os.path.join(ROOT, "configs/COCO-Detection/subnet_small_RetinaNet_1x.yaml")
-RETINA_TOY_OPTS = [
-    "MODEL.DEVICE",
-    "cpu",
-    "MODEL.DETNAS.WIDTH_MULT",
-    "0.25",
-    "MODEL.DETNAS.NORM",
-    "BN",
-    "MODEL.FPN.NORM",
-    "",
-    "MODEL.FPN.OUT_CHANNELS",
-    "32",
-    "MODEL.RETINANET.NUM_CLASSES",
-    "5",
-    "INPUT.MIN_SIZE_TEST",
-    "128",
-    "INPUT.MAX_SIZE_TEST",
-    "128",
-    "DATASETS.TEST",
-    "('toy_det_val',)",
-]
 
 
 def _tool():
@@ -174,8 +153,11 @@ def test_export_faster_rcnn(tool, tmp_path, fmt):
     assert os.path.isfile(os.path.join(out, "model.ts" if fmt == "torchscript" else "model.onnx"))
 
 
-def test_export_retinanet_onnx(tool, tmp_path):
-    opts = RETINA_TOY_OPTS + ["MODEL.DETNAS.ARCH", ARCH]
+def test_export_retinanet_onnx(tool, tmp_path, toy_retinanet_opts):
+    # the COCO RetinaNet config narrowed to the toy shapes, on the toy data at 128 px
+    test_data = ["INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128"]
+    test_data += ["DATASETS.TEST", "('toy_det_val',)"]
+    opts = toy_retinanet_opts + test_data + ["MODEL.DETNAS.ARCH", ARCH]
     weights = _weights(tmp_path, RETINA_CFG, opts)
     rc, out, info = _run(tool, tmp_path, RETINA_CFG, "onnx", opts + ["MODEL.WEIGHTS", weights])
     assert rc == 0, info

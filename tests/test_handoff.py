@@ -29,25 +29,6 @@ def toy_model(config, *opts):
     return build_model(cfg)
 
 
-def retinanet(*opts):
-    return toy_model(
-        "Base-DetNAS-RetinaNet.yaml",
-        "MODEL.DEVICE",
-        "cpu",
-        "MODEL.DETNAS.WIDTH_MULT",
-        "0.25",
-        "MODEL.DETNAS.NORM",
-        "BN",
-        "MODEL.FPN.NORM",
-        "",
-        "MODEL.FPN.OUT_CHANNELS",
-        "32",
-        "MODEL.RETINANET.NUM_CLASSES",
-        "5",
-        *opts,
-    )
-
-
 def save(model, folder):
     DetectionCheckpointer(model, str(folder)).save("model_final")  # as the trainer writes it
     return str(folder / "model_final.pth")
@@ -67,13 +48,18 @@ def has_row(log, source, target):
     )
 
 
-def test_classifier_backbone_goes_to_fpn_and_retinanet_detectors(tmp_path):
+def test_classifier_backbone_goes_to_fpn_and_retinanet_detectors(tmp_path, toy_retinanet_opts):
     classifier = toy_model("Toy/cls_supernet.yaml")
     path = save(classifier, tmp_path)
     source = classifier.state_dict()
     for detector in (
         toy_model("Toy/det_supernet.yaml"),
-        retinanet("MODEL.BACKBONE.NAME", "build_detnas_supernet_retinanet_fpn_backbone"),
+        toy_model(
+            "Base-DetNAS-RetinaNet.yaml",
+            *toy_retinanet_opts,
+            "MODEL.BACKBONE.NAME",
+            "build_detnas_supernet_retinanet_fpn_backbone",
+        ),
     ):
         log = load(detector, path)
         target = detector.state_dict()

@@ -11,30 +11,10 @@ import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# A toy supernet classifier whose last iterations follow random paths, with random-resized crops,
-# colour jitter and flips: every source of randomness a training step has.
-OPTS = [
-    "SOLVER.MAX_ITER",
-    "40",
-    "SOLVER.CHECKPOINT_PERIOD",
-    "10",
-    "SOLVER.IMS_PER_BATCH",
-    "8",
-    "SOLVER.WARMUP_ITERS",
-    "5",
-    "DETNAS.SAMPLER.PROGRESSIVE_ITERS",
-    "20",
-    "DETNAS.BN_RECALIB.IMAGES",
-    "0",
-    "TEST.EVAL_PERIOD",
-    "0",
-    "DATASETS.TEST",
-    "()",
-]
 KILL_AFTER = "model_0000019.pth"
 
 
-def _command(out_dir, num_gpus, resume=False):
+def _command(out_dir, num_gpus, opts, resume=False):
     cmd = [
         sys.executable,
         os.path.join(ROOT, "train_net.py"),
@@ -43,16 +23,16 @@ def _command(out_dir, num_gpus, resume=False):
         "--num-gpus",
         str(num_gpus),
     ]
-    return cmd + (["--resume"] if resume else []) + OPTS + ["OUTPUT_DIR", str(out_dir)]
+    return cmd + (["--resume"] if resume else []) + opts + ["OUTPUT_DIR", str(out_dir)]
 
 
 def _env(num_gpus):
     return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 
 
-def _run(out_dir, num_gpus, resume=False):
+def _run(out_dir, num_gpus, opts, resume=False):
     proc = subprocess.run(
-        _command(out_dir, num_gpus, resume),
+        _command(out_dir, num_gpus, opts, resume),
         env=_env(num_gpus),
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -64,10 +44,10 @@ def _run(out_dir, num_gpus, resume=False):
     return proc.stdout
 
 
-def _run_and_kill(out_dir, num_gpus):
+def _run_and_kill(out_dir, num_gpus, opts):
     """Start a run and SIGKILL it (launcher and workers) once the checkpoint KILL_AFTER is complete."""
     proc = subprocess.Popen(
-        _command(out_dir, num_gpus),
+        _command(out_dir, num_gpus, opts),
         env=_env(num_gpus),
         cwd=ROOT,
         start_new_session=True,
@@ -94,10 +74,10 @@ def _weights(out_dir):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("num_gpus", [1, 2], ids=["1 process", "2 gloo processes"])
-def test_killed_run_resumes_to_the_uninterrupted_weights(tmp_path, num_gpus):
-    _run(tmp_path / "straight", num_gpus)
-    _run_and_kill(tmp_path / "killed", num_gpus)
-    log = _run(tmp_path / "killed", num_gpus, resume=True)
+def test_killed_run_resumes_to_the_uninterrupted_weights(tmp_path, num_gpus, toy_training_opts):
+    _run(tmp_path / "straight", num_gpus, toy_training_opts)
+    _run_and_kill(tmp_path / "killed", num_gpus, toy_training_opts)
+    log = _run(tmp_path / "killed", num_gpus, toy_training_opts, resume=True)
     assert "resumes at batch 20" in log, log[-3000:]
     straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "killed")
     assert straight.keys() == resumed.keys()

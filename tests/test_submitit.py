@@ -19,32 +19,12 @@ from detnas_d2.engine.submit import TrainingJob, build_executor, job_launch_args
 from detnas_d2.train_net import main as train_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# A toy supernet classifier whose later iterations follow random paths, with random crops, jitter and
-# flips: every source of randomness a training step has (as tests/test_resume.py).
-OPTS = [
-    "SOLVER.MAX_ITER",
-    "40",
-    "SOLVER.CHECKPOINT_PERIOD",
-    "10",
-    "SOLVER.IMS_PER_BATCH",
-    "8",
-    "SOLVER.WARMUP_ITERS",
-    "5",
-    "DETNAS.SAMPLER.PROGRESSIVE_ITERS",
-    "20",
-    "DETNAS.BN_RECALIB.IMAGES",
-    "0",
-    "TEST.EVAL_PERIOD",
-    "0",
-    "DATASETS.TEST",
-    "()",
-]
 
 
-def _args(out_dir):
+def _args(out_dir, opts):
     config = os.path.join(ROOT, "configs", "Toy", "cls_supernet.yaml")
     return parse_args(
-        ["--config-file", config, "--num-gpus", "1", *OPTS, "OUTPUT_DIR", str(out_dir)], env={}
+        ["--config-file", config, "--num-gpus", "1", *opts, "OUTPUT_DIR", str(out_dir)], env={}
     )
 
 
@@ -66,8 +46,10 @@ def test_job_launch_args_come_from_slurm_or_one_local_machine():
     assert got["dist_url"].startswith("tcp://gpu07:")
 
 
-def test_job_runs_main_with_the_job_launch_arguments_and_requeues_with_resume(tmp_path):
-    args = _args(tmp_path)
+def test_job_runs_main_with_the_job_launch_arguments_and_requeues_with_resume(
+    tmp_path, toy_training_opts
+):
+    args = _args(tmp_path, toy_training_opts)
     args.num_machines, args.machine_rank, args.dist_url = (
         3,
         2,
@@ -124,15 +106,21 @@ def _wait_for_checkpoint(out_dir, name, job, timeout_s=300):
 
 
 @pytest.mark.slow
-def test_preempted_job_is_requeued_and_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch):
+def test_preempted_job_is_requeued_and_resumes_to_the_uninterrupted_weights(
+    tmp_path, monkeypatch, toy_training_opts
+):
     monkeypatch.setenv(
         "OMP_NUM_THREADS", "1"
     )  # the jobs' processes: one thread, so runs repeat bit for bit
     executor = build_executor(
         str(tmp_path / "jobs" / "%j"), "local", gpus_per_node=0, timeout_min=10
     )
-    straight = submit_training(executor, train_main, _args(tmp_path / "straight"))
-    preempted = submit_training(executor, train_main, _args(tmp_path / "preempted"))
+    straight = submit_training(
+        executor, train_main, _args(tmp_path / "straight", toy_training_opts)
+    )
+    preempted = submit_training(
+        executor, train_main, _args(tmp_path / "preempted", toy_training_opts)
+    )
     _wait_for_checkpoint(tmp_path / "preempted", "model_0000009.pth", preempted)
     # What SLURM does before a preemption or the time limit: the job's task gets submitit's signal (USR2).
     tasks = _task_pids(preempted._process.pid)
