@@ -10,7 +10,7 @@ noise e (standard Gaussian), gamma = 0.01:
 
 where f is the deepest feature map and var_ij the batch variance of channel j at the input of BN layer
 i, here measured on the forward of x (the paper's definition; the reference reads BN's running
-variance after its momentum update, which mixes in the initial 1). The reference removes residual
+variance after the momentum updates of its two forwards, which mixes in the initial 1). The reference removes residual
 links; a ShuffleNetV2 unit's pass-through half is no sum but half of its output, so it stays. The score
 is the mean over repeats.
 """
