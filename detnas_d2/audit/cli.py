@@ -95,6 +95,17 @@ def _sample(*, config, num, seed, flops_min, flops_max, include, output):
         print(text, end="")
 
 
+def _add_arch_scoring_arguments(p, config_help, archs_help):
+    """The options of a part that scores archs one by one into a resumable score file."""
+    p.add_argument("--config-file", dest="config", default=DEFAULT_SEARCH_CONFIG, help=config_help)
+    p.add_argument("--archs", action="append", required=True, help=archs_help)
+    p.add_argument(
+        "--output", required=True, help="score file (JSON lines); its archs are not scored again"
+    )
+    p.add_argument("--limit", type=int, help="score at most this many new archs, then stop")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config options")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -134,21 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
         "(MODEL.WEIGHTS, DETNAS.SEARCH.*, DETNAS.BN_RECALIB.*).",
     )
     p.set_defaults(run=score_supernet)
-    p.add_argument(
-        "--config-file",
-        dest="config",
-        default=DEFAULT_SEARCH_CONFIG,
-        help="the search config (scoring protocol)",
-    )
-    p.add_argument("--archs", action="append", required=True, help=archs_help)
-    p.add_argument(
-        "--output", required=True, help="score file (JSON lines); its archs are not scored again"
-    )
+    _add_arch_scoring_arguments(p, "the search config (scoring protocol)", archs_help)
     p.add_argument(
         "--protocol", default="supernet", help="label of these scores (e.g. the supernet recipe)"
     )
-    p.add_argument("--limit", type=int, help="score at most this many new archs, then stop")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config options")
 
     p = sub.add_parser(
         "zeroshot",
@@ -157,8 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         "DETNAS.SEARCH.SEED, MODEL.DEVICE).",
     )
     p.set_defaults(run=score_zero_shot)
-    p.add_argument("--config-file", dest="config", default=DEFAULT_SEARCH_CONFIG, help=config_help)
-    p.add_argument("--archs", action="append", required=True, help=archs_help)
+    _add_arch_scoring_arguments(p, config_help, archs_help)
     p.add_argument(
         "--scorer",
         dest="method",
@@ -166,12 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=METHODS,
         help="entropy: MAE-DET's multi-scale entropy; zen: Zen-NAS's Zen-score",
     )
-    p.add_argument(
-        "--output", required=True, help="score file (JSON lines); its archs are not scored again"
-    )
     p.add_argument("--protocol", help="label of these scores (default: zero_shot_<scorer>)")
-    p.add_argument("--limit", type=int, help="score at most this many new archs, then stop")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config options")
 
     p = sub.add_parser(
         "standalone", help="retrain archs as pipeline steps 4-5, several seeds (resumable)"
