@@ -18,7 +18,7 @@ from tabulate import tabulate
 
 from detnas_d2.flops import count_flops, get_flops_table
 from detnas_d2.modeling.backbone import ShuffleNetV2Subnet
-from detnas_d2.search_space import SPACES, get_space
+from detnas_d2.search_space import get_space, shipped_spaces
 
 
 def fvcore_flops_params(space, arch, size):
@@ -32,7 +32,12 @@ def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--spaces", nargs="+", default=list(SPACES), choices=list(SPACES))
+    parser.add_argument(
+        "--spaces",
+        nargs="+",
+        default=list(shipped_spaces()),
+        help="shipped spaces' names or space files",
+    )
     parser.add_argument("--width-mult", type=float, default=1.0)
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--traced", type=int, default=3, help="archs traced with fvcore per space")

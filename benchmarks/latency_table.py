@@ -38,7 +38,7 @@ from detnas_d2.latency.timing import (
 )
 from detnas_d2.modeling import ShuffleNetV2Subnet
 from detnas_d2.modeling.bn_fold import fold_batchnorm
-from detnas_d2.search_space import NUM_CHOICES, arch_to_str, get_space
+from detnas_d2.search_space import arch_to_str, get_space
 
 
 def kendall_tau(a, b):
@@ -131,7 +131,7 @@ def main():
             meta,
             times[0],
             [
-                times[1 + NUM_CHOICES * i : 1 + NUM_CHOICES * (i + 1)]
+                times[1 + sum(space.num_choices[:i]) : 1 + sum(space.num_choices[: i + 1])]
                 for i in range(space.num_layers)
             ],
         )

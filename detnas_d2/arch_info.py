@@ -1,12 +1,12 @@
 """Describe an arch: chosen blocks, FLOPs and params per stage.
 
-    python -m detnas_d2.arch_info ARCH [--space small|large|large-wide] [--width-mult W]
+    python -m detnas_d2.arch_info ARCH [--space NAME|SPACE.yaml] [--width-mult W]
                                        [--head none|classifier] [--num-classes N] [--input-size 224|HxW] [--json]
 
 ARCH is an arch file in any format read by `detnas_d2.arch_io` (ours, official DetNAS, MMRazor 1.x/0.x),
-a comma-separated list of block ids or names, or random:SEED. Without --space (--width-mult), the
-space (width) named in the file is used, else the space implied by the number of layers (width 1.0);
-random:SEED defaults to the small space.
+a comma-separated list of block ids or names, or random:SEED. --space is a shipped space's name or a
+space file. Without --space (--width-mult), the space (width) named in the file is used, else the
+shipped space implied by the number of layers (width 1.0); random:SEED defaults to the small space.
 FLOPs are multiply-accumulates as fvcore counts them (see `detnas_d2.flops`).
 """
 
@@ -20,9 +20,9 @@ from .arch_io import load_arch_record
 from .flops import HEADS, get_flops_table
 from .input_size import parse_input_size
 from .latency import LatencyTable
-from .modeling.backbone import STAGE_NAMES
-from .search_space import BLOCKS, SPACES, get_space, stage_stride
+from .search_space import get_space, shipped_spaces, stage_stride
 
+# Short names of the paper spaces' blocks in the table; other blocks keep their names.
 SHORT_NAMES = {
     "shuffle_3x3": "3x3",
     "shuffle_5x5": "5x5",
@@ -77,7 +77,7 @@ def describe(
     if input_size is None:
         size = record.metadata.get("input_size", 224)
         input_size = (size, size) if isinstance(size, int) else tuple(size)
-    search_space = get_space(record.space, width_mult)
+    search_space = get_space(space or record.space, width_mult)
     table = get_flops_table(search_space, input_size, head=head, num_classes=num_classes)
     arch = record.arch
     stages = []
@@ -92,7 +92,7 @@ def describe(
                 "layers": [layers[0], layers[-1]],
                 "channels": channels,
                 "stride": stage_stride(stage),
-                "choices": [BLOCKS[arch[i]] for i in layers],
+                "choices": [search_space.block_name(i, arch[i]) for i in layers],
                 "flops": sum(table.layer_flops[i][arch[i]] for i in layers),
                 "params": sum(table.layer_params[i][arch[i]] for i in layers),
             }
@@ -106,7 +106,7 @@ def describe(
         "format": record.format,
         "metadata": record.metadata,
         "arch": list(arch),
-        "choices": [BLOCKS[a] for a in arch],
+        "choices": [search_space.block_name(i, a) for i, a in enumerate(arch)],
         "flops": table.flops(arch),
         "params": table.params(arch),
         "stem": {
@@ -130,7 +130,7 @@ def describe(
             "stem_ms": per_stage["stem"],
             "head_ms": per_stage.get("head", 0.0),
         }
-        for s, name in zip(stages, STAGE_NAMES):
+        for s, name in zip(stages, search_space.out_features):
             s["latency_ms"] = per_stage[name]
     return info
 
@@ -148,7 +148,7 @@ def format_table(info: dict) -> str:
     ]
     for s in info["stages"]:
         first, last = s["layers"]
-        blocks = " ".join(SHORT_NAMES[c] for c in s["choices"])
+        blocks = " ".join(SHORT_NAMES.get(c, c) for c in s["choices"])
         flops, params = human(s["flops"]), human(s["params"])
         rows.append(
             [s["stage"], f"{first}-{last}", s["channels"], s["stride"], blocks, flops, params]
@@ -188,10 +188,11 @@ def format_table(info: dict) -> str:
         table,
         f"FLOPs {info['flops']:,} ({human(info['flops'])} multiply-accumulates), params {info['params']:,}",
         f"space FLOPs range at this input: {human(info['space_min_flops'])} - {human(info['space_max_flops'])}",
-        "blocks: " + ", ".join(f"{short} = {name}" for name, short in SHORT_NAMES.items()),
     ]
     if latency:
-        lines.insert(-1, f"predicted latency {latency['ms']:.3f} ms on {latency['device']}")
+        lines.append(f"predicted latency {latency['ms']:.3f} ms on {latency['device']}")
+    if any(c in SHORT_NAMES for s in info["stages"] for c in s["choices"]):
+        lines.append("blocks: " + ", ".join(f"{v} = {k}" for k, v in SHORT_NAMES.items()))
     return "\n".join(lines)
 
 
@@ -205,8 +206,8 @@ def get_parser():
     )
     parser.add_argument(
         "--space",
-        choices=sorted(SPACES),
-        help="default: the file's, else implied by the length (random: small)",
+        help=f"a shipped space ({', '.join(shipped_spaces())}) or a space file (.yaml); default: the "
+        "file's, else implied by the length (random: small)",
     )
     parser.add_argument("--width-mult", type=_positive_float, help="default: the file's, else 1.0")
     parser.add_argument(

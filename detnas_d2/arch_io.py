@@ -12,13 +12,17 @@ Formats read (detected from the content):
         - shuffle_3x3  # layer 0 (stage 0 block 0)
         ...
 
+  A space given by its file (MODEL.DETNAS.SPACE a path) is recorded as that path and the file's digest
+  (``space_digest``): the file is refused on a space of other content.
 - ``official`` (DetNAS code): a list of 20 or 40 block ids, as a YAML/JSON list (``[0, 1, ...]``), a
-  comma- or space-separated text, or one id per line. Block names are accepted in place of ids.
+  comma- or space-separated text, or one id per line. Block names are accepted in place of ids; the
+  space is the one given, else the shipped space of that many layers.
 - ``mmrazor-1.x``: ``backbone.layers.<stage>.<block>: {chosen: <name>}`` (stage 0-3, block 0-based).
 - ``mmrazor-0.x``: ``stage_<stage>_block_<block>: {chosen: [<name>]}``.
 
-Ids and names are those of :data:`detnas_d2.search_space.BLOCKS`. Every malformed input raises ArchError
-(a UserError, so a ValueError) naming the source and the line (or key) at fault.
+Ids and names are those of each layer's candidates in the space (`SearchSpace.layer_blocks`). Every
+malformed input raises ArchError (a UserError, so a ValueError) naming the source and the line (or key)
+at fault.
 """
 
 import random
@@ -31,15 +35,7 @@ from detectron2.utils.file_io import PathManager
 from yaml.constructor import SafeConstructor
 
 from .file_io import atomic_write
-from .search_space import (
-    BLOCK_IDS,
-    BLOCKS,
-    NUM_CHOICES,
-    SPACES,
-    SearchSpace,
-    get_space,
-    stage_stride,
-)
+from .search_space import SearchSpace, get_space, shipped_spaces, stage_stride
 from .user_errors import UserError
 
 __all__ = [
@@ -77,9 +73,12 @@ def _space_arg(space: SpaceArg) -> SpaceArg:
 @dataclass(frozen=True)
 class ArchRecord:
     arch: Tuple[int, ...]
-    space: str  # the space of the arch: the one requested, else named in the file, else implied by its length
+    # the space of the arch (`SearchSpace.ref`: a shipped space's name or a space file): the one
+    # requested, else named in the file, else implied by its length
+    space: str
     metadata: Dict[str, Any] = field(default_factory=dict)  # ours: every key besides space and arch
     format: str = "detnas-d2"  # one of FORMATS, or "random"
+    space_digest: str = ""  # of the space file the arch was made on; "" for a shipped space
 
 
 class ArchError(UserError):
@@ -110,12 +109,12 @@ def load_arch(spec, space: SpaceArg) -> Tuple[int, ...]:
 def load_arch_record(spec, space: SpaceArg = None) -> ArchRecord:
     """Like :func:`load_arch`, returning the file's space and metadata too.
 
-    With `space` None the space named in the file is used, else the one implied by the number of layers
+    With `space` None the space named in the file is used, else the shipped space of that many layers
     (20: small; 40 is ambiguous between large and large-wide and needs `space`).
     """
     if not isinstance(spec, str):
         target = _require_space(space, "an arch given as a sequence")
-        return ArchRecord(target.validate(spec), target.name, {}, "official")
+        return _record(target.validate(spec), target, {}, "official")
     spec = spec.strip()
     if not spec:
         raise ArchError(
@@ -126,7 +125,7 @@ def load_arch_record(spec, space: SpaceArg = None) -> ArchRecord:
         if not re.fullmatch(r"-?\d+", seed):
             raise ArchError(f"arch spec '{spec}': random:SEED needs an integer seed, got '{seed}'")
         target = _require_space(space, f"arch spec '{spec}'")
-        return ArchRecord(target.random_arch(random.Random(int(seed))), target.name, {}, "random")
+        return _record(target.random_arch(random.Random(int(seed))), target, {}, "random")
     if "://" in spec or PathManager.isfile(spec):
         return parse_arch_record(_read_text(spec), space, source=spec)
     if PathManager.isdir(spec):
@@ -163,12 +162,16 @@ def _read_text(path: str) -> str:
         raise ArchError(f"{path}: cannot read arch file: {e}") from None
 
 
+def _record(arch, space: SearchSpace, metadata, fmt: str) -> ArchRecord:
+    return ArchRecord(tuple(arch), space.ref, metadata, fmt, space.digest if space.source else "")
+
+
 def _parse_inline_list(spec: str, space: SpaceArg) -> ArchRecord:
     items = [t for t in re.split(r"[\s,]+", spec) if t]
     try:
-        ids = [_block_id(tok, where=f"item {i}") for i, tok in enumerate(items)]
-        target = _resolve_space(space, None, len(ids))
-        return ArchRecord(_check_length(ids, target), target.name, {}, "official")
+        tokens = [(_token(tok), None, f"item {i}") for i, tok in enumerate(items)]
+        target = _resolve_space(space, None, len(tokens))
+        return _record(_block_ids(tokens, target), target, {}, "official")
     except _Problem as e:
         raise ArchError(f"arch '{spec}': {e}") from None
 
@@ -193,9 +196,9 @@ def _parse(text: str, space: SpaceArg) -> ArchRecord:
     ):  # e.g. a list of names with a negative id: folded, lines lost
         return _parse_tokens([(None, str(_construct(root)))], space)
     if isinstance(root, yaml.SequenceNode):
-        ids = [_block_id_node(item) for item in root.value]
-        target = _resolve_space(space, None, len(ids))
-        return ArchRecord(_check_length(ids, target), target.name, {}, "official")
+        tokens = [_token_node(item) for item in root.value]
+        target = _resolve_space(space, None, len(tokens))
+        return _record(_block_ids(tokens, target), target, {}, "official")
     entries = _mapping_entries(root)
     keys = [key for key, _, _ in entries]
     if "arch" in keys:
@@ -218,28 +221,29 @@ def _strip_comments(text: str) -> str:
 
 def _parse_tokens(numbered_lines, space: SpaceArg) -> ArchRecord:
     """Ids or names separated by commas, spaces, brackets or newlines; `numbered_lines`: (line, text)."""
-    ids = []
+    tokens = []
     for lineno, line in numbered_lines:
         for tok in _TOKEN_SEP.split(line.split("#", 1)[0]):
             if tok:
-                ids.append(_block_id(tok, line=lineno))
-    if not ids:
+                tokens.append((_token(tok), lineno, None))
+    if not tokens:
         raise _Problem("empty arch file")
-    target = _resolve_space(space, None, len(ids))
-    return ArchRecord(_check_length(ids, target), target.name, {}, "official")
+    target = _resolve_space(space, None, len(tokens))
+    return _record(_block_ids(tokens, target), target, {}, "official")
 
 
 def _parse_ours(entries, space: SpaceArg) -> ArchRecord:
-    file_space, arch_key_node, arch_node, metadata = None, None, None, {}
+    file_space, file_digest, arch_key_node, arch_node, metadata = None, "", None, None, {}
+    space_line = None
     for key, key_node, value_node in entries:
         if key == "arch":
             arch_key_node, arch_node = key_node, value_node
         elif key == "space":
-            file_space = _construct(value_node)
-            if file_space not in SPACES:
-                raise _Problem(
-                    f"unknown space {file_space!r}; spaces: {', '.join(SPACES)}", _line(value_node)
-                )
+            file_space, space_line = _construct(value_node), _line(value_node)
+            if not isinstance(file_space, str) or not file_space:
+                raise _Problem(f"'space' must name a space, got {file_space!r}", space_line)
+        elif key == "space_digest":
+            file_digest = str(_construct(value_node))
         else:
             if not isinstance(key, str):
                 raise _Problem(f"metadata keys must be names, got {key!r}", _line(key_node))
@@ -251,13 +255,13 @@ def _parse_ours(entries, space: SpaceArg) -> ArchRecord:
                 )
     if not isinstance(arch_node, yaml.SequenceNode):
         raise _Problem("'arch' must be a list of block names, one per layer", _line(arch_node))
-    ids = [_block_id_node(item) for item in arch_node.value]
-    target = _resolve_space(space, file_space, len(ids))
-    return ArchRecord(_check_length(ids, target, arch_key_node), target.name, metadata, "detnas-d2")
+    tokens = [_token_node(item) for item in arch_node.value]
+    target = _resolve_space(space, file_space, len(tokens), file_digest, space_line)
+    return _record(_block_ids(tokens, target, arch_key_node), target, metadata, "detnas-d2")
 
 
 def _parse_mmrazor(entries, space: SpaceArg, key_pattern, fmt: str) -> ArchRecord:
-    chosen = {}  # (stage, block) -> (block id, line)
+    chosen = {}  # (stage, block) -> (block as written, line of its key)
     form = (
         "backbone.layers.<stage>.<block>" if fmt == "mmrazor-1.x" else "stage_<stage>_block_<block>"
     )
@@ -282,15 +286,15 @@ def _parse_mmrazor(entries, space: SpaceArg, key_pattern, fmt: str) -> ArchRecor
                 f"{len(target.stage_depths) - 1} with {list(target.stage_depths)} blocks",
                 line,
             )
-    ids = []
+    tokens = []
     for spec in target.layers():
         if (spec.stage, spec.block) not in chosen:
             raise _Problem(f"missing key {layer_key(spec.stage, spec.block)} (space {target.name})")
-        ids.append(chosen[spec.stage, spec.block][0])
-    return ArchRecord(tuple(ids), target.name, {}, fmt)
+        tokens.append(chosen[spec.stage, spec.block][0])
+    return _record(_block_ids(tokens, target), target, {}, fmt)
 
 
-def _mmrazor_choice(key: str, node, fmt: str) -> int:
+def _mmrazor_choice(key: str, node, fmt: str):
     expected = "{chosen: <block name>}" if fmt == "mmrazor-1.x" else "{chosen: [<block name>]}"
     choice = None
     if isinstance(node, yaml.MappingNode):
@@ -305,7 +309,7 @@ def _mmrazor_choice(key: str, node, fmt: str) -> int:
         choice = choice.value[0]
     if not isinstance(choice, yaml.ScalarNode):
         raise _Problem(f"{key}: expected {expected}", _line(node))
-    return _block_id_node(choice)
+    return _token_node(choice)
 
 
 def _mapping_entries(node) -> List[Tuple[Any, Any, Any]]:
@@ -330,43 +334,74 @@ def _line(node) -> Optional[int]:
     return node.start_mark.line + 1 if node is not None else None
 
 
-def _block_id_node(node) -> int:
+# A block as written: (name or id, line or None, where or None: replaces the line in messages).
+_Token = Tuple[Any, Optional[int], Optional[str]]
+
+
+def _token_node(node) -> _Token:
     if not isinstance(node, yaml.ScalarNode):
         raise _Problem("expected a block name or id", _line(node))
     value = _construct(node)
-    return _block_id(
-        value if isinstance(value, int) and not isinstance(value, bool) else node.value, _line(node)
-    )
+    token = value if isinstance(value, int) and not isinstance(value, bool) else node.value
+    return _token(token), _line(node), None
 
 
-def _block_id(token, line: Optional[int] = None, where: Optional[str] = None) -> int:
-    """Block id of a name or id (int, or str of digits); `where` replaces the line in messages."""
+def _token(token):
+    """An id (int, or str of digits) as an int; a name as it is."""
     if isinstance(token, str) and re.fullmatch(r"\d+", token):
-        token = int(token)
-    if isinstance(token, int):
-        if 0 <= token < NUM_CHOICES:
-            return token
-        message = f"unknown block id {token} (ids 0-{NUM_CHOICES - 1}: {', '.join(BLOCKS)})"
-    elif token in BLOCK_IDS:
-        return BLOCK_IDS[token]
-    else:
-        message = f"unknown block '{token}' (blocks: {', '.join(BLOCKS)})"
-    raise _Problem(f"{where}: {message}" if where else message, line)
+        return int(token)
+    return token
+
+
+def _block_ids(tokens: Sequence[_Token], space: SearchSpace, node=None) -> Tuple[int, ...]:
+    """The block ids of `tokens` in `space`: every token a block of the space, then as many as its
+    layers, then each one a candidate of its own layer."""
+    names = space.block_names()
+
+    def problem(message, line, where):
+        return _Problem(f"{where}: {message}" if where else message, line)
+
+    for token, line, where in tokens:
+        if isinstance(token, int):
+            if not 0 <= token < space.max_choices:
+                raise problem(
+                    f"unknown block id {token} (ids 0-{space.max_choices - 1}: {', '.join(names)})",
+                    line,
+                    where,
+                )
+        elif token not in names:
+            raise problem(f"unknown block '{token}' (blocks: {', '.join(names)})", line, where)
+    _check_length(tokens, space, node)
+    ids = []
+    for layer, (token, line, where) in enumerate(tokens):
+        block = token if isinstance(token, int) else space.block_id(layer, token)
+        if block is None or block >= space.num_choices[layer]:
+            raise problem(
+                f"layer {layer} has no block {token!r} (its blocks: "
+                f"{space.describe_choices(layer)})",
+                line,
+                where,
+            )
+        ids.append(block)
+    return tuple(ids)
 
 
 def _is_positive_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
-def _check_length(ids: List[int], space: SearchSpace, node=None) -> Tuple[int, ...]:
-    if len(ids) != space.num_layers:
-        fits = [name for name, s in SPACES.items() if s.num_layers == len(ids)]
+def _shipped_layer_counts() -> Dict[str, int]:
+    return {name: get_space(name).num_layers for name in shipped_spaces()}
+
+
+def _check_length(tokens: Sequence, space: SearchSpace, node=None):
+    if len(tokens) != space.num_layers:
+        fits = [name for name, n in _shipped_layer_counts().items() if n == len(tokens)]
         hint = f" (an arch of space {' or '.join(fits)}?)" if fits else ""
         raise _Problem(
-            f"{space.num_layers} layers expected for space {space.name}, found {len(ids)}{hint}",
+            f"{space.num_layers} layers expected for space {space.name}, found {len(tokens)}{hint}",
             _line(node),
         )
-    return tuple(ids)
 
 
 def _require_space(space: SpaceArg, what: str) -> SearchSpace:
@@ -375,24 +410,48 @@ def _require_space(space: SpaceArg, what: str) -> SearchSpace:
     return space
 
 
-def _resolve_space(space: SpaceArg, file_space: Optional[str], num_layers: int) -> SearchSpace:
-    """The space to validate against: the requested one (which must agree with the file's), else the
-    file's, else the only one with `num_layers` layers."""
+def _resolve_space(
+    space: SpaceArg,
+    file_space: Optional[str],
+    num_layers: int,
+    file_digest: str = "",
+    space_line: Optional[int] = None,
+) -> SearchSpace:
+    """The space to validate against: the requested one (which must be the file's), else the file's
+    (whose file must still hold the space the arch was made on), else the only shipped space with
+    `num_layers` layers."""
     if _space_arg(space) is not None:
         target = space
-        if file_space is not None and file_space != target.name:
+        if file_space is not None and not target.matches(file_space, file_digest):
+            made_on = f"space '{file_space}'" + (
+                f" (space file digest {file_digest})" if file_digest else ""
+            )
+            requested = f"space '{target.ref}'" + (
+                f" (digest {target.digest})" if target.source else ""
+            )
             raise _Problem(
-                f"the file is for space '{file_space}', but space '{target.name}' was requested"
+                f"the file is for {made_on}, but {requested} was requested: another space"
             )
         return target
     if file_space is not None:
-        return get_space(file_space)
-    fits = [name for name, s in SPACES.items() if s.num_layers == num_layers]
+        try:
+            target = get_space(file_space)
+        except UserError as e:
+            raise _Problem(f"unknown space {file_space!r}: {e}", space_line) from None
+        if file_digest and file_digest != target.digest:
+            raise _Problem(
+                f"the arch was made on space file {file_space} of digest {file_digest}, which now "
+                f"holds another space (digest {target.digest}): give the space file it was made on",
+                space_line,
+            )
+        return target
+    counts = _shipped_layer_counts()
+    fits = [name for name, n in counts.items() if n == num_layers]
     if len(fits) == 1:
         return get_space(fits[0])
     if fits:
         raise _Problem(f"{num_layers} layers fit spaces {' and '.join(fits)}: name the space")
-    layer_counts = ", ".join(f"{name} {s.num_layers}" for name, s in SPACES.items())
+    layer_counts = ", ".join(f"{name} {n}" for name, n in counts.items())
     raise _Problem(f"{num_layers} layers match no search space (layers per space: {layer_counts})")
 
 
@@ -410,19 +469,20 @@ def format_arch(arch: Sequence[int], space: SearchSpace, fmt: str = "detnas-d2",
             raise ArchError(
                 f"width_mult={width!r} conflicts with the space's width multiplier {space.width_mult}"
             )
-        space = get_space(space.name, width)
+        space = get_space(space.ref, width, space.block_style)
     if space.width_mult != 1.0 or width is not None:
         metadata = {"width_mult": space.width_mult, **metadata}
     for key in metadata:
-        if not _METADATA_KEY.match(key) or key in ("space", "arch"):
+        if not _METADATA_KEY.match(key) or key in ("space", "space_digest", "arch"):
             raise ArchError(
-                f"invalid metadata key {key!r}: use a name other than 'space' and 'arch'"
+                f"invalid metadata key {key!r}: use a name other than 'space', 'space_digest' and "
+                "'arch'"
             )
     if fmt == "detnas-d2":
         return _format_ours(arch, space, metadata)
     if fmt not in FORMATS:
         raise ArchError(f"unknown arch format '{fmt}'; formats: {', '.join(FORMATS)}")
-    lines = [f"# DetNAS arch, space {space.name} ({fmt} format)"]
+    lines = [f"# DetNAS arch, space {space.ref} ({fmt} format)"]
     lines += [
         f"# {line}"
         for key, value in metadata.items()
@@ -435,24 +495,29 @@ def format_arch(arch: Sequence[int], space: SearchSpace, fmt: str = "detnas-d2",
             if fmt == "mmrazor-1.x":
                 lines += [
                     f"backbone.layers.{spec.stage}.{spec.block}:",
-                    f"  chosen: {BLOCKS[choice]}",
+                    f"  chosen: {space.block_name(spec.index, choice)}",
                 ]
             else:
                 lines += [
                     f"stage_{spec.stage}_block_{spec.block}:",
                     "  chosen:",
-                    f"  - {BLOCKS[choice]}",
+                    f"  - {space.block_name(spec.index, choice)}",
                 ]
     return "\n".join(lines) + "\n"
 
 
 def _format_ours(arch: Tuple[int, ...], space: SearchSpace, metadata: Dict[str, Any]) -> str:
+    same_blocks = len(set(space.layer_blocks)) == 1
     lines = [
         "# DetNAS arch (detnas-d2 format): one block per layer, network order.",
-        f"# block ids: {', '.join(f'{i} {name}' for i, name in enumerate(BLOCKS))}",
+        f"# block ids: {space.describe_choices(0)}"
+        if same_blocks
+        else "# block ids: per stage, in the space file",
         f"# as ids: {','.join(str(a) for a in arch)}",
-        f"space: {space.name}",
+        f"space: {space.ref}",
     ]
+    if space.source:
+        lines.append(f"space_digest: {space.digest}  # of the space file the arch is for")
     for key, value in metadata.items():
         entry = _yaml_entry(key, value)
         if key in ("flops", "params") and _is_positive_number(value) and "\n" not in entry:
@@ -469,7 +534,8 @@ def _format_ours(arch: Tuple[int, ...], space: SearchSpace, metadata: Dict[str, 
                 f"  # stage {stage}: {spec.out_channels} channels, stride {stage_stride(stage)}, layers {first}-{last}"
             )
         lines.append(
-            f"  - {BLOCKS[choice]:<16} # layer {spec.index} (stage {spec.stage} block {spec.block})"
+            f"  - {space.block_name(spec.index, choice):<16} # layer {spec.index} (stage "
+            f"{spec.stage} block {spec.block})"
         )
     return "\n".join(lines) + "\n"
 

@@ -27,13 +27,16 @@ def add_detnas_config(cfg):
 
     # ---- the backbone: search space, chosen arch, norm -------------------------------------------
     _C.MODEL.DETNAS = CN()
-    _C.MODEL.DETNAS.SPACE = "small"  # small | large | large-wide (see detnas_d2/search_space.py)
+    # A shipped space (small | large | large-wide | mobilenetv2: configs/spaces/) or the path of a space
+    # file (docs/spaces.md).
+    _C.MODEL.DETNAS.SPACE = "small"
     _C.MODEL.DETNAS.WIDTH_MULT = (
         1.0  # scales stem and stage channels (narrow nets for tests/toy data)
     )
-    # Which ShuffleNetV2 code the backbone computes: mmrazor (this project's and MMRazor's) | official
-    # (Megvii's searched DetNAS models) | official-shuffle1 (Megvii's supernet code); search_space.py.
-    _C.MODEL.DETNAS.BLOCK_STYLE = "mmrazor"
+    # Which ShuffleNetV2 code the backbone computes (the paper spaces): mmrazor (this project's and
+    # MMRazor's) | official (Megvii's searched DetNAS models) | official-shuffle1 (Megvii's supernet
+    # code); search_space.py. Empty: the space's default (mmrazor; none for spaces without styles).
+    _C.MODEL.DETNAS.BLOCK_STYLE = ""
     # Subnet arch: an arch file (any supported format) or comma-separated block ids. Unused by supernets.
     _C.MODEL.DETNAS.ARCH = ""
     _C.MODEL.DETNAS.NORM = "BN"  # BN | SyncBN | naiveSyncBN | GN | FrozenBN

@@ -6,14 +6,15 @@ BatchNorm (scale and shift). ReLU, additions, concatenation, channel shuffle and
 average pooling (a mean) are not counted. Params are the number of elements of all parameters
 (BatchNorm running statistics are buffers, not parameters). The norm is BN.
 
-The table holds the FLOPs and params of the stem, of each of the four candidate blocks of every layer, and
+The table holds the FLOPs and params of the stem, of each candidate block of every layer, and
 of the classification head, each measured by tracing that module alone at the input shape it sees in the
 network. Since the network is a chain of these modules, the table's sum for an arch equals fvcore's count
 of the whole `ShuffleNetV2Subnet` (plus `ClassifierHead`) exactly, at the cost of a few additions.
 
 Tables are built once per (space, width, input size, head) and kept in memory; with a cache folder
 (argument `cache_dir` or environment variable DETNAS_FLOPS_CACHE_DIR) they are also kept on disk, keyed
-by everything that determines them (the source of the block and head modules included).
+by everything that determines them (the space file's content and the source of the block and head
+modules included).
 
 Bands. FLOPs, params and a latency table's prediction all add up over layers (`AdditiveCost`), so the
 archs whose cost lies in a band [lo, hi] are counted exactly by dynamic programming over the layers
@@ -52,7 +53,8 @@ from torch import nn
 from .file_io import atomic_write
 from .modeling import blocks as blocks_module
 from .modeling import heads as heads_module
-from .search_space import NUM_CHOICES, SearchSpace
+from .search_space import SearchSpace
+from .user_errors import UserError
 
 __all__ = [
     "AdditiveCost",
@@ -81,7 +83,7 @@ class FlopsTable:
     stem_params: int
     head_flops: int  # 0 for head "none"
     head_params: int
-    layer_flops: Tuple[Tuple[int, ...], ...]  # [layer][block id]
+    layer_flops: Tuple[Tuple[int, ...], ...]  # [layer][block id]: one entry per candidate
     layer_params: Tuple[Tuple[int, ...], ...]
     layer_input_sizes: Tuple[Tuple[int, int], ...]  # (height, width) each layer sees
 
@@ -291,9 +293,10 @@ def get_flops_table(
 def _cached_table(space, size, head, num_classes, head_channels, cache_dir) -> FlopsTable:
     if not cache_dir:
         return _build_table(space, size, head, num_classes, head_channels)
-    key = json.dumps([asdict(space), size, head, num_classes, head_channels, _code_version()])
+    key = json.dumps([asdict(space), size, head, num_classes, head_channels, _code_version(space)])
+    name = "".join(c if c.isalnum() or c in "-_" else "_" for c in space.name)
     path = os.path.join(
-        cache_dir, f"flops_{space.name}_{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
+        cache_dir, f"flops_{name}_{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
     )
     if os.path.isfile(path):
         with open(path) as f:
@@ -303,13 +306,20 @@ def _cached_table(space, size, head, num_classes, head_channels, cache_dir) -> F
     return table
 
 
-def _code_version() -> str:
+def _code_version(space: SearchSpace) -> str:
     """Changes whenever the modules measured (or the counter) change, invalidating disk caches."""
+    blocks_module.check_space_blocks(space)
     source = (
         inspect.getsource(blocks_module)
         + inspect.getsource(heads_module)
         + inspect.getsource(_measure)
     )
+    for name in sorted({b.type for stage in space.stages for b in stage.blocks}):
+        block_class = blocks_module.block_type(name)
+        try:
+            source += inspect.getsource(inspect.getmodule(block_class))
+        except (OSError, TypeError):  # defined where there is no source: its name only
+            source += f"{block_class.__module__}.{block_class.__qualname__}"
     return f"{torch.__version__}/{fvcore.__version__}/{hashlib.sha1(source.encode()).hexdigest()}"
 
 
@@ -350,8 +360,9 @@ def _measure(module: nn.Module, shape: Tuple[int, ...]) -> Tuple[int, int, Tuple
 def _build_table(space, size, head, num_classes, head_channels) -> FlopsTable:
     logger.info(
         f"Building the FLOPs table of space {space.name} (width {space.width_mult}) at {size[0]}x{size[1]}, "
-        f"head {head}: {space.num_layers} layers x {NUM_CHOICES} blocks"
+        f"head {head}: {space.num_layers} layers of up to {space.max_choices} blocks"
     )
+    blocks_module.check_space_blocks(space)
     stem = blocks_module.Stem(3, space.stem_out, "BN", bias=space.official)
     stem_flops, stem_params, shape = _measure(stem, (1, 3) + size)
     layer_flops, layer_params, layer_sizes = [], [], []
@@ -359,18 +370,30 @@ def _build_table(space, size, head, num_classes, head_channels) -> FlopsTable:
     measured_blocks = {}
     for spec in space.layers():
         layer_sizes.append(shape[2:])
-        key = (spec.in_channels, spec.out_channels, spec.stride, shape)
+        choices = space.layer_blocks[spec.index]
+        key = (spec.in_channels, spec.out_channels, spec.stride, shape, choices)
         if key not in measured_blocks:
             measured_blocks[key] = [
                 _measure(
                     blocks_module.build_block(
-                        c, spec.in_channels, spec.out_channels, spec.stride, "BN", space.block_style
+                        choice,
+                        spec.in_channels,
+                        spec.out_channels,
+                        spec.stride,
+                        "BN",
+                        space.block_style,
                     ),
                     shape,
                 )
-                for c in range(NUM_CHOICES)
+                for choice in choices
             ]
         measured = measured_blocks[key]
+        if len({m[2] for m in measured}) > 1:
+            raise UserError(
+                f"space {space.ref}: the candidate blocks of layer {spec.index} give outputs of shapes "
+                f"{[m[2] for m in measured]}: every block of a stage must map "
+                f"{spec.in_channels} -> {spec.out_channels} channels at stride {spec.stride}"
+            )
         layer_flops.append(tuple(m[0] for m in measured))
         layer_params.append(tuple(m[1] for m in measured))
         shape = measured[0][2]

@@ -13,7 +13,8 @@ from detnas_d2.arch_io import (
     parse_arch_text,
     save_arch,
 )
-from detnas_d2.search_space import BLOCKS, get_space
+from detnas_d2.search_space import PAPER_BLOCKS as BLOCKS
+from detnas_d2.search_space import get_space
 
 SMALL = get_space("small")
 

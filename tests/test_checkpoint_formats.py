@@ -38,7 +38,7 @@ from detnas_d2.checkpoint.layouts import detect_format
 from detnas_d2.checkpoint.mmrazor import to_mmrazor
 from detnas_d2.checkpoint.official import MegviiLayoutError
 from detnas_d2.config import get_detnas_cfg
-from detnas_d2.search_space import BLOCK_IDS, space_from_cfg
+from detnas_d2.search_space import PAPER_BLOCKS, space_from_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, "tests", "fixtures")
@@ -112,9 +112,9 @@ def classifier_outputs(net, image):
 def test_mmrazor_subnet_classifier_matches_mmrazor(tmp_path):
     case = CASES["classifier_subnet"]
     path = mmengine_file(tmp_path / "detnas_subnet_in1k.pth", mmrazor_state(case))
-    arch = ",".join(str(BLOCK_IDS[n]) for n in case["arch"])
+    arch = ",".join(str(PAPER_BLOCKS.index(n)) for n in case["arch"])
     assert weights_arch(path) == tuple(
-        BLOCK_IDS[n] for n in case["arch"]
+        PAPER_BLOCKS.index(n) for n in case["arch"]
     )  # read from '_candidates.<name>'
     net = classifier("MODEL.DETNAS.ARCH", arch, *RGB_MEAN)
     DetNASCheckpointer(net).load(path)
@@ -136,7 +136,7 @@ def test_mmrazor_supernet_classifier_matches_mmrazor(tmp_path):
         *RGB_MEAN,
     )
     DetNASCheckpointer(net).load(path)
-    net.backbone.set_arch([BLOCK_IDS[n] for n in case["arch"]])
+    net.backbone.set_arch([PAPER_BLOCKS.index(n) for n in case["arch"]])
     ours = classifier_outputs(net, seeded_input(SEED, case["input"], case["input_shape"]))
     for name, theirs in case["outputs"].items():
         close(ours[name], theirs, name)
@@ -149,7 +149,10 @@ def test_mmdet_detector_matches_mmdetection(tmp_path):
     opts = arch_opts_from_weights(
         os.path.join(REPO, MMDET_CONFIG), ["MODEL.WEIGHTS", path, *CPU_NORMS]
     )
-    assert opts[-2:] == ["MODEL.DETNAS.ARCH", ",".join(str(BLOCK_IDS[n]) for n in case["arch"])]
+    assert opts[-2:] == [
+        "MODEL.DETNAS.ARCH",
+        ",".join(str(PAPER_BLOCKS.index(n)) for n in case["arch"]),
+    ]
     net = model(MMDET_CONFIG, *opts, "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96")
     checkpointer = DetNASCheckpointer(net)
     incompatible = checkpointer._load_model(checkpointer._load_file(path))
@@ -223,7 +226,7 @@ def test_bgr_model_gets_the_stem_flipped(tmp_path):
     case = CASES["classifier_subnet"]
     path = mmengine_file(tmp_path / "detnas_subnet_in1k.pth", mmrazor_state(case))
     net = classifier(
-        "MODEL.DETNAS.ARCH", ",".join(str(BLOCK_IDS[n]) for n in case["arch"])
+        "MODEL.DETNAS.ARCH", ",".join(str(PAPER_BLOCKS.index(n)) for n in case["arch"])
     )  # BGR config
     DetNASCheckpointer(net).load(path)
     rgb = seeded_input(SEED, case["input"], case["input_shape"])
@@ -283,7 +286,7 @@ def test_convert_tool_extracts_a_subnet_and_checks_the_arch(tmp_path, capsys):
 def test_arch_mismatch_names_the_first_layer(tmp_path):
     case = CASES["classifier_subnet"]
     path = mmengine_file(tmp_path / "subnet.pth", mmrazor_state(case))
-    ids = [BLOCK_IDS[n] for n in case["arch"]]
+    ids = [PAPER_BLOCKS.index(n) for n in case["arch"]]
     wrong = list(ids)
     wrong[5] = (wrong[5] + 1) % 4
     arch = ",".join(map(str, wrong))
@@ -410,7 +413,7 @@ def test_train_net_fills_an_empty_arch_from_the_weights(tmp_path, monkeypatch):
         train_net.main(args)
     assert seen["opts"][-2:] == [
         "MODEL.DETNAS.ARCH",
-        ",".join(str(BLOCK_IDS[n]) for n in case["arch"]),
+        ",".join(str(PAPER_BLOCKS.index(n)) for n in case["arch"]),
     ]
 
 
@@ -418,7 +421,7 @@ def test_mmrazor_supernet_into_a_subnet_model_takes_the_path(tmp_path):
     case = CASES["classifier_supernet"]
     path = mmengine_file(tmp_path / "spos_supernet.pth", mmrazor_state(case))
     net = classifier(
-        "MODEL.DETNAS.ARCH", ",".join(str(BLOCK_IDS[n]) for n in case["arch"]), *RGB_MEAN
+        "MODEL.DETNAS.ARCH", ",".join(str(PAPER_BLOCKS.index(n)) for n in case["arch"]), *RGB_MEAN
     )
     with captured_log("fvcore.common.checkpoint") as log:
         DetNASCheckpointer(net).load(path)

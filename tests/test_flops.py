@@ -17,7 +17,7 @@ from detnas_d2.arch_io import save_arch
 from detnas_d2.flops import count_flops, get_flops_table
 from detnas_d2.modeling.backbone import ShuffleNetV2Subnet
 from detnas_d2.modeling.heads import ClassifierHead
-from detnas_d2.search_space import NUM_CHOICES, get_space
+from detnas_d2.search_space import PAPER_BLOCKS, get_space
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -81,9 +81,9 @@ def test_min_max_and_layer_structure():
     space = get_space("large", 0.25)
     table = get_flops_table(space, 64)
     assert len(table.layer_flops) == len(table.layer_params) == space.num_layers
-    assert all(len(row) == NUM_CHOICES for row in table.layer_flops)
-    argmin = tuple(min(range(NUM_CHOICES), key=row.__getitem__) for row in table.layer_flops)
-    argmax = tuple(max(range(NUM_CHOICES), key=row.__getitem__) for row in table.layer_flops)
+    assert all(len(row) == len(PAPER_BLOCKS) for row in table.layer_flops)
+    argmin = tuple(min(range(len(row)), key=row.__getitem__) for row in table.layer_flops)
+    argmax = tuple(max(range(len(row)), key=row.__getitem__) for row in table.layer_flops)
     assert table.flops(argmin) == table.min_flops == _fvcore(space, argmin, (64, 64))[0]
     assert table.flops(argmax) == table.max_flops
     # a bigger kernel never costs less; stride-2 layers halve the resolution

@@ -21,7 +21,7 @@ from detnas_d2.latency import LatencyTable, LatencyTableMismatch
 from detnas_d2.latency.cli import main
 from detnas_d2.latency.timing import build_table
 from detnas_d2.search import ArchConstraints
-from detnas_d2.search_space import BLOCKS, get_space, space_from_cfg
+from detnas_d2.search_space import PAPER_BLOCKS, get_space, space_from_cfg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,7 +39,7 @@ def test_tiny_table_is_stamped_and_predicts_its_sum(tiny_table):
         m["threads"] == torch.get_num_threads() and m["input_size"] == [32, 32] and m["batch"] == 1
     )
     assert m["space"] == "small" and m["width_mult"] == 0.25 and m["fold_bn"] is True
-    assert len(t.layers_ms) == 20 and all(len(r) == len(BLOCKS) for r in t.layers_ms)
+    assert len(t.layers_ms) == 20 and all(len(r) == len(PAPER_BLOCKS) for r in t.layers_ms)
     assert t.stem_ms > 0 and all(v > 0 for r in t.layers_ms for v in r)
     rng = random.Random(0)
     for _ in range(5):

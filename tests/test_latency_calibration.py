@@ -19,7 +19,7 @@ from detnas_d2.latency import LatencyTable
 from detnas_d2.latency import timing as latency_timing
 from detnas_d2.latency.calibration import CalibrationError, fit_line
 from detnas_d2.search import ArchConstraints
-from detnas_d2.search_space import NUM_CHOICES, get_space
+from detnas_d2.search_space import get_space
 
 SPACE = get_space("small", 0.25)
 SCALE, OFFSET = 1.1, 0.3  # the bias to recover: whole backbones take 1.1 x the table's sum + 0.3 ms
@@ -43,7 +43,9 @@ def _table():
         "tail": "none",
         "stage_of_layer": SPACE.stage_of_layer(),
     }
-    layers = [[g.uniform(0.2, 2.0) for _ in range(NUM_CHOICES)] for _ in range(SPACE.num_layers)]
+    layers = [
+        [g.uniform(0.2, 2.0) for _ in range(SPACE.max_choices)] for _ in range(SPACE.num_layers)
+    ]
     return LatencyTable(meta, 0.5, layers)
 
 

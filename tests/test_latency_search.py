@@ -18,7 +18,7 @@ from detnas_d2.flops import get_flops_table
 from detnas_d2.latency import LatencyTable, LatencyTableMismatch
 from detnas_d2.latency.timing import build_table
 from detnas_d2.search import ArchConstraints, EvolutionSearch, SearchSettings
-from detnas_d2.search_space import NUM_CHOICES, get_space
+from detnas_d2.search_space import get_space
 
 SPACE = get_space("small", 0.25)
 
@@ -30,7 +30,8 @@ def table_file(tmp_path_factory):
     table = build_table(SPACE, "32x32", "cpu", warmup=1, repeats=1, validate=0)
     table.stem_ms = 1.0
     table.layers_ms = [
-        [float((i % 3 + 1) * (b + 1)) for b in range(NUM_CHOICES)] for i in range(SPACE.num_layers)
+        [float((i % 3 + 1) * (b + 1)) for b in range(SPACE.max_choices)]
+        for i in range(SPACE.num_layers)
     ]
     path = str(tmp_path_factory.mktemp("latency") / "table.json")
     table.save(path)
@@ -51,7 +52,7 @@ def _constraints(table_file, latency_max_ms, flops_max=0.0):
 
 def test_latency_limit_filters_and_measures(table_file):
     constraints = _constraints(table_file, latency_max_ms=60.0)
-    fast, slow = SPACE.default_arch(), (NUM_CHOICES - 1,) * SPACE.num_layers
+    fast, slow = SPACE.default_arch(), (SPACE.max_choices - 1,) * SPACE.num_layers
     assert (
         constraints.measure(fast)["latency_ms"] == 1.0 + sum(i % 3 + 1 for i in range(20)) == 40.0
     )

@@ -16,7 +16,6 @@ LAYERS = [
     ["user_errors"],
     [
         "compat",
-        "search_space",
         "file_io",
         "output_files",
         "config",
@@ -29,6 +28,7 @@ LAYERS = [
         "config_files",
         "run_lock",
     ],
+    ["search_space"],
     ["arch_io"],
     ["modeling"],
     ["flops", "tasks", "checkpoint", "pipeline", "latency", "zero_shot"],

@@ -26,6 +26,7 @@ from detnas_d2.search_space import arch_to_str, get_space
 
 STAGES = ("res2", "res3", "res4", "res5")
 STRIDES = (4, 8, 16, 32)
+SMALL_BLOCKS = get_space("small").layer_blocks[0]  # shuffle_3x3, _5x5, _7x7, _xception
 
 
 def _randomize_norms(model: nn.Module, seed: int):
@@ -91,26 +92,24 @@ def test_stage_strides_and_channels(space_name):
 
 def test_block_structure():
     # Stride 2: projection branch (dw kxk + 1x1) and main branch each give half of the output channels.
-    block = build_block(2, 16, 40, 2, "BN")
+    block = build_block(SMALL_BLOCKS[2], 16, 40, 2, "BN")
     assert isinstance(block, ShuffleBlock) and block.branch_proj[0].kernel_size == (7, 7)
     assert block.branch_main[1].kernel_size == (7, 7) and block.branch_main[1].stride == (2, 2)
     assert block.branch_proj[1].out_channels == 20 and block.branch_main[2].out_channels == 20
-    xception = build_block(3, 40, 40, 1, "BN")
+    xception = build_block(SMALL_BLOCKS[3], 40, 40, 1, "BN")
     assert isinstance(xception, ShuffleXceptionBlock) and not hasattr(xception, "branch_proj")
     depthwise = [m for m in xception.branch_main if m.groups > 1]
     assert len(depthwise) == 3 and all(m.kernel_size == (3, 3) for m in depthwise)
     assert (
         xception.branch_main[0].in_channels == 20
     )  # stride 1: the main branch sees half the input
-    assert build_block(3, 16, 40, 2, "BN").branch_proj[0].kernel_size == (3, 3)
-    with pytest.raises(ValueError, match="unknown block id 4"):
-        build_block(4, 16, 16, 1, "BN")
+    assert build_block(SMALL_BLOCKS[3], 16, 40, 2, "BN").branch_proj[0].kernel_size == (3, 3)
     with pytest.raises(ValueError, match="keeps its channels"):
-        build_block(0, 16, 32, 1, "BN")
+        build_block(SMALL_BLOCKS[0], 16, 32, 1, "BN")
 
 
 def test_stride1_block_passes_half_through():
-    block = build_block(1, 8, 8, 1, "BN").eval()
+    block = build_block(SMALL_BLOCKS[1], 8, 8, 1, "BN").eval()
     x = torch.randn(1, 8, 5, 5)
     with torch.no_grad():
         y = block(x)

@@ -14,10 +14,10 @@ from detnas_d2.flops import get_flops_table
 from detnas_d2.rank_stats import kendall_tau_b
 from detnas_d2.search import ArchConstraints, EvolutionSearch, SearchSettings
 from detnas_d2.search.predictor import RidgePredictor
-from detnas_d2.search_space import NUM_CHOICES, get_space
+from detnas_d2.search_space import get_space
 
 SPACE = get_space("small", 0.25)
-WEIGHTS = np.random.default_rng(0).normal(size=(SPACE.num_layers, NUM_CHOICES))
+WEIGHTS = np.random.default_rng(0).normal(size=(SPACE.num_layers, SPACE.max_choices))
 
 
 def additive(arch):
@@ -32,7 +32,7 @@ def test_ridge_recovers_an_additive_ranking():
     rng = random.Random(0)
     train = [SPACE.random_arch(rng) for _ in range(120)]
     test = [SPACE.random_arch(rng) for _ in range(100)]
-    predicted = RidgePredictor().fit(train, [additive(a) for a in train]).predict(test)
+    predicted = RidgePredictor(SPACE).fit(train, [additive(a) for a in train]).predict(test)
     assert kendall_tau_b(predicted, [additive(a) for a in test]) > 0.9
 
 

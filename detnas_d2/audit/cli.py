@@ -46,7 +46,6 @@ import sys
 
 from ..file_io import atomic_write
 from ..pipeline import split_opts
-from ..search_space import BLOCKS
 from ..user_errors import UserError, reporting_user_errors
 from ..zero_shot import METHODS
 from .archs import (
@@ -81,7 +80,7 @@ def _sample(*, config, num, seed, flops_min, flops_max, include, output):
         + f"{num} stratified over backbone FLOPs at {input_size}x{input_size} in "
         f"[{lo / 1e6:.3f}M, {hi / 1e6:.3f}M], seed {seed}",
         f"# python tools/rank_audit.py {' '.join(sys.argv[1:])}",
-        f"# one arch per line: block ids ({', '.join(f'{i} {b}' for i, b in enumerate(BLOCKS))})",
+        f"# one arch per line: block ids ({space.describe_choices(0)})",
     ]
     lines += [
         f"{arch_str(a)}  # {table.flops(a) / 1e6:.3f} MFLOPs, {table.params(a) / 1e6:.4f} Mparams"

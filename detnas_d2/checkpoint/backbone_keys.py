@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..search_space import BLOCK_IDS, BLOCKS, SPACES, SearchSpace, get_space
+from ..search_space import PAPER_BLOCKS, PAPER_SPACES, SearchSpace, get_space
 from .layouts import DETNAS_STEM, stem_key
 
 __all__ = [
@@ -29,12 +29,12 @@ def block_from_keys(keys: Dict[str, torch.Tensor], where: str) -> int:
     """Block id of one of our blocks from its tensors (keys relative to the block: 'branch_main.<j>...')."""
     main = sorted({int(k.split(".")[1]) for k in keys if k.startswith("branch_main.")})
     if len(main) == 6:
-        return BLOCK_IDS["shuffle_xception"]
+        return PAPER_BLOCKS.index("shuffle_xception")
     if len(main) == 3 and "branch_main.1.weight" in keys:
         kernel = keys["branch_main.1.weight"].shape[-1]
         if kernel in _KERNEL_BLOCK:
             return _KERNEL_BLOCK[kernel]
-    raise ValueError(f"{where}: not a block of the DetNAS space (main-branch convs {main})")
+    raise ValueError(f"{where}: not a block of the DetNAS paper spaces (main-branch convs {main})")
 
 
 def split_layers(state: Dict[str, torch.Tensor], prefix: str):
@@ -84,7 +84,7 @@ def stage_starts(layers) -> List[int]:
 
 def shape_style(layers) -> Optional[str]:
     """'official' if every stride-2 unit's projection keeps its input channels, 'mmrazor' if it gives half
-    of the unit's output, None if the shapes fit both or neither (search_space.BLOCK_STYLES)."""
+    of the unit's output, None if the shapes fit both or neither (search_space.py, block styles)."""
     fits = {"official": True, "mmrazor": True}
     for i in stage_starts(layers):
         block = next(iter(layers[i].values()))
@@ -132,10 +132,11 @@ def infer_space(state: Dict[str, torch.Tensor], prefix: str = "") -> SearchSpace
             + block[f"branch_main.{main}.weight"].shape[0]
         )
     style = "official" if shape_style(layers) == "official" else "mmrazor"
-    for base in SPACES.values():
+    for name in PAPER_SPACES:
+        base = get_space(name)
         if base.stage_depths != depths:
             continue
-        space = get_space(base.name, stem.shape[0] / base.stem_channels, style)
+        space = get_space(name, stem.shape[0] / base.stem_channels, style)
         if space.stem_out == stem.shape[0] and list(space.stage_out) == stage_out:
             return space
     raise ValueError(
@@ -143,23 +144,23 @@ def infer_space(state: Dict[str, torch.Tensor], prefix: str = "") -> SearchSpace
     )
 
 
-def arch_difference(
-    file_arch: Sequence[int], model_arch: Sequence[int], stage_depths: Sequence[int]
-) -> str:
-    """'' if equal, else a sentence naming the first layer that differs (stage, block, both names)."""
+def arch_difference(file_arch: Sequence[int], model_arch: Sequence[int], space: SearchSpace) -> str:
+    """'' if equal, else a sentence naming the first layer that differs (stage, block, both names in
+    `space`)."""
     if len(file_arch) != len(model_arch):
         return f"the file's backbone has {len(file_arch)} layers, the model's {len(model_arch)}"
     for i, (a, b) in enumerate(zip(file_arch, model_arch)):
         if a != b:
             stage, block, start = 0, i, 0
-            for s, depth in enumerate(stage_depths):
+            for s, depth in enumerate(space.stage_depths):
                 if i < start + depth:
                     stage, block = s, i - start
                     break
                 start += depth
             n = sum(x != y for x, y in zip(file_arch, model_arch))
             return (
-                f"layer {i} (stage {stage} block {block}) is {BLOCKS[a]} in the file and {BLOCKS[b]} in "
+                f"layer {i} (stage {stage} block {block}) is {space.block_name(i, a)} in the file and "
+                f"{space.block_name(i, b)} in "
                 f"MODEL.DETNAS.ARCH ({n} of {len(file_arch)} layers differ)"
             )
     return ""

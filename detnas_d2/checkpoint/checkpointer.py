@@ -202,6 +202,17 @@ class DetNASCheckpointer(DetectionCheckpointer):
             return loaded if isinstance(loaded, dict) and "model" in loaded else {"model": loaded}
         except ValueError as e:
             raise CheckpointError(f"{filename}: {e}") from None
+        backbone = find_detnas_backbone(self.model)[1]
+        if (
+            conversion.format != "detnas-d2"
+            and backbone is not None
+            and not backbone.space.is_paper
+        ):
+            raise CheckpointError(
+                f"{filename} holds {conversion.format} weights, of the DetNAS paper's ShuffleNetV2 "
+                f"spaces; the model's space '{backbone.space.ref}' is another network: give weights "
+                "of this space (a detnas-d2 checkpoint) or none"
+            )
         if conversion.format != "detnas-d2":
             self.logger.info(
                 f"Converted {filename} from {conversion.format} ({conversion.form}, "
@@ -237,7 +248,7 @@ class DetNASCheckpointer(DetectionCheckpointer):
         return checkpoint
 
     def _check_block_style(self, conversion: Conversion, filename: str):
-        """Weights for another network than the model's (search_space.BLOCK_STYLES): an error naming the
+        """Weights for another network than the model's (search_space.py, block styles): an error naming the
         setting; only the stride-1 split of the official code differing (not in the file): a warning."""
         backbone = find_detnas_backbone(self.model)[1]
         theirs = conversion.block_style
@@ -427,9 +438,11 @@ class DetNASCheckpointer(DetectionCheckpointer):
             file_arch = block_arch(source_backbone)
         except ValueError:
             return  # not our blocks: _check_backbone_fits says what does not fit
+        if not backbone.space.is_paper:  # block_arch reads the paper spaces' blocks
+            return
         if file_arch is None or len(file_arch) != len(backbone.arch):
             return
-        difference = arch_difference(file_arch, backbone.arch, backbone.space.stage_depths)
+        difference = arch_difference(file_arch, backbone.arch, backbone.space)
         if difference:
             raise CheckpointError(
                 f"{source}: the backbone weights do not fit the model's {_describe(backbone)}: {difference}. "

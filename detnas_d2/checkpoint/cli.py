@@ -99,7 +99,7 @@ def _apply_arch(state, arch_spec, conversion):
     if conversion.is_supernet:
         return subnet_state_dict_from_supernet(state, space, arch, prefix=prefix), arch
     if conversion.arch is not None:
-        difference = arch_difference(conversion.arch, arch, space.stage_depths)
+        difference = arch_difference(conversion.arch, arch, space)
         if difference:
             raise ValueError(
                 f"--arch and the file disagree: {difference} (the file's arch: {arch_to_str(conversion.arch)})"

@@ -76,7 +76,7 @@ class Conversion:
     rows: List[Tuple[str, str, int]] = field(default_factory=list)  # (file keys, our keys, tensors)
     # file key group -> tensors without a place
     dropped: Dict[str, int] = field(default_factory=dict)
-    # the network the tensors are for (search_space.BLOCK_STYLES); None: unknown
+    # the network the tensors are for (search_space.py, block styles); None: unknown
     block_style: Optional[str] = "mmrazor"
 
 

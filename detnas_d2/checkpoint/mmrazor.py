@@ -8,7 +8,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from ..search_space import BLOCK_IDS, BLOCKS
+from ..search_space import PAPER_BLOCKS
 from .backbone_keys import block_from_keys, branch_index, split_layers, stage_starts
 from .layouts import DETNAS_STEM, Conversion, key_group, mmrazor_prefix, stem_key
 
@@ -65,7 +65,7 @@ def _block_rest_to_mmrazor(rest: str, block: int) -> str:
         raise ValueError(f"'{rest}' is not a conv or norm tensor")
     if branch == "proj":
         return f"branch1.{j}.{tail}"
-    if BLOCKS[block] == "shuffle_xception":
+    if PAPER_BLOCKS[block] == "shuffle_xception":
         return f"branch2.{j // 2}.{'pointwise_conv' if j % 2 else 'depthwise_conv'}.{tail}"
     return f"branch2.{j}.{tail}"
 
@@ -224,13 +224,15 @@ def mmrazor_to_detnas(state: Dict[str, torch.Tensor], fmt: str) -> Conversion:
             where = f"'backbone.layers.{s}.{b}" + (f".<candidates>.{name}'" if name else "'")
             structural = block_from_keys(rest_map, where)
             if name is not None:
-                if name not in BLOCK_IDS:
+                if name not in PAPER_BLOCKS:
                     raise ValueError(
-                        f"{where}: unknown candidate '{name}' (the space's blocks are {list(BLOCKS)})"
+                        f"{where}: unknown candidate '{name}' (the space's blocks are "
+                        f"{list(PAPER_BLOCKS)})"
                     )
-                if BLOCK_IDS[name] != structural:
+                if PAPER_BLOCKS.index(name) != structural:
                     raise ValueError(
-                        f"{where}: named {name}, but its tensors are those of {BLOCKS[structural]}"
+                        f"{where}: named {name}, but its tensors are those of "
+                        f"{PAPER_BLOCKS[structural]}"
                     )
             if is_supernet:
                 for rest, value in rest_map.items():
@@ -245,12 +247,11 @@ def mmrazor_to_detnas(state: Dict[str, torch.Tensor], fmt: str) -> Conversion:
                     f"{bb}layers.{offsets[s]}-{offsets[s] + depths[s] - 1}.*",
                 )
             ] += len(rest_map)
-        if is_supernet and sorted(BLOCK_IDS[n] for n in blocks[(s, b)] if n in BLOCK_IDS) != list(
-            range(len(BLOCKS))
-        ):
+        known = sorted(PAPER_BLOCKS.index(n) for n in blocks[(s, b)] if n in PAPER_BLOCKS)
+        if is_supernet and known != list(range(len(PAPER_BLOCKS))):
             raise ValueError(
                 f"MMRazor supernet block backbone.layers.{s}.{b} has candidates {sorted(blocks[(s, b)])}, "
-                f"the space's are {list(BLOCKS)}"
+                f"the space's are {list(PAPER_BLOCKS)}"
             )
     return Conversion(
         format=fmt,
@@ -326,7 +327,7 @@ def to_mmrazor(
         for choice in sorted(layers[i], key=lambda c: -1 if c is None else c):
             rest_map = layers[i][choice]
             block = choice if choice is not None else block_from_keys(rest_map, f"'{bb}layers.{i}'")
-            name = BLOCKS[block]
+            name = PAPER_BLOCKS[block]
             items = sorted(
                 rest_map.items(),
                 key=lambda kv: (kv[0].startswith("branch_main."), branch_index(kv[0])),

@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..search_space import BLOCK_IDS, BLOCKS
+from ..search_space import PAPER_BLOCKS
 from .backbone_keys import block_from_keys, split_layers, stage_starts
 from .layouts import DETNAS_STEM, Conversion, key_group, official_prefix, oneshot_prefix, stem_key
 
@@ -24,7 +24,7 @@ __all__ = [
 # The official code feeds BGR pixels in 0-255 without mean or std (ShuffleNet-Series ToBGRTensor; the DetNAS
 # detector configs' PIXEL_MEAN [0, 0, 0] with maskrcnn_benchmark's PIXEL_STD [1, 1, 1]).
 OFFICIAL_INPUT_FORMAT = "BGR"
-# The official code's block names (MMRazor's candidate names are ours, search_space.BLOCKS):
+# The official code's block names (MMRazor's candidate names are ours, search_space.PAPER_BLOCKS):
 OFFICIAL_BLOCKS = {"shufflenet_3x3": 0, "shufflenet_5x5": 1, "shufflenet_7x7": 2, "xception_3x3": 3}
 
 
@@ -80,7 +80,7 @@ def _official_tail(parent: str, module: str, param: str, choice: Optional[int], 
     family = (
         "proj"
         if part == "proj"
-        else ("xception" if block == BLOCK_IDS["shuffle_xception"] else "shufflenet")
+        else ("xception" if PAPER_BLOCKS[block] == "shuffle_xception" else "shufflenet")
     )
     slots = _OFFICIAL_SLOTS.get((family, part))
     is_norm = m.group("kind") == "bn" or m.group("dwbn") is not None
@@ -212,7 +212,7 @@ def official_to_detnas(state: Dict[str, torch.Tensor]) -> Conversion:
                     f"{bb}layers.{offsets[stage]}-{offsets[stage] + depths[stage] - 1}.*",
                 )
             ] += len(rest_map)
-        if is_supernet and sorted(blocks[i]) != list(range(len(BLOCKS))):
+        if is_supernet and sorted(blocks[i]) != list(range(len(PAPER_BLOCKS))):
             raise ValueError(
                 f"official supernet layer '{prefix}features.{i}' has choices {sorted(blocks[i])}, the space's are 0..3"
             )

@@ -47,15 +47,15 @@ def arch_opts_from_weights(config_file: str, opts: Sequence[str]) -> List[str]:
     # unreadable, refused or foreign: the checkpointer reports it when it loads the file
     except Exception:
         return opts
-    if file_arch is None:
+    space = space_from_cfg(cfg)
+    if file_arch is None or not space.is_paper:  # the weights' arch is read as the paper's blocks
         return opts
     if not arch:
         logger.warning(
             f"MODEL.DETNAS.ARCH is empty: using the arch of {weights}: {arch_to_str(file_arch)}"
         )
         return opts + ["MODEL.DETNAS.ARCH", arch_to_str(file_arch)]
-    space = space_from_cfg(cfg)
-    difference = arch_difference(file_arch, load_arch(arch, space), space.stage_depths)
+    difference = arch_difference(file_arch, load_arch(arch, space), space)
     if difference:
         raise UserError(
             f"MODEL.DETNAS.ARCH ({arch}) and MODEL.WEIGHTS ({weights}) disagree: {difference}. The file's arch is "

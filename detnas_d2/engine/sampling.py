@@ -41,7 +41,7 @@ from typing import List, Sequence, Tuple
 from ..arch_io import load_arch
 from ..flops import get_flops_table
 from ..latency import LatencyTable
-from ..search_space import NUM_CHOICES, SearchSpace, space_from_cfg
+from ..search_space import SearchSpace, space_from_cfg
 
 __all__ = [
     "path_rng",
@@ -133,10 +133,7 @@ class FlopsBinSampler:
         self.table = flops_table
         self.max_tries = max_tries
         num_layers = space.num_layers
-        layer_flops = [
-            [float(flops_table.layer_flops[i][c]) for c in range(NUM_CHOICES)]
-            for i in range(num_layers)
-        ]
+        layer_flops = [[float(v) for v in flops_table.layer_flops[i]] for i in range(num_layers)]
         default = space.default_arch()
         base = float(flops_table.flops(default)) - sum(
             layer_flops[i][c] for i, c in enumerate(default)

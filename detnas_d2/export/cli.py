@@ -249,7 +249,7 @@ def run_export(
         "export_method": method,
         "opset": opset if fmt == "onnx" else None,
         "model": kind,
-        "space": subnet.space.name,
+        "space": subnet.space.ref,
         "width_mult": subnet.space.width_mult,
         "arch": list(subnet.arch),
         "inputs": {reference.input_names[0]: reference.input_doc},

@@ -26,7 +26,7 @@ constant.
 
 from typing import Dict, List, Sequence, Tuple
 
-from ..search_space import NUM_CHOICES, SearchSpace
+from ..search_space import SearchSpace
 
 __all__ = ["MIN_FIT_ARCHS", "CalibrationError", "fit_line", "one_block_archs"]
 
@@ -38,8 +38,11 @@ class CalibrationError(ValueError):
 
 
 def one_block_archs(space: SearchSpace) -> List[Tuple[int, ...]]:
-    """The archs whose every layer takes the same block: the ends of the space's latency range."""
-    return [(block,) * space.num_layers for block in range(NUM_CHOICES)]
+    """The archs whose every layer takes the same block id (a layer of fewer blocks its last): the ends
+    of the space's latency range."""
+    return [
+        tuple(min(block, n - 1) for n in space.num_choices) for block in range(space.max_choices)
+    ]
 
 
 def fit_line(sums_ms: Sequence[float], measured_ms: Sequence[float]) -> Dict[str, float]:

@@ -7,7 +7,7 @@ import sys
 import torch
 
 from ..input_size import parse_input_size
-from ..search_space import BLOCKS, get_space
+from ..search_space import get_space
 from .timing import CLOCKS, build_table
 
 __all__ = ["get_parser", "main"]
@@ -19,7 +19,11 @@ def get_parser():
         description="Build a latency lookup table of a DetNAS search space on this machine "
         "(see detnas_d2/latency/__init__.py).",
     )
-    p.add_argument("--space", default="small", help="small | large | large-wide")
+    p.add_argument(
+        "--space",
+        default="small",
+        help="a shipped space (small, large, large-wide, mobilenetv2) or a space file (.yaml)",
+    )
     p.add_argument("--width-mult", type=float, default=1.0)
     p.add_argument(
         "--input-size", required=True, help="HxW (or one number: square), e.g. 224x224 or 800x1333"
@@ -55,7 +59,7 @@ def get_parser():
         type=int,
         default=12,
         metavar="F",
-        help="calibrate the table on the four one-block archs and F random archs: a line through "
+        help="calibrate the table on the one-block archs and F random archs: a line through "
         "their measured end-to-end backbones against the table's sums, timed in the same round-robin "
         "as the table (0: uncalibrated, the table's sum)",
     )
@@ -137,9 +141,14 @@ def main(argv=None) -> int:
     print(
         f"Stem {table.stem_ms:.4f} ms; space range {lo:.3f} .. {hi:.3f} ms (fastest .. slowest arch)"
     )
-    print("layer  " + "".join(f"{b:>18}" for b in BLOCKS))
-    for i, row in enumerate(table.layers_ms):
-        print(f"{i:5d}  " + "".join(f"{v:>18.4f}" for v in row))
+    if len(set(space.layer_blocks)) == 1:  # one header: every layer has the same blocks
+        print("layer  " + "".join(f"{b.name:>18}" for b in space.layer_blocks[0]))
+        for i, row in enumerate(table.layers_ms):
+            print(f"{i:5d}  " + "".join(f"{v:>18.4f}" for v in row))
+    else:
+        for i, row in enumerate(table.layers_ms):
+            blocks = space.layer_blocks[i]
+            print(f"{i:5d}  " + "  ".join(f"{b.name} {v:.4f}" for b, v in zip(blocks, row)))
     table.save(args.output)
     print(f"Wrote {args.output} ({table.describe()})")
     return 0

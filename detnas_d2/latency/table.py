@@ -4,9 +4,10 @@ calibrated: `scale * sum + offset_ms`, a line fitted, when the table was built, 
 latency of whole backbones (calibration.py says why).
 
 File: JSON (or YAML for .yaml/.yml) with `format`, `meta` (device, device_name, torch_version, threads,
-input_size [H, W], batch, space, width_mult, norm, fold_bn, warmup, repeats, ...), `stem_ms`,
-`layers_ms` ([layer][block id], in ms), `tail` / `tail_ms`, `calibration` (scale, offset_ms and the fit
-archs' sums and measurements) and `validation`. Tables of format v1 (before the calibration) still load:
+input_size [H, W], batch, space (and space_digest for a space file), width_mult, norm, fold_bn, warmup,
+repeats, ...), `stem_ms`, `layers_ms` ([layer][block id], in ms: one entry per candidate of the layer),
+`tail` / `tail_ms`, `calibration` (scale, offset_ms and the fit archs' sums and measurements) and
+`validation`. Tables of format v1 (before the calibration) still load:
 uncalibrated, their prediction is the sum, and loading one says so. `LatencyTable.load` refuses a table
 measured on another device, input size, space or batch than the one asked for.
 """
@@ -22,8 +23,7 @@ import torch
 import yaml
 
 from ..input_size import format_input_size, parse_input_size
-from ..modeling.backbone import STAGE_NAMES
-from ..search_space import BLOCKS, NUM_CHOICES, SearchSpace, get_space
+from ..search_space import SearchSpace, get_space
 from ..user_errors import UserError
 from .calibration import fit_line
 
@@ -63,7 +63,14 @@ class LatencyTable:
 
     @property
     def space(self) -> SearchSpace:
-        return get_space(self.meta["space"], self.meta["width_mult"])
+        space = get_space(self.meta["space"], self.meta["width_mult"])
+        digest = self.meta.get("space_digest", "")
+        if digest and digest != space.digest:
+            raise LatencyTableMismatch(
+                f"latency table of space file {self.meta['space']} (digest {digest}): the file now "
+                f"holds another space (digest {space.digest}); build the table again"
+            )
+        return space
 
     def describe(self) -> str:
         m = self.meta
@@ -111,11 +118,11 @@ class LatencyTable:
                 f"arch has {len(arch)} layers, the latency table ({self.meta['space']}) has "
                 f"{len(self.layers_ms)}"
             )
-        bad = [a for a in arch if not 0 <= a < NUM_CHOICES]
-        if bad:
-            raise ValueError(
-                f"unknown block id {bad[0]}; ids are 0..{NUM_CHOICES - 1} = {list(BLOCKS)}"
-            )
+        for layer, (a, row) in enumerate(zip(arch, self.layers_ms)):
+            if not 0 <= a < len(row):
+                raise ValueError(
+                    f"layer {layer}: unknown block id {a}; the table's ids are 0..{len(row) - 1}"
+                )
         return arch
 
     def sum_ms(self, arch: Sequence[int]) -> float:
@@ -129,15 +136,17 @@ class LatencyTable:
         return sum(self.per_stage(arch).values())
 
     def per_stage(self, arch: Sequence[int]) -> Dict[str, float]:
-        """{"stem": ms, "res2": ms, ..., "res5": ms[, "head": ms]} for `arch`, calibrated: each entry times
-        the scale, the offset (what the whole network adds) counted with the stem; sums to `predict`."""
+        """{"stem": ms, "res2": ms, ..., "res5": ms[, "head": ms]} for `arch` (the space's stage outputs),
+        calibrated: each entry times the scale, the offset (what the whole network adds) counted with the
+        stem; sums to `predict`."""
         arch = self._check_arch(arch)
         stages = self.meta["stage_of_layer"]
+        names = self.meta.get("out_features") or [f"res{s + 2}" for s in range(max(stages) + 1)]
         out = {"stem": self.scale * self.stem_ms + self.offset_ms}
-        for s in range(len(STAGE_NAMES)):
-            out[STAGE_NAMES[s]] = 0.0
+        for name in names:
+            out[name] = 0.0
         for layer, (choice, stage) in enumerate(zip(arch, stages)):
-            out[STAGE_NAMES[stage]] += self.scale * self.layers_ms[layer][choice]
+            out[names[stage]] += self.scale * self.layers_ms[layer][choice]
         if self.tail != "none":
             out["head"] = self.scale * self.tail_ms
         return out
@@ -163,7 +172,6 @@ class LatencyTable:
             "layers_ms": [[round(v, 6) for v in row] for row in self.layers_ms],
             "tail": self.tail,
             "tail_ms": round(self.tail_ms, 6),
-            "blocks": list(BLOCKS),
         }
         if self.calibration is not None:
             d["calibration"] = self.calibration
@@ -274,11 +282,14 @@ def _mismatches(m: Dict, device, input_size, space, batch, device_name) -> List[
                 f"input size {format_input_size(m['input_size'])}, expected {format_input_size(want)}"
             )
     if space is not None:
-        want_name = space if isinstance(space, str) else space.name
+        want_name = space if isinstance(space, str) else space.ref
         want_width = None if isinstance(space, str) else space.width_mult
-        if m["space"] != want_name or (
-            want_width is not None and float(m["width_mult"]) != float(want_width)
-        ):
+        same = (
+            m["space"] == want_name
+            if isinstance(space, str)
+            else space.matches(m["space"], m.get("space_digest", ""))
+        )
+        if not same or (want_width is not None and float(m["width_mult"]) != float(want_width)):
             problems.append(
                 f"space '{m['space']}' width {m['width_mult']}, expected '{want_name}'"
                 + (f" width {want_width}" if want_width is not None else "")
@@ -302,7 +313,7 @@ def _build_command(m: Dict, device, input_size, space, batch) -> str:
     size = format_input_size(
         parse_input_size(input_size) if input_size is not None else m["input_size"]
     )
-    name = m["space"] if space is None else space if isinstance(space, str) else space.name
+    name = m["space"] if space is None else space if isinstance(space, str) else space.ref
     width = m["width_mult"] if space is None or isinstance(space, str) else space.width_mult
     device = m["device"] if device is None else str(device)
     return (
@@ -358,9 +369,10 @@ def _read_table_file(path: str) -> Dict:
         raise ValueError(
             f"latency table {path} holds {len(bad)} negative or non-finite ms, e.g. {bad[0]}: {rebuild}"
         )
-    if len(layers) != space.num_layers or any(len(row) != NUM_CHOICES for row in layers):
+    if [len(row) for row in layers] != list(space.num_choices):
         raise ValueError(
             f"latency table {path}: layers_ms is {len(layers)} rows of {sorted({len(r) for r in layers})} "
-            f"entries, space '{space.name}' has {space.num_layers} layers of {NUM_CHOICES} blocks: {rebuild}"
+            f"entries, space '{space.name}' has {space.num_layers} layers of "
+            f"{sorted(set(space.num_choices))} blocks: {rebuild}"
         )
     return d

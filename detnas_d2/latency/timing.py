@@ -30,9 +30,9 @@ import torch
 from torch import nn
 
 from ..input_size import format_input_size, parse_input_size
-from ..modeling import ClassifierHead, ShuffleNetV2Subnet, Stem, build_block
+from ..modeling import ClassifierHead, ShuffleNetV2Subnet, Stem, build_block, check_space_blocks
 from ..modeling.bn_fold import fold_batchnorm
-from ..search_space import NUM_CHOICES, SearchSpace
+from ..search_space import SearchSpace
 from .calibration import CalibrationError, one_block_archs
 from .table import LatencyTable
 
@@ -164,8 +164,9 @@ def _prepare(module: nn.Module, device, fold_bn: bool) -> nn.Module:
 
 
 def blocks_and_inputs(space: SearchSpace, input_size, batch, device, norm, fold_bn, seed):
-    """(image, stem, every layer's four blocks, every layer's input tensor, the last layer's output):
-    the modules of a table and the inputs of their real shapes."""
+    """(image, stem, every layer's candidate blocks, every layer's input tensor, the last layer's
+    output): the modules of a table and the inputs of their real shapes."""
+    check_space_blocks(space)
     torch.manual_seed(seed)
     h, w = input_size
     image = torch.randn(batch, 3, h, w, device=device)
@@ -176,11 +177,18 @@ def blocks_and_inputs(space: SearchSpace, input_size, batch, device, norm, fold_
     for spec in space.layers():
         choices = [
             _prepare(
-                build_block(c, spec.in_channels, spec.out_channels, spec.stride, norm),
+                build_block(
+                    choice,
+                    spec.in_channels,
+                    spec.out_channels,
+                    spec.stride,
+                    norm,
+                    space.block_style,
+                ),
                 device,
                 fold_bn,
             )
-            for c in range(NUM_CHOICES)
+            for choice in space.layer_blocks[spec.index]
         ]
         inputs.append(x.clone())
         with torch.inference_mode():
@@ -212,7 +220,7 @@ def table_meta(
         "threads": torch.get_num_threads(),
         "input_size": list(input_size),
         "batch": batch,
-        "space": space.name,
+        "space": space.ref,
         "width_mult": space.width_mult,
         "norm": norm,
         "fold_bn": fold_bn,
@@ -224,9 +232,13 @@ def table_meta(
         "min_repeat_ms": min_repeat_ms,
         "tail": tail,
         "stage_of_layer": space.stage_of_layer(),
+        "out_features": list(space.out_features),
+        "blocks": space.block_names(),
         "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         "host": platform.node(),
     }
+    if space.source:
+        meta["space_digest"] = space.digest
     if device.type == "cuda":
         meta["cudnn_benchmark"] = bool(torch.backends.cudnn.benchmark)
     meta.update(extra or {})
@@ -362,7 +374,8 @@ def build_table(
     held_out = archs[fit_archs:]
     entries += [(_backbone_model(table, arch, device), image) for arch in fit + held_out]
     log(
-        f"Timing {num_entries} modules ({space.num_layers} layers x {NUM_CHOICES} blocks, stem"
+        f"Timing {num_entries} modules ({space.num_layers} layers of up to {space.max_choices} "
+        "blocks, stem"
         f"{', classifier head' if tail != 'none' else ''})"
         + (
             f" and {len(fit)} + {validate} archs end to end (calibration, validation)"
@@ -377,16 +390,17 @@ def build_table(
     times = measure_round_robin(entries, device, warmup, repeats, min_repeat_ms, clock)
     log(f"  measured in {time.perf_counter() - t0:.1f} s")
     table.stem_ms = times[0]
-    table.layers_ms = [
-        times[1 + NUM_CHOICES * i : 1 + NUM_CHOICES * (i + 1)] for i in range(space.num_layers)
-    ]
+    table.layers_ms, start = [], 1
+    for n in space.num_choices:
+        table.layers_ms.append(times[start : start + n])
+        start += n
     table.tail_ms = times[num_entries - 1] if tail == "classifier" else 0.0
     measured = times[num_entries:]
     if fit:
         try:
             c = table.calibrate(fit, measured[: len(fit)])
             log(
-                f"Calibration on {len(fit)} archs ({NUM_CHOICES} one-block, {fit_archs} random): measured = "
+                f"Calibration on {len(fit)} archs ({space.max_choices} one-block, {fit_archs} random): measured = "
                 f"{c['scale']:.4f} x table sum + {c['offset_ms']:.4f} ms"
             )
         except CalibrationError as e:
@@ -404,17 +418,17 @@ def _backbone_model(table: LatencyTable, arch, device) -> nn.Module:
         head = ClassifierHead(
             table.space.stage_out[-1], m["num_classes"], m["head_channels"], norm=m["norm"]
         )
-        model = _WithHead(model, head)
+        model = _WithHead(model, head, table.space.out_features[-1])
     return _prepare(model, device, m["fold_bn"])
 
 
 class _WithHead(nn.Module):
-    def __init__(self, backbone, head):
+    def __init__(self, backbone, head, feature: str):
         super().__init__()
-        self.backbone, self.head = backbone, head
+        self.backbone, self.head, self.feature = backbone, head, feature
 
     def forward(self, x):
-        return self.head(self.backbone(x)["res5"])
+        return self.head(self.backbone(x)[self.feature])
 
 
 def measure_backbone(

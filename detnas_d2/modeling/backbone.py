@@ -1,4 +1,5 @@
-"""ShuffleNetV2 supernet (every layer holds the four candidate blocks) and the plain subnet.
+"""The supernet (every layer holds its candidate blocks) and the plain subnet of a search space. Named
+for the paper's ShuffleNetV2 spaces, they build any space: the blocks come from the space's candidates.
 
 Parameter names make weight inheritance a key mapping:
 supernet `layers.{i}.choices.{c}.<rest>` -> subnet `layers.{i}.<rest>` for the chosen block `c`;
@@ -13,8 +14,8 @@ from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import Backbone
 from torch import nn
 
-from ..search_space import NUM_CHOICES, SearchSpace, stage_stride
-from .blocks import Stem, build_block
+from ..search_space import BlockChoice, SearchSpace, stage_stride
+from .blocks import Stem, build_block, check_space_blocks
 
 __all__ = [
     "ShuffleNetV2Supernet",
@@ -26,27 +27,27 @@ __all__ = [
     "block_init_seed",
 ]
 
-STAGE_NAMES = ("res2", "res3", "res4", "res5")  # stage outputs at strides 4, 8, 16, 32
-FEATURE_NAMES = ("stem",) + STAGE_NAMES
 
-
-def block_init_seed(seed: int, layer: int, block: int) -> int:
+def block_init_seed(seed: int, layer: int, block: int, max_choices: int) -> int:
     """The seed of one block's initial weights under paired initialisation: one per (training seed, layer,
-    block id); the stem is layer -1."""
-    return (seed * 1_000_003 + (layer + 1) * NUM_CHOICES + block) % 2**63
+    block id) in a space of at most `max_choices` blocks per layer; the stem is layer -1."""
+    return (seed * 1_000_003 + (layer + 1) * max_choices + block) % 2**63
 
 
 @contextlib.contextmanager
-def _block_rng(init_seed: Optional[int], layer: int, block: int = 0):
+def _block_rng(init_seed: Optional[int], space: SearchSpace, layer: int, block: int = 0):
     """With `init_seed` (paired initialisation) the modules built inside draw their initial weights from
-    `block_init_seed(init_seed, layer, block)` and leave the global RNG as it was; without, nothing changes."""
+    `block_init_seed(init_seed, layer, block, space.max_choices)` and leave the global RNG as it was;
+    without, nothing changes."""
     if init_seed is None:
         yield
         return
     # The CPU generator only (modules are built on the CPU): torch.manual_seed would also reseed the CUDA
     # generators, which fork_rng(devices=[]) does not restore.
     with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(block_init_seed(init_seed, layer, block))
+        torch.default_generator.manual_seed(
+            block_init_seed(init_seed, layer, block, space.max_choices)
+        )
         yield
 
 
@@ -61,25 +62,33 @@ class _ShuffleNetV2Base(Backbone):
     """
 
     def __init__(
-        self, space: SearchSpace, norm, out_features, in_channels, init_seed: Optional[int] = None
+        self,
+        space: SearchSpace,
+        norm,
+        out_features: Optional[Sequence[str]],
+        in_channels,
+        init_seed: Optional[int] = None,
     ):
         super().__init__()
-        out_features = list(out_features)
-        unknown = [f for f in out_features if f not in FEATURE_NAMES]
+        check_space_blocks(space)
+        feature_names = ("stem",) + space.out_features
+        out_features = list(space.out_features if out_features is None else out_features)
+        unknown = [f for f in out_features if f not in feature_names]
         if not out_features or unknown:
             raise ValueError(
-                f"out_features {out_features}: each must be one of {list(FEATURE_NAMES)}, at least one"
+                f"out_features {out_features}: each must be one of {list(feature_names)} (the "
+                f"outputs of space '{space.name}'), at least one"
             )
         self.space = space
-        self._out_features = [f for f in FEATURE_NAMES if f in out_features]  # network order
+        self._out_features = [f for f in feature_names if f in out_features]  # network order
         self._out_feature_channels = {"stem": space.stem_out}
         self._out_feature_strides = {"stem": 2}
-        for s, name in enumerate(STAGE_NAMES):
+        for s, name in enumerate(space.out_features):
             self._out_feature_channels[name] = space.stage_out[s]
             self._out_feature_strides[name] = stage_stride(s)
-        with _block_rng(init_seed, -1):
+        with _block_rng(init_seed, space, -1):
             self.stem = Stem(in_channels, space.stem_out, norm, bias=space.official)
-        self._stage_layers = [[] for _ in STAGE_NAMES]  # layer indices per stage
+        self._stage_layers = [[] for _ in space.stages]  # layer indices per stage
         for spec in space.layers():
             self._stage_layers[spec.stage].append(spec.index)
         # Stages beyond the deepest requested feature are built (an arch covers all layers) but not run.
@@ -88,7 +97,7 @@ class _ShuffleNetV2Base(Backbone):
         self._stem_is_output = "stem" in self._out_features
         self._layer_outputs = [""] * space.num_layers
         self._num_run_layers = 0
-        for name, layers in zip(STAGE_NAMES, self._stage_layers):
+        for name, layers in zip(space.out_features, self._stage_layers):
             if name in self._out_features:
                 self._layer_outputs[layers[-1]] = name
                 self._num_run_layers = layers[-1] + 1
@@ -113,12 +122,12 @@ class _ShuffleNetV2Base(Backbone):
     def freeze(self, freeze_at: int = 0):
         """Like Detectron2's `ResNet.freeze`: 1 freezes the stem, k the stem and stages res2..res{k}.
 
-        Frozen modules (in a supernet: all four choices of a layer) get `requires_grad=False` and their
+        Frozen modules (in a supernet: all the choices of a layer) get `requires_grad=False` and their
         BatchNorms become FrozenBatchNorm2d.
         """
         if freeze_at >= 1:
             self.stem.freeze()
-        for stage in range(len(STAGE_NAMES)):
+        for stage in range(len(self._stage_layers)):
             if freeze_at >= stage + 2:
                 for module in (self.layers[i] for i in self._stage_layers[stage]):
                     for p in module.parameters():
@@ -128,19 +137,29 @@ class _ShuffleNetV2Base(Backbone):
 
 
 class ChoiceLayer(nn.Module):
-    """One searchable layer of the supernet: its four candidate blocks, in `choices[block_id]`.
+    """One searchable layer of the supernet: its candidate blocks, in `choices[block_id]`.
 
     It has no forward: the supernet runs the chosen block directly.
     """
 
     def __init__(
-        self, in_channels, out_channels, stride, norm, style="mmrazor", init_seed=None, layer=0
+        self,
+        blocks: Sequence[BlockChoice],
+        in_channels,
+        out_channels,
+        stride,
+        norm,
+        space: SearchSpace,
+        init_seed=None,
+        layer=0,
     ):
         super().__init__()
         self.choices = nn.ModuleList()
-        for c in range(NUM_CHOICES):
-            with _block_rng(init_seed, layer, c):
-                self.choices.append(build_block(c, in_channels, out_channels, stride, norm, style))
+        for c, choice in enumerate(blocks):
+            with _block_rng(init_seed, space, layer, c):
+                self.choices.append(
+                    build_block(choice, in_channels, out_channels, stride, norm, space.block_style)
+                )
 
 
 class ShuffleNetV2Supernet(_ShuffleNetV2Base):
@@ -150,18 +169,19 @@ class ShuffleNetV2Supernet(_ShuffleNetV2Base):
         self,
         space: SearchSpace,
         norm="BN",
-        out_features=STAGE_NAMES,
+        out_features: Optional[Sequence[str]] = None,
         in_channels=3,
         init_seed: Optional[int] = None,
     ):
         super().__init__(space, norm, out_features, in_channels, init_seed)
         self.layers = nn.ModuleList(
             ChoiceLayer(
+                space.layer_blocks[spec.index],
                 spec.in_channels,
                 spec.out_channels,
                 spec.stride,
                 norm,
-                space.block_style,
+                space,
                 init_seed,
                 spec.index,
             )
@@ -193,7 +213,7 @@ class ShuffleNetV2Supernet(_ShuffleNetV2Base):
         return [self.stem] + self._active_blocks
 
     def choice_blocks(self, layer: int) -> nn.ModuleList:
-        """The four candidate blocks of `layer`, indexed by block id."""
+        """The candidate blocks of `layer`, indexed by block id."""
         return self.layers[layer].choices
 
     def forward(self, x):
@@ -213,7 +233,7 @@ class ShuffleNetV2Subnet(_ShuffleNetV2Base):
         space: SearchSpace,
         arch: Sequence[int],
         norm="BN",
-        out_features=STAGE_NAMES,
+        out_features: Optional[Sequence[str]] = None,
         in_channels=3,
         init_seed: Optional[int] = None,
     ):
@@ -221,10 +241,15 @@ class ShuffleNetV2Subnet(_ShuffleNetV2Base):
         self.arch = space.validate(arch)
         self.layers = nn.ModuleList()
         for c, spec in zip(self.arch, space.layers()):
-            with _block_rng(init_seed, spec.index, c):
+            with _block_rng(init_seed, space, spec.index, c):
                 self.layers.append(
                     build_block(
-                        c, spec.in_channels, spec.out_channels, spec.stride, norm, space.block_style
+                        space.layer_blocks[spec.index][c],
+                        spec.in_channels,
+                        spec.out_channels,
+                        spec.stride,
+                        norm,
+                        space.block_style,
                     )
                 )
 

@@ -1,6 +1,7 @@
 """Backbone builders registered in Detectron2's BACKBONE_REGISTRY (set MODEL.BACKBONE.NAME to one).
 
-Options: MODEL.DETNAS.{SPACE, WIDTH_MULT, NORM, OUT_FEATURES, PAIRED_INIT}, MODEL.DETNAS.ARCH (subnets only),
+Options: MODEL.DETNAS.{SPACE (a shipped space or a space file), WIDTH_MULT, BLOCK_STYLE, NORM, OUT_FEATURES,
+PAIRED_INIT}, MODEL.DETNAS.ARCH (subnets only),
 MODEL.BACKBONE.FREEZE_AT (0: train everything; Detectron2's default 2 freezes the stem and res2),
 MODEL.FPN.{IN_FEATURES, OUT_CHANNELS, NORM, FUSE_TYPE} for the FPN forms.
 

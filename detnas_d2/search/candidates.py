@@ -4,8 +4,6 @@ uniformly among those that meet the constraints (constraints.py: exact, however 
 import random
 from typing import List, Sequence, Tuple
 
-from detnas_d2.search_space import NUM_CHOICES
-
 from .constraints import ArchConstraints
 from .settings import SearchSettings
 
@@ -49,8 +47,8 @@ def generate_candidates(
                 break
             parent = parents[rng.randrange(len(parents))]
             child = tuple(
-                rng.randrange(NUM_CHOICES) if rng.random() < settings.mutation_prob else gene
-                for gene in parent
+                rng.randrange(n) if rng.random() < settings.mutation_prob else gene
+                for gene, n in zip(parent, constraints.space.num_choices)
             )
             added += try_add(child, "mutation")
         added = 0

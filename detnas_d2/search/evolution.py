@@ -137,7 +137,7 @@ class EvolutionSearch:
         ]  # what the generation started with
         if self.settings.predictor and g > 0 and len(earlier) >= self.settings.predictor_min_scored:
             population, values = screen_candidates(
-                population, earlier, self.settings.predictor_keep
+                population, earlier, self.settings.predictor_keep, self.space
             )
             predicted = {arch: value for (arch, _), value in zip(population, values)}
         self._predicted = predicted

@@ -29,7 +29,7 @@ from tabulate import tabulate
 from detnas_d2.arch_io import save_arch
 from detnas_d2.file_io import atomic_write
 from detnas_d2.rank_stats import kendall_tau_b
-from detnas_d2.search_space import BLOCKS, arch_to_str
+from detnas_d2.search_space import SearchSpace, arch_to_str
 
 from .finalists import FINALISTS_FILE, best_finalist, finalists_table
 from .racing import is_full
@@ -43,10 +43,10 @@ PLOT_FILE = "search_scores.png"
 BEST_ARCH_FILE = "best_arch.yaml"
 
 
-def candidate_line(record: Dict) -> str:
+def candidate_line(record: Dict, space: SearchSpace) -> str:
     line = dict(record)
     line["arch_str"] = arch_to_str(record["arch"])
-    line["arch_names"] = [BLOCKS[a] for a in record["arch"]]
+    line["arch_names"] = [space.block_name(i, a) for i, a in enumerate(record["arch"])]
     return json.dumps(line)
 
 
@@ -133,14 +133,16 @@ class SearchOutputs:
         self.budget = budget
         PathManager.mkdirs(output_dir)
         self._candidates_path = os.path.join(output_dir, CANDIDATES_FILE)
-        atomic_write(self._candidates_path, "".join(candidate_line(r) + "\n" for r in history))
+        atomic_write(
+            self._candidates_path, "".join(candidate_line(r, self.space) + "\n" for r in history)
+        )
         self._writer = TensorboardXWriter(output_dir)
         self._start = time.perf_counter()
         self._scored_here = 0
 
     def after_candidate(self, search, record):
         with PathManager.open(self._candidates_path, "a") as f:
-            f.write(candidate_line(record) + "\n")
+            f.write(candidate_line(record, self.space) + "\n")
         storage = get_event_storage()
         storage.iter = record["index"]
         if is_full(record):

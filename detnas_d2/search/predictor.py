@@ -1,8 +1,9 @@
 """A score predictor fitted on the candidates scored so far, so that a generation scores only the
 children it ranks best (as Once-for-All's and NSGANetV2's surrogates do).
 
-Features: one-hot block choice per layer (the supernet's own parameterisation); model: ridge regression
-in closed form (float64, deterministic: a resumed search refits exactly the same predictor).
+Features: one-hot block choice per layer (the supernet's own parameterisation; a layer has as many
+features as candidates); model: ridge regression in closed form (float64, deterministic: a resumed
+search refits exactly the same predictor).
 """
 
 import math
@@ -10,7 +11,7 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
-from detnas_d2.search_space import NUM_CHOICES
+from detnas_d2.search_space import SearchSpace
 
 __all__ = ["PREDICTORS", "RidgePredictor", "screen_candidates"]
 
@@ -18,17 +19,19 @@ PREDICTORS = ("", "ridge")
 
 
 class RidgePredictor:
-    def __init__(self, alpha: float = 1.0):
+    def __init__(self, space: SearchSpace, alpha: float = 1.0):
         self.alpha = float(alpha)
         self._weights = None
         self._mean = 0.0
+        # the first feature of every layer: its blocks' one-hot features follow
+        self._offsets = np.concatenate(([0], np.cumsum(space.num_choices)[:-1])).astype(np.int64)
+        self._num_features = int(sum(space.num_choices))
 
-    @staticmethod
-    def features(archs: Sequence[Sequence[int]]) -> np.ndarray:
+    def features(self, archs: Sequence[Sequence[int]]) -> np.ndarray:
         archs = np.asarray(archs, dtype=np.int64)
-        x = np.zeros((len(archs), archs.shape[1] * NUM_CHOICES))
+        x = np.zeros((len(archs), self._num_features))
         rows = np.repeat(np.arange(len(archs)), archs.shape[1])
-        x[rows, (np.arange(archs.shape[1]) * NUM_CHOICES + archs).ravel()] = 1.0
+        x[rows, (self._offsets + archs).ravel()] = 1.0
         return x
 
     def fit(self, archs: Sequence[Sequence[int]], scores: Sequence[float]) -> "RidgePredictor":
@@ -44,11 +47,13 @@ class RidgePredictor:
 
 
 def screen_candidates(
-    population: List[Tuple[Tuple[int, ...], str]], history, keep: float
+    population: List[Tuple[Tuple[int, ...], str]], history, keep: float, space: SearchSpace
 ) -> Tuple[List[Tuple[Tuple[int, ...], str]], List[float]]:
     """The ceil(keep * n) candidates a predictor fitted on `history` ranks best (in their generated
     order), and their predicted scores."""
-    predictor = RidgePredictor().fit([r["arch"] for r in history], [r["score"] for r in history])
+    predictor = RidgePredictor(space).fit(
+        [r["arch"] for r in history], [r["score"] for r in history]
+    )
     predicted = predictor.predict([arch for arch, _ in population]).tolist()
     n = max(1, math.ceil(keep * len(population)))
     chosen = sorted(sorted(range(len(population)), key=lambda i: (-predicted[i], i))[:n])

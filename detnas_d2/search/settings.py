@@ -302,7 +302,7 @@ def search_fingerprint(
     if finalists is not None and finalists.topk:
         fingerprint["finalists"] = {k: v for k, v in asdict(finalists).items() if k != "confidence"}
         fingerprint["finalists"][_SHA256] = [file_sha256(path) for path in finalists.weights]
-    fingerprint["space"] = [space.name, space.width_mult]
+    fingerprint["space"] = [space.ref, space.width_mult] + ([space.digest] if space.source else [])
     fingerprint["constraints"] = [
         constraints.flops_min,
         constraints.flops_max,
