@@ -270,8 +270,18 @@ def assert_user_error(raised, capsys, message):
             ["protocols", "--reference", "missing.jsonl", "--cheap", "missing.jsonl"],
             "missing.jsonl: no scores",
         ),
+        (
+            ["compare", "--supernet", "missing.jsonl", "--standalone", "missing.jsonl"],
+            "missing.jsonl: no scores",
+        ),
     ],
-    ids=["malformed arch", "no archs to sample", "no trainings at a time", "missing score file"],
+    ids=[
+        "malformed arch",
+        "no archs to sample",
+        "no trainings at a time",
+        "missing score file",
+        "compare without scores",
+    ],
 )
 def test_bad_input_ends_with_one_line_and_exit_status_2(
     argv, message, tmp_path, monkeypatch, capsys
@@ -431,7 +441,7 @@ def _write_scores(path, records):
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
-def test_compare_report(toy, tmp_path):
+def test_compare_report(toy, tmp_path, capsys):
     """Twelve archs, three seeds: a supernet that ranks them perfectly, FLOPs (and a second supernet that
     follows FLOPs) that rank them backwards inside the band; the report's figures, band, files."""
     _, space, table = toy
@@ -546,7 +556,8 @@ def test_compare_report(toy, tmp_path):
     assert re.search(r"\|\s*all archs\s*\|\s*recipe-a\s*\|\s*12\s*\|\s*1\.00 \[1\.00, 1\.00\]", md)
     assert f"FLOPs <= {hi / 1e6:.2f}M" in md and "tau - tau(recipe-a) [95% CI]" in md
     assert re.search(r"\|\s*all archs\s*\|\s*12\s*\|\s*0 1 2\s*\|", md)  # the seed-blocks table
-    with pytest.raises(SystemExit, match="recipe-c"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as raised:
         rank_audit(
             [
                 "compare",
@@ -560,6 +571,7 @@ def test_compare_report(toy, tmp_path):
                 str(tmp_path / "out"),
             ]
         )
+    assert_user_error(raised, capsys, "--baseline 'recipe-c' is none of the supernet protocols")
     assert (tmp_path / "out/compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -5,7 +5,6 @@ those inside the FLOPs band: compare.md, compare.json and compare.png."""
 
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -16,6 +15,7 @@ from .. import rank_stats as rs
 from ..config import get_detnas_cfg
 from ..config_files import config_file
 from ..file_io import atomic_write
+from ..user_errors import UserError
 from .archs import Arch, arch_str
 from .console import log
 from .formatting import fmt, fmt_ci, json_safe
@@ -64,13 +64,13 @@ def load_compare_inputs(supernet_files: Sequence[str], standalone_file: str):
     for path in supernet_files:
         records = read_scores(Path(path))
         if not records:
-            sys.exit(f"{path}: no scores")
+            raise UserError(f"{path}: no scores")
         for label in dict.fromkeys(r.get("protocol") for r in records):
             key = label if label not in predictors else f"{label} ({Path(path).stem})"
             predictors[key] = {}
             for r in records:
                 if r.get("kind") != "supernet":
-                    sys.exit(
+                    raise UserError(
                         f"{path}: a line of kind '{r.get('kind')}' where supernet scores were expected"
                     )
                 if r["protocol"] == label:
@@ -83,10 +83,10 @@ def load_compare_inputs(supernet_files: Sequence[str], standalone_file: str):
     mismatch = False
     records = read_scores(Path(standalone_file))
     if not records:
-        sys.exit(f"{standalone_file}: no scores")
+        raise UserError(f"{standalone_file}: no scores")
     for r in records:
         if r.get("kind") != "standalone":
-            sys.exit(
+            raise UserError(
                 f"{standalone_file}: a line of kind '{r.get('kind')}' where stand-alone scores were expected"
             )
         score = float(r["score"])
@@ -220,14 +220,16 @@ def compare(
     `baseline`: a supernet protocol whose tau every other one's is compared with. Returns the exit status."""
     predictors, truth, info = load_compare_inputs(supernet, standalone)
     if baseline and baseline not in predictors:
-        sys.exit(f"--baseline '{baseline}' is none of the supernet protocols {sorted(predictors)}")
+        raise UserError(
+            f"--baseline '{baseline}' is none of the supernet protocols {sorted(predictors)}"
+        )
     archs = [a for a in truth if all(a in p for p in predictors.values())]
     if len(archs) < len(truth):
         log(
             f"{len(truth) - len(archs)} of the {len(truth)} stand-alone archs have no supernet score: left out"
         )
     if len(archs) < 2:
-        sys.exit(f"{len(archs)} arch(s) with both scores: nothing to compare")
+        raise UserError(f"{len(archs)} arch(s) with both scores: nothing to compare")
     cfg = get_detnas_cfg(config_file(config))
     lo = flops_min if flops_min is not None else float(cfg.DETNAS.SEARCH.FLOPS_MIN)
     hi = flops_max if flops_max is not None else float(cfg.DETNAS.SEARCH.FLOPS_MAX)
