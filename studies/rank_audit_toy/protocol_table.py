@@ -22,9 +22,10 @@ import itertools
 import json
 from pathlib import Path
 
+from detnas_d2 import rank_stats as rs
+
 import numpy as np
 
-from detnas_d2 import rank_stats as rs
 from detnas_d2.audit.scores import read_scores
 
 HERE = Path(__file__).resolve().parent
@@ -35,8 +36,16 @@ TRUTHS = {
     "13 study archs": HERE / "standalone_paired.jsonl",
     "in-band archs": HERE / "standalone_inband-paired.jsonl",
 }
-# Score files per truth: "{s}" is the supernet seed.
-SCORES = {"13 study archs": "supernet_noise/a_seed{s}{suffix}.jsonl", "in-band archs": "inband/a_seed{s}{suffix}.jsonl"}
+# Score files per truth, per set of supernets: "{s}" is the supernet seed. Recipe (a) was trained twice with
+# seeds 0-4, alike but not bit-identical (the code changed in between): the first set scored only the 13 archs
+# (run.sh supernet-seeds), the second (run.sh inband-supernets, protocols) both arch sets. Rows never mix sets.
+SCORES = {
+    "13 study archs": {
+        "supernets of supernet_noise/": "supernet_noise/a_seed{s}{suffix}.jsonl",
+        "supernets of inband/": "inband/archs13_a_seed{s}{suffix}.jsonl",
+    },
+    "in-band archs": {"supernets of inband/": "inband/a_seed{s}{suffix}.jsonl"},
+}
 SUPERNET_PROTOCOLS = {
     "bbox AP, 64 + 64 images (shipped)": "",
     "bbox AP, 64 + 512 images": "_eval512",
@@ -67,12 +76,16 @@ def read_truth(path):
 
 
 def read_protocol(path):
-    """{arch: (score, forwards, seconds)} of a score file."""
-    out = {}
+    """{arch: (score, forwards, seconds)} of a score file, and the weights it scored with (one file, one
+    supernet)."""
+    out, weights = {}, set()
     for r in read_scores(path):
         forwards = r.get("images_recalib", 0) + r.get("images_eval", 0)
         out[tuple(r["arch"])] = (float(r["score"]), forwards, float(r.get("seconds", "nan")))
-    return out
+        weights.add(r.get("settings", {}).get("weights_sha1"))
+    if len(weights) > 1:
+        raise SystemExit(f"{path}: scores of {len(weights)} different supernets in one file")
+    return out, weights.pop() if weights else None
 
 
 def taus(columns, truth, idx):
@@ -109,34 +122,42 @@ def protocol_columns(truth_name, archs):
     """{protocol: (score columns (one per supernet, or per ensemble), forwards per candidate, seconds per
     candidate, the supernet seeds)}."""
     out = {}
-    for label, suffix in SUPERNET_PROTOCOLS.items():
-        runs, seeds = [], []
-        for s in SUPERNET_SEEDS:
-            path = HERE / SCORES[truth_name].format(s=s, suffix=suffix)
-            if path.exists():
-                scores = read_protocol(path)
-                if all(a in scores for a in archs):
-                    runs.append(scores)
-                    seeds.append(s)
-        if not runs:
-            continue
-        columns = [np.array([r[a][0] for a in archs]) for r in runs]
-        forwards = float(np.mean([r[a][1] for r in runs for a in archs]))
-        seconds = float(np.mean([r[a][2] for r in runs for a in archs]))
-        out[label] = (columns, forwards, seconds, seeds)
-        if suffix == "":
-            for k in range(2, len(runs) + 1):
-                ensembles = [np.mean(c, axis=0) for c in itertools.combinations(columns, k)]
-                out[f"ensemble of {k} supernets, 64 + 64 images"] = (
-                    ensembles,
-                    k * forwards,
-                    k * seconds,
-                    seeds,
-                )
+    sets = SCORES[truth_name]
+    for set_name, pattern in sets.items():
+        tag = f" ({set_name})" if len(sets) > 1 else ""
+        weights_of = {}
+        for label, suffix in SUPERNET_PROTOCOLS.items():
+            runs, seeds = [], []
+            for s in SUPERNET_SEEDS:
+                path = HERE / pattern.format(s=s, suffix=suffix)
+                if not path.exists():
+                    continue
+                scores, weights = read_protocol(path)
+                if not all(a in scores for a in archs):
+                    continue
+                if suffix != "_step1" and weights_of.setdefault(s, weights) != weights:
+                    raise SystemExit(f"{path}: another supernet than the other files of seed {s}")
+                runs.append(scores)
+                seeds.append(s)
+            if not runs:
+                continue
+            columns = [np.array([r[a][0] for a in archs]) for r in runs]
+            forwards = float(np.mean([r[a][1] for r in runs for a in archs]))
+            seconds = float(np.mean([r[a][2] for r in runs for a in archs]))
+            out[label + tag] = (columns, forwards, seconds, seeds)
+            if suffix == "":
+                for k in range(2, len(runs) + 1):
+                    ensembles = [np.mean(c, axis=0) for c in itertools.combinations(columns, k)]
+                    out[f"ensemble of {k} supernets, 64 + 64 images{tag}"] = (
+                        ensembles,
+                        k * forwards,
+                        k * seconds,
+                        seeds,
+                    )
     for label, name in ZERO_SHOT_PROTOCOLS.items():
         path = HERE / ZERO_SHOT[truth_name].format(name=name)
         if path.exists():
-            scores = read_protocol(path)
+            scores, _ = read_protocol(path)
             if all(a in scores for a in archs):
                 column = np.array([scores[a][0] for a in archs])
                 forwards = float(np.mean([scores[a][1] for a in archs]))
@@ -189,11 +210,14 @@ def main():
         rows = {}
         protocols = protocol_columns(truth_name, archs)
         shipped_label = next(iter(SUPERNET_PROTOCOLS))
-        shipped = protocols.get(shipped_label)
         for label, (columns, forwards, seconds, supernets) in protocols.items():
+            tag = label[label.index(" (supernets") :] if " (supernets" in label else ""
+            shipped = protocols.get(shipped_label + tag)
             same = []
             if shipped and supernets and not label.startswith(("ensemble", shipped_label)):
                 same = [c for c, s in zip(shipped[0], shipped[3]) if s in supernets]
+                if len(same) < len(supernets):
+                    same = []
             f = figures(columns, mean, trivial_all[best], same, resamples)
             f.update(forwards=forwards, seconds=seconds, supernets=supernets)
             rows[label] = f

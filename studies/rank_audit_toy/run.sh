@@ -213,18 +213,27 @@ case "${1:-}" in
         DETNAS.SEARCH.EVAL_DATASET toy_det_search_large
     done ;;
   protocols)
-    # Cheaper scoring protocols on supernet seed $2 (trained by supernet-seeds / inband-supernets), for the 13
-    # study archs and the in-band archs: 16 recalibration images; a 96 px shorter side; 16 recalibration + 32
-    # evaluation images (under a tenth of the 512-image protocol's forwards). protocol_table.py reads them.
+    # Scoring protocols on supernet seed $2 as inband-supernets trains it (these supernets are not those of
+    # supernet_noise/, whose folders are gone: their scores stay apart), for the in-band archs (inband/a_seed*)
+    # and the 13 study archs (inband/archs13_a_seed*): the shipped one and 512 evaluation images (as
+    # inband-supernets scores the in-band archs), step-1 top-1, and cheaper ones: 16 recalibration images; a
+    # 96 px shorter side; 16 recalibration + 32 evaluation images (under a tenth of the 512-image protocol's
+    # forwards). protocol_table.py reads them.
     s=$2
     dir=$RUNS/supernet_noise/seed$s
-    for variant in "recalib16:DETNAS.BN_RECALIB.IMAGES 16" "res96:DETNAS.SEARCH.EVAL_MIN_SIZE 96" \
+    "$PY" tools/rank_audit.py supernet --config-file configs/Toy/search_cls.yaml --archs "$HERE/archs.txt" \
+      --protocol "a-seed$s-step1" --output "$HERE/inband/archs13_a_seed${s}_step1.jsonl" \
+      MODEL.WEIGHTS "$dir/cls_supernet/model_final.pth"
+    for variant in "shipped:" "eval512:DETNAS.SEARCH.EVAL_DATASET toy_det_search_large" \
+      "recalib16:DETNAS.BN_RECALIB.IMAGES 16" "res96:DETNAS.SEARCH.EVAL_MIN_SIZE 96" \
       "r16e32:DETNAS.BN_RECALIB.IMAGES 16 DETNAS.SEARCH.EVAL_IMAGES 32"; do
       name=${variant%%:*}
-      for set in "archs.txt:supernet_noise" "archs_inband.txt:inband"; do
+      label=a-seed$s-$name suffix=_$name
+      [ "$name" != shipped ] || label=a-seed$s suffix=
+      for set in "archs.txt:archs13_a_seed" "archs_inband.txt:a_seed"; do
         # shellcheck disable=SC2086
-        "$PY" tools/rank_audit.py supernet --archs "$HERE/${set%%:*}" --protocol "a-seed$s-$name" \
-          --output "$HERE/${set#*:}/a_seed${s}_$name.jsonl" MODEL.WEIGHTS "$dir/det_supernet/model_final.pth" \
+        "$PY" tools/rank_audit.py supernet --archs "$HERE/${set%%:*}" --protocol "$label" \
+          --output "$HERE/inband/${set#*:}$s$suffix.jsonl" MODEL.WEIGHTS "$dir/det_supernet/model_final.pth" \
           ${variant#*:}
       done
     done ;;
