@@ -19,10 +19,11 @@ one seed gives every arch the same initial weights where they share blocks, the 
 import argparse
 from pathlib import Path
 
+from detnas_d2 import rank_stats as rs
+
 import numpy as np
 import yaml
 
-from detnas_d2 import rank_stats as rs
 from detnas_d2.audit.scores import read_scores
 
 HERE = Path(__file__).resolve().parent
@@ -85,8 +86,14 @@ def main():
         beats = sum(ap["det"].mean() > v.mean() for v in randoms.values())
         cls_beats = sum(ap["cls"].mean() > v.mean() for v in randoms.values())
         tests = [
-            ("det-search > random (paired by seed)", rs.paired_permutation_test(ap["det"], random_mean)),
-            ("cls-search > random (paired by seed)", rs.paired_permutation_test(ap["cls"], random_mean)),
+            (
+                "det-search > random (paired by seed)",
+                rs.paired_permutation_test(ap["det"], random_mean),
+            ),
+            (
+                "cls-search > random (paired by seed)",
+                rs.paired_permutation_test(ap["cls"], random_mean),
+            ),
             ("det-search > cls-search (paired)", rs.paired_permutation_test(ap["det"], ap["cls"])),
             ("cls-search > det-search (paired)", rs.paired_permutation_test(ap["cls"], ap["det"])),
         ]
@@ -100,7 +107,9 @@ def main():
             "|---|---|",
         ]
         lines += [f"| {name} | {p:.3f} |" for name, p in tests]
-        lines.append(f"\n(With {len(seeds)} seeds the smallest possible p is {2.0 ** -len(seeds):.3f}.)\n")
+        lines.append(
+            f"\n(With {len(seeds)} seeds the smallest possible p is {2.0 ** -len(seeds):.3f}.)\n"
+        )
     text = "\n".join(lines) + "\n"
     (HERE / "claim_inband.md").write_text(text)
     print(text)
