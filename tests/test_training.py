@@ -2,6 +2,7 @@
 resume, supernet evaluation with the reference arch, and a subnet detector that learns."""
 
 import collections
+import dataclasses
 import io
 import json
 import logging
@@ -30,7 +31,7 @@ from detnas_d2.engine import (
 from detnas_d2.engine.sampling import num_random_layers, progressive_path
 from detnas_d2.modeling import find_supernet
 from detnas_d2.output_files import EVAL_RESULTS_FILE
-from detnas_d2.search_space import SearchSpace, get_space
+from detnas_d2.search_space import get_space
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -71,7 +72,9 @@ class AdditiveTable:
 
 
 def test_flops_uniform_sampler_matches_exhaustive_distribution():
-    space = SearchSpace("tiny", 4, (8, 8, 8, 8), (2, 1, 1, 1))  # 5 layers: 1024 paths, enumerable
+    small = get_space("small", 0.125)
+    stages = tuple(dataclasses.replace(s, units=u) for s, u in zip(small.stages, (2, 1, 1, 1)))
+    space = dataclasses.replace(small, stages=stages)  # 5 layers: 1024 paths, enumerable
     table = AdditiveTable(space, seed=3)
     sampler = FlopsBinSampler(space, table, 0, 0, num_bins=4)
     all_paths = [tuple((n >> (2 * i)) & 3 for i in range(5)) for n in range(4**5)]
