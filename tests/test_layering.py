@@ -35,7 +35,7 @@ LAYERS = [
     ["recalibration", "export"],
     ["arch_info"],
     ["engine", "search"],
-    ["audit", "train_net", "search_net", "lazy_train_net"],
+    ["audit", "train_net", "search_net", "lazy_train_net", "run_pipeline"],
     ["gpu_check", "submit_net"],
 ]
 RANK = {name: rank for rank, row in enumerate(LAYERS) for name in row}

@@ -30,13 +30,14 @@ from detnas_d2.config_files import config_file
 from detnas_d2.data.datasets import register_held_out_split, register_union
 from detnas_d2.evaluation import PascalVOCEvaluator
 from detnas_d2.flops import get_flops_table
+from detnas_d2.run_pipeline import PRESETS
 from detnas_d2.search.runner import build_scorer
 from detnas_d2.search.settings import ScoringSettings
 from detnas_d2.search_space import space_from_cfg
 from detnas_d2.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
-PRESETS = runpy.run_path(str(ROOT / "tools" / "run_pipeline.py"))["PRESETS"]
+
 # the models of the presets and one training step of them (benchmarks/paper_configs.py)
 STEP = runpy.run_path(str(ROOT / "benchmarks" / "paper_configs.py"))
 PAPER_PRESETS = sorted(p for p in PRESETS if not p.startswith("toy"))

@@ -62,6 +62,81 @@ def test_every_step_writes_what_the_next_one_reads(pipeline):
     assert "bbox" in json.loads((out / "6_eval/eval_results.json").read_text())
 
 
+# A space of the user's own: one YAML file and the module registering its block type, outside the package.
+USER_BLOCKS = """
+from detectron2.layers import CNNBlockBase
+from torch import nn
+
+from detnas_d2.modeling import DETNAS_BLOCK_REGISTRY
+from detnas_d2.modeling.blocks import conv_norm_act
+
+
+@DETNAS_BLOCK_REGISTRY.register()
+class UserConvBlock(CNNBlockBase):
+    def __init__(self, in_channels, out_channels, stride, kernel_size=3, norm="BN"):
+        super().__init__(in_channels, out_channels, stride)
+        self.conv = conv_norm_act(
+            in_channels, out_channels, kernel_size, stride=stride, relu=True, norm=norm
+        )
+        self.point = conv_norm_act(out_channels, out_channels, 1, relu=False, norm=norm)
+
+    def forward(self, x):
+        return nn.functional.relu(self.point(self.conv(x)))
+"""
+USER_SPACE = """
+name: user-toy
+imports: [user_blocks.py]
+stem: {channels: 16}
+blocks:
+  - {name: conv3, type: UserConvBlock, kernel_size: 3}
+  - {name: conv5, type: UserConvBlock, kernel_size: 5}
+  - {name: mb3_e3, type: InvertedResidual, kernel_size: 3, expansion: 3}
+stages:
+  - {channels: 32, units: 2}
+  - {channels: 64, units: 2}
+  - {channels: 96, units: 2}
+  - {channels: 128, units: 1}
+"""
+
+
+@pytest.mark.slow
+def test_six_toy_steps_on_a_space_of_the_users_own(tmp_path):
+    (tmp_path / "user_blocks.py").write_text(USER_BLOCKS)
+    (tmp_path / "user_space.yaml").write_text(USER_SPACE)
+    out = tmp_path / "pipeline"
+    cmd = [
+        sys.executable,
+        str(ROOT / "tools/run_pipeline.py"),
+        "--quick",
+        "--output-dir",
+        str(out),
+        "MODEL.DETNAS.SPACE",
+        str(tmp_path / "user_space.yaml"),
+        "DETNAS.SEARCH.FLOPS_MIN",
+        "0",  # the toy band is the small space's
+        "DETNAS.SEARCH.FLOPS_MAX",
+        "0",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=ONE_THREAD)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    best = load_arch_record(str(out / "3_search/best_arch.yaml"))
+    space = get_space(best.space)
+    assert space.name == "user-toy" and best.space_digest == space.digest
+    assert len(best.arch) == 7 and best.metadata["flops"] > 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["searched_subnet"]["arch"] == list(best.arch)
+    # the supernet holds the three candidates of every layer, the retrained subnet the searched ones
+    supernet = torch.load(
+        out / "2_det_supernet/model_final.pth", map_location="cpu", weights_only=False
+    )["model"]
+    assert any(".choices.2." in k for k in supernet)
+    subnet = torch.load(
+        out / "5_det_subnet/model_final.pth", map_location="cpu", weights_only=False
+    )
+    assert not any(".choices." in k for k in subnet["model"])
+    assert json.loads((out / "6_eval/eval_results.json").read_text())
+
+
 @pytest.mark.slow
 def test_summary_names_every_step_and_the_subnet(pipeline):
     out, stdout = pipeline
