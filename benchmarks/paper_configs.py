@@ -36,7 +36,6 @@ from detnas_d2.config_files import config_file
 from detnas_d2.modeling import find_supernet
 from detnas_d2.run_pipeline import PRESETS
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # two boxes as fractions of the image (x0, y0, x1, y1): at 800x1333 about (133, 120, 533, 600) and
 # (733, 48, 1200, 400)
 BOX_FRACTIONS = ((0.1, 0.15, 0.4, 0.75), (0.55, 0.06, 0.9, 0.5))
