@@ -2,6 +2,7 @@
 processes, end to end runs on the toy supernet detector, and the errors a user can run into."""
 
 import json
+import logging
 import math
 import os
 import random
@@ -18,9 +19,10 @@ from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 from detectron2.utils import comm
+from detectron2.utils.events import EventStorage
 
 from detnas_d2.arch_info import describe
-from detnas_d2.arch_io import load_arch
+from detnas_d2.arch_io import load_arch, load_arch_record
 from detnas_d2.engine.launch import launch
 from detnas_d2.flops import get_flops_table
 from detnas_d2.modeling import bn_layers
@@ -32,11 +34,13 @@ from detnas_d2.search import (
     DistributedScoring,
     EvolutionSearch,
     ScoringSettings,
+    SearchOutputs,
     SearchSettings,
     SearchStateError,
     build_scorer,
     run_search,
 )
+from detnas_d2.search.outputs import BEST_ARCH_FILE
 from detnas_d2.search.racing import SLICE_SCORES, promoted, rung_margin
 from detnas_d2.search.scoring import scoring_cfg
 from detnas_d2.search_space import get_space
@@ -163,6 +167,25 @@ def test_evolution_rules(table, tmp_path):
 
     budget = EvolutionSearch(settings(max_candidates=13), SPACE, constraints, None).run(fake_score)
     assert len(budget.history) == 13 and budget.generation == 1  # stopped inside generation 1
+
+
+def test_a_search_that_ranks_nothing_says_so(table, tmp_path, caplog):
+    constraints = ArchConstraints(table, SPACE, INPUT_SIZE, flops_max=FLOPS_MAX)
+    search = EvolutionSearch(settings(generations=1), SPACE, constraints, None)
+    search.run(lambda archs: [{"score": 0.0} for _ in archs])
+    with EventStorage():
+        outputs = SearchOutputs(str(tmp_path), SPACE, "bbox_AP", 8, [])
+        with caplog.at_level(logging.WARNING):
+            outputs.finish(search)
+    best = load_arch_record(str(tmp_path / BEST_ARCH_FILE))
+    assert best.metadata["ranking"] == "none: all 8 candidates scored 0.000"
+    assert "the supernet does not tell these archs apart" in caplog.text
+    # a search that ranks says nothing of the kind
+    search = EvolutionSearch(settings(generations=1), SPACE, constraints, None)
+    search.run(fake_score)
+    with EventStorage():
+        SearchOutputs(str(tmp_path / "ranked"), SPACE, "bbox_AP", 8, []).finish(search)
+    assert "ranking" not in load_arch_record(str(tmp_path / "ranked" / BEST_ARCH_FILE)).metadata
 
 
 class Crash(Exception):

@@ -263,6 +263,17 @@ class SearchOutputs:
                     for r in rows
                 ],
             )
+        scores = {r["score"] for r in search.history if r.get("score") is not None}
+        if len(search.history) > 1 and len(scores) == 1:
+            # Nothing was ranked (e.g. a supernet trained a few iterations detects nothing): say so
+            # rather than hand the first candidate on as a searched arch.
+            metadata["ranking"] = f"none: all {len(search.history)} candidates scored {score:.3f}"
+            logger.warning(
+                f"every one of the {len(search.history)} candidates scored {score:.3f} "
+                f"{self.fitness}: the supernet does not tell these archs apart, so {BEST_ARCH_FILE} "
+                "is the first candidate, not a searched arch; train the supernet longer or check "
+                "MODEL.WEIGHTS"
+            )
         path = os.path.join(self.output_dir, BEST_ARCH_FILE)
         if "latency_ms" in best:
             metadata["latency_ms"] = best["latency_ms"]
