@@ -3,14 +3,11 @@ line in the score file is not scored again)."""
 
 import hashlib
 import os
-import time
-from pathlib import Path
 from typing import Optional, Sequence
 
 from ..search import ScoringSettings, build_scorer
-from .archs import arch_str, read_archs, search_space_and_table
-from .console import log
-from .scores import append_score, check_protocol, json_roundtrip, read_scores
+from .archs import read_archs, search_space_and_table
+from .scores import json_roundtrip, score_arch_set
 
 __all__ = ["file_sha1", "score_supernet"]
 
@@ -65,45 +62,14 @@ def score_supernet(
             **({"eval_min_size": scoring.eval_min_size} if scoring.eval_min_size else {}),
         }
     )
-    out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    records = read_scores(out, repair=True)
-    check_protocol(records, "supernet", protocol, settings, out)
-    done = {tuple(r["arch"]) for r in records}
-    todo = [a for a in archs if a not in done]
-    log(
-        f"{len(archs)} archs: {len(archs) - len(todo)} already scored in {out}, {len(todo)} to score"
+    return score_arch_set(
+        archs=archs,
+        table=table,
+        output=output,
+        protocol=protocol,
+        metric=scoring.fitness,
+        seed=scoring.seed,
+        settings=settings,
+        build_scorer=lambda: build_scorer(cfg, scoring),
+        limit=limit,
     )
-    if limit is not None:
-        todo = todo[:limit]
-    if not todo:
-        return 0
-    scorer = build_scorer(
-        cfg, scoring
-    )  # only when there is something to score: loading takes a while
-    for i, arch in enumerate(todo, start=1):
-        start = time.perf_counter()
-        result = scorer.score(arch)
-        seconds = time.perf_counter() - start
-        record = {
-            "arch": list(arch),
-            "flops": table.flops(arch),
-            "params": table.params(arch),
-            "score": result["score"],
-            "protocol": protocol,
-            "seed": scoring.seed,
-            "seconds": round(seconds, 3),
-            "images_recalib": result["images_recalib"],
-            "images_eval": result["images_eval"],
-            "kind": "supernet",
-            "metric": scoring.fitness,
-            "arch_str": arch_str(arch),
-            **{k: round(v, 3) for k, v in result.items() if k.startswith("seconds_")},
-            "settings": settings,
-        }
-        append_score(out, record)
-        log(
-            f"[{i}/{len(todo)}] {arch_str(arch)}: {scoring.fitness} {result['score']:.3f} "
-            f"({table.flops(arch) / 1e6:.2f} MFLOPs, {seconds:.1f}s)"
-        )
-    return 0
