@@ -62,46 +62,26 @@ def test_every_step_writes_what_the_next_one_reads(pipeline):
     assert "bbox" in json.loads((out / "6_eval/eval_results.json").read_text())
 
 
-# A space of the user's own: one YAML file and the module registering its block type, outside the package.
-USER_BLOCKS = """
-from detectron2.layers import CNNBlockBase
-from torch import nn
-
-from detnas_d2.modeling import DETNAS_BLOCK_REGISTRY
-from detnas_d2.modeling.blocks import conv_norm_act
-
-
-@DETNAS_BLOCK_REGISTRY.register()
-class UserConvBlock(CNNBlockBase):
-    def __init__(self, in_channels, out_channels, stride, kernel_size=3, norm="BN"):
-        super().__init__(in_channels, out_channels, stride)
-        self.conv = conv_norm_act(
-            in_channels, out_channels, kernel_size, stride=stride, relu=True, norm=norm
-        )
-        self.point = conv_norm_act(out_channels, out_channels, 1, relu=False, norm=norm)
-
-    def forward(self, x):
-        return nn.functional.relu(self.point(self.conv(x)))
-"""
-USER_SPACE = """
+# A space of the user's own: one YAML file naming the module that registers its block type, both outside
+# the package.
+USER_SPACE = f"""
 name: user-toy
-imports: [user_blocks.py]
-stem: {channels: 16}
+imports: [{ROOT / "tests" / "user_blocks.py"}]
+stem: {{channels: 16}}
 blocks:
-  - {name: conv3, type: UserConvBlock, kernel_size: 3}
-  - {name: conv5, type: UserConvBlock, kernel_size: 5}
-  - {name: mb3_e3, type: InvertedResidual, kernel_size: 3, expansion: 3}
+  - {{name: conv3, type: PlainConvBlock, kernel_size: 3}}
+  - {{name: conv5, type: PlainConvBlock, kernel_size: 5}}
+  - {{name: mb3_e3, type: InvertedResidual, kernel_size: 3, expansion: 3}}
 stages:
-  - {channels: 32, units: 2}
-  - {channels: 64, units: 2}
-  - {channels: 96, units: 2}
-  - {channels: 128, units: 1}
+  - {{channels: 32, units: 2}}
+  - {{channels: 64, units: 2}}
+  - {{channels: 96, units: 2}}
+  - {{channels: 128, units: 1}}
 """
 
 
 @pytest.mark.slow
 def test_six_toy_steps_on_a_space_of_the_users_own(tmp_path):
-    (tmp_path / "user_blocks.py").write_text(USER_BLOCKS)
     (tmp_path / "user_space.yaml").write_text(USER_SPACE)
     out = tmp_path / "pipeline"
     cmd = [
