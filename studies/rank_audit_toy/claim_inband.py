@@ -22,16 +22,15 @@ from pathlib import Path
 from detnas_d2 import rank_stats as rs
 
 import numpy as np
-import yaml
 
+from detnas_d2.arch_io import load_arch_record
 from detnas_d2.audit.scores import read_scores
 
 HERE = Path(__file__).resolve().parent
 
 
 def arch_of(path: Path):
-    data = yaml.safe_load(path.read_text())
-    return tuple(int(a) for a in data["arch"])
+    return tuple(load_arch_record(str(path)).arch)
 
 
 def by_arch_seed(path: Path):
