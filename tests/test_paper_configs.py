@@ -431,7 +431,11 @@ def test_toy_retinanet_pipeline_runs_all_six_steps(tmp_path):
         "--output-dir",
         str(out),
     ]
-    proc = subprocess.run(cmd, cwd=str(tmp_path), capture_output=True, text=True, timeout=1500)
+    # the steps on one thread each: the other test process shares the cores
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    proc = subprocess.run(
+        cmd, cwd=str(tmp_path), capture_output=True, text=True, timeout=1500, env=env
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     steps = [
         "1_cls_supernet",
