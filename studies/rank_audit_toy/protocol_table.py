@@ -12,6 +12,18 @@ are paired). The gain is over the best trivial ranking: FLOPs or params, in eith
 the highest tau against that truth (chosen on the full sample, which favours the trivial ranking).
 Forwards: the images a candidate costs (recalibration + evaluation, at the protocol's input size).
 
+The search-procedure rows are simulated from score files with the search's own code:
+- finalists' scoring: the finalists procedure scores the search's top-k on the 512 held-out images on k
+  supernets, each recalibrated: its ranking of an arch set is the ensemble of the 64 + 512-image scores.
+- racing: the archs come in a random order, in generations of RACING_GENERATION; each is scored on the first
+  rung (the first 16 of the 64 evaluation images, *_slice16) and goes on to the whole 64 when
+  search/racing.py's rule (TOPK 4, MARGIN 1.0, as the toy search) promotes it, the margin measured on the
+  archs fully scored so far. Raced-out archs rank below the fully scored ones, by their slice score. Tau and
+  forwards are means over RACING_ORDERS orders per supernet.
+- ridge predictor: search/predictor.py's ridge regression fitted on the shipped scores of 40 other archs of
+  the band (archs_ridge.txt, inband/ridge_a_seed*), ranking the arch set by its predictions: no forward
+  per candidate, 40 x 128 for the whole search.
+
 A protocol whose score files are missing is listed as not measured.
 
     python studies/rank_audit_toy/protocol_table.py
@@ -27,6 +39,9 @@ from detnas_d2 import rank_stats as rs
 import numpy as np
 
 from detnas_d2.audit.scores import read_scores
+from detnas_d2.search.predictor import RidgePredictor
+from detnas_d2.search.racing import promoted, rung_margin
+from detnas_d2.search_space import get_space
 
 HERE = Path(__file__).resolve().parent
 SUPERNET_SEEDS = range(5)
@@ -53,18 +68,20 @@ SUPERNET_PROTOCOLS = {
     "bbox AP, 16 + 64 images": "_recalib16",
     "bbox AP, 64 + 64 images at 96 px": "_res96",
     "bbox AP, 16 + 32 images": "_r16e32",
+    "bbox AP, 64 + 16 images (racing's first rung)": "_slice16",
 }
 ZERO_SHOT = {
     "13 study archs": "zero_shot/{name}_archs13.jsonl",
     "in-band archs": "zero_shot/{name}_inband.jsonl",
 }
 ZERO_SHOT_PROTOCOLS = {"zero-shot: MAE-DET entropy": "entropy", "zero-shot: Zen-score": "zen"}
-NOT_MEASURED = [
-    "racing (absolute margin)",
-    "racing (margin less the common offset)",
-    "ridge predictor",
-    "finalists procedure",
-]
+RACING_ORDERS = 20
+RACING_GENERATION = 5
+RACING_TOPK, RACING_MARGIN = 4, 1.0
+RIDGE_TRAINING = (
+    "supernets of inband/",
+    "inband/ridge_a_seed{s}.jsonl",
+)  # the supernets it was scored on
 
 
 def read_truth(path):
@@ -125,7 +142,7 @@ def protocol_columns(truth_name, archs):
     sets = SCORES[truth_name]
     for set_name, pattern in sets.items():
         tag = f" ({set_name})" if len(sets) > 1 else ""
-        weights_of = {}
+        weights_of, runs_of = {}, {}
         for label, suffix in SUPERNET_PROTOCOLS.items():
             runs, seeds = [], []
             for s in SUPERNET_SEEDS:
@@ -141,19 +158,52 @@ def protocol_columns(truth_name, archs):
                 seeds.append(s)
             if not runs:
                 continue
+            runs_of[suffix] = dict(zip(seeds, runs))
             columns = [np.array([r[a][0] for a in archs]) for r in runs]
             forwards = float(np.mean([r[a][1] for r in runs for a in archs]))
             seconds = float(np.mean([r[a][2] for r in runs for a in archs]))
             out[label + tag] = (columns, forwards, seconds, seeds)
-            if suffix == "":
-                for k in range(2, len(runs) + 1):
-                    ensembles = [np.mean(c, axis=0) for c in itertools.combinations(columns, k)]
-                    out[f"ensemble of {k} supernets, 64 + 64 images{tag}"] = (
-                        ensembles,
-                        k * forwards,
-                        k * seconds,
-                        seeds,
+            ensemble_label = {
+                "": "ensemble of {k} supernets, 64 + 64 images",
+                "_eval512": "finalists' scoring: {k} supernets, 64 + 512 images each",
+            }.get(suffix)
+            for k in range(2, len(runs) + 1) if ensemble_label else ():
+                ensembles = [np.mean(c, axis=0) for c in itertools.combinations(columns, k)]
+                out[ensemble_label.format(k=k) + tag] = (
+                    ensembles,
+                    k * forwards,
+                    k * seconds,
+                    seeds,
+                )
+        full, sliced = runs_of.get("", {}), runs_of.get("_slice16", {})
+        seeds = [s for s in full if s in sliced]
+        for mode, name in (
+            ("offset", "margin less the common offset"),
+            ("absolute", "absolute margin"),
+        ):
+            if seeds:
+                rng = np.random.default_rng(0)
+                columns, forwards = racing_columns(
+                    [full[s] for s in seeds], [sliced[s] for s in seeds], archs, mode, rng
+                )
+                out[f"racing, 16 then 64 images ({name}){tag}"] = (columns, forwards, np.nan, seeds)
+        ridge = {s: HERE / RIDGE_TRAINING[1].format(s=s) for s in SUPERNET_SEEDS}
+        seeds = [s for s, p in ridge.items() if p.exists() and s in full]
+        if seeds and set_name == RIDGE_TRAINING[0]:
+            columns = []
+            for s in seeds:
+                training, weights = read_protocol(ridge[s])
+                if weights != weights_of[s]:
+                    raise SystemExit(
+                        f"{ridge[s]}: another supernet than the other files of seed {s}"
                     )
+                columns.append(ridge_column(training, archs))
+            out[f"ridge predictor fitted on 40 band archs' shipped scores{tag}"] = (
+                columns,
+                0.0,
+                0.0,
+                seeds,
+            )
     for label, name in ZERO_SHOT_PROTOCOLS.items():
         path = HERE / ZERO_SHOT[truth_name].format(name=name)
         if path.exists():
@@ -164,6 +214,39 @@ def protocol_columns(truth_name, archs):
                 seconds = float(np.mean([scores[a][2] for a in archs]))
                 out[label] = ([column], forwards, seconds, [])
     return out
+
+
+def racing_columns(full_runs, slice_runs, archs, mode, rng):
+    """Racing simulated on each supernet (full and slice scores of the archs, racing.py's rule) in
+    RACING_ORDERS random orders: score columns (raced-out archs below the fully scored ones) and the mean
+    forwards per candidate."""
+    columns, forwards = [], []
+    for full, sliced in zip(full_runs, slice_runs):
+        for _ in range(RACING_ORDERS):
+            order = rng.permutation(len(archs))
+            history, column = [], np.zeros(len(archs))
+            for start in range(0, len(order), RACING_GENERATION):
+                gen = order[start : start + RACING_GENERATION]
+                slice_scores = [sliced[archs[i]][0] for i in gen]
+                margin = rung_margin(history, 0, RACING_MARGIN, mode)
+                goes = promoted(slice_scores, history, 0, RACING_TOPK, margin)
+                for i, score, go in zip(gen, slice_scores, goes):
+                    f_score, f_forwards, _ = full[archs[i]]
+                    history.append(
+                        {"score": f_score if go else score, "slice_scores": [score], "full": go}
+                    )
+                    column[i] = f_score if go else score - 1e3
+                    forwards.append(f_forwards if go else sliced[archs[i]][1])
+            columns.append(column)
+    return columns, float(np.mean(forwards))
+
+
+def ridge_column(training, archs):
+    """The ridge predictor (search/predictor.py) fitted on `training` ({arch: (score, ...)}), predicting
+    `archs`."""
+    predictor = RidgePredictor(get_space("small"))
+    predictor.fit(list(training), [v[0] for v in training.values()])
+    return predictor.predict(archs)
 
 
 def fmt_ci(value, ci):
@@ -225,13 +308,12 @@ def main():
             versus = fmt_ci(f["over_shipped"], f["over_shipped_ci"]) if same else ""
             # no share of a ceiling the ground truth does not reach (archs not separated yet)
             share = f"{100 * f['tau'] / ceiling:.0f}%" if ceiling > 0 else "n/a"
+            secs = "-" if np.isnan(seconds) else f"{seconds:.2f}"  # simulated procedures: not timed
             lines.append(
                 f"| {label} | {' '.join(map(str, supernets)) or '-'} | "
                 f"{fmt_ci(f['tau'], f['tau_ci'])} | {share} | "
-                f"{fmt_ci(f['gain'], f['gain_ci'])} | {versus} | {forwards:.0f} | {seconds:.2f} |"
+                f"{fmt_ci(f['gain'], f['gain_ci'])} | {versus} | {forwards:.0f} | {secs} |"
             )
-        for label in NOT_MEASURED:
-            lines.append(f"| {label} | | not measured yet | | | | | |")
         lines.append("")
         report[truth_name] = {
             "standalone_file": path.name,

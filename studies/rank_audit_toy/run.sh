@@ -12,6 +12,7 @@
 #   JOBS=2 bash studies/rank_audit_toy/run.sh inband 0 1   # the in-band ground truth: 10 archs of the search's band
 #   bash studies/rank_audit_toy/run.sh inband-supernets 0  # recipe a's supernet seed s scores the in-band archs
 #   bash studies/rank_audit_toy/run.sh protocols 0         # cheaper protocols on supernet seed 0, both arch sets
+#   bash studies/rank_audit_toy/run.sh protocols-extra 0   # racing's first rung and the ridge predictor's data
 #   JOBS=2 bash studies/rank_audit_toy/run.sh claim-inband 0 0 1 2 3 4  # the claim at equal FLOPs: supernet seed 0,
 #                                                          # its archs retrained with seeds 0-4 (claim_inband.py)
 #   python studies/rank_audit_toy/pilots.py --scores ...  # the pilots against the shipped protocol (pilots.md)
@@ -237,6 +238,22 @@ case "${1:-}" in
           ${variant#*:}
       done
     done ;;
+  protocols-extra)
+    # The inputs of the table's search-procedure rows on supernet seed $2, which protocol_table.py simulates
+    # with the search's own code: racing's first rung (SLICES (0.25,): the first 16 of the 64 evaluation
+    # images, after the same BN recalibration) for both arch sets, and the shipped scores of 40 archs of the
+    # band (archs_ridge.txt) that the ridge predictor is fitted on.
+    s=$2
+    dir=$RUNS/supernet_noise/seed$s
+    [ -f "$HERE/archs_ridge.txt" ] || "$PY" tools/rank_audit.py sample --num 40 --seed 11 \
+      --output "$HERE/archs_ridge.txt"
+    for set in "archs.txt:archs13_a_seed" "archs_inband.txt:a_seed"; do
+      "$PY" tools/rank_audit.py supernet --archs "$HERE/${set%%:*}" --protocol "a-seed$s-slice16" \
+        --output "$HERE/inband/${set#*:}${s}_slice16.jsonl" MODEL.WEIGHTS "$dir/det_supernet/model_final.pth" \
+        DETNAS.SEARCH.EVAL_IMAGES 16
+    done
+    "$PY" tools/rank_audit.py supernet --archs "$HERE/archs_ridge.txt" --protocol "a-seed$s" \
+      --output "$HERE/inband/ridge_a_seed$s.jsonl" MODEL.WEIGHTS "$dir/det_supernet/model_final.pth" ;;
   claim-inband)
     # DetNAS's claim at equal FLOPs: supernet seed $2's detection and classification supernets (inband-supernets)
     # searched inside the band by the toy search configs (det-search, cls-search), each found arch retrained
