@@ -256,6 +256,21 @@ def test_a_resume_with_other_settings_names_them(tmp_path):
         "SOLVER.BASE_LR: 0.04 -> 0.5",
         "SOLVER.STEPS: [1300] -> [7]",
     ]
+    check_training(changed, resume=True, eval_only=False)  # no checkpoint yet: nothing to continue
+    (tmp_path / "last_checkpoint").write_text("model_0000004.pth")
+    with pytest.raises(UserError) as refused_resume:
+        check_training(changed, resume=True, eval_only=False)
+    line = str(refused_resume.value)
+    assert (
+        "--resume would continue the training in" in line and "SOLVER.BASE_LR: 0.04 -> 0.5" in line
+    )
+    assert "SOLVER.STEPS" not in line.split("(a resume may change only")[0]  # a schedule may change
+    assert "Resume with its settings, or train anew in another OUTPUT_DIR" in line
+    extended = frozen_cfg(
+        parse_args(argv + ["SOLVER.MAX_ITER", "4000", "SOLVER.STEPS", "(3000,)"], env={})
+    )
+    check_training(extended, resume=True, eval_only=False)  # extending the schedule continues
+    check_training(changed, resume=False, eval_only=True)  # evaluating is not resuming
 
 
 @pytest.mark.slow

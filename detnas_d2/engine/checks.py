@@ -1,5 +1,5 @@
-"""What a training (train_net.py) checks before it writes anything in OUTPUT_DIR, and what it says when
-it resumes with other settings than the run it continues."""
+"""What a training (train_net.py) checks before it writes anything in OUTPUT_DIR, and what a --resume may
+change in the run it continues."""
 
 import os
 from typing import Dict, List
@@ -15,6 +15,20 @@ from ..user_errors import UserError
 __all__ = ["check_training", "changed_settings"]
 
 CONFIG_FILE = "config.yaml"  # Detectron2's default_setup writes the run's config there
+# What a --resume may change in a run that has checkpoints: its length and learning-rate steps (to extend a
+# schedule), how often it saves and evaluates, how it loads data, and where it runs. MODEL.WEIGHTS is not
+# read when a checkpoint is resumed. Any other change would continue one run with another's settings.
+RESUMABLE_CHANGES = (
+    "SOLVER.MAX_ITER",
+    "SOLVER.STEPS",
+    "SOLVER.CHECKPOINT_PERIOD",
+    "TEST.EVAL_PERIOD",
+    "VIS_PERIOD",
+    "DATALOADER.NUM_WORKERS",
+    "MODEL.DEVICE",
+    "MODEL.WEIGHTS",
+    "OUTPUT_DIR",
+)
 
 
 def check_training(cfg, resume: bool, eval_only: bool):
@@ -36,6 +50,19 @@ def check_training(cfg, resume: bool, eval_only: bool):
     _check_solver(cfg.SOLVER, comm.get_world_size())
     if not resume:
         _check_no_checkpoints(cfg.OUTPUT_DIR)
+    elif os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
+        _check_same_run(cfg)
+
+
+def _check_same_run(cfg):
+    """A --resume continues the run of OUTPUT_DIR only with its settings, but for RESUMABLE_CHANGES."""
+    refused = [c for c in changed_settings(cfg) if c.split(":")[0] not in RESUMABLE_CHANGES]
+    if refused:
+        raise UserError(
+            f"--resume would continue the training in {cfg.OUTPUT_DIR} with other settings than it was "
+            f"started with ({CONFIG_FILE}): {'; '.join(refused)}. Resume with its settings, or train anew in "
+            "another OUTPUT_DIR (a resume may change only " + ", ".join(RESUMABLE_CHANGES) + ")"
+        )
 
 
 def _check_solver(solver, world_size: int):
@@ -80,15 +107,19 @@ def _flat(tree, prefix: str = "") -> Dict:
 
 def changed_settings(cfg) -> List[str]:
     """The options of `cfg` whose values differ from OUTPUT_DIR/config.yaml (the config of the run a
-    --resume continues, before this run rewrites it), as "KEY: old -> new"; [] without that file."""
+    --resume continues, before this run rewrites it), as "KEY: old -> new"; [] without that file or
+    when it holds no config."""
     path = os.path.join(cfg.OUTPUT_DIR, CONFIG_FILE)
     if not os.path.isfile(path):
         return []
     try:
         with open(path) as f:
-            old = _flat(yaml.safe_load(f))
+            old = yaml.safe_load(f)
     except (OSError, yaml.YAMLError):
         return []
+    if not isinstance(old, dict):
+        return []
+    old = _flat(old)
     new = _flat(yaml.safe_load(cfg.dump()))
     return [
         f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(new) if old.get(k) != new.get(k)
