@@ -280,6 +280,22 @@ def test_convert_tool_extracts_a_subnet_and_checks_the_arch(tmp_path, capsys):
     )
 
 
+def test_convert_tool_output_paths(tmp_path, capsys):
+    tool = convert_tool()
+    src = mmengine_file(tmp_path / "supernet.pth", mmrazor_state(CASES["classifier_supernet"]))
+    (tmp_path / "a_file").write_text("x")
+    for dst, problem in (
+        (tmp_path / "a_file" / "sub" / "out.pth", f"{tmp_path / 'a_file'} is a file, not a folder"),
+        (tmp_path, "is a folder: give the output file's path"),
+    ):
+        assert tool.main([src, str(dst)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"convert_checkpoint: cannot write {dst}: ") and problem in err
+        assert len(err.splitlines()) == 1
+    new = tmp_path / "new" / "folders" / "out.pth"  # missing folders are made
+    assert tool.main([src, str(new)]) == 0 and new.is_file()
+
+
 # ---- arch from the file, mismatches, refusals ------------------------------------------------------
 
 

@@ -26,6 +26,7 @@ the first layer that differs.
 """
 
 import argparse
+import os
 import sys
 from collections import OrderedDict
 
@@ -107,8 +108,26 @@ def _apply_arch(state, arch_spec, conversion):
     return state, arch
 
 
+def _output_problem(dst: str):
+    """Why `dst` cannot be written (checked before the conversion), or None (missing folders are made when
+    it is written)."""
+    if os.path.isdir(dst):
+        return f"{dst} is a folder: give the output file's path"
+    folder = os.path.dirname(os.path.abspath(dst))
+    parent = folder
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f"{parent} is a file, not a folder: give an output path in a folder"
+    return None
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    problem = _output_problem(args.dst)
+    if problem:
+        print(f"convert_checkpoint: cannot write {args.dst}: {problem}", file=sys.stderr)
+        return 2
     try:
         checkpoint, conversion = convert_checkpoint(read_checkpoint(args.src))
     except CheckpointError as e:  # names the file
@@ -171,6 +190,7 @@ def main(argv=None) -> int:
         print(f"convert_checkpoint: {args.src}: {e}", file=sys.stderr)
         return 2
     try:
+        os.makedirs(os.path.dirname(os.path.abspath(args.dst)), exist_ok=True)
         torch.save(out, args.dst)
     except (OSError, RuntimeError) as e:  # torch: RuntimeError for a missing folder
         print(f"convert_checkpoint: cannot write {args.dst}: {e}", file=sys.stderr)
