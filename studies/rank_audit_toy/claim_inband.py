@@ -11,7 +11,9 @@ one seed gives every arch the same initial weights where they share blocks, the 
 - against the random baseline: each seed's mean AP over the random archs (the expected AP of a random arch of
   the band), one-sided sign-flip test that det-search is better;
 - against each random arch: how many of them det-search beats on the mean over seeds;
-- det-search against cls-search, both directions.
+- det-search against cls-search, both directions;
+- det-search with finalists and with ensemble scoring (run.sh claim-inband-robust) against the random
+  baseline, and all-3x3 beside them (outside the band, from the 13-arch truth's same protocol and seeds).
 
     python studies/rank_audit_toy/claim_inband.py [--supernet-seeds 0]
 """
@@ -27,6 +29,13 @@ from detnas_d2.arch_io import load_arch_record
 from detnas_d2.audit.scores import read_scores
 
 HERE = Path(__file__).resolve().parent
+ROBUST = ("finalists", "ensemble")  # run.sh claim-inband-robust
+LABELS = {
+    "det": "det-search",
+    "cls": "cls-search",
+    "finalists": "det-search with finalists (top 5 on 3 supernets)",
+    "ensemble": "det-search scored by 3 supernets",
+}
 
 
 def arch_of(path: Path):
@@ -48,8 +57,12 @@ def main():
     args = parser.parse_args()
     random_runs = by_arch_seed(HERE / "standalone_inband-paired.jsonl")
     lines = ["# DetNAS's claim at equal FLOPs (toy scale, band 8.5-9.0M)\n"]
+    all3x3 = by_arch_seed(HERE / "standalone_paired.jsonl").get((0,) * 20, {})
     for s in args.supernet_seeds:
         searched = by_arch_seed(HERE / "claim_inband" / f"searched_supernet{s}.jsonl")
+        robust_file = HERE / "claim_inband" / f"robust_supernet{s}.jsonl"
+        if robust_file.exists():
+            searched.update(by_arch_seed(robust_file))
         named = {
             kind: arch_of(HERE / "claim_inband" / f"{kind}_search_supernet{s}.yaml")
             for kind in ("det", "cls")
@@ -64,15 +77,24 @@ def main():
         if len(seeds) < 2:
             lines.append("Fewer than 2 seeds with every run: nothing to test yet.\n")
             continue
+        for kind in ROBUST:  # the robust options' searches, once retrained with every seed
+            path = HERE / "claim_inband" / f"det_search_{kind}_supernet{s}.yaml"
+            if path.exists() and set(seeds) <= set(searched.get(arch_of(path), {})):
+                named[kind] = arch_of(path)
         ap = {kind: np.array([searched[a][t][0] for t in seeds]) for kind, a in named.items()}
         flops = {kind: searched[a][seeds[0]][1] for kind, a in named.items()}
         randoms = {a: np.array([v[t][0] for t in seeds]) for a, v in random_runs.items()}
         random_mean = np.mean(list(randoms.values()), axis=0)
-        rows = [
-            ("det-search", ap["det"], f"{flops['det'] / 1e6:.2f}"),
-            ("cls-search", ap["cls"], f"{flops['cls'] / 1e6:.2f}"),
-            (f"random of the band (mean of {len(randoms)} archs)", random_mean, "8.5-9.0"),
-        ]
+        rows = [(LABELS[k], ap[k], f"{flops[k] / 1e6:.2f}") for k in named]
+        rows.append((f"random of the band (mean of {len(randoms)} archs)", random_mean, "8.5-9.0"))
+        if set(seeds) <= set(all3x3):
+            rows.append(
+                (
+                    "all-3x3 (outside the band; standalone_paired.jsonl, same protocol and seeds)",
+                    np.array([all3x3[t][0] for t in seeds]),
+                    f"{all3x3[seeds[0]][1] / 1e6:.2f}",
+                )
+            )
         lines += [
             "| arch | MFLOPs | bbox AP per seed | mean ± std |",
             "|---|---|---|---|",
@@ -82,29 +104,25 @@ def main():
                 f"| {name} | {mf} | {', '.join(f'{v:.1f}' for v in values)} | "
                 f"{values.mean():.1f} ± {values.std(ddof=1):.1f} |"
             )
-        beats = sum(ap["det"].mean() > v.mean() for v in randoms.values())
-        cls_beats = sum(ap["cls"].mean() > v.mean() for v in randoms.values())
+        lines.append("")
+        for kind in named:
+            beats = sum(ap[kind].mean() > v.mean() for v in randoms.values())
+            lines.append(
+                f"{LABELS[kind]}'s mean beats {beats} of the {len(randoms)} random archs' means (rank "
+                f"{1 + sum(v.mean() > ap[kind].mean() for v in randoms.values())} of {len(randoms) + 1})."
+            )
         tests = [
             (
-                "det-search > random (paired by seed)",
-                rs.paired_permutation_test(ap["det"], random_mean),
-            ),
-            (
-                "cls-search > random (paired by seed)",
-                rs.paired_permutation_test(ap["cls"], random_mean),
-            ),
+                f"{LABELS[k]} > random (paired by seed)",
+                rs.paired_permutation_test(ap[k], random_mean),
+            )
+            for k in named
+        ]
+        tests += [
             ("det-search > cls-search (paired)", rs.paired_permutation_test(ap["det"], ap["cls"])),
             ("cls-search > det-search (paired)", rs.paired_permutation_test(ap["cls"], ap["det"])),
         ]
-        lines += [
-            "",
-            f"det-search's mean beats {beats} of the {len(randoms)} random archs' means; cls-search's "
-            f"{cls_beats}. Rank of det-search among them: "
-            f"{1 + sum(v.mean() > ap['det'].mean() for v in randoms.values())} of {len(randoms) + 1}.",
-            "",
-            "| one-sided exact sign-flip test | p |",
-            "|---|---|",
-        ]
+        lines += ["", "| one-sided exact sign-flip test | p |", "|---|---|"]
         lines += [f"| {name} | {p:.3f} |" for name, p in tests]
         lines.append(
             f"\n(With {len(seeds)} seeds the smallest possible p is {2.0 ** -len(seeds):.3f}.)\n"
