@@ -227,6 +227,14 @@ def _variance_shares(out: Dict, between: float, noise: float, n: float):
         out["f"] = between / noise
 
 
+# The figures both ANOVAs give (`_variance_shares` and the permutation test), NaN until measured.
+_SHARES = ("icc", "reliability", "tau_ceiling", "seeds_for_tau_07", "f", "p_value")
+
+
+def _unmeasured(*keys: str) -> Dict[str, float]:
+    return {k: float("nan") for k in keys}
+
+
 def arch_effect(scores: Sequence[Dict[int, float]], samples: int = 10_000, seed: int = 0) -> Dict:
     """How much of the ground truth is the arch's and how much the training seed's: a one-way random-effects
     ANOVA over the archs with >= 2 seeds (`scores`: per arch, {training seed: score}).
@@ -247,15 +255,7 @@ def arch_effect(scores: Sequence[Dict[int, float]], samples: int = 10_000, seed:
     out = {
         "archs": len(groups),
         "runs": int(sum(len(g) for g in groups)),
-        "n0": float("nan"),
-        "seed_std": float("nan"),
-        "arch_std": float("nan"),
-        "icc": float("nan"),
-        "reliability": float("nan"),
-        "tau_ceiling": float("nan"),
-        "seeds_for_tau_07": float("nan"),
-        "f": float("nan"),
-        "p_value": float("nan"),
+        **_unmeasured("n0", "seed_std", "arch_std", *_SHARES),
     }
     if len(groups) < 2:
         return out
@@ -305,15 +305,7 @@ def arch_effect_seed_blocks(
     out = {
         "archs": len(groups),
         "seeds": common,
-        "seed_block_std": float("nan"),
-        "seed_std": float("nan"),
-        "arch_std": float("nan"),
-        "icc": float("nan"),
-        "reliability": float("nan"),
-        "tau_ceiling": float("nan"),
-        "seeds_for_tau_07": float("nan"),
-        "f": float("nan"),
-        "p_value": float("nan"),
+        **_unmeasured("seed_block_std", "seed_std", "arch_std", *_SHARES),
     }
     if len(groups) < 2 or len(common) < 2:
         return out
