@@ -10,8 +10,16 @@ and keeps its traceback.
 import contextlib
 import os
 import sys
+from typing import Callable, Optional
 
-__all__ = ["DEBUG_ENV", "USER_ERROR_EXIT", "UserError", "debugging", "reporting_user_errors"]
+__all__ = [
+    "DEBUG_ENV",
+    "USER_ERROR_EXIT",
+    "UserError",
+    "debugging",
+    "print_user_error",
+    "reporting_user_errors",
+]
 
 DEBUG_ENV = "DETNAS_DEBUG"
 USER_ERROR_EXIT = 2
@@ -32,14 +40,19 @@ def _program() -> str:
     return name if name and name != "-c" else "detnas_d2"
 
 
+def print_user_error(message: str, program: str = ""):
+    print(f"{program or _program()}: error: {message}", file=sys.stderr, flush=True)
+
+
 @contextlib.contextmanager
-def reporting_user_errors(program: str = ""):
+def reporting_user_errors(program: str = "", report: Optional[Callable[[str], None]] = None):
     """Inside, a UserError ends the process as one line on stderr and exit status 2 (the traceback
-    with DETNAS_DEBUG=1); other exceptions pass. `program` names the command (default: the script)."""
+    with DETNAS_DEBUG=1); other exceptions pass. `program` names the command (default: the script);
+    `report(message)`, when given, reports the message instead of printing it."""
     try:
         yield
     except UserError as e:
         if debugging():
             raise
-        print(f"{program or _program()}: error: {e}", file=sys.stderr, flush=True)
+        (report or (lambda message: print_user_error(message, program)))(str(e))
         raise SystemExit(USER_ERROR_EXIT) from None

@@ -162,6 +162,10 @@ def main(out_dir, steps):
     dist.all_reduce(total)
     assert total.item() == 3, total
     open(os.path.join(out_dir, "started%d" % dist.get_rank()), "w").close()
+    if os.environ.get("USER_ERROR"):  # every worker meets the same user error at once
+        from detnas_d2.user_errors import UserError
+
+        raise UserError(os.environ["USER_ERROR"])
     for _ in range(steps):  # steps < 0: until stopped
         dist.all_reduce(torch.ones(1))
         time.sleep(0.05)
@@ -179,7 +183,7 @@ if __name__ == "__main__":
 """
 
 
-def _start_light(tmp_path, name, steps):
+def _start_light(tmp_path, name, steps, **env):
     script = tmp_path / "light_launcher.py"
     script.write_text(LIGHT_LAUNCHER.format(repo=str(REPO)))
     out = tmp_path / name
@@ -191,9 +195,19 @@ def _start_light(tmp_path, name, steps):
             cwd=tmp_path,
             stdout=f,
             stderr=subprocess.STDOUT,
-            env=dict(os.environ, RUN=name),
+            env=dict(os.environ, RUN=name, **env),
         )
     return proc, out, log
+
+
+def test_a_user_error_every_worker_meets_is_one_line(tmp_path):
+    proc, out, log = _start_light(tmp_path, "run", 0, USER_ERROR="the same problem, and its fix")
+    assert proc.wait(timeout=180) == 2, log.read_text()[-3000:]
+    text = log.read_text()
+    assert (out / "started0").exists() and (out / "started1").exists()
+    errors = [line for line in text.splitlines() if "error" in line.lower()]
+    assert errors == ["light_launcher.py: error: the same problem, and its fix"], text[-3000:]
+    assert "Traceback" not in text
 
 
 def test_a_dying_worker_stops_the_other(tmp_path):

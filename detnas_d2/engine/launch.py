@@ -11,14 +11,17 @@ process per GPU, with CUDA; gloo CPU processes without it (Detectron2 v0.6 asser
   before SIGKILL; the launcher then dies of the same signal. If the launcher dies without that (`kill -9`,
   OOM killer), each worker follows it (`exit_with_parent`). A worker that fails still stops the others
   (torch's ProcessContext.join);
-- a worker stopped by a user error (detnas_d2.user_errors) prints it as one line and exits with status
-  2; the launcher then exits with status 2 without a traceback of its own.
+- a worker stopped by a user error (detnas_d2.user_errors) exits with status 2 and leaves its message to
+  the launcher, which prints each different message once (an error every process meets, such as a
+  diverging loss, is one line, not one per process) and exits with status 2 without a traceback.
 """
 
 import logging
 import os
+import shutil
 import signal
 import socket
+import tempfile
 from datetime import timedelta
 
 import torch
@@ -35,7 +38,7 @@ from ..process import (
     resend_signal,
     stop_processes,
 )
-from ..user_errors import USER_ERROR_EXIT, UserError, reporting_user_errors
+from ..user_errors import USER_ERROR_EXIT, UserError, print_user_error, reporting_user_errors
 
 __all__ = ["launch", "create_ddp_model", "resolve_dist_url", "DEFAULT_TIMEOUT"]
 
@@ -93,30 +96,36 @@ def launch(
         f"Starting {num_gpus_per_machine} {'GPU' if use_cuda else 'CPU'} processes ({backend}) on machine "
         f"{machine_rank} of {num_machines}, {dist_url}"
     )
-    context = mp.start_processes(
-        _worker,
-        nprocs=num_gpus_per_machine,
-        args=(
-            main_func,
-            world_size,
-            num_gpus_per_machine,
-            machine_rank,
-            dist_url,
-            args,
-            timeout,
-            backend,
-            os.getpid(),
-        ),
-        daemon=False,
-        join=False,
-        start_method="spawn",
-    )
-    _join_forwarding_signals(context)
+    messages = tempfile.mkdtemp(prefix="detnas_user_errors_")  # the workers' user errors
+    try:
+        context = mp.start_processes(
+            _worker,
+            nprocs=num_gpus_per_machine,
+            args=(
+                main_func,
+                world_size,
+                num_gpus_per_machine,
+                machine_rank,
+                dist_url,
+                args,
+                timeout,
+                backend,
+                os.getpid(),
+                messages,
+            ),
+            daemon=False,
+            join=False,
+            start_method="spawn",
+        )
+        _join_forwarding_signals(context, messages)
+    finally:
+        shutil.rmtree(messages, ignore_errors=True)
 
 
-def _join_forwarding_signals(context):
+def _join_forwarding_signals(context, messages: str):
     """Join the workers; on SIGINT/SIGTERM forward it to them, stop them, and die of it. A worker's
-    user error (reported by the worker) ends the launcher with the same exit status."""
+    user error ends the launcher with the same exit status, each different message of the workers' (in
+    folder `messages`, a file per rank) printed once."""
     received = None
     user_error = False
     try:
@@ -132,12 +141,25 @@ def _join_forwarding_signals(context):
     finally:
         stop_processes(context.processes, STOP_GRACE_S, received)
     if user_error:
+        for message in _worker_messages(messages):
+            print_user_error(message)
         raise SystemExit(USER_ERROR_EXIT)
     if received is not None:
         logger.warning(f"Launcher received {signal.Signals(received).name}: workers stopped")
         # Die of the same signal (exit status 128 + signum), as without a handler; SIGINT under a handler
         # of the caller's (e.g. Python's default KeyboardInterrupt) goes to that handler instead.
         resend_signal(received)
+
+
+def _worker_messages(messages: str):
+    """The workers' user-error messages in rank order, each different one once."""
+    found = []
+    for name in sorted((n for n in os.listdir(messages) if n.isdigit()), key=int):
+        with open(os.path.join(messages, name)) as f:
+            text = f.read()
+        if text not in found:
+            found.append(text)
+    return found
 
 
 def _worker(
@@ -151,6 +173,7 @@ def _worker(
     timeout,
     backend,
     launcher_pid,
+    messages,
 ):
     exit_with_parent(launcher_pid)
     global_rank = machine_rank * num_per_machine + local_rank
@@ -172,8 +195,15 @@ def _worker(
     _create_local_process_group(world_size, num_per_machine, machine_rank)
     # As Detectron2's launch: synchronize now, to prevent a possible timeout after init_process_group.
     comm.synchronize()
+
+    def report(message: str):  # to the launcher, which prints each different message once
+        path = os.path.join(messages, str(global_rank))
+        with open(path + ".tmp", "w") as f:
+            f.write(message)
+        os.replace(path + ".tmp", path)
+
     try:
-        with reporting_user_errors():
+        with reporting_user_errors(report=report):
             main_func(*args)
     finally:
         dist.destroy_process_group()
