@@ -153,6 +153,18 @@ pilot() {
     --work-dir "$RUNS/standalone_$name" --output "$HERE/standalone_$name.jsonl"
 }
 
+# Two searched archs retrained as the in-band ground truth's archs (same protocol and training folders), seed by
+# seed: retrain_inband <score file> <arch file> <arch file> -- <seeds>
+retrain_inband() {
+  local out=$1 first=$2 second=$3 seed
+  shift 4
+  for seed in "$@"; do
+    "$PY" tools/rank_audit.py standalone --archs "$first" --archs "$second" --seeds "$seed" --jobs "${JOBS:-1}" \
+      --threads 1 --protocol standalone-inband-paired --cls-opts "$PAIRED_CLS" --det-opts "$PAIRED_DET" \
+      --work-dir "$RUNS/standalone_inband-paired" --output "$out"
+  done
+}
+
 case "${1:-}" in
   standalone)
     archs
@@ -277,13 +289,8 @@ case "${1:-}" in
         --resume OUTPUT_DIR "$dir/search_det_$name" MODEL.WEIGHTS "$dir/det_supernet/model_final.pth" ${option#*:}
       cp "$dir/search_det_$name/best_arch.yaml" "$HERE/claim_inband/det_search_${name}_supernet$s.yaml"
     done
-    for seed in "$@"; do
-      ARCHS="$HERE/claim_inband/det_search_finalists_supernet$s.yaml --archs $HERE/claim_inband/det_search_ensemble_supernet$s.yaml"
-      # shellcheck disable=SC2086
-      "$PY" tools/rank_audit.py standalone --archs $ARCHS --seeds "$seed" --jobs "${JOBS:-1}" --threads 1 \
-        --protocol standalone-inband-paired --cls-opts "$PAIRED_CLS" --det-opts "$PAIRED_DET" \
-        --work-dir "$RUNS/standalone_inband-paired" --output "$HERE/claim_inband/robust_supernet$s.jsonl"
-    done ;;
+    retrain_inband "$HERE/claim_inband/robust_supernet$s.jsonl" "$HERE/claim_inband/det_search_finalists_supernet$s.yaml" \
+      "$HERE/claim_inband/det_search_ensemble_supernet$s.yaml" -- "$@" ;;
   claim-inband)
     # DetNAS's claim at equal FLOPs: supernet seed $2's detection and classification supernets (inband-supernets)
     # searched inside the band by the toy search configs (det-search, cls-search), each found arch retrained
@@ -300,13 +307,8 @@ case "${1:-}" in
         --resume OUTPUT_DIR "$dir/search_$kind" MODEL.WEIGHTS "$dir/${kind}_supernet/model_final.pth"
       cp "$dir/search_$kind/best_arch.yaml" "$HERE/claim_inband/${kind}_search_supernet$s.yaml"
     done
-    for seed in "$@"; do
-      ARCHS="$HERE/claim_inband/det_search_supernet$s.yaml --archs $HERE/claim_inband/cls_search_supernet$s.yaml"
-      # shellcheck disable=SC2086
-      "$PY" tools/rank_audit.py standalone --archs $ARCHS --seeds "$seed" --jobs "${JOBS:-1}" --threads 1 \
-        --protocol standalone-inband-paired --cls-opts "$PAIRED_CLS" --det-opts "$PAIRED_DET" \
-        --work-dir "$RUNS/standalone_inband-paired" --output "$HERE/claim_inband/searched_supernet$s.jsonl"
-    done ;;
+    retrain_inband "$HERE/claim_inband/searched_supernet$s.jsonl" "$HERE/claim_inband/det_search_supernet$s.yaml" \
+      "$HERE/claim_inband/cls_search_supernet$s.yaml" -- "$@" ;;
   paired)
     # The 6 pilot archs first, then the other 7 of archs.txt.
     shift
