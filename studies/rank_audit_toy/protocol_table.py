@@ -280,7 +280,8 @@ def main():
         lines += [
             f"## {truth_name}: {len(archs)} archs, seeds {seeds}, FLOPs "
             f"{flops.min() / 1e6:.2f}-{flops.max() / 1e6:.2f}M ({path.name})\n",
-            f"Ground truth: ICC {effect['icc']:.2f}, reliability of the seed mean "
+            f"Ground truth: std of one run over seeds {effect['seed_std']:.2f} AP, estimated std of the "
+            f"archs' true AP {effect['arch_std']:.2f}, ICC {effect['icc']:.2f}, reliability of the seed mean "
             f"{effect['reliability']:.2f}, tau ceiling {effect['tau_ceiling']:.2f}, p (archs differ) "
             f"{effect['p_value']:.4f}. Trivial rankings: "
             + ", ".join(f"{k} {v:+.2f}" for k, v in trivial_taus.items())
