@@ -126,12 +126,22 @@ def test_cuda_launch_resolves_auto_and_uses_nccl(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(launch_module.mp, "start_processes", start_processes)
     launch(print, 2, num_machines=1, machine_rank=0, dist_url="auto", args=("x",))
-    main_func, world_size, per_machine, machine_rank, dist_url, args, _, backend, launcher = (
-        started["args"]
-    )
+    (
+        main_func,
+        world_size,
+        per_machine,
+        machine_rank,
+        dist_url,
+        args,
+        _,
+        backend,
+        launcher,
+        messages,
+    ) = started["args"]
     assert started["fn"] is launch_module._worker and started["nprocs"] == 2 and not started["join"]
     assert (main_func, world_size, per_machine, machine_rank, args) == (print, 2, 2, 0, ("x",))
     assert dist_url.startswith("tcp://127.0.0.1:") and backend == "nccl" and launcher == os.getpid()
+    assert not os.path.exists(messages)  # the workers' message folder goes with the launch
     with pytest.raises(ValueError, match="one machine only"):
         launch(print, 2, num_machines=2, machine_rank=0, dist_url="auto")
     with pytest.raises(UserError, match="--num-gpus 3: this machine has 2 GPU"):
