@@ -85,7 +85,15 @@ def main():
         flops = {kind: searched[a][seeds[0]][1] for kind, a in named.items()}
         randoms = {a: np.array([v[t][0] for t in seeds]) for a, v in random_runs.items()}
         random_mean = np.mean(list(randoms.values()), axis=0)
-        rows = [(LABELS[k], ap[k], f"{flops[k] / 1e6:.2f}") for k in named]
+        rows = [
+            (
+                LABELS[k]
+                + (" (the same arch as det-search)" if k in ROBUST and a == named["det"] else ""),
+                ap[k],
+                f"{flops[k] / 1e6:.2f}",
+            )
+            for k, a in named.items()
+        ]
         rows.append((f"random of the band (mean of {len(randoms)} archs)", random_mean, "8.5-9.0"))
         if set(seeds) <= set(all3x3):
             rows.append(
@@ -108,7 +116,7 @@ def main():
         for kind in named:
             beats = sum(ap[kind].mean() > v.mean() for v in randoms.values())
             lines.append(
-                f"{LABELS[kind]}'s mean beats {beats} of the {len(randoms)} random archs' means (rank "
+                f"{LABELS[kind]}: its mean beats {beats} of the {len(randoms)} random archs' means (rank "
                 f"{1 + sum(v.mean() > ap[kind].mean() for v in randoms.values())} of {len(randoms) + 1})."
             )
         tests = [
