@@ -249,6 +249,52 @@ def ridge_column(training, archs):
     return predictor.predict(archs)
 
 
+def goal_checks(rows, ceiling):
+    """Issue 27's goals for each set of supernets in `rows` ({label: figures}): a protocol counts only where
+    its gain over the best trivial ranking has an interval above 0."""
+    out = []
+    groups = {}
+    for label, f in rows.items():
+        tag = label[label.index(" (supernets") :] if " (supernets" in label else ""
+        groups.setdefault(tag, {})[label[: len(label) - len(tag)] if tag else label] = f
+    for tag, group in groups.items():
+        shipped, full = (
+            group.get(next(iter(SUPERNET_PROTOCOLS))),
+            group.get("bbox AP, 64 + 512 images"),
+        )
+        if not shipped or not full:
+            continue
+        zero_shot = {k: v for k, v in rows.items() if k.startswith("zero-shot")}
+        candidates = {**group, **zero_shot}
+        counts = {k: v for k, v in candidates.items() if v["gain_ci"][0] > 0}
+        cheap = {k: v for k, v in candidates.items() if v["forwards"] <= shipped["forwards"]}
+        best = max(cheap, key=lambda k: cheap[k]["tau"])
+        share = cheap[best]["tau"] / ceiling if ceiling > 0 else float("nan")
+        met = best in counts and share >= 0.9
+        out.append(
+            f"Goal 1{tag}: at most {shipped['forwards']:.0f} forwards (the shipped protocol's), tau >= 90% of "
+            f"the ceiling {ceiling:.2f}: the best such protocol, {best}, reaches {cheap[best]['tau']:+.2f} "
+            f"({100 * share:.0f}%), gain over the best trivial ranking "
+            f"{fmt_ci(cheap[best]['gain'], cheap[best]['gain_ci'])}: "
+            + ("met" if met else "not met")
+        )
+        tenth = {k: v for k, v in candidates.items() if v["forwards"] <= full["forwards"] / 10}
+        reach = [k for k, v in tenth.items() if v["tau"] >= full["tau"]]
+        out.append(
+            f"Goal 2{tag}: at most {full['forwards'] / 10:.1f} forwards (1/10 of the 512-image protocol's), tau >= "
+            f"its {full['tau']:+.2f}: "
+            + (", ".join(f"{k} ({tenth[k]['tau']:+.2f})" for k in reach) or "none")
+            + "; of them with a gain interval above 0: "
+            + (", ".join(k for k in reach if k in counts) or "none")
+            + (": met" if any(k in counts for k in reach) else ": not met")
+        )
+        out.append(
+            f"Protocols{tag} whose gain over the best trivial ranking has an interval above 0: "
+            + (", ".join(counts) or "none")
+        )
+    return out
+
+
 def fmt_ci(value, ci):
     return f"{value:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]"
 
@@ -315,8 +361,10 @@ def main():
                 f"{fmt_ci(f['tau'], f['tau_ci'])} | {share} | "
                 f"{fmt_ci(f['gain'], f['gain_ci'])} | {versus} | {forwards:.0f} | {secs} |"
             )
-        lines.append("")
+        goals = goal_checks(rows, effect["tau_ceiling"])
+        lines += [""] + [f"- {g}" for g in goals] + [""]
         report[truth_name] = {
+            "goals": goals,
             "standalone_file": path.name,
             "archs": len(archs),
             "seeds": seeds,
