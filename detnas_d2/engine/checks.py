@@ -2,7 +2,7 @@
 change in the run it continues."""
 
 import os
-from typing import Dict, List
+from typing import Any, Dict, List, Tuple
 
 import yaml
 from detectron2.utils import comm
@@ -56,7 +56,7 @@ def check_training(cfg, resume: bool, eval_only: bool):
 
 def _check_same_run(cfg):
     """A --resume continues the run of OUTPUT_DIR only with its settings, but for RESUMABLE_CHANGES."""
-    refused = [c for c in changed_settings(cfg) if c.split(":")[0] not in RESUMABLE_CHANGES]
+    refused = [_describe(change) for change in _changes(cfg) if change[0] not in RESUMABLE_CHANGES]
     if refused:
         raise UserError(
             f"--resume would continue the training in {cfg.OUTPUT_DIR} with other settings than it was "
@@ -109,6 +109,16 @@ def changed_settings(cfg) -> List[str]:
     """The options of `cfg` whose values differ from OUTPUT_DIR/config.yaml (the config of the run a
     --resume continues, before this run rewrites it), as "KEY: old -> new"; [] without that file or
     when it holds no config."""
+    return [_describe(change) for change in _changes(cfg)]
+
+
+def _describe(change: Tuple[str, Any, Any]) -> str:
+    key, old, new = change
+    return f"{key}: {old!r} -> {new!r}"
+
+
+def _changes(cfg) -> List[Tuple[str, Any, Any]]:
+    """(KEY, old, new) for `changed_settings`."""
     path = os.path.join(cfg.OUTPUT_DIR, CONFIG_FILE)
     if not os.path.isfile(path):
         return []
@@ -121,6 +131,4 @@ def changed_settings(cfg) -> List[str]:
         return []
     old = _flat(old)
     new = _flat(yaml.safe_load(cfg.dump()))
-    return [
-        f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(new) if old.get(k) != new.get(k)
-    ]
+    return [(k, old.get(k), new.get(k)) for k in sorted(new) if old.get(k) != new.get(k)]

@@ -249,14 +249,19 @@ def ridge_column(training, archs):
     return predictor.predict(archs)
 
 
+def supernet_set_tag(label):
+    """The " (supernets of ...)" end of a row label that names its set of supernets, or ""."""
+    return label[label.index(" (supernets") :] if " (supernets" in label else ""
+
+
 def goal_checks(rows, ceiling):
     """Issue 27's goals for each set of supernets in `rows` ({label: figures}): a protocol counts only where
     its gain over the best trivial ranking has an interval above 0."""
     out = []
     groups = {}
     for label, f in rows.items():
-        tag = label[label.index(" (supernets") :] if " (supernets" in label else ""
-        groups.setdefault(tag, {})[label[: len(label) - len(tag)] if tag else label] = f
+        tag = supernet_set_tag(label)
+        groups.setdefault(tag, {})[label[: len(label) - len(tag)]] = f
     for tag, group in groups.items():
         shipped, full = (
             group.get(next(iter(SUPERNET_PROTOCOLS))),
@@ -341,7 +346,7 @@ def main():
         protocols = protocol_columns(truth_name, archs)
         shipped_label = next(iter(SUPERNET_PROTOCOLS))
         for label, (columns, forwards, seconds, supernets) in protocols.items():
-            tag = label[label.index(" (supernets") :] if " (supernets" in label else ""
+            tag = supernet_set_tag(label)
             shipped = protocols.get(shipped_label + tag)
             same = []
             if shipped and supernets and not label.startswith(("ensemble", shipped_label)):
