@@ -12,13 +12,15 @@ one seed gives every arch the same initial weights where they share blocks, the 
   the band), one-sided sign-flip test that det-search is better;
 - against each random arch: how many of them det-search beats on the mean over seeds;
 - det-search against cls-search, both directions;
-- det-search with finalists and with ensemble scoring (run.sh claim-inband-robust) against the random
-  baseline, and all-3x3 beside them (outside the band, from the 13-arch truth's same protocol and seeds).
+- det-search with finalists and with ensemble scoring on k supernets (run.sh claim-inband-robust,
+  claim_inband/det_search_{finalists,ensemble}<k>_supernet<s>.yaml) against the random baseline, and all-3x3
+  beside them (outside the band, from the 13-arch truth's same protocol and seeds).
 
     python studies/rank_audit_toy/claim_inband.py [--supernet-seeds 0]
 """
 
 import argparse
+import re
 from pathlib import Path
 
 from detnas_d2 import rank_stats as rs
@@ -29,13 +31,24 @@ from detnas_d2.arch_io import load_arch_record
 from detnas_d2.audit.scores import read_scores
 
 HERE = Path(__file__).resolve().parent
-ROBUST = ("finalists", "ensemble")  # run.sh claim-inband-robust
-LABELS = {
-    "det": "det-search",
-    "cls": "cls-search",
-    "finalists": "det-search with finalists (top 5 on 3 supernets)",
-    "ensemble": "det-search scored by 3 supernets",
+LABELS = {"det": "det-search", "cls": "cls-search"}
+ROBUST = {  # run.sh claim-inband-robust's options, by the number of supernets k
+    "finalists": "det-search with finalists (top 5 on {k} supernets)",
+    "ensemble": "det-search scored by {k} supernets",
 }
+ROBUST_FILE = re.compile(r"det_search_(" + "|".join(ROBUST) + r")(\d+)_supernet(\d+)\.yaml")
+
+
+def robust_searches(s: int):
+    """{(option, k): arch file} of supernet seed s, by k then option."""
+    found = {}
+    for path in (HERE / "claim_inband").glob(f"det_search_*_supernet{s}.yaml"):
+        m = ROBUST_FILE.fullmatch(path.name)
+        if m:
+            found[(m[1], int(m[2]))] = path
+    return dict(
+        sorted(found.items(), key=lambda item: (item[0][1], list(ROBUST).index(item[0][0])))
+    )
 
 
 def arch_of(path: Path):
@@ -77,18 +90,24 @@ def main():
         if len(seeds) < 2:
             lines.append("Fewer than 2 seeds with every run: nothing to test yet.\n")
             continue
-        for kind in ROBUST:  # the robust options' searches, once retrained with every seed
-            path = HERE / "claim_inband" / f"det_search_{kind}_supernet{s}.yaml"
-            if path.exists() and set(seeds) <= set(searched.get(arch_of(path), {})):
+        labels = dict(LABELS)
+        for (option, k), path in robust_searches(s).items():  # once retrained with every seed
+            if set(seeds) <= set(searched.get(arch_of(path), {})):
+                kind = f"{option}{k}"
                 named[kind] = arch_of(path)
+                labels[kind] = ROBUST[option].format(k=k)
         ap = {kind: np.array([searched[a][t][0] for t in seeds]) for kind, a in named.items()}
         flops = {kind: searched[a][seeds[0]][1] for kind, a in named.items()}
         randoms = {a: np.array([v[t][0] for t in seeds]) for a, v in random_runs.items()}
         random_mean = np.mean(list(randoms.values()), axis=0)
         rows = [
             (
-                LABELS[k]
-                + (" (the same arch as det-search)" if k in ROBUST and a == named["det"] else ""),
+                labels[k]
+                + (
+                    " (the same arch as det-search)"
+                    if k not in LABELS and a == named["det"]
+                    else ""
+                ),
                 ap[k],
                 f"{flops[k] / 1e6:.2f}",
             )
@@ -116,12 +135,12 @@ def main():
         for kind in named:
             beats = sum(ap[kind].mean() > v.mean() for v in randoms.values())
             lines.append(
-                f"{LABELS[kind]}: its mean beats {beats} of the {len(randoms)} random archs' means (rank "
+                f"{labels[kind]}: its mean beats {beats} of the {len(randoms)} random archs' means (rank "
                 f"{1 + sum(v.mean() > ap[kind].mean() for v in randoms.values())} of {len(randoms) + 1})."
             )
         tests = [
             (
-                f"{LABELS[k]} > random (paired by seed)",
+                f"{labels[k]} > random (paired by seed)",
                 rs.paired_permutation_test(ap[k], random_mean),
             )
             for k in named

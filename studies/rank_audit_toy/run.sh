@@ -17,6 +17,7 @@
 #                                                          # its archs retrained with seeds 0-4 (claim_inband.py)
 #   bash studies/rank_audit_toy/run.sh claim-inband-robust 0 0 1 2 3 4  # the same for det-search with finalists
 #                                                          # and with ensemble scoring on supernets 0-2
+#                                                          # (SUPERNETS=5: on supernets 0-4)
 #   python studies/rank_audit_toy/pilots.py --scores ...  # the pilots against the shipped protocol (pilots.md)
 #   python studies/rank_audit_toy/bn_probe.py --scores studies/rank_audit_toy/standalone_paired.jsonl
 #   bash studies/rank_audit_toy/decompose.sh              # is the seed noise step 4's or step 5's?
@@ -269,28 +270,30 @@ case "${1:-}" in
     "$PY" tools/rank_audit.py supernet --archs "$HERE/archs_ridge.txt" --protocol "a-seed$s" \
       --output "$HERE/inband/ridge_a_seed$s.jsonl" MODEL.WEIGHTS "$dir/det_supernet/model_final.pth" ;;
   claim-inband-robust)
-    # The claim at equal FLOPs for the search's robust options, on supernet seed $2 with seeds $2..$2+2 as the
-    # extra supernets: det-search with finalists (FINALISTS.TOPK 5 rescored on the 3 supernets) and with
-    # every candidate scored by the mean of the 3 supernets (ENSEMBLE_WEIGHTS); each found arch retrained
-    # under the paired protocol with the given seeds (claim_inband.py compares them with random archs).
+    # The claim at equal FLOPs for the search's robust options, on supernet seed $2 with seeds $2..$2+k-1 as
+    # the k supernets (SUPERNETS=k, default 3): det-search with finalists (FINALISTS.TOPK 5 rescored on the k
+    # supernets) and with every candidate scored by the mean of the k supernets (ENSEMBLE_WEIGHTS); each found
+    # arch retrained under the paired protocol with the given seeds (claim_inband.py compares them with random
+    # archs; an arch retrained once serves every k).
     shift
     s=$1
     shift
     [ $# -gt 0 ] || set -- 0 1 2 3 4
+    k=${SUPERNETS:-3}
     dir=$RUNS/supernet_noise/seed$s
-    three=$(for t in $s $((s + 1)) $((s + 2)); do printf "'%s'," "$RUNS/supernet_noise/seed$t/det_supernet/model_final.pth"; done)
-    three=${three%,}  # a Python list literal without spaces: 'a','b','c'
+    weights=$(for t in $(seq "$s" $((s + k - 1))); do printf "'%s'," "$RUNS/supernet_noise/seed$t/det_supernet/model_final.pth"; done)
+    weights=${weights%,}  # a Python list literal without spaces: 'a','b','c'
     mkdir -p "$HERE/claim_inband"
-    for option in "finalists:DETNAS.SEARCH.FINALISTS.TOPK 5 DETNAS.SEARCH.FINALISTS.WEIGHTS [$three]" \
-      "ensemble:DETNAS.SEARCH.ENSEMBLE_WEIGHTS [$three]"; do
-      name=${option%%:*}
+    for option in "finalists:DETNAS.SEARCH.FINALISTS.TOPK 5 DETNAS.SEARCH.FINALISTS.WEIGHTS [$weights]" \
+      "ensemble:DETNAS.SEARCH.ENSEMBLE_WEIGHTS [$weights]"; do
+      name=${option%%:*}$k
       # shellcheck disable=SC2086
       [ -f "$dir/search_det_$name/best_arch.yaml" ] || "$PY" search_net.py --config-file configs/Toy/search_det.yaml \
         --resume OUTPUT_DIR "$dir/search_det_$name" MODEL.WEIGHTS "$dir/det_supernet/model_final.pth" ${option#*:}
       cp "$dir/search_det_$name/best_arch.yaml" "$HERE/claim_inband/det_search_${name}_supernet$s.yaml"
     done
-    retrain_inband "$HERE/claim_inband/robust_supernet$s.jsonl" "$HERE/claim_inband/det_search_finalists_supernet$s.yaml" \
-      "$HERE/claim_inband/det_search_ensemble_supernet$s.yaml" -- "$@" ;;
+    retrain_inband "$HERE/claim_inband/robust_supernet$s.jsonl" "$HERE/claim_inband/det_search_finalists${k}_supernet$s.yaml" \
+      "$HERE/claim_inband/det_search_ensemble${k}_supernet$s.yaml" -- "$@" ;;
   claim-inband)
     # DetNAS's claim at equal FLOPs: supernet seed $2's detection and classification supernets (inband-supernets)
     # searched inside the band by the toy search configs (det-search, cls-search), each found arch retrained
