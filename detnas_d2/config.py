@@ -171,13 +171,15 @@ def add_detnas_config(cfg):
     # Finalists (search/finalists.py): after the evolution the TOPK best candidates are scored again on the
     # first EVAL_IMAGES images of the evaluation split (0: all) and on every supernet of WEIGHTS (empty: the
     # search's), with a bootstrap interval over images and supernets; best_arch.yaml names the finalist of
-    # the best mean and those that cannot be told apart from it. TOPK 0: off.
+    # the best mean and those that cannot be told apart from it, or with TIE_BREAK ("flops", "params" or
+    # "latency_ms") the cheapest of that group. TOPK 0: off.
     _C.DETNAS.SEARCH.FINALISTS = CN()
     _C.DETNAS.SEARCH.FINALISTS.TOPK = 0
     _C.DETNAS.SEARCH.FINALISTS.EVAL_IMAGES = 0
     _C.DETNAS.SEARCH.FINALISTS.WEIGHTS = []
     _C.DETNAS.SEARCH.FINALISTS.BOOTSTRAP = 1000  # resamples
     _C.DETNAS.SEARCH.FINALISTS.CONFIDENCE = 0.95
+    _C.DETNAS.SEARCH.FINALISTS.TIE_BREAK = ""
     # What scores a candidate: "supernet" (BN recalibration and evaluation on the supernet of
     # MODEL.WEIGHTS) or a zero-shot score of its subnet at random initialisation, with no supernet and no
     # data (detnas_d2/zero_shot/): "zero_shot_entropy" (MAE-DET's multi-scale entropy) or

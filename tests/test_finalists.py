@@ -20,6 +20,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data.datasets.coco import convert_to_coco_dict
 from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -31,15 +32,19 @@ from detnas_d2.search import (
     EvolutionSearch,
     Finalists,
     FinalistSettings,
+    ScoringSettings,
+    SearchOutputs,
     SearchSettings,
     SearchStateError,
     build_scorer,
+    choose_finalist,
     run_search,
     summarize_finalists,
 )
 from detnas_d2.search import scoring as scoring_module
 from detnas_d2.search.per_image import DetectionImages, ImageMean, resample_counts
 from detnas_d2.search_space import arch_to_str, get_space
+from detnas_d2.user_errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DET_CONFIG = os.path.join(ROOT, "configs", "Toy", "search_det.yaml")
@@ -231,6 +236,60 @@ def test_finalist_selection_and_intervals_on_a_synthetic_fitness(tmp_path):
     assert rows[3]["difference"] == pytest.approx(3.0, abs=0.1)
 
 
+def test_tie_break_chooses_the_cheapest_of_the_finalists_the_scores_cannot_separate(tmp_path):
+    # the search's 2nd best is truly best, its 1st and 3rd within the noise, its 4th 3 below
+    search, settings, fitness = run_synthetic(tmp_path, gaps=(0.0, -0.0001, 0.05, 3.0))
+    rows = Finalists(search, settings).run(fitness)
+    for row in rows:  # each finalist carries its candidate's costs
+        candidate = search.history[row["candidate"]]
+        assert (row["flops"], row["params"]) == (candidate["flops"], candidate["params"])
+    group = [r["finalist"] for r in rows if r["best"] or r["tied"]]
+    assert group == [0, 1, 2] and not rows[3]["tied"]
+    for r, params in zip(
+        rows, (300, 200, 100, 50)
+    ):  # the cheapest of all is told apart: never chosen
+        r["params"] = params
+    assert choose_finalist(rows)["finalist"] == 1
+    assert choose_finalist(rows, "params")["finalist"] == 2
+    assert [r["chosen"] for r in rows] == [False, False, True, False]
+    rows[0]["params"] = rows[2]["params"]  # equal cost: the better mean
+    assert (
+        choose_finalist(rows, "params")["finalist"]
+        == max((rows[0], rows[2]), key=lambda r: r["mean"])["finalist"]
+    )
+
+
+def test_best_arch_yaml_names_the_tie_break_choice_and_the_rest_of_its_group(tmp_path):
+    search, settings, fitness = run_synthetic(
+        tmp_path, gaps=(0.0, -0.0001, 0.05, 3.0), tie_break="params"
+    )
+    finalists = Finalists(search, settings)
+    rows = finalists.run(fitness)
+    group = [r for r in rows if r["best"] or r["tied"]]
+    cheapest = min(group, key=lambda r: (r["params"], -r["mean"]))
+    outputs = SearchOutputs(str(tmp_path / "out"), SPACE, "bbox_AP", 24, search.history)
+    with EventStorage(len(search.history)):
+        best = outputs.finish(search, finalists=finalists)
+    record = load_arch_record(str(tmp_path / "out/best_arch.yaml"))
+    assert tuple(record.arch) == tuple(cheapest["arch"]) == tuple(best["arch"])
+    assert record.metadata["score"] == cheapest["mean"] and record.metadata["tie_break"] == "params"
+    assert record.metadata["indistinguishable"] == [
+        arch_to_str(r["arch"]) for r in group if r is not cheapest
+    ]
+    assert [f["params"] for f in record.metadata["finalists"]] == [r["params"] for r in rows]
+
+
+def test_tie_break_settings_are_checked(tmp_path):
+    cfg = make_cfg(DET_CONFIG, tmp_path, "")
+    scoring = ScoringSettings.from_cfg(cfg)
+    cfg.DETNAS.SEARCH.FINALISTS.TIE_BREAK = "size"
+    with pytest.raises(UserError, match="TIE_BREAK must be one of .*'params'.* got 'size'"):
+        FinalistSettings.from_cfg(cfg, scoring)
+    cfg.DETNAS.SEARCH.FINALISTS.TIE_BREAK = "latency_ms"
+    with pytest.raises(UserError, match="latency_ms needs DETNAS.SEARCH.LATENCY_TABLE"):
+        FinalistSettings.from_cfg(cfg, scoring)
+
+
 def test_intervals_over_images_and_supernets():
     """Two supernets: the mean is over supernets; the replicates resample supernets too, so a finalist
     whose supernets disagree gets a wider interval than the images alone give."""
@@ -302,6 +361,18 @@ def test_search_stopped_among_its_finalists_resumes_exactly(tmp_path):
                 resume=True,
                 finalists=FinalistSettings(**{**settings.__dict__, **change}),
             )
+    for change in (
+        dict(confidence=0.9),
+        dict(tie_break="params"),
+    ):  # only how records are summed up
+        EvolutionSearch(
+            search_settings(),
+            SPACE,
+            search.constraints,
+            str(tmp_path / "stopped.json"),
+            resume=True,
+            finalists=FinalistSettings(**{**settings.__dict__, **change}),
+        )
 
 
 # ---- on the toy supernet detector ------------------------------------------------------------------

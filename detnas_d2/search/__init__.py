@@ -12,7 +12,7 @@ together).
 from .candidates import generate_candidates
 from .constraints import ArchConstraints
 from .evolution import EvolutionSearch
-from .finalists import Finalists, summarize_finalists
+from .finalists import Finalists, choose_finalist, summarize_finalists
 from .outputs import SearchOutputs, pareto_front
 from .runner import DistributedScoring, build_scorer, check_search, run_search
 from .scoring import CandidateScorer
@@ -40,6 +40,7 @@ __all__ = [
     "SearchStateError",
     "build_scorer",
     "check_search",
+    "choose_finalist",
     "generate_candidates",
     "pareto_front",
     "run_search",

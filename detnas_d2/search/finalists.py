@@ -16,6 +16,11 @@ supernet, that one) of its scores on image resample b; its interval is the perce
 replicates at FINALISTS.CONFIDENCE. The best finalist has the best mean (ties: the better search score);
 another cannot be told apart from it when the percentile interval of the paired differences (best minus
 it, replicate by replicate, on the same images and supernets) contains 0.
+
+Choice. best_arch.yaml names the best finalist, or with FINALISTS.TIE_BREAK (a cost: flops, params,
+latency_ms) the cheapest of the best and those that cannot be told apart from it (ties: the better mean):
+the scores do not separate them, the cost does (as the one-standard-error rule picks the simplest model
+within the noise of the best).
 """
 
 import logging
@@ -27,11 +32,18 @@ from tabulate import tabulate
 from detnas_d2.search_space import arch_to_str
 
 from .evolution import EvolutionSearch, top_candidates
-from .settings import FinalistSettings
+from .settings import TIE_BREAKS, FinalistSettings
 
-__all__ = ["FINALISTS_FILE", "Finalists", "best_finalist", "finalists_table", "summarize_finalists"]
+__all__ = [
+    "FINALISTS_FILE",
+    "Finalists",
+    "choose_finalist",
+    "finalists_table",
+    "summarize_finalists",
+]
 
 FINALISTS_FILE = "finalists.jsonl"
+COSTS = tuple(k for k in TIE_BREAKS if k)  # what FINALISTS.TIE_BREAK may choose by
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +120,8 @@ class Finalists:
         return self.summary()
 
     def summary(self) -> List[Dict]:
-        """One row per finalist (summarize_finalists), in search rank order."""
+        """One row per finalist (summarize_finalists, with the candidate's costs: flops, params and, when
+        the search has a latency table, latency_ms), in search rank order."""
         by_key = {(tuple(r["arch"]), r["supernet"]): r for r in self.records}
         per_finalist = [
             [
@@ -117,7 +130,11 @@ class Finalists:
             ]
             for i in self.indices
         ]
-        return summarize_finalists(per_finalist, self.settings.confidence, self.settings.seed)
+        rows = summarize_finalists(per_finalist, self.settings.confidence, self.settings.seed)
+        for row in rows:
+            candidate = self.search.history[row["candidate"]]
+            row.update({k: candidate[k] for k in COSTS if k in candidate})
+        return rows
 
 
 def _call(callbacks, name, *args):
@@ -177,8 +194,9 @@ def summarize_finalists(
 
 
 def finalists_table(rows: List[Dict], confidence: float) -> str:
-    """The finalists as a Markdown table (the search log)."""
+    """The finalists as a Markdown table (the search log), with their costs (Finalists.summary's rows)."""
     pct = f"{100 * confidence:g}%"
+    latency = all("latency_ms" in r for r in rows)
     table = [
         (
             r["finalist"] + 1,
@@ -189,7 +207,11 @@ def finalists_table(rows: List[Dict], confidence: float) -> str:
             ""
             if r["best"]
             else "{:.3f} [{:.3f}, {:.3f}]".format(r["difference"], *r["difference_interval"]),
-            "best" if r["best"] else ("tied" if r["tied"] else ""),
+            ("best" if r["best"] else ("tied" if r["tied"] else ""))
+            + (", chosen" if r.get("chosen") and not r["best"] else ""),
+            f"{r['flops'] / 1e6:.2f}",
+            f"{r['params'] / 1e6:.3f}",
+            *([f"{r['latency_ms']:.2f}"] if latency else []),
             arch_to_str(r["arch"]),
         )
         for r in rows
@@ -202,11 +224,22 @@ def finalists_table(rows: List[Dict], confidence: float) -> str:
         f"{pct} interval",
         f"best - it [{pct}]",
         "",
+        "MFLOPs",
+        "Mparams",
+        *(["ms"] if latency else []),
         "arch",
     ]
     return tabulate(table, headers=headers, tablefmt="pipe")
 
 
-def best_finalist(rows: List[Dict]) -> Optional[Dict]:
-    """The row of the finalist of the best mean (None: no finalists)."""
-    return next((r for r in rows if r["best"]), None)
+def choose_finalist(rows: List[Dict], tie_break: str = "") -> Optional[Dict]:
+    """The row best_arch.yaml names, marked "chosen" (None: no finalists): the best mean's, or with
+    `tie_break` (one of COSTS) the cheapest of it and those that cannot be told apart from it."""
+    best = next((r for r in rows if r["best"]), None)
+    chosen = best
+    if best is not None and tie_break:
+        group = [r for r in rows if r["best"] or r["tied"]]
+        chosen = min(group, key=lambda r: (r[tie_break], -r["mean"]))
+    for r in rows:
+        r["chosen"] = r is chosen
+    return chosen

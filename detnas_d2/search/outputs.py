@@ -31,7 +31,7 @@ from detnas_d2.file_io import atomic_write
 from detnas_d2.rank_stats import kendall_tau_b
 from detnas_d2.search_space import SearchSpace, arch_to_str
 
-from .finalists import FINALISTS_FILE, best_finalist, finalists_table
+from .finalists import FINALISTS_FILE, choose_finalist, finalists_table
 from .racing import is_full
 
 __all__ = ["SearchOutputs", "pareto_front", "topk_table", "plot_search"]
@@ -240,17 +240,30 @@ class SearchOutputs:
         score = best["score"]
         if finalists is not None:
             rows = finalists.summary()
-            row = best_finalist(rows)
+            tie_break = finalists.settings.tie_break
+            row = choose_finalist(rows, tie_break)
             best = dict(search.history[row["candidate"]], finalist=row)
             score = row["mean"]
             logger.info(
-                f"Finalists ({self.fitness} on {len(finalists.settings.weights)} supernet(s)):\n"
+                f"Finalists ({self.fitness} on {len(finalists.settings.weights)} supernet(s)"
+                + (
+                    f"; chosen: the fewest {tie_break} of the best and its ties"
+                    if tie_break
+                    else ""
+                )
+                + "):\n"
                 + finalists_table(rows, finalists.settings.confidence)
             )
+            if tie_break:
+                metadata["tie_break"] = tie_break
             metadata.update(
                 search_score=best["score"],
                 finalist_interval=row["interval"],
-                indistinguishable=[arch_to_str(r["arch"]) for r in rows if r["tied"]],
+                indistinguishable=[
+                    arch_to_str(r["arch"])
+                    for r in rows
+                    if (r["best"] or r["tied"]) and r is not row
+                ],
                 finalists=[
                     {
                         "candidate": r["candidate"],
@@ -259,6 +272,7 @@ class SearchOutputs:
                         "mean": r["mean"],
                         "interval": r["interval"],
                         "tied": r["tied"],
+                        **({"best": r["best"], tie_break: r[tie_break]} if tie_break else {}),
                     }
                     for r in rows
                 ],

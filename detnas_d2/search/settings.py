@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 DIST_MODES = ("split_images", "split_candidates")
+TIE_BREAKS = ("", "flops", "params", "latency_ms")  # FINALISTS.TIE_BREAK: "" or a candidate's cost
 # DETNAS.SEARCH.SCORER: the supernet, or a zero-shot score (detnas_d2/zero_shot)
 SCORERS = ("supernet",) + tuple(SCORER_PREFIX + method for method in METHODS)
 
@@ -251,6 +252,9 @@ class FinalistSettings:
     bootstrap: int = 1000  # resamples of the images (and of the supernets) for the intervals
     confidence: float = 0.95  # of the intervals
     seed: int = 0
+    tie_break: str = (
+        ""  # a cost: the cheapest of the best and its indistinguishable finalists; "": the best
+    )
 
     @classmethod
     def from_cfg(cls, cfg, scoring: ScoringSettings) -> "FinalistSettings":
@@ -262,8 +266,14 @@ class FinalistSettings:
             int(f.BOOTSTRAP),
             float(f.CONFIDENCE),
             int(cfg.DETNAS.SEARCH.SEED),
+            str(f.TIE_BREAK),
         )
         settings.validate()
+        if settings.tie_break == "latency_ms" and not cfg.DETNAS.SEARCH.LATENCY_TABLE:
+            raise UserError(
+                "DETNAS.SEARCH.FINALISTS.TIE_BREAK latency_ms needs DETNAS.SEARCH.LATENCY_TABLE "
+                "(python -m detnas_d2.latency), or choose by flops or params"
+            )
         return settings
 
     def validate(self):
@@ -278,6 +288,10 @@ class FinalistSettings:
             raise UserError(
                 f"DETNAS.SEARCH.FINALISTS.CONFIDENCE must be in (0, 1), got {self.confidence}"
             )
+        if self.tie_break not in TIE_BREAKS:
+            raise UserError(
+                f"DETNAS.SEARCH.FINALISTS.TIE_BREAK must be one of {TIE_BREAKS}, got '{self.tie_break}'"
+            )
 
 
 def search_fingerprint(
@@ -289,7 +303,7 @@ def search_fingerprint(
 ) -> Dict:
     """What fixes a search's candidate sequence and scores (and its finalists' records): a state file
     resumes only with the same. MAX_CANDIDATES and GENERATIONS only say when to stop, so a resumed search
-    may extend them; FINALISTS.CONFIDENCE only how the records are summed up."""
+    may extend them; FINALISTS.CONFIDENCE and TIE_BREAK only how the records are summed up."""
     fingerprint = {
         k: v for k, v in asdict(settings).items() if k not in ("max_candidates", "generations")
     }
@@ -300,7 +314,9 @@ def search_fingerprint(
     if settings.racing_margin_mode == "absolute":  # the margin racing searches had before the modes
         fingerprint.pop("racing_margin_mode", None)
     if finalists is not None and finalists.topk:
-        fingerprint["finalists"] = {k: v for k, v in asdict(finalists).items() if k != "confidence"}
+        fingerprint["finalists"] = {
+            k: v for k, v in asdict(finalists).items() if k not in ("confidence", "tie_break")
+        }
         fingerprint["finalists"][_SHA256] = [file_sha256(path) for path in finalists.weights]
     fingerprint["space"] = [space.ref, space.width_mult] + ([space.digest] if space.source else [])
     fingerprint["constraints"] = [

@@ -12,9 +12,10 @@ one seed gives every arch the same initial weights where they share blocks, the 
   the band), one-sided sign-flip test that det-search is better;
 - against each random arch: how many of them det-search beats on the mean over seeds;
 - det-search against cls-search, both directions;
-- det-search with finalists and with ensemble scoring on k supernets (run.sh claim-inband-robust,
-  claim_inband/det_search_{finalists,ensemble}<k>_supernet<s>.yaml) against the random baseline, and all-3x3
-  beside them (outside the band, from the 13-arch truth's same protocol and seeds).
+- det-search with finalists (best mean, or the fewest params among those tied with it) and with ensemble
+  scoring on k supernets (run.sh claim-inband-robust,
+  claim_inband/det_search_{finalists,tiebreak,ensemble}<k>_supernet<s>.yaml) against the random baseline,
+  and all-3x3 beside them (outside the band, from the 13-arch truth's same protocol and seeds).
 
     python studies/rank_audit_toy/claim_inband.py [--supernet-seeds 0]
 """
@@ -34,6 +35,7 @@ HERE = Path(__file__).resolve().parent
 LABELS = {"det": "det-search", "cls": "cls-search"}
 ROBUST = {  # run.sh claim-inband-robust's options, by the number of supernets k
     "finalists": "det-search with finalists (top 5 on {k} supernets)",
+    "tiebreak": "det-search with finalists, the fewest params of the best's ties (top 5 on {k} supernets)",
     "ensemble": "det-search scored by {k} supernets",
 }
 ROBUST_FILE = re.compile(r"det_search_(" + "|".join(ROBUST) + r")(\d+)_supernet(\d+)\.yaml")

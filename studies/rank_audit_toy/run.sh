@@ -16,8 +16,8 @@
 #   JOBS=2 bash studies/rank_audit_toy/run.sh claim-inband 0 0 1 2 3 4  # the claim at equal FLOPs: supernet seed 0,
 #                                                          # its archs retrained with seeds 0-4 (claim_inband.py)
 #   bash studies/rank_audit_toy/run.sh claim-inband-robust 0 0 1 2 3 4  # the same for det-search with finalists
-#                                                          # and with ensemble scoring on supernets 0-2
-#                                                          # (SUPERNETS=5: on supernets 0-4)
+#                                                          # (and their params tie-break) and with ensemble
+#                                                          # scoring on supernets 0-2 (SUPERNETS=5: 0-4)
 #   python studies/rank_audit_toy/pilots.py --scores ...  # the pilots against the shipped protocol (pilots.md)
 #   python studies/rank_audit_toy/bn_probe.py --scores studies/rank_audit_toy/standalone_paired.jsonl
 #   bash studies/rank_audit_toy/decompose.sh              # is the seed noise step 4's or step 5's?
@@ -154,13 +154,16 @@ pilot() {
     --work-dir "$RUNS/standalone_$name" --output "$HERE/standalone_$name.jsonl"
 }
 
-# Two searched archs retrained as the in-band ground truth's archs (same protocol and training folders), seed by
-# seed: retrain_inband <score file> <arch file> <arch file> -- <seeds>
+# Searched archs retrained as the in-band ground truth's archs (same protocol and training folders), seed by
+# seed: retrain_inband <score file> <arch file>... -- <seeds>
 retrain_inband() {
-  local out=$1 first=$2 second=$3 seed
-  shift 4
+  local out=$1 seed
+  local archs=()
+  shift
+  while [ "$1" != "--" ]; do archs+=(--archs "$1"); shift; done
+  shift
   for seed in "$@"; do
-    "$PY" tools/rank_audit.py standalone --archs "$first" --archs "$second" --seeds "$seed" --jobs "${JOBS:-1}" \
+    "$PY" tools/rank_audit.py standalone "${archs[@]}" --seeds "$seed" --jobs "${JOBS:-1}" \
       --threads 1 --protocol standalone-inband-paired --cls-opts "$PAIRED_CLS" --det-opts "$PAIRED_DET" \
       --work-dir "$RUNS/standalone_inband-paired" --output "$out"
   done
@@ -272,9 +275,10 @@ case "${1:-}" in
   claim-inband-robust)
     # The claim at equal FLOPs for the search's robust options, on supernet seed $2 with seeds $2..$2+k-1 as
     # the k supernets (SUPERNETS=k, default 3): det-search with finalists (FINALISTS.TOPK 5 rescored on the k
-    # supernets) and with every candidate scored by the mean of the k supernets (ENSEMBLE_WEIGHTS); each found
-    # arch retrained under the paired protocol with the given seeds (claim_inband.py compares them with random
-    # archs; an arch retrained once serves every k).
+    # supernets), the same choosing the fewest params among the finalists tied with the best
+    # (FINALISTS.TIE_BREAK params), and every candidate scored by the mean of the k supernets
+    # (ENSEMBLE_WEIGHTS); each found arch retrained under the paired protocol with the given seeds
+    # (claim_inband.py compares them with random archs; an arch retrained once serves every option and k).
     shift
     s=$1
     shift
@@ -283,17 +287,19 @@ case "${1:-}" in
     dir=$RUNS/supernet_noise/seed$s
     weights=$(for t in $(seq "$s" $((s + k - 1))); do printf "'%s'," "$RUNS/supernet_noise/seed$t/det_supernet/model_final.pth"; done)
     weights=${weights%,}  # a Python list literal without spaces: 'a','b','c'
+    finalists="DETNAS.SEARCH.FINALISTS.TOPK 5 DETNAS.SEARCH.FINALISTS.WEIGHTS [$weights]"
     mkdir -p "$HERE/claim_inband"
-    for option in "finalists:DETNAS.SEARCH.FINALISTS.TOPK 5 DETNAS.SEARCH.FINALISTS.WEIGHTS [$weights]" \
+    found=()
+    for option in "finalists:$finalists" "tiebreak:$finalists DETNAS.SEARCH.FINALISTS.TIE_BREAK params" \
       "ensemble:DETNAS.SEARCH.ENSEMBLE_WEIGHTS [$weights]"; do
       name=${option%%:*}$k
       # shellcheck disable=SC2086
       [ -f "$dir/search_det_$name/best_arch.yaml" ] || "$PY" search_net.py --config-file configs/Toy/search_det.yaml \
         --resume OUTPUT_DIR "$dir/search_det_$name" MODEL.WEIGHTS "$dir/det_supernet/model_final.pth" ${option#*:}
       cp "$dir/search_det_$name/best_arch.yaml" "$HERE/claim_inband/det_search_${name}_supernet$s.yaml"
+      found+=("$HERE/claim_inband/det_search_${name}_supernet$s.yaml")
     done
-    retrain_inband "$HERE/claim_inband/robust_supernet$s.jsonl" "$HERE/claim_inband/det_search_finalists${k}_supernet$s.yaml" \
-      "$HERE/claim_inband/det_search_ensemble${k}_supernet$s.yaml" -- "$@" ;;
+    retrain_inband "$HERE/claim_inband/robust_supernet$s.jsonl" "${found[@]}" -- "$@" ;;
   claim-inband)
     # DetNAS's claim at equal FLOPs: supernet seed $2's detection and classification supernets (inband-supernets)
     # searched inside the band by the toy search configs (det-search, cls-search), each found arch retrained
