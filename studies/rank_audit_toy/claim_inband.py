@@ -12,15 +12,18 @@ one seed gives every arch the same initial weights where they share blocks, the 
   the band), one-sided sign-flip test that det-search is better;
 - against each random arch: how many of them det-search beats on the mean over seeds;
 - det-search against cls-search, both directions;
+- each search again with DETNAS.SEARCH.SEED n (run.sh's SEARCH_SEED=n: files ending _search<n>), in a
+  section of its own;
 - det-search with finalists (best mean, or the fewest params among those tied with it) and with ensemble
   scoring on k supernets (run.sh claim-inband-robust,
   claim_inband/det_search_{finalists,tiebreak,ensemble}<k>_supernet<s>.yaml) against the random baseline,
   and all-3x3 beside them (outside the band, from the 13-arch truth's same protocol and seeds).
 
-    python studies/rank_audit_toy/claim_inband.py [--supernet-seeds 0]
+    python studies/rank_audit_toy/claim_inband.py [--supernet-seeds 0] [--search-seeds 0 1]
 """
 
 import argparse
+import itertools
 import re
 from pathlib import Path
 
@@ -38,13 +41,20 @@ ROBUST = {  # run.sh claim-inband-robust's options, by the number of supernets k
     "tiebreak": "det-search with finalists, the fewest params of the best's ties (top 5 on {k} supernets)",
     "ensemble": "det-search scored by {k} supernets",
 }
-ROBUST_FILE = re.compile(r"det_search_(" + "|".join(ROBUST) + r")(\d+)_supernet(\d+)\.yaml")
+ROBUST_FILE = re.compile(
+    r"det_search_(" + "|".join(ROBUST) + r")(\d+)_supernet(\d+)(_search\d+)?\.yaml"
+)
 
 
-def robust_searches(s: int):
-    """{(option, k): arch file} of supernet seed s, by k then option."""
+def search_tag(n: int) -> str:
+    """What run.sh appends to the files of a search with DETNAS.SEARCH.SEED n (SEARCH_SEED)."""
+    return f"_search{n}" if n else ""
+
+
+def robust_searches(s: int, n: int):
+    """{(option, k): arch file} of supernet seed s and search seed n, by k then option."""
     found = {}
-    for path in (HERE / "claim_inband").glob(f"det_search_*_supernet{s}.yaml"):
+    for path in (HERE / "claim_inband").glob(f"det_search_*_supernet{s}{search_tag(n)}.yaml"):
         m = ROBUST_FILE.fullmatch(path.name)
         if m:
             found[(m[1], int(m[2]))] = path
@@ -69,31 +79,37 @@ def main():
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--supernet-seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--search-seeds", type=int, nargs="+", default=[0, 1])
     args = parser.parse_args()
     random_runs = by_arch_seed(HERE / "standalone_inband-paired.jsonl")
     lines = ["# DetNAS's claim at equal FLOPs (toy scale, band 8.5-9.0M)\n"]
     all3x3 = by_arch_seed(HERE / "standalone_paired.jsonl").get((0,) * 20, {})
-    for s in args.supernet_seeds:
-        searched = by_arch_seed(HERE / "claim_inband" / f"searched_supernet{s}.jsonl")
-        robust_file = HERE / "claim_inband" / f"robust_supernet{s}.jsonl"
-        if robust_file.exists():
-            searched.update(by_arch_seed(robust_file))
+    for s, n in itertools.product(args.supernet_seeds, args.search_seeds):
+        searched = {}
+        for name in (f"searched_supernet{s}.jsonl", f"robust_supernet{s}.jsonl"):
+            if (HERE / "claim_inband" / name).exists():
+                searched.update(by_arch_seed(HERE / "claim_inband" / name))
         named = {
-            kind: arch_of(HERE / "claim_inband" / f"{kind}_search_supernet{s}.yaml")
-            for kind in ("det", "cls")
+            kind: arch_of(path)
+            for kind in LABELS
+            if (
+                path := HERE / "claim_inband" / f"{kind}_search_supernet{s}{search_tag(n)}.yaml"
+            ).exists()
         }
+        if "det" not in named:
+            continue
         seeds = sorted(
             set.intersection(
                 *(set(searched.get(a, {})) for a in named.values()),
                 *(set(v) for v in random_runs.values()),
             )
         )
-        lines.append(f"## Supernet seed {s}: training seeds {seeds}\n")
+        lines.append(f"## Supernet seed {s}, search seed {n}: training seeds {seeds}\n")
         if len(seeds) < 2:
             lines.append("Fewer than 2 seeds with every run: nothing to test yet.\n")
             continue
         labels = dict(LABELS)
-        for (option, k), path in robust_searches(s).items():  # once retrained with every seed
+        for (option, k), path in robust_searches(s, n).items():  # once retrained with every seed
             if set(seeds) <= set(searched.get(arch_of(path), {})):
                 kind = f"{option}{k}"
                 named[kind] = arch_of(path)
@@ -147,10 +163,17 @@ def main():
             )
             for k in named
         ]
-        tests += [
-            ("det-search > cls-search (paired)", rs.paired_permutation_test(ap["det"], ap["cls"])),
-            ("cls-search > det-search (paired)", rs.paired_permutation_test(ap["cls"], ap["det"])),
-        ]
+        if "cls" in named:
+            tests += [
+                (
+                    "det-search > cls-search (paired)",
+                    rs.paired_permutation_test(ap["det"], ap["cls"]),
+                ),
+                (
+                    "cls-search > det-search (paired)",
+                    rs.paired_permutation_test(ap["cls"], ap["det"]),
+                ),
+            ]
         lines += ["", "| one-sided exact sign-flip test | p |", "|---|---|"]
         lines += [f"| {name} | {p:.3f} |" for name, p in tests]
         lines.append(

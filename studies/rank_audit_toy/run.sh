@@ -17,7 +17,8 @@
 #                                                          # its archs retrained with seeds 0-4 (claim_inband.py)
 #   bash studies/rank_audit_toy/run.sh claim-inband-robust 0 0 1 2 3 4  # the same for det-search with finalists
 #                                                          # (and their params tie-break) and with ensemble
-#                                                          # scoring on supernets 0-2 (SUPERNETS=5: 0-4)
+#                                                          # scoring on supernets 0-2 (SUPERNETS=5: 0-4;
+#                                                          # SEARCH_SEED=1: searches with another seed)
 #   python studies/rank_audit_toy/pilots.py --scores ...  # the pilots against the shipped protocol (pilots.md)
 #   python studies/rank_audit_toy/bn_probe.py --scores studies/rank_audit_toy/standalone_paired.jsonl
 #   bash studies/rank_audit_toy/decompose.sh              # is the seed noise step 4's or step 5's?
@@ -169,6 +170,11 @@ retrain_inband() {
   done
 }
 
+# The claim's searches use DETNAS.SEARCH.SEED $SEARCH_SEED (default 0); another seed's folders and arch files
+# carry _search<n>.
+SEARCH_SEED=${SEARCH_SEED:-0}
+search_tag=$([ "$SEARCH_SEED" = 0 ] || printf "_search%s" "$SEARCH_SEED")
+
 case "${1:-}" in
   standalone)
     archs
@@ -277,8 +283,9 @@ case "${1:-}" in
     # the k supernets (SUPERNETS=k, default 3): det-search with finalists (FINALISTS.TOPK 5 rescored on the k
     # supernets), the same choosing the fewest params among the finalists tied with the best
     # (FINALISTS.TIE_BREAK params), and every candidate scored by the mean of the k supernets
-    # (ENSEMBLE_WEIGHTS); each found arch retrained under the paired protocol with the given seeds
-    # (claim_inband.py compares them with random archs; an arch retrained once serves every option and k).
+    # (ENSEMBLE_WEIGHTS); OPTIONS picks among finalists, tiebreak and ensemble (default: all three). Each
+    # found arch retrained under the paired protocol with the given seeds (claim_inband.py compares them
+    # with random archs; an arch retrained once serves every option and k).
     shift
     s=$1
     shift
@@ -292,32 +299,37 @@ case "${1:-}" in
     found=()
     for option in "finalists:$finalists" "tiebreak:$finalists DETNAS.SEARCH.FINALISTS.TIE_BREAK params" \
       "ensemble:DETNAS.SEARCH.ENSEMBLE_WEIGHTS [$weights]"; do
+      case " ${OPTIONS:-finalists tiebreak ensemble} " in *" ${option%%:*} "*) ;; *) continue ;; esac
       name=${option%%:*}$k
       # shellcheck disable=SC2086
-      [ -f "$dir/search_det_$name/best_arch.yaml" ] || "$PY" search_net.py --config-file configs/Toy/search_det.yaml \
-        --resume OUTPUT_DIR "$dir/search_det_$name" MODEL.WEIGHTS "$dir/det_supernet/model_final.pth" ${option#*:}
-      cp "$dir/search_det_$name/best_arch.yaml" "$HERE/claim_inband/det_search_${name}_supernet$s.yaml"
-      found+=("$HERE/claim_inband/det_search_${name}_supernet$s.yaml")
+      [ -f "$dir/search_det_$name$search_tag/best_arch.yaml" ] || "$PY" search_net.py \
+        --config-file configs/Toy/search_det.yaml --resume OUTPUT_DIR "$dir/search_det_$name$search_tag" \
+        MODEL.WEIGHTS "$dir/det_supernet/model_final.pth" DETNAS.SEARCH.SEED "$SEARCH_SEED" ${option#*:}
+      cp "$dir/search_det_$name$search_tag/best_arch.yaml" "$HERE/claim_inband/det_search_${name}_supernet$s$search_tag.yaml"
+      found+=("$HERE/claim_inband/det_search_${name}_supernet$s$search_tag.yaml")
     done
     retrain_inband "$HERE/claim_inband/robust_supernet$s.jsonl" "${found[@]}" -- "$@" ;;
   claim-inband)
     # DetNAS's claim at equal FLOPs: supernet seed $2's detection and classification supernets (inband-supernets)
-    # searched inside the band by the toy search configs (det-search, cls-search), each found arch retrained
-    # under the paired protocol with the given seeds. The random archs of the band are the in-band ground
-    # truth's (same protocol, same seeds, same training folders): claim_inband.py compares them.
+    # searched inside the band by the toy search configs (det-search, cls-search; KINDS="det" for the first
+    # alone), each found arch retrained under the paired protocol with the given seeds. The random archs of
+    # the band are the in-band ground truth's (same protocol, same seeds, same training folders):
+    # claim_inband.py compares them.
     shift
     s=$1
     shift
     [ $# -gt 0 ] || set -- 0 1 2 3 4
     dir=$RUNS/supernet_noise/seed$s
     mkdir -p "$HERE/claim_inband"
-    for kind in det cls; do
-      [ -f "$dir/search_$kind/best_arch.yaml" ] || "$PY" search_net.py --config-file "configs/Toy/search_$kind.yaml" \
-        --resume OUTPUT_DIR "$dir/search_$kind" MODEL.WEIGHTS "$dir/${kind}_supernet/model_final.pth"
-      cp "$dir/search_$kind/best_arch.yaml" "$HERE/claim_inband/${kind}_search_supernet$s.yaml"
+    found=()
+    for kind in ${KINDS:-det cls}; do
+      [ -f "$dir/search_$kind$search_tag/best_arch.yaml" ] || "$PY" search_net.py \
+        --config-file "configs/Toy/search_$kind.yaml" --resume OUTPUT_DIR "$dir/search_$kind$search_tag" \
+        MODEL.WEIGHTS "$dir/${kind}_supernet/model_final.pth" DETNAS.SEARCH.SEED "$SEARCH_SEED"
+      cp "$dir/search_$kind$search_tag/best_arch.yaml" "$HERE/claim_inband/${kind}_search_supernet$s$search_tag.yaml"
+      found+=("$HERE/claim_inband/${kind}_search_supernet$s$search_tag.yaml")
     done
-    retrain_inband "$HERE/claim_inband/searched_supernet$s.jsonl" "$HERE/claim_inband/det_search_supernet$s.yaml" \
-      "$HERE/claim_inband/cls_search_supernet$s.yaml" -- "$@" ;;
+    retrain_inband "$HERE/claim_inband/searched_supernet$s.jsonl" "${found[@]}" -- "$@" ;;
   paired)
     # The 6 pilot archs first, then the other 7 of archs.txt.
     shift
