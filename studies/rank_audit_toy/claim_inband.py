@@ -13,7 +13,8 @@ one seed gives every arch the same initial weights where they share blocks, the 
 - against each random arch: how many of them det-search beats on the mean over seeds;
 - det-search against cls-search, both directions;
 - each search again with DETNAS.SEARCH.SEED n (run.sh's SEARCH_SEED=n: files ending _search<n>), in a
-  section of its own;
+  section of its own, then each option pooled over the search seeds (per training seed, the mean AP of
+  the archs its searches found);
 - det-search with finalists (best mean, or the fewest params among those tied with it) and with ensemble
   scoring on k supernets (run.sh claim-inband-robust,
   claim_inband/det_search_{finalists,tiebreak,ensemble}<k>_supernet<s>.yaml) against the random baseline,
@@ -74,6 +75,17 @@ def by_arch_seed(path: Path):
     return out
 
 
+def sign_flip_table(tests, num_seeds: int):
+    """Markdown lines: the one-sided tests [(name, p)] and the smallest p possible."""
+    return [
+        "",
+        "| one-sided exact sign-flip test | p |",
+        "|---|---|",
+        *(f"| {name} | {p:.3f} |" for name, p in tests),
+        f"\n(With {num_seeds} seeds the smallest possible p is {2.0**-num_seeds:.3f}.)\n",
+    ]
+
+
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -84,6 +96,7 @@ def main():
     random_runs = by_arch_seed(HERE / "standalone_inband-paired.jsonl")
     lines = ["# DetNAS's claim at equal FLOPs (toy scale, band 8.5-9.0M)\n"]
     all3x3 = by_arch_seed(HERE / "standalone_paired.jsonl").get((0,) * 20, {})
+    pooled = {}  # (supernet seed, training seeds) -> {kind: [AP per seed, one array per search seed]}
     for s, n in itertools.product(args.supernet_seeds, args.search_seeds):
         searched = {}
         for name in (f"searched_supernet{s}.jsonl", f"robust_supernet{s}.jsonl"):
@@ -174,11 +187,52 @@ def main():
                     rs.paired_permutation_test(ap["cls"], ap["det"]),
                 ),
             ]
-        lines += ["", "| one-sided exact sign-flip test | p |", "|---|---|"]
-        lines += [f"| {name} | {p:.3f} |" for name, p in tests]
+        lines += sign_flip_table(tests, len(seeds))
+        entry = pooled.setdefault((s, tuple(seeds)), {"random": random_mean, "labels": labels})
+        for kind in named:
+            entry.setdefault(kind, []).append(ap[kind])
+    for (s, seeds), entry in pooled.items():
+        searches = len(entry["det"])
+        if searches < 2:
+            continue
         lines.append(
-            f"\n(With {len(seeds)} seeds the smallest possible p is {2.0 ** -len(seeds):.3f}.)\n"
+            f"## Supernet seed {s}, pooled over {searches} search seeds: training seeds {list(seeds)}\n"
         )
+        lines.append(
+            "Each option's AP per training seed, the mean of the archs its searches found (those searched "
+            "with every search seed), against the random archs' mean:\n"
+        )
+        kinds = [
+            k for k, v in entry.items() if k not in ("random", "labels") and len(v) == searches
+        ]
+        lines += ["| option | bbox AP per seed | mean |", "|---|---|---|"]
+        for kind in kinds:
+            values = np.mean(entry[kind], axis=0)
+            lines.append(
+                f"| {entry['labels'][kind]} | {', '.join(f'{v:.1f}' for v in values)} | {values.mean():.1f} |"
+            )
+        random_mean = entry["random"]
+        lines.append(
+            f"| random of the band | {', '.join(f'{v:.1f}' for v in random_mean)} | {random_mean.mean():.1f} |"
+        )
+        tests = [
+            (
+                f"{entry['labels'][k]} > random (paired by seed)",
+                rs.paired_permutation_test(np.mean(entry[k], axis=0), random_mean),
+            )
+            for k in kinds
+        ]
+        tests += [
+            (
+                f"{entry['labels'][k]} > det-search (paired by seed)",
+                rs.paired_permutation_test(
+                    np.mean(entry[k], axis=0), np.mean(entry["det"], axis=0)
+                ),
+            )
+            for k in kinds
+            if k != "det"
+        ]
+        lines += sign_flip_table(tests, len(seeds))
     text = "\n".join(lines) + "\n"
     (HERE / "claim_inband.md").write_text(text)
     print(text)
