@@ -175,6 +175,17 @@ retrain_inband() {
 SEARCH_SEED=${SEARCH_SEED:-0}
 search_tag=$([ "$SEARCH_SEED" = 0 ] || printf "_search%s" "$SEARCH_SEED")
 
+# One search of the claim, run once (resumed if stopped), its best_arch.yaml copied to <arch file> and the
+# latter added to `found`: search_arch <config> <search folder> <supernet> <arch file> [options...]
+search_arch() {
+  local config=$1 out=$2 weights=$3 arch=$4
+  shift 4
+  [ -f "$out/best_arch.yaml" ] || "$PY" search_net.py --config-file "$config" --resume OUTPUT_DIR "$out" \
+    MODEL.WEIGHTS "$weights" DETNAS.SEARCH.SEED "$SEARCH_SEED" "$@"
+  cp "$out/best_arch.yaml" "$arch"
+  found+=("$arch")
+}
+
 case "${1:-}" in
   standalone)
     archs
@@ -302,11 +313,8 @@ case "${1:-}" in
       case " ${OPTIONS:-finalists tiebreak ensemble} " in *" ${option%%:*} "*) ;; *) continue ;; esac
       name=${option%%:*}$k
       # shellcheck disable=SC2086
-      [ -f "$dir/search_det_$name$search_tag/best_arch.yaml" ] || "$PY" search_net.py \
-        --config-file configs/Toy/search_det.yaml --resume OUTPUT_DIR "$dir/search_det_$name$search_tag" \
-        MODEL.WEIGHTS "$dir/det_supernet/model_final.pth" DETNAS.SEARCH.SEED "$SEARCH_SEED" ${option#*:}
-      cp "$dir/search_det_$name$search_tag/best_arch.yaml" "$HERE/claim_inband/det_search_${name}_supernet$s$search_tag.yaml"
-      found+=("$HERE/claim_inband/det_search_${name}_supernet$s$search_tag.yaml")
+      search_arch configs/Toy/search_det.yaml "$dir/search_det_$name$search_tag" "$dir/det_supernet/model_final.pth" \
+        "$HERE/claim_inband/det_search_${name}_supernet$s$search_tag.yaml" ${option#*:}
     done
     retrain_inband "$HERE/claim_inband/robust_supernet$s.jsonl" "${found[@]}" -- "$@" ;;
   claim-inband)
@@ -323,11 +331,8 @@ case "${1:-}" in
     mkdir -p "$HERE/claim_inband"
     found=()
     for kind in ${KINDS:-det cls}; do
-      [ -f "$dir/search_$kind$search_tag/best_arch.yaml" ] || "$PY" search_net.py \
-        --config-file "configs/Toy/search_$kind.yaml" --resume OUTPUT_DIR "$dir/search_$kind$search_tag" \
-        MODEL.WEIGHTS "$dir/${kind}_supernet/model_final.pth" DETNAS.SEARCH.SEED "$SEARCH_SEED"
-      cp "$dir/search_$kind$search_tag/best_arch.yaml" "$HERE/claim_inband/${kind}_search_supernet$s$search_tag.yaml"
-      found+=("$HERE/claim_inband/${kind}_search_supernet$s$search_tag.yaml")
+      search_arch "configs/Toy/search_$kind.yaml" "$dir/search_$kind$search_tag" "$dir/${kind}_supernet/model_final.pth" \
+        "$HERE/claim_inband/${kind}_search_supernet$s$search_tag.yaml"
     done
     retrain_inband "$HERE/claim_inband/searched_supernet$s.jsonl" "${found[@]}" -- "$@" ;;
   paired)
