@@ -75,6 +75,10 @@ def by_arch_seed(path: Path):
     return out
 
 
+def per_seed(values) -> str:
+    return ", ".join(f"{v:.1f}" for v in values)
+
+
 def sign_flip_table(tests, num_seeds: int):
     """Markdown lines: the one-sided tests [(name, p)] and the smallest p possible."""
     return [
@@ -96,12 +100,17 @@ def main():
     random_runs = by_arch_seed(HERE / "standalone_inband-paired.jsonl")
     lines = ["# DetNAS's claim at equal FLOPs (toy scale, band 8.5-9.0M)\n"]
     all3x3 = by_arch_seed(HERE / "standalone_paired.jsonl").get((0,) * 20, {})
-    pooled = {}  # (supernet seed, training seeds) -> {kind: [AP per seed, one array per search seed]}
-    for s, n in itertools.product(args.supernet_seeds, args.search_seeds):
-        searched = {}
+    retrained = {}  # supernet seed -> the searched archs' runs, both score files
+    for s in args.supernet_seeds:
+        retrained[s] = {}
         for name in (f"searched_supernet{s}.jsonl", f"robust_supernet{s}.jsonl"):
             if (HERE / "claim_inband" / name).exists():
-                searched.update(by_arch_seed(HERE / "claim_inband" / name))
+                retrained[s].update(by_arch_seed(HERE / "claim_inband" / name))
+    # (supernet seed, training seeds) -> the random archs' mean, the labels, and per option its AP per
+    # training seed, one array per search seed
+    pooled = {}
+    for s, n in itertools.product(args.supernet_seeds, args.search_seeds):
+        searched = retrained[s]
         named = {
             kind: arch_of(path)
             for kind in LABELS
@@ -159,7 +168,7 @@ def main():
         ]
         for name, values, mf in rows:
             lines.append(
-                f"| {name} | {mf} | {', '.join(f'{v:.1f}' for v in values)} | "
+                f"| {name} | {mf} | {per_seed(values)} | "
                 f"{values.mean():.1f} ± {values.std(ddof=1):.1f} |"
             )
         lines.append("")
@@ -188,11 +197,13 @@ def main():
                 ),
             ]
         lines += sign_flip_table(tests, len(seeds))
-        entry = pooled.setdefault((s, tuple(seeds)), {"random": random_mean, "labels": labels})
+        entry = pooled.setdefault(
+            (s, tuple(seeds)), {"random": random_mean, "labels": labels, "ap": {}}
+        )
         for kind in named:
-            entry.setdefault(kind, []).append(ap[kind])
+            entry["ap"].setdefault(kind, []).append(ap[kind])
     for (s, seeds), entry in pooled.items():
-        searches = len(entry["det"])
+        searches = len(entry["ap"]["det"])
         if searches < 2:
             continue
         lines.append(
@@ -202,34 +213,21 @@ def main():
             "Each option's AP per training seed, the mean of the archs its searches found (those searched "
             "with every search seed), against the random archs' mean:\n"
         )
-        kinds = [
-            k for k, v in entry.items() if k not in ("random", "labels") and len(v) == searches
-        ]
+        mean_ap = {k: np.mean(v, axis=0) for k, v in entry["ap"].items() if len(v) == searches}
+        labels, random_mean = entry["labels"], entry["random"]
         lines += ["| option | bbox AP per seed | mean |", "|---|---|---|"]
-        for kind in kinds:
-            values = np.mean(entry[kind], axis=0)
-            lines.append(
-                f"| {entry['labels'][kind]} | {', '.join(f'{v:.1f}' for v in values)} | {values.mean():.1f} |"
-            )
-        random_mean = entry["random"]
-        lines.append(
-            f"| random of the band | {', '.join(f'{v:.1f}' for v in random_mean)} | {random_mean.mean():.1f} |"
-        )
+        lines += [f"| {labels[k]} | {per_seed(v)} | {v.mean():.1f} |" for k, v in mean_ap.items()]
+        lines.append(f"| random of the band | {per_seed(random_mean)} | {random_mean.mean():.1f} |")
         tests = [
-            (
-                f"{entry['labels'][k]} > random (paired by seed)",
-                rs.paired_permutation_test(np.mean(entry[k], axis=0), random_mean),
-            )
-            for k in kinds
+            (f"{labels[k]} > random (paired by seed)", rs.paired_permutation_test(v, random_mean))
+            for k, v in mean_ap.items()
         ]
         tests += [
             (
-                f"{entry['labels'][k]} > det-search (paired by seed)",
-                rs.paired_permutation_test(
-                    np.mean(entry[k], axis=0), np.mean(entry["det"], axis=0)
-                ),
+                f"{labels[k]} > det-search (paired by seed)",
+                rs.paired_permutation_test(v, mean_ap["det"]),
             )
-            for k in kinds
+            for k, v in mean_ap.items()
             if k != "det"
         ]
         lines += sign_flip_table(tests, len(seeds))
