@@ -37,6 +37,7 @@ from .settings import TIE_BREAKS, FinalistSettings
 __all__ = [
     "FINALISTS_FILE",
     "Finalists",
+    "best_group",
     "choose_finalist",
     "finalists_table",
     "summarize_finalists",
@@ -232,14 +233,18 @@ def finalists_table(rows: List[Dict], confidence: float) -> str:
     return tabulate(table, headers=headers, tablefmt="pipe")
 
 
+def best_group(rows: List[Dict]) -> List[Dict]:
+    """The best finalist and those that cannot be told apart from it, in search rank order."""
+    return [r for r in rows if r["best"] or r["tied"]]
+
+
 def choose_finalist(rows: List[Dict], tie_break: str = "") -> Optional[Dict]:
     """The row best_arch.yaml names, marked "chosen" (None: no finalists): the best mean's, or with
     `tie_break` (one of COSTS) the cheapest of it and those that cannot be told apart from it."""
     best = next((r for r in rows if r["best"]), None)
     chosen = best
     if best is not None and tie_break:
-        group = [r for r in rows if r["best"] or r["tied"]]
-        chosen = min(group, key=lambda r: (r[tie_break], -r["mean"]))
+        chosen = min(best_group(rows), key=lambda r: (r[tie_break], -r["mean"]))
     for r in rows:
         r["chosen"] = r is chosen
     return chosen

@@ -31,7 +31,7 @@ from detnas_d2.file_io import atomic_write
 from detnas_d2.rank_stats import kendall_tau_b
 from detnas_d2.search_space import SearchSpace, arch_to_str
 
-from .finalists import FINALISTS_FILE, choose_finalist, finalists_table
+from .finalists import FINALISTS_FILE, best_group, choose_finalist, finalists_table
 from .racing import is_full
 
 __all__ = ["SearchOutputs", "pareto_front", "topk_table", "plot_search"]
@@ -260,9 +260,7 @@ class SearchOutputs:
                 search_score=best["score"],
                 finalist_interval=row["interval"],
                 indistinguishable=[
-                    arch_to_str(r["arch"])
-                    for r in rows
-                    if (r["best"] or r["tied"]) and r is not row
+                    arch_to_str(r["arch"]) for r in best_group(rows) if r is not row
                 ],
                 finalists=[
                     {
